@@ -1,0 +1,771 @@
+//! Configuration: `CLEANSLATE_*` variables read with envy, then validated into typed structs.
+//!
+//! Everything is parsed and checked here, before any network call, so that a typo costs a Job
+//! restart and never a half-done purge. Every error names the variable and what was expected, and
+//! never echoes a value that could be a secret (passwords, tokens, URLs that might carry userinfo).
+//! This module does not decide whether a run is *safe* (production, system prefixes): that is
+//! [`crate::purge`]'s and [`crate::etcd`]'s job, because it needs the planned ranges.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use regex::Regex;
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::exit::{Kind, classified};
+
+/// Where Kubernetes mounts the pod's service-account credentials.
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The variables exactly as the environment gives them. Unknown `CLEANSLATE_*` names are rejected,
+/// because a misspelt variable silently falling back to a default is how a prefix gets ignored.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEnv {
+    environment: Option<String>,
+    allow_production: Option<String>,
+    targets: Option<String>,
+    timeout: Option<String>,
+    retry_attempts: Option<String>,
+    retry_backoff: Option<String>,
+    concurrency: Option<String>,
+    dry_run: Option<String>,
+    log_format: Option<String>,
+    rabbitmq_url: Option<String>,
+    rabbitmq_username: Option<String>,
+    rabbitmq_password: Option<String>,
+    rabbitmq_password_file: Option<String>,
+    rabbitmq_vhost: Option<String>,
+    rabbitmq_queues: Option<String>,
+    rabbitmq_queue_pattern: Option<String>,
+    rabbitmq_dead_letters: Option<String>,
+    rabbitmq_missing: Option<String>,
+    rabbitmq_ca_file: Option<String>,
+    etcd_endpoints: Option<String>,
+    etcd_prefixes: Option<String>,
+    etcd_protected_prefixes: Option<String>,
+    etcd_username: Option<String>,
+    etcd_password: Option<String>,
+    etcd_password_file: Option<String>,
+    etcd_ca_file: Option<String>,
+    etcd_cert_file: Option<String>,
+    etcd_key_file: Option<String>,
+    marker: Option<String>,
+    namespace: Option<String>,
+    revision: Option<String>,
+    release: Option<String>,
+    pod_name: Option<String>,
+    kube_api: Option<String>,
+    kube_token_file: Option<String>,
+    kube_ca_file: Option<String>,
+    gate_timeout: Option<String>,
+    gate_on_timeout: Option<String>,
+}
+
+/// The process environment, captured once. Tests build it from key/value lists instead of mutating
+/// the real environment.
+pub struct Env {
+    raw: RawEnv,
+    others: HashMap<String, String>,
+}
+
+impl Env {
+    /// Reads the real process environment.
+    pub fn from_process() -> Result<Env> {
+        Env::from_pairs(std::env::vars())
+    }
+
+    /// Builds the environment from pairs; `CLEANSLATE_*` names must be known.
+    pub fn from_pairs<I, K, V>(pairs: I) -> Result<Env>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let all: Vec<(String, String)> = pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let raw = envy::prefixed("CLEANSLATE_").from_iter::<_, RawEnv>(all.clone()).map_err(|err| {
+            // envy reports names in lowercase without the prefix; give the operator the real name.
+            let text = err.to_string();
+            let text = match text.split('`').nth(1) {
+                Some(field) if text.starts_with("unknown field") => format!(
+                    "unknown variable CLEANSLATE_{} (a typo? see the README's table of variables)",
+                    field.to_uppercase()
+                ),
+                _ => text,
+            };
+            classified(Kind::Config, format!("reading CLEANSLATE_* variables: {text}"))
+        })?;
+        let others = all.into_iter().filter(|(k, _)| !k.starts_with("CLEANSLATE_")).collect();
+        Ok(Env { raw, others })
+    }
+
+    fn other(&self, name: &str) -> Option<&str> {
+        self.others.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+}
+
+/// A value that must never reach a log line, an error message or the marker.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    /// The value, for the one place that sends it to a server.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Output format of the logs on stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line: what log collectors parse without configuration.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Text,
+}
+
+/// What to do about a named queue that does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingQueue {
+    /// Warn and go on: a fresh environment may not have declared its queues yet.
+    Ignore,
+    /// Fail the run: for environments where a missing queue means a wrong configuration.
+    Fail,
+}
+
+/// What the gate does when its deadline passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnTimeout {
+    /// Exit 75 and keep the pod from starting.
+    Fail,
+    /// Exit 0 with a warning: the documented bypass when a stuck cleanup must not block a deploy.
+    Proceed,
+}
+
+/// Retry settings for transient failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per operation, the first included.
+    pub attempts: u32,
+    /// The first pause; it doubles on each attempt, with jitter.
+    pub backoff: Duration,
+}
+
+/// The RabbitMQ management API and what to purge there.
+#[derive(Clone, Debug)]
+pub struct RabbitConfig {
+    /// Management API base, e.g. `http://rabbitmq:15672`; a path prefix is kept.
+    pub url: Url,
+    pub username: String,
+    pub password: Secret,
+    pub vhost: String,
+    /// Queues named exactly.
+    pub queues: Vec<String>,
+    /// Queues whose whole name matches; anchored here so `orders` never matches `preorders`.
+    pub pattern: Option<Regex>,
+    pub dead_letters: bool,
+    pub missing: MissingQueue,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// etcd endpoints, credentials and the prefixes to delete.
+#[derive(Clone, Debug)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// Taken literally; empty entries are kept so the safety check can refuse them by name.
+    pub prefixes: Vec<String>,
+    pub protected_prefixes: Vec<String>,
+    pub auth: Option<(String, Secret)>,
+    pub tls: Option<EtcdTls>,
+}
+
+/// Files for etcd over TLS; a client certificate makes it mutual TLS.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca_file: PathBuf,
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// How to reach the Kubernetes API from inside a pod.
+#[derive(Clone, Debug)]
+pub struct KubeConfig {
+    pub api: Url,
+    /// Re-read on every request, because bound service-account tokens rotate.
+    pub token_file: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+/// The marker ConfigMap a purge writes and a gate waits for.
+#[derive(Clone, Debug)]
+pub struct MarkerConfig {
+    pub name: String,
+    pub namespace: String,
+    /// The Helm release revision this run or gate belongs to.
+    pub revision: u64,
+    /// The release name, for the `app.kubernetes.io/instance` label.
+    pub release: Option<String>,
+    /// The pod that ran the purge, recorded in the marker.
+    pub pod_name: Option<String>,
+    pub kube: KubeConfig,
+}
+
+/// Everything `purge` and `plan` need.
+#[derive(Clone, Debug)]
+pub struct PurgeConfig {
+    /// Required for `purge`; `plan` accepts it unset.
+    pub environment: Option<String>,
+    pub allow_production: bool,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub concurrency: usize,
+    pub dry_run: bool,
+    pub rabbitmq: Option<RabbitConfig>,
+    pub etcd: Option<EtcdConfig>,
+    pub marker: Option<MarkerConfig>,
+}
+
+/// Everything `gate` needs.
+#[derive(Clone, Debug)]
+pub struct GateConfig {
+    pub marker: MarkerConfig,
+    pub timeout: Duration,
+    pub on_timeout: OnTimeout,
+}
+
+/// Which subcommand the purge configuration is for: `plan` changes nothing, so it needs less.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Purge,
+    Plan,
+}
+
+fn config_error(message: impl Into<String>) -> anyhow::Error {
+    classified(Kind::Config, message)
+}
+
+/// A present, non-empty value.
+fn present(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn required<'a>(name: &str, value: &'a Option<String>, what: &str) -> Result<&'a str> {
+    present(value).ok_or_else(|| config_error(format!("{name} is required: {what}")))
+}
+
+fn parse_bool(name: &str, value: &Option<String>, default: bool) -> Result<bool> {
+    match present(value).map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(config_error(format!("{name} must be true or false, not {other:?}"))),
+    }
+}
+
+fn parse_duration(name: &str, value: &Option<String>, default: Duration) -> Result<Duration> {
+    let Some(text) = present(value) else { return Ok(default) };
+    let duration = humantime::parse_duration(text).map_err(|err| {
+        config_error(format!("{name} must be a duration such as 30s, 2m or 1h30m, not {text:?} ({err})"))
+    })?;
+    if duration.is_zero() {
+        return Err(config_error(format!("{name} must be longer than zero")));
+    }
+    Ok(duration)
+}
+
+fn parse_count(name: &str, value: &Option<String>, default: u64, max: u64) -> Result<u64> {
+    let Some(text) = present(value) else { return Ok(default) };
+    match text.parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(config_error(format!("{name} must be a whole number from 1 to {max}, not {text:?}"))),
+    }
+}
+
+fn parse_choice<T: Copy>(name: &str, value: &Option<String>, default: T, choices: &[(&str, T)]) -> Result<T> {
+    let Some(text) = present(value) else { return Ok(default) };
+    let lower = text.to_ascii_lowercase();
+    choices.iter().find(|(word, _)| *word == lower).map(|(_, v)| *v).ok_or_else(|| {
+        let words: Vec<&str> = choices.iter().map(|(w, _)| *w).collect();
+        config_error(format!("{name} must be one of {}, not {text:?}", words.join(", ")))
+    })
+}
+
+/// Comma-separated list; entries trimmed; empty entries kept only where the caller wants to see them.
+fn split_list(value: &str) -> Vec<String> {
+    value.split(',').map(|item| item.trim().to_string()).collect()
+}
+
+fn non_empty_list(value: &str) -> Vec<String> {
+    split_list(value).into_iter().filter(|s| !s.is_empty()).collect()
+}
+
+/// A password from `NAME` or `NAME_FILE`, never both. Only the trailing newline of a file is dropped.
+fn password(name: &str, value: &Option<String>, file: &Option<String>) -> Result<Option<Secret>> {
+    match (value.as_deref().filter(|v| !v.is_empty()), present(file)) {
+        (Some(_), Some(_)) => Err(config_error(format!("set {name} or {name}_FILE, not both"))),
+        (Some(v), None) => Ok(Some(Secret::new(v))),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| config_error(format!("{name}_FILE: cannot read {path}: {err}")))?;
+            Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn existing_file(name: &str, value: &Option<String>) -> Result<Option<PathBuf>> {
+    let Some(path) = present(value) else { return Ok(None) };
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        return Err(config_error(format!("{name}: {} is not a readable file", path.display())));
+    }
+    Ok(Some(path))
+}
+
+/// Parses a URL without ever echoing it: it may carry a password in its userinfo.
+fn http_url(name: &str, text: &str) -> Result<Url> {
+    let url = Url::parse(text).map_err(|err| config_error(format!("{name} is not a valid URL ({err})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(config_error(format!("{name} must start with http:// or https://")));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(config_error(format!(
+            "{name} must not contain credentials; use the _USERNAME and _PASSWORD variables"
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(config_error(format!("{name} has no host")));
+    }
+    Ok(url)
+}
+
+/// The logging format, read first so that every later error is logged the way the operator asked.
+pub fn log_format(env: &Env) -> Result<LogFormat> {
+    parse_choice(
+        "CLEANSLATE_LOG_FORMAT",
+        &env.raw.log_format,
+        LogFormat::Json,
+        &[("json", LogFormat::Json), ("text", LogFormat::Text)],
+    )
+}
+
+impl PurgeConfig {
+    /// Validates everything `purge` (or `plan`) will use.
+    pub fn from_env(env: &Env, mode: Mode) -> Result<PurgeConfig> {
+        let raw = &env.raw;
+        let environment = match mode {
+            Mode::Purge => Some(
+                required(
+                    "CLEANSLATE_ENVIRONMENT",
+                    &raw.environment,
+                    "the environment name, e.g. dev, staging or production",
+                )?
+                .to_string(),
+            ),
+            Mode::Plan => present(&raw.environment).map(str::to_string),
+        };
+        let (rabbitmq_on, etcd_on) = targets(&raw.targets)?;
+        let timeout = parse_duration("CLEANSLATE_TIMEOUT", &raw.timeout, DEFAULT_TIMEOUT)?;
+        let retry = RetryPolicy {
+            attempts: parse_count("CLEANSLATE_RETRY_ATTEMPTS", &raw.retry_attempts, DEFAULT_ATTEMPTS, 100)? as u32,
+            backoff: parse_duration("CLEANSLATE_RETRY_BACKOFF", &raw.retry_backoff, DEFAULT_BACKOFF)?,
+        };
+        Ok(PurgeConfig {
+            environment,
+            allow_production: parse_bool("CLEANSLATE_ALLOW_PRODUCTION", &raw.allow_production, false)?,
+            timeout,
+            retry,
+            concurrency: parse_count("CLEANSLATE_CONCURRENCY", &raw.concurrency, DEFAULT_CONCURRENCY, 256)? as usize,
+            dry_run: parse_bool("CLEANSLATE_DRY_RUN", &raw.dry_run, false)?,
+            rabbitmq: if rabbitmq_on { Some(rabbit_config(raw)?) } else { None },
+            etcd: if etcd_on { Some(etcd_config(raw)?) } else { None },
+            marker: marker_config(env, false)?,
+        })
+    }
+
+    /// True when the environment name says production, in any case.
+    pub fn is_production(&self) -> bool {
+        self.environment
+            .as_deref()
+            .is_some_and(|e| matches!(e.trim().to_ascii_lowercase().as_str(), "prod" | "production"))
+    }
+}
+
+impl GateConfig {
+    /// Validates everything `gate` will use; the marker is required.
+    pub fn from_env(env: &Env) -> Result<GateConfig> {
+        let raw = &env.raw;
+        Ok(GateConfig {
+            marker: marker_config(env, true)?.expect("required marker is present"),
+            timeout: parse_duration("CLEANSLATE_GATE_TIMEOUT", &raw.gate_timeout, DEFAULT_GATE_TIMEOUT)?,
+            on_timeout: parse_choice(
+                "CLEANSLATE_GATE_ON_TIMEOUT",
+                &raw.gate_on_timeout,
+                OnTimeout::Fail,
+                &[("fail", OnTimeout::Fail), ("proceed", OnTimeout::Proceed)],
+            )?,
+        })
+    }
+}
+
+/// Thirty seconds: the requirements' budget for a typical dev cleanup, retries included.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Three attempts: enough to ride out a broker restart, few enough to fail within the deadline.
+const DEFAULT_ATTEMPTS: u64 = 3;
+/// Five seconds: the requirements' first backoff; it doubles, and never runs past the deadline.
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
+/// Eight purges in flight: the broker serialises per queue, and eight keeps a 20-queue run short
+/// without a burst of connections on a small dev broker.
+const DEFAULT_CONCURRENCY: u64 = 8;
+/// Ten minutes: long enough for a slow image pull of the hook Job, short enough to notice.
+const DEFAULT_GATE_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn targets(value: &Option<String>) -> Result<(bool, bool)> {
+    let Some(text) = present(value) else { return Ok((true, true)) };
+    let (mut rabbitmq, mut etcd) = (false, false);
+    for item in non_empty_list(text) {
+        match item.to_ascii_lowercase().as_str() {
+            "rabbitmq" => rabbitmq = true,
+            "etcd" => etcd = true,
+            _ => {
+                return Err(config_error(format!(
+                    "CLEANSLATE_TARGETS may list rabbitmq and etcd, not {item:?}"
+                )));
+            }
+        }
+    }
+    if !rabbitmq && !etcd {
+        return Err(config_error("CLEANSLATE_TARGETS names no target; use rabbitmq, etcd or both"));
+    }
+    Ok((rabbitmq, etcd))
+}
+
+fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig> {
+    let url_text = required(
+        "CLEANSLATE_RABBITMQ_URL",
+        &raw.rabbitmq_url,
+        "the management API base, e.g. http://rabbitmq:15672",
+    )?;
+    let mut url = http_url("CLEANSLATE_RABBITMQ_URL", url_text)?;
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    let username = required("CLEANSLATE_RABBITMQ_USERNAME", &raw.rabbitmq_username, "the management API user")?;
+    let password = password("CLEANSLATE_RABBITMQ_PASSWORD", &raw.rabbitmq_password, &raw.rabbitmq_password_file)?
+        .ok_or_else(|| {
+            config_error("CLEANSLATE_RABBITMQ_PASSWORD or CLEANSLATE_RABBITMQ_PASSWORD_FILE is required")
+        })?;
+    let queues = present(&raw.rabbitmq_queues).map(non_empty_list).unwrap_or_default();
+    let pattern = match present(&raw.rabbitmq_queue_pattern) {
+        None => None,
+        Some(text) => Some(Regex::new(&format!("^(?:{text})$")).map_err(|err| {
+            config_error(format!("CLEANSLATE_RABBITMQ_QUEUE_PATTERN is not a valid regex: {err}"))
+        })?),
+    };
+    if queues.is_empty() && pattern.is_none() {
+        return Err(config_error(
+            "CLEANSLATE_RABBITMQ_QUEUES or CLEANSLATE_RABBITMQ_QUEUE_PATTERN is required to select queues",
+        ));
+    }
+    Ok(RabbitConfig {
+        url,
+        username: username.to_string(),
+        password,
+        // The vhost is not trimmed away when it is just "/": present() trims, so read it directly.
+        vhost: raw.rabbitmq_vhost.clone().filter(|v| !v.is_empty()).unwrap_or_else(|| "/".to_string()),
+        queues,
+        pattern,
+        dead_letters: parse_bool("CLEANSLATE_RABBITMQ_DEAD_LETTERS", &raw.rabbitmq_dead_letters, true)?,
+        missing: parse_choice(
+            "CLEANSLATE_RABBITMQ_MISSING",
+            &raw.rabbitmq_missing,
+            MissingQueue::Ignore,
+            &[("ignore", MissingQueue::Ignore), ("fail", MissingQueue::Fail)],
+        )?,
+        ca_file: existing_file("CLEANSLATE_RABBITMQ_CA_FILE", &raw.rabbitmq_ca_file)?,
+    })
+}
+
+fn etcd_config(raw: &RawEnv) -> Result<EtcdConfig> {
+    let endpoints_text = required(
+        "CLEANSLATE_ETCD_ENDPOINTS",
+        &raw.etcd_endpoints,
+        "comma-separated endpoints, e.g. http://etcd-0.etcd:2379",
+    )?;
+    let endpoints = non_empty_list(endpoints_text);
+    let mut schemes = Vec::new();
+    for endpoint in &endpoints {
+        schemes.push(http_url("CLEANSLATE_ETCD_ENDPOINTS", endpoint)?.scheme().to_string());
+    }
+    let https = schemes.iter().any(|s| s == "https");
+    if https && schemes.iter().any(|s| s == "http") {
+        return Err(config_error("CLEANSLATE_ETCD_ENDPOINTS mixes http:// and https:// endpoints"));
+    }
+    // An unset variable is a configuration error (78); a set variable with an empty entry is a
+    // dangerous prefix, refused by the etcd planner (77) with its own message.
+    let prefixes = raw
+        .etcd_prefixes
+        .as_deref()
+        .map(split_list)
+        .ok_or_else(|| config_error("CLEANSLATE_ETCD_PREFIXES is required: the key prefixes to delete, e.g. monorepo/"))?;
+    let protected_prefixes = present(&raw.etcd_protected_prefixes).map(non_empty_list).unwrap_or_default();
+    let password = password("CLEANSLATE_ETCD_PASSWORD", &raw.etcd_password, &raw.etcd_password_file)?;
+    let auth = match (present(&raw.etcd_username), password) {
+        (Some(user), Some(pass)) => Some((user.to_string(), pass)),
+        (None, None) => None,
+        (Some(_), None) => return Err(config_error("CLEANSLATE_ETCD_USERNAME is set without a password")),
+        (None, Some(_)) => return Err(config_error("an etcd password is set without CLEANSLATE_ETCD_USERNAME")),
+    };
+    let ca_file = existing_file("CLEANSLATE_ETCD_CA_FILE", &raw.etcd_ca_file)?;
+    let client = match (
+        existing_file("CLEANSLATE_ETCD_CERT_FILE", &raw.etcd_cert_file)?,
+        existing_file("CLEANSLATE_ETCD_KEY_FILE", &raw.etcd_key_file)?,
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err(config_error("CLEANSLATE_ETCD_CERT_FILE and CLEANSLATE_ETCD_KEY_FILE go together")),
+    };
+    let tls = match (https, ca_file) {
+        (true, Some(ca_file)) => Some(EtcdTls { ca_file, client }),
+        (true, None) => {
+            return Err(config_error("https etcd endpoints need CLEANSLATE_ETCD_CA_FILE to verify the server"));
+        }
+        (false, _) if client.is_some() => {
+            return Err(config_error("etcd client certificates need https:// endpoints"));
+        }
+        (false, _) => None,
+    };
+    Ok(EtcdConfig { endpoints, prefixes, protected_prefixes, auth, tls })
+}
+
+fn marker_config(env: &Env, required_by_gate: bool) -> Result<Option<MarkerConfig>> {
+    let raw = &env.raw;
+    let Some(name) = present(&raw.marker) else {
+        if required_by_gate {
+            return Err(config_error("CLEANSLATE_MARKER is required: the marker ConfigMap to wait for"));
+        }
+        return Ok(None);
+    };
+    let revision = match present(&raw.revision) {
+        None => return Err(config_error("CLEANSLATE_REVISION is required with a marker: the Helm release revision")),
+        Some(text) => text.parse::<u64>().ok().filter(|r| *r > 0).ok_or_else(|| {
+            config_error(format!("CLEANSLATE_REVISION must be a positive whole number, not {text:?}"))
+        })?,
+    };
+    let sa = Path::new(SERVICE_ACCOUNT_DIR);
+    let namespace = match present(&raw.namespace) {
+        Some(ns) => ns.to_string(),
+        None => std::fs::read_to_string(sa.join("namespace"))
+            .map(|ns| ns.trim().to_string())
+            .ok()
+            .filter(|ns| !ns.is_empty())
+            .ok_or_else(|| {
+                config_error("CLEANSLATE_NAMESPACE is required outside a pod (no service-account namespace file)")
+            })?,
+    };
+    let api = match present(&raw.kube_api) {
+        Some(text) => http_url("CLEANSLATE_KUBE_API", text)?,
+        None => match (env.other("KUBERNETES_SERVICE_HOST"), env.other("KUBERNETES_SERVICE_PORT")) {
+            (Some(host), Some(port)) => {
+                let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+                http_url("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT", &format!("https://{host}:{port}"))?
+            }
+            _ => {
+                return Err(config_error(
+                    "CLEANSLATE_KUBE_API is required outside a pod (KUBERNETES_SERVICE_HOST is not set)",
+                ));
+            }
+        },
+    };
+    let file_or_default = |value: &Option<String>, file: &str| {
+        present(value).map(PathBuf::from).unwrap_or_else(|| sa.join(file))
+    };
+    Ok(Some(MarkerConfig {
+        name: name.to_string(),
+        namespace,
+        revision,
+        release: present(&raw.release).map(str::to_string),
+        pod_name: present(&raw.pod_name).or(env.other("HOSTNAME")).map(str::to_string),
+        kube: KubeConfig {
+            api,
+            token_file: file_or_default(&raw.kube_token_file, "token"),
+            ca_file: file_or_default(&raw.kube_ca_file, "ca.crt"),
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::{Exit, exit_for};
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).expect("env builds")
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("CLEANSLATE_ENVIRONMENT", "dev"),
+        ("CLEANSLATE_RABBITMQ_URL", "http://rabbitmq:15672"),
+        ("CLEANSLATE_RABBITMQ_USERNAME", "guest"),
+        ("CLEANSLATE_RABBITMQ_PASSWORD", "s3cret-pw"),
+        ("CLEANSLATE_RABBITMQ_QUEUES", "monorepo, monorepo-dlq"),
+        ("CLEANSLATE_ETCD_ENDPOINTS", "http://etcd:2379"),
+        ("CLEANSLATE_ETCD_PREFIXES", "monorepo/"),
+    ];
+
+    fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut pairs: Vec<_> = BASE.iter().filter(|(k, _)| !extra.iter().any(|(e, _)| e == k)).copied().collect();
+        pairs.extend_from_slice(extra);
+        pairs
+    }
+
+    fn error_of(pairs: &[(&str, &str)]) -> anyhow::Error {
+        match Env::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))) {
+            Err(err) => err,
+            Ok(env) => PurgeConfig::from_env(&env, Mode::Purge).expect_err("config must be rejected"),
+        }
+    }
+
+    /// The documented defaults are the ones in force.
+    #[test]
+    fn defaults_match_the_readme() {
+        let config = PurgeConfig::from_env(&env(BASE), Mode::Purge).expect("valid config");
+        assert_eq!(config.timeout, Duration::from_secs(30), "timeout default");
+        assert_eq!(config.retry, RetryPolicy { attempts: 3, backoff: Duration::from_secs(5) }, "retry defaults");
+        assert_eq!(config.concurrency, 8, "concurrency default");
+        assert!(!config.dry_run && !config.allow_production, "dry run and production off by default");
+        let rabbit = config.rabbitmq.expect("rabbitmq on by default");
+        assert_eq!(rabbit.vhost, "/", "vhost default");
+        assert_eq!(rabbit.queues, vec!["monorepo", "monorepo-dlq"], "queues trimmed");
+        assert!(rabbit.dead_letters, "dead letters on by default");
+        assert_eq!(rabbit.missing, MissingQueue::Ignore, "missing queues ignored by default");
+        assert!(config.etcd.is_some(), "etcd on by default");
+        assert!(config.marker.is_none(), "no marker without CLEANSLATE_MARKER");
+    }
+
+    /// Each malformed variable is a configuration error that names it.
+    #[test]
+    fn malformed_values_name_their_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("CLEANSLATE_TIMEOUT", "soon"),
+            ("CLEANSLATE_TIMEOUT", "0s"),
+            ("CLEANSLATE_RETRY_ATTEMPTS", "-1"),
+            ("CLEANSLATE_RETRY_BACKOFF", "5 parsecs"),
+            ("CLEANSLATE_CONCURRENCY", "0"),
+            ("CLEANSLATE_DRY_RUN", "yes"),
+            ("CLEANSLATE_ALLOW_PRODUCTION", "maybe"),
+            ("CLEANSLATE_TARGETS", "redis"),
+            ("CLEANSLATE_RABBITMQ_URL", "rabbitmq:15672"),
+            ("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "monorepo-(dlq"),
+            ("CLEANSLATE_RABBITMQ_MISSING", "skip"),
+            ("CLEANSLATE_RABBITMQ_DEAD_LETTERS", "1"),
+            ("CLEANSLATE_RABBITMQ_CA_FILE", "/nonexistent/ca.pem"),
+            ("CLEANSLATE_ETCD_ENDPOINTS", "etcd:2379"),
+        ];
+        for (name, value) in cases {
+            let err = error_of(&with(&[(name, value)]));
+            assert_eq!(exit_for(&err), Exit::Config, "{name}={value} must be a configuration error");
+            assert!(format!("{err:#}").contains(name), "{name}={value}: message must name it: {err:#}");
+        }
+    }
+
+    /// A missing required variable is named; an unknown CLEANSLATE_ variable is a typo, named too.
+    #[test]
+    fn missing_and_unknown_variables_are_named() {
+        let without = |name: &str| BASE.iter().filter(|(k, _)| *k != name).copied().collect::<Vec<_>>();
+        for name in ["CLEANSLATE_ENVIRONMENT", "CLEANSLATE_RABBITMQ_URL", "CLEANSLATE_ETCD_PREFIXES"] {
+            let err = error_of(&without(name));
+            assert_eq!(exit_for(&err), Exit::Config, "missing {name} is a configuration error");
+            assert!(format!("{err:#}").contains(name), "message names {name}: {err:#}");
+        }
+        let err = error_of(&with(&[("CLEANSLATE_ETCD_PREFIX", "monorepo/")]));
+        assert!(format!("{err:#}").contains("CLEANSLATE_ETCD_PREFIX "), "typo named: {err:#}");
+    }
+
+    /// Neither a password nor a URL with userinfo appears in any error or in Debug output.
+    #[test]
+    fn secrets_never_leak() {
+        let config = PurgeConfig::from_env(&env(BASE), Mode::Purge).expect("valid config");
+        assert!(!format!("{config:?}").contains("s3cret-pw"), "Debug must redact the password");
+        let err = error_of(&with(&[("CLEANSLATE_RABBITMQ_URL", "http://guest:s3cret-pw@rabbitmq:15672")]));
+        let text = format!("{err:#}");
+        assert!(!text.contains("s3cret-pw"), "URL userinfo must not be echoed: {text}");
+        assert!(text.contains("must not contain credentials"), "says why: {text}");
+    }
+
+    /// Password files lose only their trailing newline; both forms at once are refused.
+    #[test]
+    fn password_file_is_read_and_exclusive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from file\n").expect("write");
+        let path = file.to_str().expect("utf-8 path");
+        let pairs: Vec<(&str, &str)> = BASE
+            .iter()
+            .filter(|(k, _)| *k != "CLEANSLATE_RABBITMQ_PASSWORD")
+            .copied()
+            .chain([("CLEANSLATE_RABBITMQ_PASSWORD_FILE", path)])
+            .collect();
+        let config = PurgeConfig::from_env(&env(&pairs), Mode::Purge).expect("valid");
+        assert_eq!(config.rabbitmq.expect("rabbit").password.expose(), "from file", "newline dropped");
+        let err = error_of(&with(&[("CLEANSLATE_RABBITMQ_PASSWORD_FILE", path)]));
+        assert!(format!("{err:#}").contains("not both"), "both forms refused: {err:#}");
+    }
+
+    /// The vhost "/" is kept as is; production is recognised in any case; the pattern is anchored.
+    #[test]
+    fn vhost_production_and_pattern() {
+        let config = PurgeConfig::from_env(
+            &env(&with(&[
+                ("CLEANSLATE_ENVIRONMENT", "PROD"),
+                ("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "orders"),
+            ])),
+            Mode::Purge,
+        )
+        .expect("valid");
+        assert!(config.is_production(), "PROD is production");
+        let pattern = config.rabbitmq.expect("rabbit").pattern.expect("pattern");
+        assert!(pattern.is_match("orders") && !pattern.is_match("preorders-dlq"), "whole-name match only");
+    }
+
+    /// An empty prefix list is kept for the safety check rather than dropped silently.
+    #[test]
+    fn empty_prefix_entries_are_kept_for_refusal() {
+        let config =
+            PurgeConfig::from_env(&env(&with(&[("CLEANSLATE_ETCD_PREFIXES", "a/,,b/")])), Mode::Purge).expect("parses");
+        assert_eq!(config.etcd.expect("etcd").prefixes, vec!["a/", "", "b/"], "empty entry kept");
+    }
+
+    /// A marker needs a revision and a namespace; the API comes from the in-cluster variables.
+    #[test]
+    fn marker_needs_revision_and_builds_the_api_url() {
+        let err = error_of(&with(&[("CLEANSLATE_MARKER", "m"), ("CLEANSLATE_NAMESPACE", "dev")]));
+        assert!(format!("{err:#}").contains("CLEANSLATE_REVISION"), "{err:#}");
+        let config = PurgeConfig::from_env(
+            &env(&with(&[
+                ("CLEANSLATE_MARKER", "m"),
+                ("CLEANSLATE_NAMESPACE", "dev"),
+                ("CLEANSLATE_REVISION", "7"),
+                ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+                ("KUBERNETES_SERVICE_PORT", "443"),
+            ])),
+            Mode::Purge,
+        )
+        .expect("valid");
+        let marker = config.marker.expect("marker");
+        assert_eq!(marker.kube.api.as_str(), "https://10.0.0.1/", "in-cluster API URL");
+        assert_eq!(marker.revision, 7, "revision parsed");
+    }
+}

@@ -1,0 +1,357 @@
+//! etcd: key ranges from prefixes, protected-prefix subtraction, and the delete transaction.
+//!
+//! A prefix `p` is the key range `[p, prefix_end(p))`, as `etcdctl del --prefix` sends it. Target
+//! ranges are merged, protected ranges are cut out, and what remains is deleted by `DeleteRange`
+//! operations in one transaction (etcd's `--max-txn-ops` limits operations, not keys: etcd PR #7976),
+//! so a purge costs the same few round trips for ten keys or a million. `prev_kv` stays off: it
+//! would send every deleted key back and can overflow the gRPC message limit on large prefixes.
+//!
+//! The safety rules live here because they need the final ranges: an empty prefix (the whole
+//! keyspace; `etcdctl del "" --prefix`) is refused, and so is any range that still reaches the
+//! system prefixes `/registry/` (Kubernetes) or `/coreos.com/` after protected prefixes are cut out.
+
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, DeleteOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp, TxnOpResponse,
+};
+use tokio::time::Instant;
+
+use crate::config::{EtcdConfig, RetryPolicy};
+use crate::exit::{Kind, classified};
+use crate::retry::{self, Attempt};
+
+/// Keys no cleanup may reach unless an operator protects them explicitly.
+pub const SYSTEM_PREFIXES: &[&str] = &["/registry/", "/coreos.com/"];
+
+/// etcd's default `--max-txn-ops`: operations per transaction.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Connecting to etcd on the cluster network takes milliseconds; five seconds means it is not there.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A half-open key range `[start, end)`; `end == None` runs to the end of the keyspace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KeyRange {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: &[u8]) -> KeyRange {
+        KeyRange { start: prefix.to_vec(), end: prefix_end(prefix) }
+    }
+
+    /// The `range_end` etcd expects: `"\0"` means "to the end of the keyspace".
+    pub fn end_bytes(&self) -> Vec<u8> {
+        self.end.clone().unwrap_or_else(|| vec![0])
+    }
+
+    fn ends_before(&self, key: &[u8]) -> bool {
+        self.end.as_deref().is_some_and(|end| end <= key)
+    }
+
+    /// True when some key lies in both ranges.
+    pub fn overlaps(&self, other: &KeyRange) -> bool {
+        !self.ends_before(&other.start) && !other.ends_before(&self.start)
+    }
+
+    /// What is left of `self` after removing `cut`: zero, one or two ranges.
+    pub fn minus(&self, cut: &KeyRange) -> Vec<KeyRange> {
+        if !self.overlaps(cut) {
+            return vec![self.clone()];
+        }
+        let mut left_over = Vec::new();
+        if self.start < cut.start {
+            left_over.push(KeyRange { start: self.start.clone(), end: Some(cut.start.clone()) });
+        }
+        if let Some(cut_end) = &cut.end
+            && !self.ends_before(cut_end)
+            && self.end.as_ref() != Some(cut_end)
+        {
+            left_over.push(KeyRange { start: cut_end.clone(), end: self.end.clone() });
+        }
+        left_over
+    }
+}
+
+impl fmt::Display for KeyRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let end = match &self.end {
+            Some(end) => format!("{:?}", String::from_utf8_lossy(end)),
+            None => "end of keyspace".to_string(),
+        };
+        write!(f, "[{:?}, {end})", String::from_utf8_lossy(&self.start))
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix` (etcd's `GetPrefixRangeEnd`):
+/// drop trailing `0xff` bytes and increment the last; `None` when nothing is left.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(&last) = end.last() {
+        if last < 0xff {
+            *end.last_mut().expect("non-empty") += 1;
+            return Some(end);
+        }
+        end.pop();
+    }
+    None
+}
+
+/// Sorts and merges overlapping or touching ranges.
+fn union(mut ranges: Vec<KeyRange>) -> Vec<KeyRange> {
+    ranges.sort();
+    let mut merged: Vec<KeyRange> = Vec::new();
+    for range in ranges {
+        match merged.last_mut() {
+            Some(last) if !last.ends_before(&range.start) || last.end.as_ref() == Some(&range.start) => {
+                if last.end.is_some() && (range.end.is_none() || range.end > last.end) {
+                    last.end = range.end;
+                }
+            }
+            _ => merged.push(range),
+        }
+    }
+    merged
+}
+
+/// What a purge will delete and what it keeps, decided before any connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangePlan {
+    /// Disjoint ranges to delete, in key order.
+    pub ranges: Vec<KeyRange>,
+    /// Protected prefixes that fall inside a target prefix: their keys are kept.
+    pub protected: Vec<String>,
+}
+
+fn refused(message: String) -> anyhow::Error {
+    classified(Kind::Refused, message)
+}
+
+/// Turns prefixes into disjoint ranges, or refuses a plan that could reach what it must not.
+pub fn plan_ranges(prefixes: &[String], protected: &[String]) -> Result<RangePlan> {
+    if prefixes.iter().any(|p| p.is_empty()) || prefixes.is_empty() {
+        return Err(refused(
+            "CLEANSLATE_ETCD_PREFIXES contains an empty prefix, which would delete the whole etcd keyspace".into(),
+        ));
+    }
+    let targets = union(prefixes.iter().map(|p| KeyRange::prefix(p.as_bytes())).collect());
+    let mut ranges = targets.clone();
+    for cut in protected {
+        let cut = KeyRange::prefix(cut.as_bytes());
+        ranges = ranges.iter().flat_map(|r| r.minus(&cut)).collect();
+    }
+    for system in SYSTEM_PREFIXES {
+        let system_range = KeyRange::prefix(system.as_bytes());
+        if let Some(range) = ranges.iter().find(|r| r.overlaps(&system_range)) {
+            let prefix = prefixes
+                .iter()
+                .find(|p| KeyRange::prefix(p.as_bytes()).overlaps(range))
+                .cloned()
+                .unwrap_or_default();
+            return Err(refused(format!(
+                "etcd prefix {prefix:?} would delete system keys under {system:?}; \
+                 list {system:?} in CLEANSLATE_ETCD_PROTECTED_PREFIXES if the rest of the prefix really must go"
+            )));
+        }
+    }
+    let protected = protected
+        .iter()
+        .filter(|p| targets.iter().any(|t| t.overlaps(&KeyRange::prefix(p.as_bytes()))))
+        .cloned()
+        .collect();
+    Ok(RangePlan { ranges, protected })
+}
+
+/// Connects, authenticates if configured, and verifies the server with the given CA.
+pub async fn connect(config: &EtcdConfig, request_timeout: Duration) -> Result<Client, Attempt> {
+    let mut options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT).with_timeout(request_timeout);
+    if let Some((user, password)) = &config.auth {
+        options = options.with_user(user.clone(), password.expose().to_string());
+    }
+    if let Some(tls) = &config.tls {
+        let read = |path: &std::path::Path, name: &str| {
+            std::fs::read(path).map_err(|err| {
+                Attempt::Permanent(classified(Kind::Config, format!("{name}: cannot read {}: {err}", path.display())))
+            })
+        };
+        let mut tls_options =
+            TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca_file, "CLEANSLATE_ETCD_CA_FILE")?));
+        if let Some((cert, key)) = &tls.client {
+            tls_options = tls_options.identity(Identity::from_pem(
+                read(cert, "CLEANSLATE_ETCD_CERT_FILE")?,
+                read(key, "CLEANSLATE_ETCD_KEY_FILE")?,
+            ));
+        }
+        options = options.with_tls(tls_options);
+    }
+    Client::connect(&config.endpoints, Some(options)).await.map_err(|err| sort_error(err, "connecting to etcd"))
+}
+
+/// Transport failures and "unavailable" are transient; a refused login or permission is not.
+fn sort_error(err: etcd_client::Error, what: &str) -> Attempt {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    let transient_unreachable = |err: E| {
+        Attempt::Transient(
+            anyhow::Error::new(err).context(classified(Kind::Unreachable, format!("{what}: etcd not reachable"))),
+        )
+    };
+    match err {
+        E::TransportError(_) | E::IoError(_) => transient_unreachable(err),
+        E::GRpcStatus(ref status) => match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => transient_unreachable(err),
+            Code::ResourceExhausted | Code::Aborted | Code::Internal | Code::Unknown => {
+                Attempt::Transient(anyhow!("{what}: etcd answered {}: {}", code_name(status.code()), status.message()))
+            }
+            Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
+                if status.message().contains("auth") || status.message().contains("permission") =>
+            {
+                Attempt::Permanent(anyhow!(
+                    "{what}: etcd refused the credentials or permission ({}); check CLEANSLATE_ETCD_USERNAME and the password",
+                    status.message()
+                ))
+            }
+            code => Attempt::Permanent(anyhow!("{what}: etcd answered {}: {}", code_name(code), status.message())),
+        },
+        other => Attempt::Permanent(anyhow!("{what}: {other}")),
+    }
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+/// Counts keys per range in one read transaction: what a purge would delete.
+pub async fn count(client: &Client, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<Vec<u64>> {
+    let mut counts = Vec::with_capacity(ranges.len());
+    for chunk in ranges.chunks(MAX_TXN_OPS) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|r| TxnOp::get(r.start.clone(), Some(GetOptions::new().with_range(r.end_bytes()).with_count_only())))
+            .collect();
+        let response = retry::run(policy, deadline, "counting etcd keys", || {
+            let mut kv = client.kv_client();
+            let txn = Txn::new().and_then(ops.clone());
+            async move { kv.txn(txn).await.map_err(|err| sort_error(err, "counting etcd keys")) }
+        })
+        .await?;
+        counts.extend(response.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Get(get) => get.count().max(0) as u64,
+            _ => 0,
+        }));
+    }
+    Ok(counts)
+}
+
+/// Deletes every range, one transaction per 128 ranges; returns keys deleted per range, as the
+/// server counted them. Each transaction is idempotent, so a retry after a lost answer is safe
+/// (it then reports zero for keys the first attempt already deleted).
+pub async fn delete(client: &Client, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<Vec<u64>> {
+    let mut deleted = Vec::with_capacity(ranges.len());
+    for chunk in ranges.chunks(MAX_TXN_OPS) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|r| TxnOp::delete(r.start.clone(), Some(DeleteOptions::new().with_range(r.end_bytes()))))
+            .collect();
+        let response = retry::run(policy, deadline, "deleting etcd ranges", || {
+            let mut kv = client.kv_client();
+            let txn = Txn::new().and_then(ops.clone());
+            async move { kv.txn(txn).await.map_err(|err| sort_error(err, "deleting etcd ranges")) }
+        })
+        .await?;
+        deleted.extend(response.op_responses().into_iter().map(|op| match op {
+            TxnOpResponse::Delete(del) => del.deleted().max(0) as u64,
+            _ => 0,
+        }));
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::{Exit, exit_for};
+
+    fn range(start: &str, end: Option<&str>) -> KeyRange {
+        KeyRange { start: start.as_bytes().to_vec(), end: end.map(|e| e.as_bytes().to_vec()) }
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// prefix_end increments the last byte, skipping trailing 0xff, as etcd does.
+    #[test]
+    fn prefix_end_matches_etcd() {
+        assert_eq!(prefix_end(b"monorepo/"), Some(b"monorepo0".to_vec()), "'/' + 1 = '0'");
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()), "trailing 0xff dropped");
+        assert_eq!(prefix_end(b"\xff\xff"), None, "all 0xff runs to the end");
+        assert_eq!(prefix_end(b""), None, "empty prefix is everything");
+    }
+
+    /// A literal prefix without a slash also covers its longer siblings; with the slash it does not.
+    #[test]
+    fn literal_prefixes_cover_siblings() {
+        let bare = KeyRange::prefix(b"monorepo");
+        let slash = KeyRange::prefix(b"monorepo/");
+        let keep = KeyRange::prefix(b"monorepo-keep/");
+        assert!(bare.overlaps(&keep), "monorepo reaches monorepo-keep/");
+        assert!(!slash.overlaps(&keep), "monorepo/ does not reach monorepo-keep/");
+    }
+
+    /// Subtracting a protected prefix leaves the two outer parts.
+    #[test]
+    fn protected_prefix_splits_a_range() {
+        let plan = plan_ranges(&strings(&["app/"]), &strings(&["app/keep/"])).expect("plan");
+        assert_eq!(plan.ranges, vec![range("app/", Some("app/keep/")), range("app/keep0", Some("app0"))], "split");
+        assert_eq!(plan.protected, strings(&["app/keep/"]), "protected inside target reported");
+        let whole = plan_ranges(&strings(&["app/"]), &strings(&["app/"])).expect("plan");
+        assert!(whole.ranges.is_empty(), "protecting the whole prefix leaves nothing");
+        let outside = plan_ranges(&strings(&["app/"]), &strings(&["other/"])).expect("plan");
+        assert!(outside.protected.is_empty(), "protected prefixes outside targets are not reported");
+    }
+
+    /// Overlapping and nested prefixes merge into disjoint ranges.
+    #[test]
+    fn overlapping_prefixes_merge() {
+        let plan = plan_ranges(&strings(&["a/b/", "a/", "c/"]), &[]).expect("plan");
+        assert_eq!(plan.ranges, vec![range("a/", Some("a0")), range("c/", Some("c0"))], "merged and sorted");
+    }
+
+    /// Empty prefixes and ranges reaching system keys are refused with 77, naming the prefix.
+    #[test]
+    fn dangerous_plans_are_refused() {
+        for (prefixes, needle) in [
+            (strings(&[""]), "empty prefix"),
+            (strings(&["ok/", ""]), "empty prefix"),
+            (strings(&["/"]), "/registry/"),
+            (strings(&["/reg"]), "/registry/"),
+            (strings(&["/registry/pods/"]), "/registry/"),
+            (strings(&["/coreos.com"]), "/coreos.com/"),
+        ] {
+            let err = plan_ranges(&prefixes, &[]).expect_err("refused");
+            assert_eq!(exit_for(&err), Exit::Refused, "{prefixes:?} refused with 77");
+            assert!(err.to_string().contains(needle), "{prefixes:?}: message names {needle}: {err}");
+        }
+    }
+
+    /// Protecting the system prefixes makes a broad prefix acceptable, and keeps them out of range.
+    #[test]
+    fn protected_system_prefixes_allow_a_broad_prefix() {
+        let plan = plan_ranges(&strings(&["/"]), &strings(&["/registry/", "/coreos.com/"])).expect("allowed");
+        let registry = KeyRange::prefix(b"/registry/");
+        assert!(plan.ranges.iter().all(|r| !r.overlaps(&registry)), "no range reaches /registry/");
+        assert_eq!(plan.ranges.len(), 3, "three pieces around two holes: {:?}", plan.ranges);
+    }
+
+    /// A range to the end of the keyspace is sent as "\0".
+    #[test]
+    fn unbounded_end_is_nul() {
+        assert_eq!(KeyRange::prefix(b"\xff").end_bytes(), vec![0], "etcd's 'to the end' marker");
+    }
+}

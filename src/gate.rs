@@ -1,0 +1,191 @@
+//! The gate: wait until the marker allows this revision, then let the pod start.
+//!
+//! Read the marker once; if that does not decide, watch that one ConfigMap from the read's
+//! `resourceVersion` (or, when it does not exist yet, from "now", which replays the current object
+//! as ADDED so a creation between read and watch is not missed). Every event is judged as it
+//! arrives, so the gate reacts within milliseconds of the write instead of on a polling interval.
+//! A closed stream or `410 Gone` (the watch's resourceVersion is too old) means: read again.
+//!
+//! After install, the gate's RoleBinding can take a moment to become effective, so 401/403 are
+//! retried for a short grace period before failing with a hint naming what is missing. An API that
+//! cannot be reached is retried until the gate's own deadline (the API server restarts too).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::config::{GateConfig, MarkerConfig, OnTimeout};
+use crate::exit::{Exit, Kind, classified};
+use crate::kube::{ConfigMap, KubeClient, KubeError, WatchEvent};
+use crate::marker::{self, Marker, Verdict};
+
+/// How long 401/403 are taken for "RBAC not effective yet" before they are taken at their word.
+const FORBIDDEN_GRACE: Duration = Duration::from_secs(20);
+/// First pause after a failed API call; doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(3);
+/// How long one watch request lasts before the server ends it and the gate re-reads.
+const WATCH_WINDOW: Duration = Duration::from_secs(290);
+
+/// What the gate last knew, kept outside the waiting future so the timeout message can use it.
+#[derive(Default)]
+struct Seen {
+    reached_api: bool,
+    last_marker: Option<Marker>,
+    last_error: Option<String>,
+}
+
+/// Waits for the marker; returns the exit status (0 pass, 1 failed marker, 75/69 on timeout).
+pub async fn run(config: &GateConfig) -> Result<Exit> {
+    let settings = &config.marker;
+    let kube = KubeClient::new(&settings.kube)?;
+    let deadline = Instant::now() + config.timeout;
+    info!(
+        marker = %settings.name,
+        namespace = %settings.namespace,
+        revision = settings.revision,
+        timeout_ms = config.timeout.as_millis() as u64,
+        "waiting for cleanup marker"
+    );
+    let started = std::time::Instant::now();
+    let mut seen = Seen::default();
+    let outcome = tokio::time::timeout_at(deadline, wait(&kube, settings, &mut seen)).await;
+    let waited_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(Ok(())) => {
+            info!(revision = settings.revision, waited_ms, marker = %marker::describe(seen.last_marker.as_ref()), "marker allows this revision, starting");
+            Ok(Exit::Success)
+        }
+        Ok(Err(err)) => Err(err),
+        Err(_) => {
+            let state = match (&seen.last_error, seen.reached_api) {
+                (Some(err), false) => format!("the Kubernetes API was never reached ({err})"),
+                _ => marker::describe(seen.last_marker.as_ref()),
+            };
+            let message = format!(
+                "marker {}/{} did not allow revision {} within {} ({state})",
+                settings.namespace,
+                settings.name,
+                settings.revision,
+                humantime::format_duration(config.timeout)
+            );
+            match config.on_timeout {
+                OnTimeout::Proceed => {
+                    warn!(waited_ms, "{message}; starting anyway because CLEANSLATE_GATE_ON_TIMEOUT=proceed");
+                    Ok(Exit::Success)
+                }
+                OnTimeout::Fail => {
+                    let kind = if seen.reached_api { Kind::Deadline } else { Kind::Unreachable };
+                    error!(waited_ms, "{message}");
+                    Err(classified(kind, message))
+                }
+            }
+        }
+    }
+}
+
+/// What one look at the marker decided.
+enum Step {
+    Done(Result<()>),
+    Continue,
+}
+
+fn judge(object: Option<&ConfigMap>, settings: &MarkerConfig, seen: &mut Seen) -> Step {
+    let found = object.and_then(|cm| Marker::from_data(&cm.data));
+    let verdict = marker::verdict(found.as_ref(), settings.revision);
+    if found != seen.last_marker {
+        info!(marker = %marker::describe(found.as_ref()), expected_revision = settings.revision, "marker seen");
+    }
+    seen.last_marker = found;
+    match verdict {
+        Verdict::Pass => Step::Done(Ok(())),
+        Verdict::Failed(message) => Step::Done(Err(classified(Kind::Failed, message))),
+        Verdict::Wait => Step::Continue,
+    }
+}
+
+/// Reads and watches until a decision; never returns on its own otherwise (the caller's deadline
+/// ends it).
+async fn wait(kube: &KubeClient, settings: &MarkerConfig, seen: &mut Seen) -> Result<()> {
+    let (namespace, name) = (settings.namespace.as_str(), settings.name.as_str());
+    let mut pause = FIRST_PAUSE;
+    let mut forbidden_since: Option<Instant> = None;
+    loop {
+        let outcome = async {
+            let current = kube.get(namespace, name).await?;
+            seen.reached_api = true;
+            if let Step::Done(result) = judge(current.as_ref(), settings, seen) {
+                return Ok(Some(result));
+            }
+            let resource_version = current.as_ref().and_then(|cm| cm.metadata.resource_version.clone());
+            let mut watch = kube.watch(namespace, name, resource_version.as_deref(), WATCH_WINDOW).await?;
+            while let Some(event) = watch.next().await? {
+                match handle_event(event, settings, seen) {
+                    Some(Step::Done(result)) => return Ok(Some(result)),
+                    Some(Step::Continue) => {}
+                    None => break,
+                }
+            }
+            Ok::<_, KubeError>(None)
+        }
+        .await;
+        match outcome {
+            Ok(Some(result)) => return result,
+            Ok(None) => {
+                // The stream ended or expired: read again at once.
+                forbidden_since = None;
+                pause = FIRST_PAUSE;
+            }
+            Err(err) => {
+                seen.last_error = Some(err.to_string());
+                seen.reached_api |= err.code().is_some();
+                if matches!(err.code(), Some(401) | Some(403)) {
+                    let since = *forbidden_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= FORBIDDEN_GRACE {
+                        return Err(classified(Kind::Failed, rbac_hint(&err, settings)));
+                    }
+                } else {
+                    forbidden_since = None;
+                }
+                if !err.is_transient() && !matches!(err.code(), Some(401) | Some(403)) {
+                    return Err(anyhow::Error::new(err).context(format!("reading marker {namespace}/{name}")));
+                }
+                warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "marker not readable yet, retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+        }
+    }
+}
+
+/// Judges one watch event; `None` means the stream must be re-established from a fresh read.
+fn handle_event(event: WatchEvent, settings: &MarkerConfig, seen: &mut Seen) -> Option<Step> {
+    match event.event_type.as_str() {
+        "ADDED" | "MODIFIED" => match serde_json::from_value::<ConfigMap>(event.object) {
+            Ok(object) => Some(judge(Some(&object), settings, seen)),
+            Err(err) => {
+                warn!(error = %err, "unreadable watch event, reading again");
+                None
+            }
+        },
+        // The chart deletes the marker before each install/upgrade (before-hook-creation): wait on.
+        "DELETED" => Some(judge(None, settings, seen)),
+        "BOOKMARK" => Some(Step::Continue),
+        _ => {
+            // ERROR carries a Status; 410 Gone means the resourceVersion is too old to watch from.
+            let status: crate::kube::Status = serde_json::from_value(event.object).unwrap_or_default();
+            info!(code = status.code, reason = %status.reason, "watch ended by the server, reading again");
+            None
+        }
+    }
+}
+
+fn rbac_hint(err: &KubeError, settings: &MarkerConfig) -> String {
+    format!(
+        "{err}; the gate's service account needs get, list and watch on ConfigMap {:?} in namespace {:?} \
+         (the chart's gate Role and RoleBinding must name the ServiceAccount this pod runs as)",
+        settings.name, settings.namespace
+    )
+}

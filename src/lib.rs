@@ -1,0 +1,32 @@
+//! cleanslate: a fresh RabbitMQ and etcd state for every Helm deploy of a dev or staging
+//! environment, and a gate that keeps pods from starting before it is done.
+//!
+//! A Helm hook Job runs `cleanslate purge`: it purges the selected RabbitMQ queues through the
+//! management HTTP API and deletes the selected etcd prefixes in one transaction, side by side,
+//! with retries under one deadline, then records the outcome in a marker ConfigMap. Each gated pod
+//! runs `cleanslate gate` as an init container, which watches that ConfigMap until it says this
+//! revision (or a newer one) was cleaned. `cleanslate plan` shows what a purge would do.
+//!
+//! # Layout
+//!
+//! - [`config`]: `CLEANSLATE_*` variables → validated structs; secrets redacted.
+//! - [`exit`]: the sysexits-style exit codes and the error → code mapping.
+//! - [`telemetry`]: JSON or text logs on stdout, level from `RUST_LOG`.
+//! - [`retry`]: exponential backoff with jitter under a deadline.
+//! - [`rabbitmq`]: management API: list, dead-letter discovery, purge.
+//! - [`etcd`]: key ranges, protected prefixes, the delete transaction.
+//! - [`kube`]: one ConfigMap through the Kubernetes API: get, create, replace, watch.
+//! - [`marker`]: the marker's data and the gate's rules (pure).
+//! - [`purge`]: the purge and plan runs.
+//! - [`gate`]: read, then watch, until the marker allows this revision.
+
+pub mod config;
+pub mod etcd;
+pub mod exit;
+pub mod gate;
+pub mod kube;
+pub mod marker;
+pub mod purge;
+pub mod rabbitmq;
+pub mod retry;
+pub mod telemetry;

@@ -1,0 +1,135 @@
+//! The `cleanslate` command: parse the subcommand, load configuration, run, map the outcome to an
+//! exit code. Everything else lives in the library (see `lib.rs`).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use cleanslate::config::{self, Env, GateConfig, Mode, PurgeConfig};
+use cleanslate::exit::{Exit, exit_for};
+use cleanslate::{gate, purge, telemetry};
+use tracing::error;
+
+const USAGE: &str = "\
+usage: cleanslate <command>
+
+commands:
+  purge     purge RabbitMQ queues and etcd prefixes, then write the marker (hook Job, helm test)
+  gate      wait until the marker allows this revision (init container)
+  plan      show what purge would do, with counts; changes nothing
+
+options:
+  -h, --help     show this help
+  -V, --version  show the version
+
+Configuration comes from CLEANSLATE_* environment variables; see the README.";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Purge,
+    Gate,
+    Plan,
+}
+
+impl Command {
+    fn name(self) -> &'static str {
+        match self {
+            Command::Purge => "purge",
+            Command::Gate => "gate",
+            Command::Plan => "plan",
+        }
+    }
+}
+
+enum Invocation {
+    Run(Command),
+    Help,
+    Version,
+}
+
+fn parse_args(args: &[String]) -> Result<Invocation, String> {
+    match args {
+        [] => Err("a command is required".into()),
+        [only] => match only.as_str() {
+            "purge" => Ok(Invocation::Run(Command::Purge)),
+            "gate" => Ok(Invocation::Run(Command::Gate)),
+            "plan" => Ok(Invocation::Run(Command::Plan)),
+            "-h" | "--help" | "help" => Ok(Invocation::Help),
+            "-V" | "--version" => Ok(Invocation::Version),
+            other if other.starts_with('-') => Err(format!("unknown option {other:?}")),
+            other => Err(format!("unknown command {other:?}")),
+        },
+        [command, extra, ..] if matches!(extra.as_str(), "-h" | "--help") && !command.starts_with('-') => {
+            Ok(Invocation::Help)
+        }
+        [_, extra, ..] => Err(format!("unexpected argument {extra:?}; configuration comes from CLEANSLATE_* variables")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match parse_args(&args) {
+        Ok(Invocation::Run(command)) => command,
+        Ok(Invocation::Help) => {
+            println!("{USAGE}");
+            return Exit::Success.into();
+        }
+        Ok(Invocation::Version) => {
+            println!("cleanslate {}", env!("CARGO_PKG_VERSION"));
+            return Exit::Success.into();
+        }
+        Err(message) => {
+            eprintln!("cleanslate: {message}\n\n{USAGE}");
+            return Exit::Usage.into();
+        }
+    };
+    let env = match Env::from_process().and_then(|env| config::log_format(&env).map(|format| (env, format))) {
+        Ok((env, format)) => {
+            telemetry::init(format);
+            env
+        }
+        Err(err) => return report(command, &err).into(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => return report(command, &anyhow::Error::new(err).context("starting the async runtime")).into(),
+    };
+    let exit = runtime.block_on(async {
+        tokio::select! {
+            result = run(command, &env) => result.unwrap_or_else(|err| report(command, &err)),
+            signal = terminated() => {
+                error!(signal, "stopped by signal before finishing; no marker claims success");
+                eprintln!("cleanslate {}: stopped by {signal}", command.name());
+                Exit::Terminated
+            }
+        }
+    });
+    exit.into()
+}
+
+async fn run(command: Command, env: &Env) -> Result<Exit> {
+    match command {
+        Command::Purge => purge::run(&PurgeConfig::from_env(env, Mode::Purge)?, Mode::Purge).await,
+        Command::Plan => purge::run(&PurgeConfig::from_env(env, Mode::Plan)?, Mode::Plan).await,
+        Command::Gate => gate::run(&GateConfig::from_env(env)?).await,
+    }
+}
+
+/// Reports an error once, at the top: a log event and one line on stderr whose start is stable.
+fn report(command: Command, err: &anyhow::Error) -> Exit {
+    let exit = exit_for(err);
+    error!(exit_code = exit.code(), error = %format!("{err:#}"), "{} failed", command.name());
+    eprintln!("cleanslate {}: {err:#}", command.name());
+    exit
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C), naming the signal.
+async fn terminated() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,354 @@
+//! The purge run (`purge` and `plan`): guard, plan, clean RabbitMQ and etcd side by side, summarise,
+//! write the marker.
+//!
+//! Everything that can refuse the run (production, dangerous prefixes, configuration) is decided
+//! before the first connection. RabbitMQ and etcd are cleaned concurrently under one deadline,
+//! because the run's length is the deploy's delay. A failure on one side does not stop the other:
+//! both are idempotent, and the summary and the marker say exactly what was and was not done.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Result, anyhow};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::config::{MarkerConfig, MissingQueue, Mode, PurgeConfig, RabbitConfig, RetryPolicy};
+use crate::etcd::{self, KeyRange, RangePlan};
+use crate::exit::{Exit, Kind, classified, exit_for};
+use crate::kube::{ConfigMap, KubeClient, KubeError};
+use crate::marker::{self, Marker, RunStatus};
+use crate::rabbitmq::{Management, QueueOutcome, Selection};
+use crate::retry::{self, Attempt};
+
+/// Time allowed for writing the marker after the run, on top of `CLEANSLATE_TIMEOUT`: a run that
+/// used its whole deadline must still tell the gates how it ended.
+const MARKER_BUDGET: Duration = Duration::from_secs(15);
+
+/// The RabbitMQ side's result.
+struct RabbitReport {
+    selection: Selection,
+    /// One per selected queue, in order; empty in a dry run.
+    outcomes: Vec<QueueOutcome>,
+}
+
+/// The etcd side's result.
+struct EtcdReport {
+    plan: RangePlan,
+    /// Keys deleted per range, or keys that would be deleted in a dry run.
+    counts: Vec<u64>,
+}
+
+/// Totals and failures of a whole run: what the summary line and the marker say.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub queues_purged: u64,
+    pub queues_failed: u64,
+    pub messages_purged: u64,
+    pub keys_deleted: u64,
+    pub failures: Vec<String>,
+    pub exit: Option<Exit>,
+}
+
+impl Summary {
+    fn fail(&mut self, exit: Exit, message: String) {
+        self.exit = Some(self.exit.map_or(exit, |e| e.worst(exit)));
+        self.failures.push(message);
+    }
+
+    /// The run's exit status.
+    pub fn exit(&self) -> Exit {
+        self.exit.unwrap_or(Exit::Success)
+    }
+}
+
+/// Runs `purge` (or `plan`) and returns the exit status; refusals and configuration problems come
+/// back as errors before anything is touched.
+pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
+    let dry_run = mode == Mode::Plan || config.dry_run;
+    if mode == Mode::Purge && config.is_production() && !config.allow_production {
+        return Err(classified(
+            Kind::Refused,
+            format!(
+                "CLEANSLATE_ENVIRONMENT is {:?}: purging production is refused unless CLEANSLATE_ALLOW_PRODUCTION=true; nothing was touched",
+                config.environment.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    let etcd_plan = match &config.etcd {
+        Some(etcd) => Some(etcd::plan_ranges(&etcd.prefixes, &etcd.protected_prefixes)?),
+        None => None,
+    };
+    // Half the run per request leaves room for a retry when one request hangs.
+    let request_timeout = (config.timeout / 2).max(Duration::from_secs(1));
+    let rabbit = match &config.rabbitmq {
+        Some(rabbit) => Some((Management::new(rabbit, request_timeout)?, rabbit)),
+        None => None,
+    };
+    let marker_target = match (&config.marker, mode) {
+        (Some(marker), Mode::Purge) => Some((KubeClient::new(&marker.kube)?, marker)),
+        _ => None,
+    };
+
+    let started_at = SystemTime::now();
+    let clock = Instant::now();
+    let deadline = clock + config.timeout;
+    info!(
+        environment = config.environment.as_deref().unwrap_or(""),
+        dry_run,
+        rabbitmq = config.rabbitmq.is_some(),
+        etcd = config.etcd.is_some(),
+        timeout_ms = config.timeout.as_millis() as u64,
+        "{}",
+        if mode == Mode::Plan { "planning" } else { "purge started" }
+    );
+
+    let rabbit_side = async {
+        match &rabbit {
+            Some((client, settings)) => Some(clean_rabbitmq(client, settings, config, dry_run, deadline).await),
+            None => None,
+        }
+    };
+    let etcd_side = async {
+        match (&config.etcd, etcd_plan) {
+            (Some(settings), Some(plan)) => {
+                Some(clean_etcd(settings, plan, &config.retry, request_timeout, dry_run, deadline).await)
+            }
+            _ => None,
+        }
+    };
+    let (rabbit_result, etcd_result) = tokio::join!(rabbit_side, etcd_side);
+
+    let summary = summarize(rabbit_result, etcd_result, config, dry_run);
+    let duration_ms = clock.elapsed().as_millis() as u64;
+    let mut exit = summary.exit();
+    if summary.failures.is_empty() {
+        info!(
+            status = "succeeded",
+            dry_run,
+            queues_purged = summary.queues_purged,
+            messages_purged_approx = summary.messages_purged,
+            keys_deleted = summary.keys_deleted,
+            duration_ms,
+            "{}",
+            if dry_run { "plan finished, nothing changed" } else { "purge finished" }
+        );
+    } else {
+        error!(
+            status = "failed",
+            exit_code = exit.code(),
+            dry_run,
+            queues_purged = summary.queues_purged,
+            queues_failed = summary.queues_failed,
+            messages_purged_approx = summary.messages_purged,
+            keys_deleted = summary.keys_deleted,
+            duration_ms,
+            failures = %summary.failures.join("; "),
+            "purge failed"
+        );
+    }
+
+    if let Some((kube, settings)) = marker_target {
+        let record = Marker {
+            revision: settings.revision,
+            status: if summary.failures.is_empty() { RunStatus::Succeeded } else { RunStatus::Failed },
+            dry_run,
+            started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
+            finished_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            duration_ms,
+            queues_purged: summary.queues_purged,
+            messages_purged: summary.messages_purged,
+            keys_deleted: summary.keys_deleted,
+            message: summary.failures.join("; "),
+            job: settings.pod_name.clone().unwrap_or_default(),
+        };
+        if let Err(err) = write_marker(&kube, settings, &record).await {
+            error!(marker = %settings.name, namespace = %settings.namespace, error = %format!("{err:#}"), "marker not written");
+            exit = exit.worst(exit_for(&err));
+        }
+    }
+    Ok(exit)
+}
+
+async fn clean_rabbitmq(
+    client: &Management,
+    settings: &RabbitConfig,
+    config: &PurgeConfig,
+    dry_run: bool,
+    deadline: Instant,
+) -> Result<RabbitReport> {
+    let selection = client.select(settings, &config.retry, deadline).await?;
+    if dry_run {
+        for queue in &selection.queues {
+            info!(
+                vhost = %settings.vhost,
+                queue = %queue.info.name,
+                reason = %queue.reason,
+                queue_type = queue.info.queue_type.as_deref().unwrap_or("classic"),
+                approx_messages = queue.info.messages.unwrap_or(0),
+                consumers = queue.info.consumers.unwrap_or(0),
+                "would purge queue"
+            );
+        }
+        return Ok(RabbitReport { selection, outcomes: Vec::new() });
+    }
+    if settings.missing == MissingQueue::Fail && !selection.missing.is_empty() {
+        // Nothing is purged when the selection is known to be wrong.
+        return Err(anyhow!(
+            "named queues missing in vhost {:?}: {} (CLEANSLATE_RABBITMQ_MISSING=fail); no queue was purged",
+            settings.vhost,
+            selection.missing.join(", ")
+        ));
+    }
+    let outcomes = client.purge_all(&selection.queues, config.concurrency, &config.retry, deadline).await;
+    Ok(RabbitReport { selection, outcomes })
+}
+
+async fn clean_etcd(
+    settings: &crate::config::EtcdConfig,
+    plan: RangePlan,
+    policy: &RetryPolicy,
+    request_timeout: Duration,
+    dry_run: bool,
+    deadline: Instant,
+) -> Result<EtcdReport> {
+    let started = std::time::Instant::now();
+    let client = retry::run(policy, deadline, "connecting to etcd", || etcd::connect(settings, request_timeout)).await?;
+    let counts = if dry_run {
+        let protected: Vec<KeyRange> = plan.protected.iter().map(|p| KeyRange::prefix(p.as_bytes())).collect();
+        let all: Vec<KeyRange> = plan.ranges.iter().chain(&protected).cloned().collect();
+        let mut counts = etcd::count(&client, &all, policy, deadline).await?;
+        let protected_counts = counts.split_off(plan.ranges.len());
+        for (range, keys) in plan.ranges.iter().zip(&counts) {
+            info!(range = %range, keys, "would delete key range");
+        }
+        for (prefix, keys) in plan.protected.iter().zip(protected_counts) {
+            info!(prefix = %prefix, keys, reason = "listed in CLEANSLATE_ETCD_PROTECTED_PREFIXES", "protected keys kept");
+        }
+        counts
+    } else {
+        let deleted = etcd::delete(&client, &plan.ranges, policy, deadline).await?;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        for (range, keys) in plan.ranges.iter().zip(&deleted) {
+            info!(range = %range, keys_deleted = keys, duration_ms, "deleted key range");
+        }
+        for prefix in &plan.protected {
+            info!(prefix = %prefix, reason = "listed in CLEANSLATE_ETCD_PROTECTED_PREFIXES", "protected keys kept");
+        }
+        deleted
+    };
+    Ok(EtcdReport { plan, counts })
+}
+
+fn summarize(
+    rabbit: Option<Result<RabbitReport>>,
+    etcd: Option<Result<EtcdReport>>,
+    config: &PurgeConfig,
+    dry_run: bool,
+) -> Summary {
+    let mut summary = Summary::default();
+    match rabbit {
+        None => {}
+        Some(Err(err)) => summary.fail(exit_for(&err), format!("rabbitmq: {err:#}")),
+        Some(Ok(report)) => {
+            for (queue, outcome) in report.selection.queues.iter().zip(&report.outcomes) {
+                match outcome {
+                    QueueOutcome::Purged { approx_messages } => {
+                        summary.queues_purged += 1;
+                        summary.messages_purged += approx_messages;
+                    }
+                    QueueOutcome::Vanished => {}
+                    QueueOutcome::Failed(message) => {
+                        summary.queues_failed += 1;
+                        summary.fail(Exit::Failed, format!("queue {:?}: {message}", queue.info.name));
+                    }
+                }
+            }
+            let missing = &report.selection.missing;
+            if !missing.is_empty() && config.rabbitmq.as_ref().is_some_and(|r| r.missing == MissingQueue::Fail) {
+                summary.fail(Exit::Failed, format!("named queues missing: {}", missing.join(", ")));
+            }
+            if !dry_run {
+                let not_purged: Vec<&str> = report
+                    .selection
+                    .queues
+                    .iter()
+                    .zip(&report.outcomes)
+                    .filter(|(_, o)| matches!(o, QueueOutcome::Failed(_)))
+                    .map(|(q, _)| q.info.name.as_str())
+                    .collect();
+                if !not_purged.is_empty() {
+                    warn!(queues = %not_purged.join(", "), "queues not purged");
+                }
+            }
+        }
+    }
+    match etcd {
+        None => {}
+        Some(Err(err)) => summary.fail(exit_for(&err), format!("etcd: {err:#}")),
+        Some(Ok(report)) => {
+            if !dry_run {
+                summary.keys_deleted = report.counts.iter().take(report.plan.ranges.len()).sum();
+            }
+        }
+    }
+    summary
+}
+
+/// Records the run in the marker ConfigMap with optimistic concurrency, never lowering the revision,
+/// retrying API hiccups within [`MARKER_BUDGET`].
+async fn write_marker(kube: &KubeClient, settings: &MarkerConfig, record: &Marker) -> Result<()> {
+    let policy = RetryPolicy { attempts: 8, backoff: Duration::from_millis(200) };
+    let deadline = Instant::now() + MARKER_BUDGET;
+    let what = format!("writing marker {}/{}", settings.namespace, settings.name);
+    let newer = std::cell::Cell::new(None);
+    let written = retry::run(&policy, deadline, &what, || {
+        let newer = &newer;
+        async move {
+            kube.upsert(&settings.namespace, &settings.name, |current| {
+                let existing = current.as_ref().and_then(|cm| Marker::from_data(&cm.data));
+                if !marker::may_replace(existing.as_ref(), record.revision) {
+                    newer.set(existing.map(|m| m.revision));
+                    return None;
+                }
+                let mut object = current.unwrap_or_else(|| ConfigMap::new(&settings.name, &settings.namespace));
+                object.metadata.labels.insert(marker::MANAGED_BY.0.into(), marker::MANAGED_BY.1.into());
+                if let Some(release) = &settings.release {
+                    object.metadata.labels.insert(marker::INSTANCE_LABEL.into(), release.clone());
+                }
+                object.data = record.to_data();
+                Some(object)
+            })
+            .await
+            .map_err(|err| kube_attempt(err, settings))
+        }
+    })
+    .await?;
+    match written {
+        Some(_) => info!(marker = %settings.name, namespace = %settings.namespace, revision = record.revision, status = ?record.status, "marker written"),
+        None => warn!(
+            marker = %settings.name,
+            revision = record.revision,
+            newer_revision = newer.get().unwrap_or_default(),
+            "marker holds a newer revision; left unchanged"
+        ),
+    }
+    Ok(())
+}
+
+/// Sorts a Kubernetes API failure for the retry loop, with an RBAC hint for 401/403.
+pub fn kube_attempt(err: KubeError, settings: &MarkerConfig) -> Attempt {
+    let code = err.code();
+    let transient = err.is_transient();
+    let unreachable = matches!(err, KubeError::Transport(_));
+    let err = anyhow::Error::new(err);
+    match code {
+        Some(401) | Some(403) => Attempt::Permanent(err.context(format!(
+            "the service account may not read and update ConfigMap {:?} in namespace {:?}: \
+             it needs get, update and patch on that name (see the chart's Role)",
+            settings.name, settings.namespace
+        ))),
+        _ if unreachable => Attempt::Transient(err.context(classified(Kind::Unreachable, "Kubernetes API not reachable"))),
+        _ if transient => Attempt::Transient(err),
+        _ => Attempt::Permanent(err),
+    }
+}
