@@ -94,6 +94,20 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// The class whose exit status is `exit` (the inverse of [`Kind::exit`]; success has none).
+    pub fn for_exit(exit: Exit) -> Kind {
+        match exit {
+            Exit::Config => Kind::Config,
+            Exit::Refused => Kind::Refused,
+            Exit::Unavailable => Kind::Unreachable,
+            Exit::Deadline => Kind::Deadline,
+            Exit::Usage => Kind::Usage,
+            Exit::Success | Exit::Failed | Exit::Terminated => Kind::Failed,
+        }
+    }
+}
+
 /// An error message tagged with the [`Kind`] that decides the exit status.
 #[derive(Debug)]
 pub struct Classified {

@@ -164,9 +164,18 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
         if let Err(err) = write_marker(&kube, settings, &record).await {
             error!(marker = %settings.name, namespace = %settings.namespace, error = %format!("{err:#}"), "marker not written");
             exit = exit.worst(exit_for(&err));
+            if summary.failures.is_empty() {
+                return Err(err);
+            }
         }
     }
-    Ok(exit)
+    if summary.failures.is_empty() {
+        Ok(exit)
+    } else {
+        // Reported once more by main on stderr, so the first line of a failed Job's output says
+        // what failed, whatever the log format.
+        Err(classified(Kind::for_exit(exit), summary.failures.join("; ")))
+    }
 }
 
 async fn clean_rabbitmq(

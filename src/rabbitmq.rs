@@ -202,13 +202,17 @@ impl Management {
         }
         let reason = response_reason(response).await;
         Err(match status {
-            StatusCode::UNAUTHORIZED => Attempt::Permanent(anyhow!(
-                "{what}: RabbitMQ rejected the credentials of user {:?} (401 Unauthorized{reason}); check CLEANSLATE_RABBITMQ_USERNAME and the password",
+            // RabbitMQ answers 401 both for a failed login ("Login failed") and for a user without
+            // access to the vhost or queue ("not authorised to access virtual host", "Access
+            // refused."), so the reason decides which hint is right.
+            StatusCode::UNAUTHORIZED if reason.contains("Login failed") => Attempt::Permanent(anyhow!(
+                "{what}: RabbitMQ rejected the login of user {:?} (401{reason}); check CLEANSLATE_RABBITMQ_USERNAME and the password",
                 self.username
             )),
-            StatusCode::FORBIDDEN => Attempt::Permanent(anyhow!(
-                "{what}: user {:?} lacks permission (403 Forbidden{reason}); it needs the management tag and read permission on vhost {:?}",
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Attempt::Permanent(anyhow!(
+                "{what}: user {:?} lacks permission ({}{reason}); it needs the management tag, access to vhost {:?} and read permission on the queues",
                 self.username,
+                status.as_u16(),
                 self.vhost
             )),
             s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {

@@ -1,0 +1,289 @@
+//! RabbitMQ behaviour of `cleanslate purge`, against the real broker started by `hack/services.sh`.
+//! Each test works in its own vhost and deletes it afterwards; survivors are checked every time.
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+/// Variables for a purge of `vhost` with `extra` settings, RabbitMQ only.
+fn purge_vars(vhost: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let base = with(service_vars(), &[("CLEANSLATE_TARGETS", "rabbitmq"), ("CLEANSLATE_RABBITMQ_VHOST", vhost)]);
+    with(base, extra)
+}
+
+async fn fresh_vhost(rabbit: &Rabbit, name: &str) -> String {
+    let vhost = unique(name);
+    rabbit.create_vhost(&vhost).await;
+    vhost
+}
+
+/// Named queues are emptied; queues not named keep every message, including a name that merely
+/// contains the target's name.
+#[tokio::test]
+async fn named_queues_are_purged_and_others_survive() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "named").await;
+    for queue in ["monorepo", "monorepo-keep", "other"] {
+        rabbit.declare(&vhost, queue, json!({})).await;
+        rabbit.publish(&vhost, queue, 5).await;
+    }
+    rabbit.wait_for_stats(&vhost, "monorepo", 5).await;
+
+    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "monorepo")])).await;
+
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert_eq!(rabbit.count(&vhost, "monorepo").await, 0, "named queue emptied");
+    assert_eq!(rabbit.count(&vhost, "monorepo-keep").await, 5, "similar name survives");
+    assert_eq!(rabbit.count(&vhost, "other").await, 5, "other queue survives");
+    assert!(run.stdout.contains(r#""message":"purged queue""#), "one event per queue: {}", run.stdout);
+    assert!(run.stdout.contains(r#""approx_messages":5"#), "approximate count reported: {}", run.stdout);
+    assert!(run.stdout.contains(r#""queues_purged":1"#), "summary counts one queue: {}", run.stdout);
+    run.assert_no_secret(&[&rabbit_password()]);
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// The pattern selects whole names only, case-sensitively, unlike RabbitMQ's own name filter.
+#[tokio::test]
+async fn pattern_matches_whole_names_exactly() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "pattern").await;
+    for queue in ["orders", "orders-dlq", "preorders", "Orders", "orders-dlq-old"] {
+        rabbit.declare(&vhost, queue, json!({})).await;
+        rabbit.publish(&vhost, queue, 2).await;
+    }
+
+    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "orders(-dlq)?")])).await;
+
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert_eq!(rabbit.count(&vhost, "orders").await, 0, "orders matched");
+    assert_eq!(rabbit.count(&vhost, "orders-dlq").await, 0, "orders-dlq matched");
+    for survivor in ["preorders", "Orders", "orders-dlq-old"] {
+        assert_eq!(rabbit.count(&vhost, survivor).await, 2, "{survivor} is not a whole-name match");
+    }
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// Listing is paginated: a queue beyond the first 500 is still found by the pattern.
+#[tokio::test]
+async fn pagination_reaches_queues_past_the_first_page() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "pages").await;
+    for i in 0..520 {
+        rabbit.declare(&vhost, &format!("filler-{i:04}"), json!({})).await;
+    }
+    rabbit.declare(&vhost, "zz-target", json!({})).await;
+    rabbit.publish(&vhost, "zz-target", 3).await;
+    rabbit.publish(&vhost, "filler-0519", 3).await;
+
+    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "zz-.*")])).await;
+
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert_eq!(rabbit.count(&vhost, "zz-target").await, 0, "queue on page two purged");
+    assert_eq!(rabbit.count(&vhost, "filler-0519").await, 3, "non-matching queue survives");
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// Dead-letter queues are found from queue arguments (a direct exchange with a routing key, and
+/// the default exchange) and from policies; a queue bound with another routing key survives.
+#[tokio::test]
+async fn dead_letter_queues_are_found_and_purged() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "dlx").await;
+    rabbit.declare_exchange(&vhost, "dlx", "direct").await;
+    for queue in ["work-dlq", "unrelated-dlq", "default-dlq", "policy-dlq", "bystander"] {
+        rabbit.declare(&vhost, queue, json!({})).await;
+    }
+    rabbit.bind(&vhost, "dlx", "work-dlq", "work").await;
+    rabbit.bind(&vhost, "dlx", "unrelated-dlq", "unrelated").await;
+    rabbit.declare(&vhost, "work", json!({"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "work"})).await;
+    rabbit.declare(&vhost, "plain", json!({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "default-dlq"})).await;
+    rabbit.set_policy(&vhost, "dl", "^ruled$", json!({"dead-letter-exchange": "", "dead-letter-routing-key": "policy-dlq"})).await;
+    rabbit.declare(&vhost, "ruled", json!({})).await;
+    for queue in ["work", "plain", "ruled", "work-dlq", "unrelated-dlq", "default-dlq", "policy-dlq", "bystander"] {
+        rabbit.publish(&vhost, queue, 2).await;
+    }
+    rabbit.wait_for_policy(&vhost, "ruled", "dl").await;
+
+    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "work,plain,ruled")])).await;
+
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    for queue in ["work", "plain", "ruled", "work-dlq", "default-dlq", "policy-dlq"] {
+        assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue} purged");
+    }
+    assert_eq!(rabbit.count(&vhost, "unrelated-dlq").await, 2, "other routing key on the DLX survives");
+    assert_eq!(rabbit.count(&vhost, "bystander").await, 2, "unrelated queue survives");
+    assert!(run.stdout.contains("dead letters of work"), "reason logged: {}", run.stdout);
+
+    rabbit.publish(&vhost, "work-dlq", 2).await;
+    let run = cleanslate(
+        &["purge"],
+        &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "work"), ("CLEANSLATE_RABBITMQ_DEAD_LETTERS", "false")]),
+    )
+    .await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert_eq!(rabbit.count(&vhost, "work-dlq").await, 2, "dead letters kept when turned off");
+    rabbit.delete_policy(&vhost, "dl").await;
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// A missing named queue warns with `ignore`; with `fail` the run fails and purges nothing.
+#[tokio::test]
+async fn missing_queues_warn_or_fail() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "missing").await;
+    rabbit.declare(&vhost, "present", json!({})).await;
+    rabbit.publish(&vhost, "present", 2).await;
+
+    let fail = cleanslate(
+        &["purge"],
+        &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "present,absent"), ("CLEANSLATE_RABBITMQ_MISSING", "fail")]),
+    )
+    .await;
+    assert_eq!(fail.code, 1, "missing queue fails the run: {}", fail.all_output());
+    assert!(fail.first_stderr_line().contains("absent"), "names the queue: {}", fail.stderr);
+    assert_eq!(rabbit.count(&vhost, "present").await, 2, "nothing purged when the selection is wrong");
+
+    let ignore = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "present,absent")])).await;
+    assert_eq!(ignore.code, 0, "missing queue ignored: {}", ignore.all_output());
+    assert!(ignore.stdout.contains("named queue does not exist"), "warned: {}", ignore.stdout);
+    assert_eq!(rabbit.count(&vhost, "present").await, 0, "present queue purged");
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// A stream cannot be purged: the run reports it by name with RabbitMQ's reason, exits 1, and
+/// still purges the other queues.
+#[tokio::test]
+async fn unpurgeable_stream_is_reported_by_name() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "stream").await;
+    rabbit.declare(&vhost, "events", json!({"x-queue-type": "stream"})).await;
+    rabbit.declare(&vhost, "jobs", json!({})).await;
+    rabbit.publish(&vhost, "jobs", 3).await;
+
+    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "events,jobs")])).await;
+
+    assert_eq!(run.code, 1, "an unpurgeable queue fails the run: {}", run.all_output());
+    assert!(run.stderr.contains("\"events\""), "names the stream: {}", run.stderr);
+    assert!(run.stderr.contains("not supported by stream queues"), "carries RabbitMQ's reason: {}", run.stderr);
+    assert_eq!(rabbit.count(&vhost, "jobs").await, 0, "the other queue is still purged");
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// A wrong password fails at once (no retries) with a clear message, and purges nothing.
+#[tokio::test]
+async fn wrong_password_fails_at_once() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "badpw").await;
+    rabbit.declare(&vhost, "q", json!({})).await;
+    rabbit.publish(&vhost, "q", 2).await;
+    let wrong = "Wrong-Password-91c2";
+
+    let run = cleanslate(
+        &["purge"],
+        &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "q"), ("CLEANSLATE_RABBITMQ_PASSWORD", wrong)]),
+    )
+    .await;
+
+    assert_eq!(run.code, 1, "bad credentials fail: {}", run.all_output());
+    assert!(run.first_stderr_line().contains("rejected the login"), "says what is wrong: {}", run.stderr);
+    assert!(!run.stdout.contains("retrying"), "no retry storm: {}", run.stdout);
+    run.assert_no_secret(&[wrong, &rabbit_password()]);
+    assert_eq!(rabbit.count(&vhost, "q").await, 2, "nothing purged");
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// A user without read permission fails at once with a hint about permissions.
+#[tokio::test]
+async fn missing_permission_fails_with_a_hint() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "perm").await;
+    rabbit.declare(&vhost, "q", json!({})).await;
+    rabbit.publish(&vhost, "q", 2).await;
+    let user = unique("reader");
+    rabbit.create_user(&user, "Reader-Pw-55", "management", &vhost, "^$").await;
+
+    let run = cleanslate(
+        &["purge"],
+        &purge_vars(
+            &vhost,
+            &[("CLEANSLATE_RABBITMQ_QUEUES", "q"), ("CLEANSLATE_RABBITMQ_USERNAME", &user), ("CLEANSLATE_RABBITMQ_PASSWORD", "Reader-Pw-55")],
+        ),
+    )
+    .await;
+
+    assert_eq!(run.code, 1, "permission problem fails: {}", run.all_output());
+    assert!(run.stderr.contains("lacks permission"), "permission hint: {}", run.stderr);
+    assert!(!run.stdout.contains("retrying"), "not retried: {}", run.stdout);
+    run.assert_no_secret(&["Reader-Pw-55"]);
+    assert_eq!(rabbit.count(&vhost, "q").await, 2, "nothing purged");
+    rabbit.delete_user(&user).await;
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// A vhost containing `/` and queue names containing `/`, `.` and a space are encoded correctly,
+/// and a queue whose name is a prefix of another is not confused with it.
+#[tokio::test]
+async fn slashes_dots_and_spaces_are_encoded() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "team/dev").await;
+    let odd = ["a/b", "x.y.z", "with space", "100%"];
+    for queue in odd.iter().chain(&["a"]) {
+        rabbit.declare(&vhost, queue, json!({})).await;
+        rabbit.publish(&vhost, queue, 2).await;
+    }
+
+    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", &odd.join(","))])).await;
+
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    for queue in odd {
+        assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue:?} purged");
+    }
+    assert_eq!(rabbit.count(&vhost, "a").await, 2, "queue 'a' is not 'a/b'");
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// https with the CA given in CLEANSLATE_RABBITMQ_CA_FILE works; without it the server is not
+/// trusted and nothing is purged.
+#[tokio::test]
+async fn https_with_an_extra_ca() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "tls").await;
+    rabbit.declare(&vhost, "q", json!({})).await;
+    rabbit.publish(&vhost, "q", 2).await;
+    let tls = [("CLEANSLATE_RABBITMQ_QUEUES", "q"), ("CLEANSLATE_RABBITMQ_URL", &rabbit_tls_url() as &str), ("CLEANSLATE_TIMEOUT", "3s")];
+
+    let untrusted = cleanslate(&["purge"], &purge_vars(&vhost, &tls)).await;
+    assert_ne!(untrusted.code, 0, "an unknown CA is not trusted: {}", untrusted.all_output());
+    assert_eq!(rabbit.count(&vhost, "q").await, 2, "nothing purged over an untrusted connection");
+
+    let ca = rabbit_ca_file();
+    let ca = ca.to_str().expect("utf-8 path");
+    let trusted = cleanslate(&["purge"], &purge_vars(&vhost, &with(vars(&tls), &[("CLEANSLATE_RABBITMQ_CA_FILE", ca)]).iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>())).await;
+    assert_eq!(trusted.code, 0, "purge over https succeeds: {}", trusted.all_output());
+    assert_eq!(rabbit.count(&vhost, "q").await, 0, "purged over https");
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// Many queues with a concurrency limit of 2 are all purged.
+#[tokio::test]
+async fn bounded_concurrency_purges_everything() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "many").await;
+    let names: Vec<String> = (0..20).map(|i| format!("q{i:02}")).collect();
+    for name in &names {
+        rabbit.declare(&vhost, name, json!({})).await;
+        rabbit.publish(&vhost, name, 1).await;
+    }
+    let run = cleanslate(
+        &["purge"],
+        &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "q[0-9]+"), ("CLEANSLATE_CONCURRENCY", "2")]),
+    )
+    .await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    for name in &names {
+        assert_eq!(rabbit.count(&vhost, name).await, 0, "{name} purged");
+    }
+    assert!(run.stdout.contains(r#""queues_purged":20"#), "summary counts 20: {}", run.stdout);
+    rabbit.delete_vhost(&vhost).await;
+}
