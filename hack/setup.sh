@@ -58,4 +58,4 @@ if ! command -v cargo >/dev/null; then
 fi
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt 2>/dev/null || true
 
-echo "setup: done (tools in .tools/bin: $(ls "$tools/bin" | tr '\n' ' '))"
+echo "setup: done (tools in $tools/bin)"

@@ -440,9 +440,7 @@ fn targets(value: &Option<String>) -> Result<(bool, bool)> {
             "rabbitmq" => rabbitmq = true,
             "etcd" => etcd = true,
             _ => {
-                return Err(config_error(format!(
-                    "CLEANSLATE_TARGETS may list rabbitmq and etcd, not {item:?}"
-                )));
+                return Err(config_error(format!("CLEANSLATE_TARGETS may list rabbitmq and etcd, not {item:?}")));
             }
         }
     }
@@ -453,27 +451,23 @@ fn targets(value: &Option<String>) -> Result<(bool, bool)> {
 }
 
 fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig> {
-    let url_text = required(
-        "CLEANSLATE_RABBITMQ_URL",
-        &raw.rabbitmq_url,
-        "the management API base, e.g. http://rabbitmq:15672",
-    )?;
+    let url_text =
+        required("CLEANSLATE_RABBITMQ_URL", &raw.rabbitmq_url, "the management API base, e.g. http://rabbitmq:15672")?;
     let mut url = http_url("CLEANSLATE_RABBITMQ_URL", url_text)?;
     if !url.path().ends_with('/') {
         url.set_path(&format!("{}/", url.path()));
     }
     let username = required("CLEANSLATE_RABBITMQ_USERNAME", &raw.rabbitmq_username, "the management API user")?;
     let password = password("CLEANSLATE_RABBITMQ_PASSWORD", &raw.rabbitmq_password, &raw.rabbitmq_password_file)?
-        .ok_or_else(|| {
-            config_error("CLEANSLATE_RABBITMQ_PASSWORD or CLEANSLATE_RABBITMQ_PASSWORD_FILE is required")
-        })?;
+        .ok_or_else(|| config_error("CLEANSLATE_RABBITMQ_PASSWORD or CLEANSLATE_RABBITMQ_PASSWORD_FILE is required"))?;
     let queues = present(&raw.rabbitmq_queues).map(non_empty_list).unwrap_or_default();
-    let pattern = match present(&raw.rabbitmq_queue_pattern) {
-        None => None,
-        Some(text) => Some(Regex::new(&format!("^(?:{text})$")).map_err(|err| {
-            config_error(format!("CLEANSLATE_RABBITMQ_QUEUE_PATTERN is not a valid regex: {err}"))
-        })?),
-    };
+    let pattern =
+        match present(&raw.rabbitmq_queue_pattern) {
+            None => None,
+            Some(text) => Some(Regex::new(&format!("^(?:{text})$")).map_err(|err| {
+                config_error(format!("CLEANSLATE_RABBITMQ_QUEUE_PATTERN is not a valid regex: {err}"))
+            })?),
+        };
     if queues.is_empty() && pattern.is_none() {
         return Err(config_error(
             "CLEANSLATE_RABBITMQ_QUEUES or CLEANSLATE_RABBITMQ_QUEUE_PATTERN is required to select queues",
@@ -515,11 +509,9 @@ fn etcd_config(raw: &RawEnv) -> Result<EtcdConfig> {
     }
     // An unset variable is a configuration error (78); a set variable with an empty entry is a
     // dangerous prefix, refused by the etcd planner (77) with its own message.
-    let prefixes = raw
-        .etcd_prefixes
-        .as_deref()
-        .map(split_list)
-        .ok_or_else(|| config_error("CLEANSLATE_ETCD_PREFIXES is required: the key prefixes to delete, e.g. monorepo/"))?;
+    let prefixes = raw.etcd_prefixes.as_deref().map(split_list).ok_or_else(|| {
+        config_error("CLEANSLATE_ETCD_PREFIXES is required: the key prefixes to delete, e.g. monorepo/")
+    })?;
     let protected_prefixes = present(&raw.etcd_protected_prefixes).map(non_empty_list).unwrap_or_default();
     let password = password("CLEANSLATE_ETCD_PASSWORD", &raw.etcd_password, &raw.etcd_password_file)?;
     let auth = match (present(&raw.etcd_username), password) {
@@ -589,9 +581,8 @@ fn marker_config(env: &Env, required_by_gate: bool) -> Result<Option<MarkerConfi
             }
         },
     };
-    let file_or_default = |value: &Option<String>, file: &str| {
-        present(value).map(PathBuf::from).unwrap_or_else(|| sa.join(file))
-    };
+    let file_or_default =
+        |value: &Option<String>, file: &str| present(value).map(PathBuf::from).unwrap_or_else(|| sa.join(file));
     Ok(Some(MarkerConfig {
         name: name.to_string(),
         namespace,
@@ -728,10 +719,7 @@ mod tests {
     #[test]
     fn vhost_production_and_pattern() {
         let config = PurgeConfig::from_env(
-            &env(&with(&[
-                ("CLEANSLATE_ENVIRONMENT", "PROD"),
-                ("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "orders"),
-            ])),
+            &env(&with(&[("CLEANSLATE_ENVIRONMENT", "PROD"), ("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "orders")])),
             Mode::Purge,
         )
         .expect("valid");

@@ -20,7 +20,7 @@ use etcd_client::{
 use tokio::time::Instant;
 
 use crate::config::{EtcdConfig, RetryPolicy};
-use crate::exit::{Kind, classified};
+use crate::exit::{Classified, Kind, classified};
 use crate::retry::{self, Attempt};
 
 /// Keys no cleanup may reach unless an operator protects them explicitly.
@@ -148,11 +148,8 @@ pub fn plan_ranges(prefixes: &[String], protected: &[String]) -> Result<RangePla
     for system in SYSTEM_PREFIXES {
         let system_range = KeyRange::prefix(system.as_bytes());
         if let Some(range) = ranges.iter().find(|r| r.overlaps(&system_range)) {
-            let prefix = prefixes
-                .iter()
-                .find(|p| KeyRange::prefix(p.as_bytes()).overlaps(range))
-                .cloned()
-                .unwrap_or_default();
+            let prefix =
+                prefixes.iter().find(|p| KeyRange::prefix(p.as_bytes()).overlaps(range)).cloned().unwrap_or_default();
             return Err(refused(format!(
                 "etcd prefix {prefix:?} would delete system keys under {system:?}; \
                  list {system:?} in CLEANSLATE_ETCD_PROTECTED_PREFIXES if the rest of the prefix really must go"
@@ -198,7 +195,7 @@ fn sort_error(err: etcd_client::Error, what: &str) -> Attempt {
     use tonic::Code;
     let transient_unreachable = |err: E| {
         Attempt::Transient(
-            anyhow::Error::new(err).context(classified(Kind::Unreachable, format!("{what}: etcd not reachable"))),
+            anyhow::Error::new(err).context(Classified::new(Kind::Unreachable, format!("{what}: etcd not reachable"))),
         )
     };
     match err {

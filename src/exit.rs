@@ -137,9 +137,11 @@ pub fn classified(kind: Kind, message: impl Into<String>) -> anyhow::Error {
 /// The exit status for an error: the first [`Kind`] found in its chain, outermost first, or
 /// [`Exit::Failed`] for an error nobody classified.
 pub fn exit_for(err: &anyhow::Error) -> Exit {
-    err.chain()
-        .find_map(|cause| cause.downcast_ref::<Classified>().map(|c| c.kind.exit()))
-        .unwrap_or(Exit::Failed)
+    // anyhow's own downcast walks `.context(Classified)` layers, outermost first; `chain()` then
+    // finds a Classified that is the source of some other error.
+    err.downcast_ref::<Classified>()
+        .or_else(|| err.chain().find_map(|cause| cause.downcast_ref::<Classified>()))
+        .map_or(Exit::Failed, |c| c.kind.exit())
 }
 
 #[cfg(test)]
@@ -173,6 +175,10 @@ mod tests {
             .context("purge")
             .unwrap_err();
         assert_eq!(exit_for(&err), Exit::Refused, "context must not hide the kind");
+        let layered = anyhow::anyhow!("connection refused")
+            .context(Classified::new(Kind::Unreachable, "etcd not reachable"))
+            .context("gave up after 3 attempts");
+        assert_eq!(exit_for(&layered), Exit::Unavailable, "a Classified context layer is found");
         let plain = anyhow::anyhow!("something odd");
         assert_eq!(exit_for(&plain), Exit::Failed, "unclassified errors are plain failures");
     }

@@ -265,8 +265,10 @@ impl KubeClient {
         resource_version: Option<&str>,
         server_timeout: Duration,
     ) -> Result<Watch, KubeError> {
-        let selector = utf8_percent_encode(&format!("metadata.name={name}"), percent_encoding::NON_ALPHANUMERIC).to_string();
-        let mut query = format!("watch=true&fieldSelector={selector}&timeoutSeconds={}", server_timeout.as_secs().max(1));
+        let selector =
+            utf8_percent_encode(&format!("metadata.name={name}"), percent_encoding::NON_ALPHANUMERIC).to_string();
+        let mut query =
+            format!("watch=true&fieldSelector={selector}&timeoutSeconds={}", server_timeout.as_secs().max(1));
         if let Some(rv) = resource_version {
             query.push_str(&format!("&resourceVersion={rv}"));
         }
@@ -288,7 +290,8 @@ impl KubeClient {
             let current = self.get(namespace, name).await?;
             let existed = current.is_some();
             let Some(next) = change(current) else { return Ok(None) };
-            let written = if existed { self.replace(namespace, &next).await } else { self.create(namespace, &next).await };
+            let written =
+                if existed { self.replace(namespace, &next).await } else { self.create(namespace, &next).await };
             match written {
                 Ok(object) => return Ok(Some(object)),
                 Err(err) if err.code() == Some(StatusCode::CONFLICT.as_u16()) => continue,

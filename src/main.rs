@@ -61,7 +61,9 @@ fn parse_args(args: &[String]) -> Result<Invocation, String> {
         [command, extra, ..] if matches!(extra.as_str(), "-h" | "--help") && !command.starts_with('-') => {
             Ok(Invocation::Help)
         }
-        [_, extra, ..] => Err(format!("unexpected argument {extra:?}; configuration comes from CLEANSLATE_* variables")),
+        [_, extra, ..] => {
+            Err(format!("unexpected argument {extra:?}; configuration comes from CLEANSLATE_* variables"))
+        }
     }
 }
 

@@ -130,14 +130,13 @@ pub fn verdict(marker: Option<&Marker>, expected_revision: u64) -> Verdict {
         Some(m) if m.revision >= expected_revision && m.status == RunStatus::Succeeded => Verdict::Pass,
         // Only this revision's failure is decisive: a newer revision's failed run (an upgrade that
         // failed while this pod's release still runs) leaves this pod waiting, not crash-looping.
-        Some(m) if m.revision == expected_revision && m.status == RunStatus::Failed => Verdict::Failed(if m
-            .message
-            .is_empty()
-        {
-            format!("cleanup for revision {} failed (job {})", m.revision, m.job)
-        } else {
-            format!("cleanup for revision {} failed (job {}): {}", m.revision, m.job, m.message)
-        }),
+        Some(m) if m.revision == expected_revision && m.status == RunStatus::Failed => {
+            Verdict::Failed(if m.message.is_empty() {
+                format!("cleanup for revision {} failed (job {})", m.revision, m.job)
+            } else {
+                format!("cleanup for revision {} failed (job {}): {}", m.revision, m.job, m.message)
+            })
+        }
         _ => Verdict::Wait,
     }
 }
@@ -184,8 +183,17 @@ mod tests {
         assert_eq!(
             keys,
             vec![
-                "dryRun", "durationMs", "finishedAt", "job", "keysDeleted", "message", "messagesPurged",
-                "queuesPurged", "revision", "startedAt", "status"
+                "dryRun",
+                "durationMs",
+                "finishedAt",
+                "job",
+                "keysDeleted",
+                "message",
+                "messagesPurged",
+                "queuesPurged",
+                "revision",
+                "startedAt",
+                "status"
             ],
             "documented keys only"
         );

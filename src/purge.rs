@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{MarkerConfig, MissingQueue, Mode, PurgeConfig, RabbitConfig, RetryPolicy};
 use crate::etcd::{self, KeyRange, RangePlan};
-use crate::exit::{Exit, Kind, classified, exit_for};
+use crate::exit::{Classified, Exit, Kind, classified, exit_for};
 use crate::kube::{ConfigMap, KubeClient, KubeError};
 use crate::marker::{self, Marker, RunStatus};
 use crate::rabbitmq::{Management, QueueOutcome, Selection};
@@ -221,7 +221,8 @@ async fn clean_etcd(
     deadline: Instant,
 ) -> Result<EtcdReport> {
     let started = std::time::Instant::now();
-    let client = retry::run(policy, deadline, "connecting to etcd", || etcd::connect(settings, request_timeout)).await?;
+    let client =
+        retry::run(policy, deadline, "connecting to etcd", || etcd::connect(settings, request_timeout)).await?;
     let counts = if dry_run {
         let protected: Vec<KeyRange> = plan.protected.iter().map(|p| KeyRange::prefix(p.as_bytes())).collect();
         let all: Vec<KeyRange> = plan.ranges.iter().chain(&protected).cloned().collect();
@@ -294,11 +295,10 @@ fn summarize(
     match etcd {
         None => {}
         Some(Err(err)) => summary.fail(exit_for(&err), format!("etcd: {err:#}")),
-        Some(Ok(report)) => {
-            if !dry_run {
-                summary.keys_deleted = report.counts.iter().take(report.plan.ranges.len()).sum();
-            }
+        Some(Ok(report)) if !dry_run => {
+            summary.keys_deleted = report.counts.iter().take(report.plan.ranges.len()).sum();
         }
+        Some(Ok(_)) => {}
     }
     summary
 }
@@ -333,7 +333,9 @@ async fn write_marker(kube: &KubeClient, settings: &MarkerConfig, record: &Marke
     })
     .await?;
     match written {
-        Some(_) => info!(marker = %settings.name, namespace = %settings.namespace, revision = record.revision, status = ?record.status, "marker written"),
+        Some(_) => {
+            info!(marker = %settings.name, namespace = %settings.namespace, revision = record.revision, status = ?record.status, "marker written")
+        }
         None => warn!(
             marker = %settings.name,
             revision = record.revision,
@@ -356,7 +358,9 @@ pub fn kube_attempt(err: KubeError, settings: &MarkerConfig) -> Attempt {
              it needs get, update and patch on that name (see the chart's Role)",
             settings.name, settings.namespace
         ))),
-        _ if unreachable => Attempt::Transient(err.context(classified(Kind::Unreachable, "Kubernetes API not reachable"))),
+        _ if unreachable => {
+            Attempt::Transient(err.context(Classified::new(Kind::Unreachable, "Kubernetes API not reachable")))
+        }
         _ if transient => Attempt::Transient(err),
         _ => Attempt::Permanent(err),
     }

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{MissingQueue, RabbitConfig, RetryPolicy};
-use crate::exit::{Kind, classified};
+use crate::exit::{Classified, Kind, classified};
 use crate::retry::{self, Attempt};
 
 /// RFC 3986 unreserved characters stay; everything else in a segment is encoded, `/` above all.
@@ -268,7 +268,8 @@ impl Management {
         let vhost = &self.vhost;
         let what = format!("reading dead-letter exchange {exchange:?}");
         let info_url = self.url(&["exchanges", vhost, exchange], "");
-        let info: Option<Exchange> = retry::run(policy, deadline, &what, || self.get_json(info_url.clone(), &what)).await?;
+        let info: Option<Exchange> =
+            retry::run(policy, deadline, &what, || self.get_json(info_url.clone(), &what)).await?;
         let Some(info) = info else { return Ok(None) };
         let url = self.url(&["exchanges", vhost, exchange, "bindings", "source"], "");
         let bindings: Vec<Binding> =
@@ -289,12 +290,8 @@ impl Management {
 
     /// Named queues ∪ whole-name pattern matches ∪ (optionally) their dead-letter queues.
     pub async fn select(&self, config: &RabbitConfig, policy: &RetryPolicy, deadline: Instant) -> Result<Selection> {
-        let all: BTreeMap<String, QueueInfo> = self
-            .list_queues(policy, deadline)
-            .await?
-            .into_iter()
-            .map(|q| (q.name.clone(), q))
-            .collect();
+        let all: BTreeMap<String, QueueInfo> =
+            self.list_queues(policy, deadline).await?.into_iter().map(|q| (q.name.clone(), q)).collect();
         let mut selection = Selection::default();
         let mut chosen = BTreeSet::new();
         for name in &config.queues {
@@ -335,17 +332,18 @@ impl Management {
                     if let Some(info) = all.get(&target)
                         && chosen.insert(target.clone())
                     {
-                        selection.queues.push(Selected {
-                            info: info.clone(),
-                            reason: Reason::DeadLetterOf(source.name.clone()),
-                        });
+                        selection
+                            .queues
+                            .push(Selected { info: info.clone(), reason: Reason::DeadLetterOf(source.name.clone()) });
                     }
                 }
             }
         }
         for name in &selection.missing {
             match config.missing {
-                MissingQueue::Ignore => warn!(vhost = %self.vhost, queue = %name, "named queue does not exist, skipped"),
+                MissingQueue::Ignore => {
+                    warn!(vhost = %self.vhost, queue = %name, "named queue does not exist, skipped")
+                }
                 MissingQueue::Fail => warn!(vhost = %self.vhost, queue = %name, "named queue does not exist"),
             }
         }
@@ -408,10 +406,10 @@ impl Management {
 fn transport_error(err: reqwest::Error, what: &str) -> Attempt {
     let err = err.without_url();
     if err.is_connect() || err.is_timeout() {
-        Attempt::Transient(anyhow::Error::new(err).context(classified(
-            Kind::Unreachable,
-            format!("{what}: RabbitMQ management API not reachable"),
-        )))
+        Attempt::Transient(
+            anyhow::Error::new(err)
+                .context(Classified::new(Kind::Unreachable, format!("{what}: RabbitMQ management API not reachable"))),
+        )
     } else {
         Attempt::Transient(anyhow::Error::new(err).context(what.to_string()))
     }
@@ -484,7 +482,8 @@ mod tests {
         assert_eq!(both.dead_letter_target(), Some(("dlx-arg".into(), Some("rk".into()))), "argument wins");
         let none = info(json!({}), json!([]));
         assert_eq!(none.dead_letter_target(), None, "no dead-lettering");
-        let default_exchange = info(json!({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "q-dlq"}), json!([]));
+        let default_exchange =
+            info(json!({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "q-dlq"}), json!([]));
         assert_eq!(default_exchange.dead_letter_target(), Some(("".into(), Some("q-dlq".into()))), "default exchange");
     }
 }

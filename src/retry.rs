@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::config::RetryPolicy;
-use crate::exit::{Exit, Kind, classified, exit_for};
+use crate::exit::{Classified, Exit, Kind, classified, exit_for};
 
 /// One attempt's failure, sorted by whether trying again can help.
 #[derive(Debug)]
@@ -59,7 +59,7 @@ where
             Err(transient @ Attempt::Transient(_)) => transient.into_error(),
         };
         if attempt >= policy.attempts {
-            return Err(err.context(format!("{what}: gave up after {attempt} attempts")));
+            return Err(err.context(format!("gave up after {attempt} attempts")));
         }
         let pause = backoff_after(policy, attempt);
         if Instant::now() + pause >= deadline {
@@ -75,10 +75,8 @@ where
 /// else is unfinished work (75).
 fn past_deadline(last: Option<Error>, what: &str) -> Error {
     match last {
-        Some(err) if exit_for(&err) == Exit::Unavailable => {
-            err.context(format!("{what}: not reachable before the deadline"))
-        }
-        Some(err) => err.context(classified(Kind::Deadline, format!("{what}: deadline reached before it succeeded"))),
+        Some(err) if exit_for(&err) == Exit::Unavailable => err.context("not reachable before the deadline"),
+        Some(err) => err.context(Classified::new(Kind::Deadline, "deadline reached before it succeeded")),
         None => classified(Kind::Deadline, format!("{what}: deadline reached while it was running")),
     }
 }
@@ -100,7 +98,11 @@ mod tests {
             let full = Duration::from_millis(1000 * 2u64.pow(attempt - 1));
             for _ in 0..50 {
                 let pause = backoff_after(&p, attempt);
-                assert!(pause >= full / 2 && pause <= full, "attempt {attempt}: {pause:?} outside [{:?}, {full:?}]", full / 2);
+                assert!(
+                    pause >= full / 2 && pause <= full,
+                    "attempt {attempt}: {pause:?} outside [{:?}, {full:?}]",
+                    full / 2
+                );
             }
         }
     }

@@ -53,7 +53,8 @@ async fn pattern_matches_whole_names_exactly() {
         rabbit.publish(&vhost, queue, 2).await;
     }
 
-    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "orders(-dlq)?")])).await;
+    let run =
+        cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "orders(-dlq)?")])).await;
 
     assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
     assert_eq!(rabbit.count(&vhost, "orders").await, 0, "orders matched");
@@ -97,8 +98,17 @@ async fn dead_letter_queues_are_found_and_purged() {
     rabbit.bind(&vhost, "dlx", "work-dlq", "work").await;
     rabbit.bind(&vhost, "dlx", "unrelated-dlq", "unrelated").await;
     rabbit.declare(&vhost, "work", json!({"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "work"})).await;
-    rabbit.declare(&vhost, "plain", json!({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "default-dlq"})).await;
-    rabbit.set_policy(&vhost, "dl", "^ruled$", json!({"dead-letter-exchange": "", "dead-letter-routing-key": "policy-dlq"})).await;
+    rabbit
+        .declare(&vhost, "plain", json!({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "default-dlq"}))
+        .await;
+    rabbit
+        .set_policy(
+            &vhost,
+            "dl",
+            "^ruled$",
+            json!({"dead-letter-exchange": "", "dead-letter-routing-key": "policy-dlq"}),
+        )
+        .await;
     rabbit.declare(&vhost, "ruled", json!({})).await;
     for queue in ["work", "plain", "ruled", "work-dlq", "unrelated-dlq", "default-dlq", "policy-dlq", "bystander"] {
         rabbit.publish(&vhost, queue, 2).await;
@@ -137,7 +147,10 @@ async fn missing_queues_warn_or_fail() {
 
     let fail = cleanslate(
         &["purge"],
-        &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "present,absent"), ("CLEANSLATE_RABBITMQ_MISSING", "fail")]),
+        &purge_vars(
+            &vhost,
+            &[("CLEANSLATE_RABBITMQ_QUEUES", "present,absent"), ("CLEANSLATE_RABBITMQ_MISSING", "fail")],
+        ),
     )
     .await;
     assert_eq!(fail.code, 1, "missing queue fails the run: {}", fail.all_output());
@@ -207,7 +220,11 @@ async fn missing_permission_fails_with_a_hint() {
         &["purge"],
         &purge_vars(
             &vhost,
-            &[("CLEANSLATE_RABBITMQ_QUEUES", "q"), ("CLEANSLATE_RABBITMQ_USERNAME", &user), ("CLEANSLATE_RABBITMQ_PASSWORD", "Reader-Pw-55")],
+            &[
+                ("CLEANSLATE_RABBITMQ_QUEUES", "q"),
+                ("CLEANSLATE_RABBITMQ_USERNAME", &user),
+                ("CLEANSLATE_RABBITMQ_PASSWORD", "Reader-Pw-55"),
+            ],
         ),
     )
     .await;
@@ -251,7 +268,11 @@ async fn https_with_an_extra_ca() {
     let vhost = fresh_vhost(&rabbit, "tls").await;
     rabbit.declare(&vhost, "q", json!({})).await;
     rabbit.publish(&vhost, "q", 2).await;
-    let tls = [("CLEANSLATE_RABBITMQ_QUEUES", "q"), ("CLEANSLATE_RABBITMQ_URL", &rabbit_tls_url() as &str), ("CLEANSLATE_TIMEOUT", "3s")];
+    let tls = [
+        ("CLEANSLATE_RABBITMQ_QUEUES", "q"),
+        ("CLEANSLATE_RABBITMQ_URL", &rabbit_tls_url() as &str),
+        ("CLEANSLATE_TIMEOUT", "3s"),
+    ];
 
     let untrusted = cleanslate(&["purge"], &purge_vars(&vhost, &tls)).await;
     assert_ne!(untrusted.code, 0, "an unknown CA is not trusted: {}", untrusted.all_output());
@@ -259,7 +280,17 @@ async fn https_with_an_extra_ca() {
 
     let ca = rabbit_ca_file();
     let ca = ca.to_str().expect("utf-8 path");
-    let trusted = cleanslate(&["purge"], &purge_vars(&vhost, &with(vars(&tls), &[("CLEANSLATE_RABBITMQ_CA_FILE", ca)]).iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>())).await;
+    let trusted = cleanslate(
+        &["purge"],
+        &purge_vars(
+            &vhost,
+            &with(vars(&tls), &[("CLEANSLATE_RABBITMQ_CA_FILE", ca)])
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        ),
+    )
+    .await;
     assert_eq!(trusted.code, 0, "purge over https succeeds: {}", trusted.all_output());
     assert_eq!(rabbit.count(&vhost, "q").await, 0, "purged over https");
     rabbit.delete_vhost(&vhost).await;

@@ -80,7 +80,12 @@ impl Rabbit {
     /// Connects as the test admin; panics with how to start RabbitMQ when it is not there.
     pub async fn connect() -> Rabbit {
         let rabbit = Rabbit::as_user(&rabbit_user(), &rabbit_password());
-        let overview = rabbit.http.get(format!("{}/api/overview", rabbit.url)).basic_auth(&rabbit.user, Some(&rabbit.password)).send().await;
+        let overview = rabbit
+            .http
+            .get(format!("{}/api/overview", rabbit.url))
+            .basic_auth(&rabbit.user, Some(&rabbit.password))
+            .send()
+            .await;
         match overview {
             Ok(r) if r.status().is_success() => rabbit,
             Ok(r) => panic!("RabbitMQ at {} answered {} to the test admin; {START_HINT}", rabbit.url, r.status()),
@@ -93,7 +98,10 @@ impl Rabbit {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::Response {
-        let mut request = self.http.request(method.clone(), format!("{}/api/{path}", self.url)).basic_auth(&self.user, Some(&self.password));
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}/api/{path}", self.url))
+            .basic_auth(&self.user, Some(&self.password));
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -148,7 +156,9 @@ impl Rabbit {
     pub async fn publish(&self, vhost: &str, queue: &str, count: usize) {
         for i in 0..count {
             let body = json!({"properties": {}, "routing_key": queue, "payload": format!("m{i}"), "payload_encoding": "string"});
-            let response = self.call(reqwest::Method::POST, &format!("exchanges/{}/amq.default/publish", seg(vhost)), Some(body)).await;
+            let response = self
+                .call(reqwest::Method::POST, &format!("exchanges/{}/amq.default/publish", seg(vhost)), Some(body))
+                .await;
             let routed: Value = response.json().await.expect("publish answer");
             assert_eq!(routed["routed"], json!(true), "message to {queue} was routed");
         }
@@ -158,7 +168,8 @@ impl Rabbit {
     /// statistics the code under test relies on).
     pub async fn count(&self, vhost: &str, queue: &str) -> usize {
         let body = json!({"count": 100000, "ackmode": "ack_requeue_true", "encoding": "auto", "truncate": 1});
-        let response = self.call(reqwest::Method::POST, &format!("queues/{}/{}/get", seg(vhost), seg(queue)), Some(body)).await;
+        let response =
+            self.call(reqwest::Method::POST, &format!("queues/{}/{}/get", seg(vhost), seg(queue)), Some(body)).await;
         assert!(response.status().is_success(), "queue {vhost}/{queue} exists");
         response.json::<Vec<Value>>().await.expect("get answer").len()
     }
@@ -167,7 +178,8 @@ impl Rabbit {
     /// purge's approximate counts are meaningful.
     pub async fn wait_for_stats(&self, vhost: &str, queue: &str, expected: u64) {
         for _ in 0..100 {
-            let response = self.call(reqwest::Method::GET, &format!("queues/{}/{}", seg(vhost), seg(queue)), None).await;
+            let response =
+                self.call(reqwest::Method::GET, &format!("queues/{}/{}", seg(vhost), seg(queue)), None).await;
             let info: Value = response.json().await.expect("queue info");
             if info["messages"].as_u64() == Some(expected) {
                 return;
@@ -180,7 +192,8 @@ impl Rabbit {
     /// Waits until RabbitMQ applies policy `policy` to `queue` (policies apply asynchronously).
     pub async fn wait_for_policy(&self, vhost: &str, queue: &str, policy: &str) {
         for _ in 0..100 {
-            let response = self.call(reqwest::Method::GET, &format!("queues/{}/{}", seg(vhost), seg(queue)), None).await;
+            let response =
+                self.call(reqwest::Method::GET, &format!("queues/{}/{}", seg(vhost), seg(queue)), None).await;
             let info: Value = response.json().await.expect("queue info");
             if info["policy"] == json!(policy) {
                 return;
@@ -191,7 +204,12 @@ impl Rabbit {
     }
 
     pub async fn create_user(&self, user: &str, password: &str, tags: &str, vhost: &str, read: &str) {
-        self.call(reqwest::Method::PUT, &format!("users/{}", seg(user)), Some(json!({"password": password, "tags": tags}))).await;
+        self.call(
+            reqwest::Method::PUT,
+            &format!("users/{}", seg(user)),
+            Some(json!({"password": password, "tags": tags})),
+        )
+        .await;
         let perms = json!({"configure": "", "write": "", "read": read});
         self.call(reqwest::Method::PUT, &format!("permissions/{}/{}", seg(vhost), seg(user)), Some(perms)).await;
     }
@@ -207,8 +225,13 @@ pub async fn etcd() -> Client {
 }
 
 pub async fn etcd_at(endpoints: &[String]) -> Client {
-    let mut client = Client::connect(endpoints, None).await.unwrap_or_else(|err| panic!("etcd at {endpoints:?}: {err}; {START_HINT}"));
-    client.get("probe", None).await.unwrap_or_else(|err| panic!("etcd at {endpoints:?} not answering: {err}; {START_HINT}"));
+    let mut client = Client::connect(endpoints, None)
+        .await
+        .unwrap_or_else(|err| panic!("etcd at {endpoints:?}: {err}; {START_HINT}"));
+    client
+        .get("probe", None)
+        .await
+        .unwrap_or_else(|err| panic!("etcd at {endpoints:?} not answering: {err}; {START_HINT}"));
     client
 }
 
@@ -271,7 +294,10 @@ pub async fn cleanslate(args: &[&str], vars: &[(String, String)]) -> Run {
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), child).await.expect("cleanslate finished within 60 s").expect("cleanslate runs");
+    let output = tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("cleanslate finished within 60 s")
+        .expect("cleanslate runs");
     Run::from_output(output)
 }
 
@@ -333,9 +359,11 @@ impl TestCa {
     /// A certificate for 127.0.0.1 and localhost, usable by servers and clients.
     pub fn issue(&self, common_name: &str) -> Issued {
         let key = rcgen::KeyPair::generate().expect("leaf key");
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("leaf params");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("leaf params");
         params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
         Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
     }

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it: install what is missing, start the private RabbitMQ
+# and etcd, then formatting, lints, every test against the real services, and a benchmark smoke run.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+echo "== setup"
+hack/setup.sh
+export PATH="$root/.tools/bin:$PATH"
+
+echo "== services"
+hack/services.sh up
+eval "$(hack/services.sh env)"
+
+echo "== rustfmt"
+cargo fmt --check
+
+echo "== clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+echo "== linters (shell, Dockerfile, chart, manifests)"
+hack/lint.sh
+
+echo "== tests"
+cargo test --locked --all-targets
+
+if [[ -x hack/bench.sh ]]; then
+  echo "== benchmark smoke run"
+  hack/bench.sh --smoke
+fi
+echo "== all checks passed"
