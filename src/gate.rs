@@ -21,7 +21,8 @@ use crate::exit::{Exit, Kind, classified};
 use crate::kube::{ConfigMap, KubeClient, KubeError, WatchEvent};
 use crate::marker::{self, Marker, Verdict};
 
-/// How long 401/403 are taken for "RBAC not effective yet" before they are taken at their word.
+/// How long 401/403 are taken for "RBAC not effective yet" before they are taken at their word:
+/// twenty seconds, or a third of the gate's timeout when that is shorter.
 const FORBIDDEN_GRACE: Duration = Duration::from_secs(20);
 /// First pause after a failed API call; doubles up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
@@ -51,7 +52,8 @@ pub async fn run(config: &GateConfig) -> Result<Exit> {
     );
     let started = std::time::Instant::now();
     let mut seen = Seen::default();
-    let outcome = tokio::time::timeout_at(deadline, wait(&kube, settings, &mut seen)).await;
+    let grace = FORBIDDEN_GRACE.min(config.timeout / 3);
+    let outcome = tokio::time::timeout_at(deadline, wait(&kube, settings, grace, &mut seen)).await;
     let waited_ms = started.elapsed().as_millis() as u64;
     match outcome {
         Ok(Ok(())) => {
@@ -108,7 +110,7 @@ fn judge(object: Option<&ConfigMap>, settings: &MarkerConfig, seen: &mut Seen) -
 
 /// Reads and watches until a decision; never returns on its own otherwise (the caller's deadline
 /// ends it).
-async fn wait(kube: &KubeClient, settings: &MarkerConfig, seen: &mut Seen) -> Result<()> {
+async fn wait(kube: &KubeClient, settings: &MarkerConfig, forbidden_grace: Duration, seen: &mut Seen) -> Result<()> {
     let (namespace, name) = (settings.namespace.as_str(), settings.name.as_str());
     let mut pause = FIRST_PAUSE;
     let mut forbidden_since: Option<Instant> = None;
@@ -143,7 +145,7 @@ async fn wait(kube: &KubeClient, settings: &MarkerConfig, seen: &mut Seen) -> Re
                 seen.reached_api |= err.code().is_some();
                 if matches!(err.code(), Some(401) | Some(403)) {
                     let since = *forbidden_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= FORBIDDEN_GRACE {
+                    if since.elapsed() >= forbidden_grace {
                         return Err(classified(Kind::Failed, rbac_hint(&err, settings)));
                     }
                 } else {

@@ -1,1 +1,509 @@
-//! The Kubernetes API stand-in (filled in with the marker and gate work).
+//! A stand-in for the Kubernetes API server, for ConfigMaps only, honest where cleanslate depends on
+//! the real one:
+//! - HTTPS on 127.0.0.1:0 with a certificate from a CA the test makes;
+//! - bearer tokens: an unknown token gets 401, a token without the verb or the name gets 403
+//!   (`resourceNames` rules allow list/watch only with `fieldSelector=metadata.name=…`, and never
+//!   allow create, as in RBAC);
+//! - get, create (409 AlreadyExists), update (PUT; 409 Conflict on a stale `resourceVersion`, 404
+//!   when missing), merge patch, delete; one global, increasing `resourceVersion`;
+//! - watch streams of JSON lines (ADDED/MODIFIED/DELETED) from a `resourceVersion` or, without one,
+//!   starting with the current object as ADDED; `timeoutSeconds` ends the stream; a
+//!   `resourceVersion` older than the last compaction gets an ERROR event with a 410 `Status`;
+//! - the real `Status` objects for errors.
+//!
+//! Switches let a test make it answer 410, close open streams, or fail the next requests with 5xx.
+//! It does nothing the real API server does not do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use super::TestCa;
+
+/// What a token may do: verbs, and optionally only on these names.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub verbs: Vec<String>,
+    pub names: Option<Vec<String>>,
+}
+
+/// One request, as the stand-in saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub token: String,
+}
+
+#[derive(Clone, Debug)]
+struct Event {
+    resource_version: u64,
+    kind: &'static str,
+    namespace: String,
+    name: String,
+    object: Value,
+}
+
+#[derive(Default)]
+struct Store {
+    objects: BTreeMap<(String, String), Value>,
+    resource_version: u64,
+    history: Vec<Event>,
+    compacted_at: u64,
+    tokens: HashMap<String, Grant>,
+    fail_next: Vec<u16>,
+    conflicts: usize,
+    gone_next_watch: bool,
+    requests: Vec<Seen>,
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    events: broadcast::Sender<Option<Event>>,
+}
+
+/// A running stand-in. Dropping it stops the server.
+pub struct KubeApi {
+    pub url: String,
+    pub ca_pem: String,
+    ca: Arc<TestCa>,
+    shared: Arc<Shared>,
+    handle: axum_server::Handle<std::net::SocketAddr>,
+}
+
+fn status(code: u16, reason: &str, message: String) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+fn status_response(code: u16, reason: &str, message: String) -> Response {
+    (StatusCode::from_u16(code).unwrap(), axum::Json(status(code, reason, message))).into_response()
+}
+
+impl KubeApi {
+    /// Starts the stand-in on a free loopback port with a fresh CA.
+    pub async fn start() -> KubeApi {
+        KubeApi::start_on(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"), Arc::new(TestCa::new())).await
+    }
+
+    async fn start_on(listener: std::net::TcpListener, ca: Arc<TestCa>) -> KubeApi {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let issued = ca.issue("kubernetes");
+        let config =
+            axum_server::tls_rustls::RustlsConfig::from_pem(issued.cert_pem.into_bytes(), issued.key_pem.into_bytes())
+                .await
+                .expect("TLS config");
+        let (events, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared { store: Mutex::new(Store::default()), events });
+        let app = Router::new()
+            .route(
+                "/api/v1/namespaces/{namespace}/configmaps/{name}",
+                axum::routing::get(one).put(one).patch(one).delete(one),
+            )
+            .route("/api/v1/namespaces/{namespace}/configmaps", axum::routing::get(collection).post(collection))
+            .with_state(shared.clone());
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let handle = axum_server::Handle::new();
+        let server = axum_server::from_tcp_rustls(listener, config).expect("server").handle(handle.clone());
+        tokio::spawn(async move { server.serve(app.into_make_service()).await });
+        handle.listening().await.expect("listening");
+        KubeApi { url: format!("https://127.0.0.1:{}", addr.port()), ca_pem: ca.pem.clone(), ca, shared, handle }
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.shared.store.lock().unwrap()
+    }
+
+    /// Lets `token` use `verbs` on ConfigMaps, on `names` only when given.
+    pub fn grant(&self, token: &str, verbs: &[&str], names: Option<&[&str]>) {
+        let grant = Grant {
+            verbs: verbs.iter().map(|v| v.to_string()).collect(),
+            names: names.map(|n| n.iter().map(|s| s.to_string()).collect()),
+        };
+        self.store().tokens.insert(token.to_string(), grant);
+    }
+
+    pub fn revoke(&self, token: &str) {
+        self.store().tokens.remove(token);
+    }
+
+    /// The next `count` requests answer `code` (e.g. 500, 503) with a Status.
+    pub fn fail_next(&self, count: usize, code: u16) {
+        self.store().fail_next.extend(std::iter::repeat_n(code, count));
+    }
+
+    /// The next `count` updates race another writer: the object changes just before each is
+    /// applied, so its resourceVersion is stale and it gets 409 Conflict.
+    pub fn race_next_updates(&self, count: usize) {
+        self.store().conflicts += count;
+    }
+
+    /// The next watch answers with an ERROR event carrying 410 Gone.
+    pub fn gone_next_watch(&self) {
+        self.store().gone_next_watch = true;
+    }
+
+    /// Forgets history: watches from any earlier resourceVersion get 410 Gone, as after etcd compaction.
+    pub fn compact(&self) {
+        let mut store = self.store();
+        store.compacted_at = store.resource_version;
+        store.history.clear();
+    }
+
+    /// Ends every open watch stream, as an API server restart or a load balancer would.
+    pub fn close_watches(&self) {
+        let _ = self.shared.events.send(None);
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.store().requests.clone()
+    }
+
+    /// The stored object, as the API would return it.
+    pub fn object(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.store().objects.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    /// Writes a ConfigMap directly (what another client, e.g. Helm or the Job, would do).
+    pub fn put(&self, namespace: &str, name: &str, data: BTreeMap<String, String>) {
+        let object = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": name, "namespace": namespace}, "data": data});
+        self.put_object(namespace, name, object);
+    }
+
+    /// Writes a whole object directly, metadata included (as Helm creates a hook resource).
+    pub fn put_object(&self, namespace: &str, name: &str, object: Value) {
+        let mut store = self.store();
+        let exists = store.objects.contains_key(&(namespace.to_string(), name.to_string()));
+        let kind = if exists { "MODIFIED" } else { "ADDED" };
+        commit(&self.shared, &mut store, kind, namespace, name, object);
+    }
+
+    /// Deletes a ConfigMap directly (what Helm's before-hook-creation policy does).
+    pub fn delete(&self, namespace: &str, name: &str) {
+        let mut store = self.store();
+        if let Some(object) = store.objects.get(&(namespace.to_string(), name.to_string())).cloned() {
+            commit(&self.shared, &mut store, "DELETED", namespace, name, object);
+        }
+    }
+
+    /// Stops the server (open streams are cut) and starts a new one on the same port with the same
+    /// state and CA, as an API server restart does.
+    pub async fn restart(self, down_for: Duration) -> KubeApi {
+        self.handle.shutdown();
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        tokio::time::sleep(down_for).await;
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(listener) => break listener,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let store = std::mem::take(&mut *self.store());
+        let restarted = KubeApi::start_on(listener, self.ca.clone()).await;
+        *restarted.store() = store;
+        restarted
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+/// Stores a change under a new resourceVersion and tells open watches.
+fn commit(
+    shared: &Shared,
+    store: &mut Store,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+    mut object: Value,
+) -> Value {
+    store.resource_version += 1;
+    let rv = store.resource_version;
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    object["metadata"]["namespace"] = json!(namespace);
+    let key = (namespace.to_string(), name.to_string());
+    if kind == "DELETED" {
+        store.objects.remove(&key);
+    } else {
+        store.objects.insert(key, object.clone());
+    }
+    let event =
+        Event { resource_version: rv, kind, namespace: namespace.into(), name: name.into(), object: object.clone() };
+    store.history.push(event.clone());
+    let _ = shared.events.send(Some(event));
+    object
+}
+
+/// Authenticates and authorises one request; also records it and applies injected failures.
+fn admit(
+    store: &mut Store,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+    query: &str,
+    verb: &str,
+    name: Option<&str>,
+) -> Result<(), Box<Response>> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string();
+    store.requests.push(Seen {
+        method: method.to_string(),
+        path: path.into(),
+        query: query.into(),
+        token: token.clone(),
+    });
+    if !store.fail_next.is_empty() {
+        let code = store.fail_next.remove(0);
+        return Err(Box::new(status_response(code, "InternalError", "injected failure".into())));
+    }
+    let Some(grant) = store.tokens.get(&token) else {
+        return Err(Box::new(status_response(401, "Unauthorized", "Unauthorized".into())));
+    };
+    let verb_ok = grant.verbs.iter().any(|v| v == verb);
+    let name_ok = match (&grant.names, name) {
+        (None, _) => true,
+        (Some(names), Some(name)) => verb != "create" && names.iter().any(|n| n == name),
+        (Some(_), None) => false,
+    };
+    if verb_ok && name_ok {
+        Ok(())
+    } else {
+        let target = name.map(|n| format!(" \"{n}\"")).unwrap_or_default();
+        Err(Box::new(status_response(
+            403,
+            "Forbidden",
+            format!(
+                "configmaps{target} is forbidden: User \"system:serviceaccount:test\" cannot {verb} resource \"configmaps\""
+            ),
+        )))
+    }
+}
+
+async fn one(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, name)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let verb = match method {
+        Method::GET => "get",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => return status_response(405, "MethodNotAllowed", "method not allowed".into()),
+    };
+    let path = format!("/api/v1/namespaces/{namespace}/configmaps/{name}");
+    let mut store = shared.store.lock().unwrap();
+    if let Err(response) = admit(&mut store, &headers, &method, &path, "", verb, Some(&name)) {
+        return *response;
+    }
+    let key = (namespace.clone(), name.clone());
+    let not_found = || status_response(404, "NotFound", format!("configmaps \"{name}\" not found"));
+    let Some(current) = store.objects.get(&key).cloned() else {
+        return not_found();
+    };
+    let current_rv = current["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+    let conflict = || {
+        status_response(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on configmaps \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        )
+    };
+    match verb {
+        "get" => axum::Json(current).into_response(),
+        "delete" => {
+            commit(&shared, &mut store, "DELETED", &namespace, &name, current);
+            axum::Json(status(200, "", String::new())).into_response()
+        }
+        "update" => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return status_response(400, "BadRequest", "invalid body".into());
+            };
+            if store.conflicts > 0 {
+                store.conflicts -= 1;
+                let mut other = current.clone();
+                other["metadata"]["annotations"]["raced"] = json!(store.resource_version.to_string());
+                commit(&shared, &mut store, "MODIFIED", &namespace, &name, other);
+                return conflict();
+            }
+            match object["metadata"]["resourceVersion"].as_str() {
+                Some(rv) if rv != current_rv => return conflict(),
+                _ => {}
+            }
+            if object["metadata"]["name"] != json!(name) {
+                return status_response(
+                    400,
+                    "BadRequest",
+                    "the name of the object does not match the name on the URL".into(),
+                );
+            }
+            object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+            axum::Json(commit(&shared, &mut store, "MODIFIED", &namespace, &name, object)).into_response()
+        }
+        _ => {
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return status_response(400, "BadRequest", "invalid patch".into());
+            };
+            if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
+                && rv != current_rv
+            {
+                return conflict();
+            }
+            let mut object = current;
+            merge(&mut object, &patch);
+            axum::Json(commit(&shared, &mut store, "MODIFIED", &namespace, &name, object)).into_response()
+        }
+    }
+}
+
+/// JSON merge patch (RFC 7386).
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+async fn collection(
+    State(shared): State<Arc<Shared>>,
+    Path(namespace): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/api/v1/namespaces/{namespace}/configmaps");
+    let query_text: String = {
+        let mut pairs: Vec<_> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.sort();
+        pairs.join("&")
+    };
+    if method == Method::POST {
+        let mut store = shared.store.lock().unwrap();
+        let Ok(object) = serde_json::from_slice::<Value>(&body) else {
+            return status_response(400, "BadRequest", "invalid body".into());
+        };
+        let name = object["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if let Err(response) = admit(&mut store, &headers, &method, &path, &query_text, "create", None) {
+            return *response;
+        }
+        if store.objects.contains_key(&(namespace.clone(), name.clone())) {
+            return status_response(409, "AlreadyExists", format!("configmaps \"{name}\" already exists"));
+        }
+        let mut object = object;
+        object["metadata"]["uid"] = json!(format!("uid-{name}"));
+        let created = commit(&shared, &mut store, "ADDED", &namespace, &name, object);
+        return (StatusCode::CREATED, axum::Json(created)).into_response();
+    }
+    let selected = query.get("fieldSelector").and_then(|s| s.strip_prefix("metadata.name=")).map(str::to_string);
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = if watching { "watch" } else { "list" };
+    let mut store = shared.store.lock().unwrap();
+    if let Err(response) = admit(&mut store, &headers, &method, &path, &query_text, verb, selected.as_deref()) {
+        return *response;
+    }
+    let matches = |ns: &str, name: &str| ns == namespace && selected.as_deref().is_none_or(|s| s == name);
+    if !watching {
+        let items: Vec<Value> =
+            store.objects.iter().filter(|((ns, name), _)| matches(ns, name)).map(|(_, o)| o.clone()).collect();
+        return axum::Json(json!({"kind": "ConfigMapList", "apiVersion": "v1",
+            "metadata": {"resourceVersion": store.resource_version.to_string()}, "items": items}))
+        .into_response();
+    }
+
+    let from: Option<u64> = query.get("resourceVersion").and_then(|v| v.parse().ok()).filter(|v| *v > 0);
+    let timeout = Duration::from_secs(query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(1800));
+    let line =
+        |event_type: &str, object: &Value| Bytes::from(format!("{}\n", json!({"type": event_type, "object": object})));
+    let mut initial: Vec<Bytes> = Vec::new();
+    let gone = std::mem::take(&mut store.gone_next_watch) || from.is_some_and(|rv| rv < store.compacted_at);
+    if gone {
+        let gone_status = status(410, "Expired", "too old resource version".into());
+        initial.push(line("ERROR", &gone_status));
+        let stream = futures_util::stream::iter(initial.into_iter().map(Ok::<_, Infallible>));
+        return Body::from_stream(stream).into_response();
+    }
+    let mut last = store.resource_version;
+    match from {
+        Some(rv) => {
+            for event in store.history.iter().filter(|e| e.resource_version > rv && matches(&e.namespace, &e.name)) {
+                initial.push(line(event.kind, &event.object));
+            }
+        }
+        None => {
+            for ((ns, name), object) in &store.objects {
+                if matches(ns, name) {
+                    initial.push(line("ADDED", object));
+                }
+            }
+        }
+    }
+    if let Some(rv) = from {
+        last = last.max(rv);
+    }
+    let mut receiver = shared.events.subscribe();
+    drop(store);
+    let (sender, body_receiver) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    let (namespace_owned, selected_owned) = (namespace.clone(), selected.clone());
+    tokio::spawn(async move {
+        for chunk in initial {
+            if sender.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let next = tokio::time::timeout_at(deadline, receiver.recv()).await;
+            let event = match next {
+                Ok(Ok(Some(event))) => event,
+                // Closed by a switch, lagged, or timeoutSeconds passed: end the stream.
+                _ => return,
+            };
+            let wanted = event.resource_version > last
+                && event.namespace == namespace_owned
+                && selected_owned.as_deref().is_none_or(|s| s == event.name);
+            if wanted {
+                last = event.resource_version;
+                let chunk = Bytes::from(format!("{}\n", json!({"type": event.kind, "object": event.object})));
+                if sender.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let stream =
+        futures_util::stream::unfold(body_receiver, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Response::builder().header("content-type", "application/json").body(Body::from_stream(stream)).unwrap()
+}

@@ -1,0 +1,423 @@
+//! The marker written by `purge` and the `gate` that waits for it, through the built binary,
+//! against the Kubernetes API stand-in (and the real RabbitMQ and etcd where a purge runs).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::kube_api::KubeApi;
+use support::*;
+
+const NAMESPACE: &str = "dev";
+const MARKER: &str = "cleanslate-marker";
+/// Known token values: asserted absent from every output and from the marker.
+const JOB_TOKEN: &str = "job-token-Secret-11";
+const GATE_TOKEN: &str = "gate-token-Secret-22";
+
+/// A stand-in API with the chart's RBAC: the Job may get/update/patch the marker (and, outside
+/// Helm, create ConfigMaps); the gate may get/list/watch only the marker.
+struct Cluster {
+    api: KubeApi,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let api = KubeApi::start().await;
+        api.grant(JOB_TOKEN, &["get", "update", "patch"], Some(&[MARKER]));
+        api.grant(&format!("{JOB_TOKEN}-create"), &["create", "get", "update"], None);
+        api.grant(GATE_TOKEN, &["get", "list", "watch"], Some(&[MARKER]));
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_file(dir.path(), "ca.crt", &api.ca_pem);
+        Cluster { api, dir }
+    }
+
+    fn token_file(&self, token: &str) -> String {
+        write_file(self.dir.path(), &format!("token-{token}"), token)
+    }
+
+    /// The variables a pod with `token` would have, for `revision`.
+    fn vars(&self, token: &str, revision: u64) -> Vec<(String, String)> {
+        vars(&[
+            ("CLEANSLATE_MARKER", MARKER),
+            ("CLEANSLATE_NAMESPACE", NAMESPACE),
+            ("CLEANSLATE_REVISION", &revision.to_string()),
+            ("CLEANSLATE_RELEASE", "demo"),
+            ("CLEANSLATE_POD_NAME", "demo-cleanslate-purge-x1"),
+            ("CLEANSLATE_KUBE_API", &self.api.url),
+            ("CLEANSLATE_KUBE_TOKEN_FILE", &self.token_file(token)),
+            ("CLEANSLATE_KUBE_CA_FILE", self.dir.path().join("ca.crt").to_str().unwrap()),
+        ])
+    }
+
+    fn gate_vars(&self, revision: u64, timeout: &str) -> Vec<(String, String)> {
+        with(self.vars(GATE_TOKEN, revision), &[("CLEANSLATE_GATE_TIMEOUT", timeout)])
+    }
+
+    fn write_marker(&self, revision: u64, status: &str, message: &str) {
+        let data: BTreeMap<String, String> = [
+            ("revision", revision.to_string()),
+            ("status", status.to_string()),
+            ("dryRun", "false".to_string()),
+            ("message", message.to_string()),
+            ("job", "demo-cleanslate-purge-x1".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        self.api.put(NAMESPACE, MARKER, data);
+    }
+
+    fn marker_data(&self) -> serde_json::Map<String, serde_json::Value> {
+        let object = self.api.object(NAMESPACE, MARKER).expect("marker exists");
+        object["data"].as_object().expect("data").clone()
+    }
+
+    /// Waits until the gate has opened a watch, so a write afterwards exercises the stream.
+    async fn wait_for_watches(&self, count: usize) {
+        for _ in 0..200 {
+            if self.api.requests().iter().filter(|r| r.query.contains("watch=true")).count() >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the gate never opened watch number {count}: {:?}", self.api.requests());
+    }
+}
+
+fn spawn_gate(settings: &[(String, String)]) -> tokio::process::Child {
+    tokio::process::Command::new(binary())
+        .arg("gate")
+        .env_clear()
+        .envs(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("gate starts")
+}
+
+async fn finish(child: tokio::process::Child) -> Run {
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("gate ends")
+        .expect("output");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A marker that already allows this revision lets the gate pass at once.
+#[tokio::test]
+async fn gate_passes_on_a_current_marker() {
+    let cluster = Cluster::start().await;
+    cluster.write_marker(3, "succeeded", "");
+    let run = cleanslate(&["gate"], &cluster.gate_vars(3, "10s")).await;
+    assert_eq!(run.code, 0, "gate passes: {}", run.all_output());
+    assert!(run.stdout.contains("marker allows this revision"), "says why: {}", run.stdout);
+    run.assert_no_secret(&[GATE_TOKEN]);
+}
+
+/// A newer revision's success passes an older pod (rollbacks render the old revision).
+#[tokio::test]
+async fn gate_passes_on_a_newer_revision() {
+    let cluster = Cluster::start().await;
+    cluster.write_marker(9, "succeeded", "");
+    let run = cleanslate(&["gate"], &cluster.gate_vars(4, "10s")).await;
+    assert_eq!(run.code, 0, "newer revision passes: {}", run.all_output());
+}
+
+/// The marker created while the gate watches lets it pass, from the watch stream, without polling:
+/// one read and one watch request are all it takes.
+#[tokio::test]
+async fn gate_passes_when_the_marker_appears_while_watching() {
+    let cluster = Cluster::start().await;
+    let gate = spawn_gate(&cluster.gate_vars(5, "20s"));
+    cluster.wait_for_watches(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = Instant::now();
+    cluster.write_marker(5, "succeeded", "");
+    let run = finish(gate).await;
+    let reaction = written.elapsed();
+    assert_eq!(run.code, 0, "gate passes: {}", run.all_output());
+    let requests = cluster.api.requests();
+    assert_eq!(requests.len(), 2, "one get and one watch, no polling: {requests:?}");
+    assert!(
+        requests[1].query.contains("fieldSelector=metadata.name=cleanslate-marker"),
+        "watch selects the one name: {requests:?}"
+    );
+    eprintln!("gate reaction including process exit: {reaction:?}");
+}
+
+/// Older revisions and the chart's empty placeholder keep the gate waiting until the right one.
+#[tokio::test]
+async fn gate_waits_through_placeholder_and_older_revisions() {
+    let cluster = Cluster::start().await;
+    cluster.api.put(NAMESPACE, MARKER, BTreeMap::new());
+    let gate = spawn_gate(&cluster.gate_vars(7, "20s"));
+    cluster.wait_for_watches(1).await;
+    cluster.write_marker(6, "succeeded", "");
+    cluster.write_marker(6, "failed", "older failure is not ours");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.write_marker(7, "succeeded", "");
+    let run = finish(gate).await;
+    assert_eq!(run.code, 0, "passes on revision 7 only: {}", run.all_output());
+}
+
+/// A failed marker for this revision fails the gate at once with the Job's message, both when it
+/// is already there and when it arrives while watching.
+#[tokio::test]
+async fn gate_fails_fast_on_a_failed_marker() {
+    let cluster = Cluster::start().await;
+    cluster.write_marker(2, "failed", "queue \"orders\": RabbitMQ answered 400");
+    let started = Instant::now();
+    let run = cleanslate(&["gate"], &cluster.gate_vars(2, "60s")).await;
+    assert_eq!(run.code, 1, "failed marker fails: {}", run.all_output());
+    assert!(run.first_stderr_line().contains("RabbitMQ answered 400"), "carries the message: {}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10), "at once, not after the timeout");
+
+    let gate = spawn_gate(&cluster.gate_vars(3, "60s"));
+    cluster.wait_for_watches(1).await;
+    cluster.write_marker(3, "failed", "etcd: not reachable");
+    let run = finish(gate).await;
+    assert_eq!(run.code, 1, "failure seen on the stream: {}", run.all_output());
+    assert!(run.stderr.contains("etcd: not reachable"), "carries the message: {}", run.stderr);
+}
+
+/// A stream closed by the server and a 410 Gone both lead to a fresh read and a new watch.
+#[tokio::test]
+async fn gate_recovers_from_closed_streams_and_410() {
+    let cluster = Cluster::start().await;
+    cluster.api.gone_next_watch();
+    let gate = spawn_gate(&cluster.gate_vars(1, "20s"));
+    cluster.wait_for_watches(2).await;
+    cluster.api.close_watches();
+    cluster.wait_for_watches(3).await;
+    cluster.api.compact();
+    cluster.write_marker(1, "succeeded", "");
+    let run = finish(gate).await;
+    assert_eq!(run.code, 0, "gate passes after recovering: {}", run.all_output());
+    let gets = cluster.api.requests().iter().filter(|r| r.method == "GET" && !r.query.contains("watch")).count();
+    assert!(gets >= 3, "re-read after 410 and after the closed stream: {gets} reads");
+}
+
+/// On timeout the gate exits 75, or 0 with a warning under GATE_ON_TIMEOUT=proceed.
+#[tokio::test]
+async fn gate_timeout_fails_or_proceeds() {
+    let cluster = Cluster::start().await;
+    cluster.write_marker(1, "succeeded", "");
+    let started = Instant::now();
+    let run = cleanslate(&["gate"], &cluster.gate_vars(2, "1s")).await;
+    assert_eq!(run.code, 75, "timeout fails: {}", run.all_output());
+    assert!(
+        run.first_stderr_line().contains("did not allow revision 2") && run.stderr.contains("revision 1 succeeded"),
+        "says what it saw: {}",
+        run.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "timeout respected");
+
+    let run =
+        cleanslate(&["gate"], &with(cluster.gate_vars(2, "1s"), &[("CLEANSLATE_GATE_ON_TIMEOUT", "proceed")])).await;
+    assert_eq!(run.code, 0, "proceed bypasses: {}", run.all_output());
+    assert!(run.stdout.contains("starting anyway"), "warns: {}", run.stdout);
+}
+
+/// 403 is retried for a while (RBAC may not be effective yet), then fails with a hint that names
+/// the verbs and the marker; access granted within the grace period lets the gate go on.
+#[tokio::test]
+async fn gate_retries_403_then_fails_with_an_rbac_hint() {
+    let cluster = Cluster::start().await;
+    cluster.write_marker(1, "succeeded", "");
+    let stranger = "no-rights-token";
+    cluster.api.grant(stranger, &["get"], Some(&["another-configmap"]));
+    let run = cleanslate(&["gate"], &with(cluster.vars(stranger, 1), &[("CLEANSLATE_GATE_TIMEOUT", "3s")])).await;
+    assert_eq!(run.code, 1, "forbidden fails: {}", run.all_output());
+    assert!(
+        run.first_stderr_line().contains("get, list and watch") && run.stderr.contains(MARKER),
+        "RBAC hint: {}",
+        run.stderr
+    );
+    let attempts = cluster.api.requests().iter().filter(|r| r.token == stranger).count();
+    assert!(attempts > 1, "retried before failing: {attempts} attempts");
+
+    let late = "late-binding-token";
+    let gate = spawn_gate(&with(cluster.vars(late, 1), &[("CLEANSLATE_GATE_TIMEOUT", "30s")]));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    cluster.api.grant(late, &["get", "list", "watch"], Some(&[MARKER]));
+    let run = finish(gate).await;
+    assert_eq!(run.code, 0, "passes once RBAC takes effect: {}", run.all_output());
+    run.assert_no_secret(&[late, stranger]);
+}
+
+/// The token file is read on every request: a rotated token is used on the next one.
+#[tokio::test]
+async fn gate_rereads_a_rotated_token() {
+    let cluster = Cluster::start().await;
+    let settings = cluster.gate_vars(1, "20s");
+    let token_path = settings.iter().find(|(k, _)| k == "CLEANSLATE_KUBE_TOKEN_FILE").unwrap().1.clone();
+    let gate = spawn_gate(&settings);
+    cluster.wait_for_watches(1).await;
+    let rotated = "gate-token-Rotated-33";
+    cluster.api.grant(rotated, &["get", "list", "watch"], Some(&[MARKER]));
+    std::fs::write(&token_path, rotated).expect("rotate token");
+    cluster.api.revoke(GATE_TOKEN);
+    cluster.api.close_watches();
+    cluster.wait_for_watches(2).await;
+    cluster.write_marker(1, "succeeded", "");
+    let run = finish(gate).await;
+    assert_eq!(run.code, 0, "gate passes with the rotated token: {}", run.all_output());
+    let last = cluster.api.requests().last().cloned().expect("requests");
+    assert_eq!(last.token, rotated, "the next request used the new token");
+    run.assert_no_secret(&[GATE_TOKEN, rotated]);
+}
+
+/// Variables of a purge that succeeds on an empty vhost-free etcd prefix (etcd only, fast).
+fn purge_vars(cluster: &Cluster, token: &str, revision: u64, prefix: &str) -> Vec<(String, String)> {
+    let mut all = with(service_vars(), &[("CLEANSLATE_TARGETS", "etcd"), ("CLEANSLATE_ETCD_PREFIXES", prefix)]);
+    all.extend(cluster.vars(token, revision));
+    all
+}
+
+/// After a successful purge the marker has exactly the documented data, labels, and no secret;
+/// Helm's annotations on the chart-made marker survive the replace.
+#[tokio::test]
+async fn purge_writes_the_marker_after_success() {
+    let cluster = Cluster::start().await;
+    let mut etcd = etcd().await;
+    let prefix = format!("{}/app/", unique("/mk"));
+    put_keys(&mut etcd, &prefix, 3).await;
+    let run = cleanslate(&["purge"], &purge_vars(&cluster, JOB_TOKEN, 4, &prefix)).await;
+    // With the marker missing and a Role that cannot create, the write fails with an RBAC hint.
+    assert_eq!(run.code, 1, "marker cannot be created by the Job's Role: {}", run.all_output());
+    assert!(run.stderr.contains("get, update and patch"), "RBAC hint: {}", run.stderr);
+
+    // The chart renders the marker as a hook resource with Helm's annotations and no data.
+    let placeholder = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": MARKER, "annotations": {"helm.sh/hook": "post-install,pre-upgrade"}}, "data": {}});
+    cluster.api.put_object(NAMESPACE, MARKER, placeholder);
+    put_keys(&mut etcd, &prefix, 3).await;
+    let run = cleanslate(&["purge"], &purge_vars(&cluster, JOB_TOKEN, 4, &prefix)).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    let data = cluster.marker_data();
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "dryRun",
+            "durationMs",
+            "finishedAt",
+            "job",
+            "keysDeleted",
+            "message",
+            "messagesPurged",
+            "queuesPurged",
+            "revision",
+            "startedAt",
+            "status"
+        ],
+        "documented keys"
+    );
+    assert_eq!(data["revision"], json!("4"), "revision");
+    assert_eq!(data["status"], json!("succeeded"), "status");
+    assert_eq!(data["keysDeleted"], json!("3"), "count from etcd");
+    assert_eq!(data["dryRun"], json!("false"), "not a dry run");
+    assert_eq!(data["job"], json!("demo-cleanslate-purge-x1"), "pod name");
+    assert!(data["startedAt"].as_str().unwrap().ends_with('Z'), "RFC 3339 time");
+    let object = cluster.api.object(NAMESPACE, MARKER).unwrap();
+    assert_eq!(object["metadata"]["labels"]["app.kubernetes.io/managed-by"], json!("cleanslate"), "managed-by label");
+    assert_eq!(object["metadata"]["labels"]["app.kubernetes.io/instance"], json!("demo"), "instance label");
+    assert_eq!(
+        object["metadata"]["annotations"]["helm.sh/hook"],
+        json!("post-install,pre-upgrade"),
+        "Helm's annotations kept"
+    );
+    assert!(!object.to_string().contains(JOB_TOKEN), "no token in the marker");
+    run.assert_no_secret(&[JOB_TOKEN, &rabbit_password()]);
+}
+
+/// A failed purge writes `status: failed` with a message and no secret; a dry run writes
+/// `dryRun: "true"`; without CLEANSLATE_MARKER nothing is written at all.
+#[tokio::test]
+async fn purge_writes_failed_and_dry_run_markers_and_none_without_a_marker() {
+    let cluster = Cluster::start().await;
+    cluster.api.put(NAMESPACE, MARKER, BTreeMap::new());
+    let password = "Wrong-Rmq-Pw-44";
+    let mut failing = with(
+        service_vars(),
+        &[
+            ("CLEANSLATE_TARGETS", "rabbitmq"),
+            ("CLEANSLATE_RABBITMQ_QUEUES", "q"),
+            ("CLEANSLATE_RABBITMQ_PASSWORD", password),
+        ],
+    );
+    failing.extend(cluster.vars(JOB_TOKEN, 5));
+    let run = cleanslate(&["purge"], &failing).await;
+    assert_eq!(run.code, 1, "purge fails: {}", run.all_output());
+    let data = cluster.marker_data();
+    assert_eq!(data["status"], json!("failed"), "failed status");
+    assert!(data["message"].as_str().unwrap().contains("rejected the login"), "message: {data:?}");
+    let marker_text = serde_json::to_string(&data).unwrap();
+    assert!(!marker_text.contains(password) && !marker_text.contains(&rabbit_password()), "no secret in the marker");
+
+    let prefix = format!("{}/dry/", unique("/mk"));
+    let dry = with(purge_vars(&cluster, JOB_TOKEN, 6, &prefix), &[("CLEANSLATE_DRY_RUN", "true")]);
+    let run = cleanslate(&["purge"], &dry).await;
+    assert_eq!(run.code, 0, "dry run succeeds: {}", run.all_output());
+    assert_eq!(cluster.marker_data()["dryRun"], json!("true"), "dry run recorded");
+    assert_eq!(cluster.marker_data()["revision"], json!("6"), "dry run marker lets gates proceed");
+
+    let before = cluster.api.requests().len();
+    let local = with(service_vars(), &[("CLEANSLATE_TARGETS", "etcd"), ("CLEANSLATE_ETCD_PREFIXES", &prefix)]);
+    let run = cleanslate(&["purge"], &local).await;
+    assert_eq!(run.code, 0, "local purge succeeds: {}", run.all_output());
+    assert_eq!(cluster.api.requests().len(), before, "no marker, no API call");
+}
+
+/// Outside Helm the marker is created when missing (with a Role that may create).
+#[tokio::test]
+async fn purge_creates_a_missing_marker() {
+    let cluster = Cluster::start().await;
+    let prefix = format!("{}/new/", unique("/mk"));
+    let run = cleanslate(&["purge"], &purge_vars(&cluster, &format!("{JOB_TOKEN}-create"), 1, &prefix)).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert_eq!(cluster.marker_data()["revision"], json!("1"), "marker created");
+}
+
+/// A write that races another writer (409 Conflict) is retried from a fresh read and lands.
+#[tokio::test]
+async fn marker_write_survives_conflicts() {
+    let cluster = Cluster::start().await;
+    cluster.api.put(NAMESPACE, MARKER, BTreeMap::new());
+    cluster.api.race_next_updates(3);
+    let prefix = format!("{}/race/", unique("/mk"));
+    let run = cleanslate(&["purge"], &purge_vars(&cluster, JOB_TOKEN, 8, &prefix)).await;
+    assert_eq!(run.code, 0, "purge succeeds despite conflicts: {}", run.all_output());
+    assert_eq!(cluster.marker_data()["revision"], json!("8"), "written after the conflicts");
+    let puts = cluster.api.requests().iter().filter(|r| r.method == "PUT").count();
+    assert_eq!(puts, 4, "three conflicts, then success");
+}
+
+/// The revision never goes backwards: an older run finishing late leaves a newer marker alone, and
+/// two purges racing end with the higher revision.
+#[tokio::test]
+async fn marker_revision_never_goes_backwards() {
+    let cluster = Cluster::start().await;
+    cluster.write_marker(7, "succeeded", "");
+    let prefix = format!("{}/late/", unique("/mk"));
+    let run = cleanslate(&["purge"], &purge_vars(&cluster, JOB_TOKEN, 6, &prefix)).await;
+    assert_eq!(run.code, 0, "late run still succeeds: {}", run.all_output());
+    assert!(run.stdout.contains("left unchanged"), "says it left the newer marker: {}", run.stdout);
+    assert_eq!(cluster.marker_data()["revision"], json!("7"), "revision not lowered");
+
+    for _ in 0..3 {
+        let (newer, older) =
+            (purge_vars(&cluster, JOB_TOKEN, 11, &prefix), purge_vars(&cluster, JOB_TOKEN, 10, &prefix));
+        let (a, b) = tokio::join!(cleanslate(&["purge"], &newer), cleanslate(&["purge"], &older));
+        assert_eq!((a.code, b.code), (0, 0), "both end well: {} {}", a.all_output(), b.all_output());
+        assert_eq!(cluster.marker_data()["revision"], json!("11"), "the higher revision wins");
+    }
+}
