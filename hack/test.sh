@@ -23,6 +23,9 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== linters (shell, Dockerfile, chart, manifests)"
 hack/lint.sh
 
+echo "== release build (the Dockerfile's command)"
+hack/build-release.sh
+
 echo "== tests"
 cargo test --locked --all-targets
 
