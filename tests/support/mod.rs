@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod chart;
 pub mod kube_api;
 
 use std::net::TcpListener;

@@ -1,0 +1,230 @@
+//! The chart as Helm and Kubernetes would use it: render with the real `helm template`, then
+//! act out what Helm does with hooks (order by weight, then kind, then name; before-hook-creation),
+//! what RBAC allows (grants derived from the rendered Roles and RoleBindings), and what the kubelet
+//! gives a container (`value`, `secretKeyRef` against the rendered Secret, `fieldRef`, and the
+//! service-account token and CA mounts).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::kube_api::KubeApi;
+use super::{repo_root, write_file};
+
+/// The helm binary that `hack/setup.sh` unpacks.
+pub fn helm() -> PathBuf {
+    let local = repo_root().join(".tools/bin/helm");
+    if local.exists() { local } else { PathBuf::from("helm") }
+}
+
+/// Runs `helm template` and returns its documents, or the error text when rendering fails.
+pub fn try_render(release: &str, namespace: &str, args: &[&str]) -> Result<Vec<Value>, String> {
+    let output = Command::new(helm())
+        .args(["template", release, repo_root().join("chart").to_str().unwrap(), "--namespace", namespace])
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("helm not runnable ({err}); run hack/setup.sh"));
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(parse_documents(&String::from_utf8_lossy(&output.stdout)))
+}
+
+pub fn render(release: &str, namespace: &str, args: &[&str]) -> Vec<Value> {
+    try_render(release, namespace, args).unwrap_or_else(|err| panic!("helm template failed: {err}"))
+}
+
+pub fn parse_documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .filter_map(|doc| {
+            let value = Value::deserialize(doc).ok()?;
+            (!value.is_null()).then_some(value)
+        })
+        .collect()
+}
+
+pub fn kind(doc: &Value) -> &str {
+    doc["kind"].as_str().unwrap_or("")
+}
+
+pub fn name(doc: &Value) -> &str {
+    doc["metadata"]["name"].as_str().unwrap_or("")
+}
+
+pub fn find<'a>(docs: &'a [Value], kind_: &str, name_: &str) -> &'a Value {
+    docs.iter().find(|d| kind(d) == kind_ && name(d) == name_).unwrap_or_else(|| panic!("no {kind_} {name_} rendered"))
+}
+
+pub fn hook_events(doc: &Value) -> Vec<String> {
+    doc["metadata"]["annotations"]["helm.sh/hook"]
+        .as_str()
+        .map(|h| h.split(',').map(|e| e.trim().to_string()).collect())
+        .unwrap_or_default()
+}
+
+pub fn hook_weight(doc: &Value) -> i64 {
+    doc["metadata"]["annotations"]["helm.sh/hook-weight"].as_str().and_then(|w| w.parse().ok()).unwrap_or(0)
+}
+
+/// Helm's install order of kinds (pkg/release/v1/util/kind_sorter.go, the part we render).
+fn kind_rank(kind_: &str) -> usize {
+    ["Namespace", "ServiceAccount", "Secret", "ConfigMap", "Role", "RoleBinding", "Service", "Pod", "Deployment", "Job"]
+        .iter()
+        .position(|k| *k == kind_)
+        .unwrap_or(usize::MAX)
+}
+
+/// The hooks of `event`, in the order Helm runs them: weight, then kind (stable pre-sort), then name.
+pub fn hooks_for<'a>(docs: &'a [Value], event: &str) -> Vec<&'a Value> {
+    let mut hooks: Vec<&Value> = docs.iter().filter(|d| hook_events(d).iter().any(|e| e == event)).collect();
+    hooks.sort_by_key(|d| kind_rank(kind(d)));
+    hooks.sort_by(|a, b| hook_weight(a).cmp(&hook_weight(b)).then_with(|| name(a).cmp(name(b))));
+    hooks
+}
+
+/// Resources that are part of the release (not hooks).
+pub fn release_resources(docs: &[Value]) -> Vec<&Value> {
+    docs.iter().filter(|d| hook_events(d).is_empty()).collect()
+}
+
+/// A fake cluster: the API stand-in, the Secrets created so far, and one token per ServiceAccount.
+pub struct FakeCluster {
+    pub api: KubeApi,
+    pub namespace: String,
+    secrets: BTreeMap<String, BTreeMap<String, String>>,
+    roles: BTreeMap<String, Value>,
+    dir: tempfile::TempDir,
+}
+
+impl FakeCluster {
+    pub async fn start(namespace: &str) -> FakeCluster {
+        let api = KubeApi::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_file(dir.path(), "ca.crt", &api.ca_pem);
+        FakeCluster { api, namespace: namespace.into(), secrets: BTreeMap::new(), roles: BTreeMap::new(), dir }
+    }
+
+    /// The bearer token of a ServiceAccount's pods (a known value, checked absent from output).
+    pub fn token_of(service_account: &str) -> String {
+        format!("sa-token-{service_account}")
+    }
+
+    /// Applies one rendered resource the way the API server would take it.
+    pub fn apply(&mut self, doc: &Value) {
+        match kind(doc) {
+            "Secret" => {
+                let mut data = BTreeMap::new();
+                if let Some(map) = doc["stringData"].as_object() {
+                    for (k, v) in map {
+                        data.insert(k.clone(), v.as_str().unwrap_or_default().to_string());
+                    }
+                }
+                if let Some(map) = doc["data"].as_object() {
+                    for (k, v) in map {
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(v.as_str().unwrap_or_default())
+                            .expect("base64");
+                        data.insert(k.clone(), String::from_utf8(bytes).expect("utf-8 secret"));
+                    }
+                }
+                self.secrets.insert(name(doc).to_string(), data);
+            }
+            "Role" => {
+                self.roles.insert(name(doc).to_string(), doc.clone());
+            }
+            "RoleBinding" => {
+                let role = &self.roles[doc["roleRef"]["name"].as_str().expect("roleRef")];
+                for subject in doc["subjects"].as_array().expect("subjects") {
+                    assert_eq!(subject["kind"], "ServiceAccount", "binds a ServiceAccount");
+                    let token = Self::token_of(subject["name"].as_str().unwrap());
+                    for rule in role["rules"].as_array().expect("rules") {
+                        let resources: Vec<&str> =
+                            rule["resources"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+                        assert_eq!(resources, ["configmaps"], "rules only for configmaps");
+                        let verbs: Vec<&str> =
+                            rule["verbs"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+                        let names: Option<Vec<&str>> =
+                            rule["resourceNames"].as_array().map(|n| n.iter().filter_map(Value::as_str).collect());
+                        self.api.grant(&token, &verbs, names.as_deref());
+                    }
+                }
+            }
+            "ConfigMap" => {
+                // before-hook-creation: Helm deletes the previous one, then creates this one.
+                self.api.delete(&self.namespace, name(doc));
+                let mut object = doc.clone();
+                object["metadata"]["namespace"] = Value::from(self.namespace.clone());
+                self.api.put_object(&self.namespace, name(doc), object);
+            }
+            _ => {}
+        }
+    }
+
+    /// The environment the kubelet gives `container` of a pod named `pod_name` running `pod_spec`:
+    /// its env resolved, plus the in-cluster API variables and the token and CA files of the pod's
+    /// ServiceAccount (the mount the kubelet provides, given here by path).
+    pub fn container_env(&self, pod_spec: &Value, container: &Value, pod_name: &str) -> Vec<(String, String)> {
+        let service_account = pod_spec["serviceAccountName"].as_str().unwrap_or("default");
+        let token_file =
+            write_file(self.dir.path(), &format!("token-{service_account}"), &Self::token_of(service_account));
+        let port = self.api.url.rsplit(':').next().unwrap().to_string();
+        let mut env = vec![
+            ("HOSTNAME".to_string(), pod_name.to_string()),
+            ("KUBERNETES_SERVICE_HOST".to_string(), "127.0.0.1".to_string()),
+            ("KUBERNETES_SERVICE_PORT".to_string(), port),
+            ("CLEANSLATE_KUBE_TOKEN_FILE".to_string(), token_file),
+            ("CLEANSLATE_KUBE_CA_FILE".to_string(), self.dir.path().join("ca.crt").to_str().unwrap().to_string()),
+        ];
+        for var in container["env"].as_array().cloned().unwrap_or_default() {
+            let key = var["name"].as_str().expect("env name").to_string();
+            let value = if let Some(value) = var.get("value") {
+                value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string())
+            } else if let Some(secret) = var["valueFrom"].get("secretKeyRef") {
+                let (secret_name, secret_key) = (secret["name"].as_str().unwrap(), secret["key"].as_str().unwrap());
+                let data = self
+                    .secrets
+                    .get(secret_name)
+                    .unwrap_or_else(|| panic!("Secret {secret_name} does not exist yet for {key}"));
+                data.get(secret_key).unwrap_or_else(|| panic!("Secret {secret_name} has no key {secret_key}")).clone()
+            } else if let Some(field) = var["valueFrom"].get("fieldRef") {
+                match field["fieldPath"].as_str().unwrap() {
+                    "metadata.name" => pod_name.to_string(),
+                    "metadata.namespace" => self.namespace.clone(),
+                    other => panic!("fieldRef {other} not emulated"),
+                }
+            } else {
+                panic!("env {key} has a source the harness does not resolve: {var}");
+            };
+            env.push((key, value));
+        }
+        env
+    }
+
+    /// Starts `container` (the cleanslate image: ENTRYPOINT /cleanslate, args from the manifest).
+    pub fn spawn(&self, pod_spec: &Value, container: &Value, pod_name: &str) -> tokio::process::Child {
+        assert!(container.get("command").is_none(), "the image's entrypoint is used");
+        let args: Vec<String> =
+            container["args"].as_array().expect("args").iter().map(|a| a.as_str().unwrap().to_string()).collect();
+        tokio::process::Command::new(super::binary())
+            .args(&args)
+            .env_clear()
+            .envs(self.container_env(pod_spec, container, pod_name))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("container starts")
+    }
+}
+
+/// The pod spec of a Deployment, Job or Pod.
+pub fn pod_spec(doc: &Value) -> &Value {
+    match kind(doc) {
+        "Pod" => &doc["spec"],
+        _ => &doc["spec"]["template"]["spec"],
+    }
+}
