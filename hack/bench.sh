@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Benchmarks `cleanslate purge` against the usual manual tools on the same freshly seeded data, in
+# one run on this machine, and writes the results to BENCHMARKS.md (or, with --smoke, a tiny run
+# to .scratch/bench-smoke.md so CI proves the script still works).
+#
+# Contenders, each on freshly seeded data, median of several runs:
+#   cleanslate purge | rabbitmqadmin purge queue per queue + etcdctl del --prefix |
+#   a curl loop (sequential, and xargs -P 8) + etcdctl del --prefix |
+#   the floor: the sum of the server time of each purge request (curl -w) and of one DeleteRange.
+# After every run: the selected queues and keys are gone and every survivor is intact.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+mode="${1:-full}"
+hack/setup.sh >/dev/null
+export PATH="$root/.tools/bin:$PATH"
+hack/services.sh up >/dev/null
+eval "$(hack/services.sh env)"
+export CSTEST_AMQP_PORT CSTEST_RABBITMQ_USERNAME CSTEST_RABBITMQ_PASSWORD CSTEST_ETCD_ENDPOINT
+hack/build-release.sh >/dev/null
+bin="$root/target/x86_64-unknown-linux-gnu/release/cleanslate"
+py="$root/.tools/venv/bin/python"
+work="$root/.scratch/bench"
+mkdir -p "$work"
+curl -fsS -u "$CSTEST_RABBITMQ_USERNAME:$CSTEST_RABBITMQ_PASSWORD" "$CSTEST_RABBITMQ_URL/cli/rabbitmqadmin" -o "$work/rabbitmqadmin"
+
+if [[ "$mode" == "--smoke" ]]; then
+  sizes=("smoke 2 200 100 1 1")
+  output="$root/.scratch/bench-smoke.md"
+  gate_runs=5 poll_runs=1
+else
+  # name queues messages keys runs runs-of-the-slow-manual-contenders
+  sizes=("typical 20 20000 10000 5 3" "large 1000 1000000 200000 3 1")
+  output="$root/BENCHMARKS.md"
+  gate_runs=100 poll_runs=10
+fi
+
+mgmt="$CSTEST_RABBITMQ_URL/api"
+auth="$CSTEST_RABBITMQ_USERNAME:$CSTEST_RABBITMQ_PASSWORD"
+
+etcd_count() { # keys under a prefix, counted by the server
+  local key end
+  key="$(printf '%s' "$1" | base64 -w0)"
+  end="$("$py" -c 'import base64,sys; p=bytearray(sys.argv[1].encode()); p[-1]+=1; print(base64.b64encode(bytes(p)).decode())' "$1")"
+  curl -fsS -X POST "$CSTEST_ETCD_ENDPOINT/v3/kv/range" -d "{\"key\":\"$key\",\"range_end\":\"$end\",\"count_only\":true}" |
+    "$py" -c 'import json,sys; print(json.load(sys.stdin).get("count", "0"))'
+}
+
+queue_counts() { hack/services.sh ctl list_queues -q name messages | awk '$1 ~ /^bench-/'; }
+
+verify() { # everything selected gone; survivors intact
+  local label="$1" keep_before="$2"
+  local leftover keep
+  leftover="$(queue_counts | awk '$1 ~ /^bench-q/ {s += $2} END {print s + 0}')"
+  keep="$(queue_counts | awk '$1 == "bench-keep" {print $2}')"
+  [[ "$leftover" == 0 ]] || { echo "bench: $label left $leftover messages" >&2; exit 1; }
+  [[ "$keep" == "$keep_before" ]] || { echo "bench: $label touched bench-keep ($keep_before -> $keep)" >&2; exit 1; }
+  [[ "$(etcd_count bench/monorepo/)" == 0 ]] || { echo "bench: $label left keys" >&2; exit 1; }
+  [[ "$(etcd_count bench/monorepo-keep/)" == 100 ]] || { echo "bench: $label touched monorepo-keep/" >&2; exit 1; }
+  [[ "$(etcd_count /registry/bench/)" == 100 ]] || { echo "bench: $label touched /registry/" >&2; exit 1; }
+}
+
+contender_cmd() { # the shell command of one contender; queue names in $work/queues
+  case "$1" in
+    cleanslate) echo "env CLEANSLATE_ENVIRONMENT=dev CLEANSLATE_RABBITMQ_URL=$CSTEST_RABBITMQ_URL CLEANSLATE_RABBITMQ_USERNAME=$CSTEST_RABBITMQ_USERNAME CLEANSLATE_RABBITMQ_PASSWORD=$CSTEST_RABBITMQ_PASSWORD CLEANSLATE_RABBITMQ_QUEUE_PATTERN='bench-q[0-9]+' CLEANSLATE_ETCD_ENDPOINTS=$CSTEST_ETCD_ENDPOINT CLEANSLATE_ETCD_PREFIXES=bench/monorepo/ CLEANSLATE_TIMEOUT=5m RUST_LOG=warn $bin purge" ;;
+    rabbitmqadmin) echo "while read -r q; do python3 $work/rabbitmqadmin -H 127.0.0.1 -P ${CSTEST_RABBITMQ_URL##*:} -u $CSTEST_RABBITMQ_USERNAME -p $CSTEST_RABBITMQ_PASSWORD purge queue name=\$q >/dev/null; done < $work/queues; ETCDCTL_API=3 etcdctl --endpoints $CSTEST_ETCD_ENDPOINT del --prefix bench/monorepo/ >/dev/null" ;;
+    curl-seq) echo "while read -r q; do curl -fsS -o /dev/null -u $auth -X DELETE $mgmt/queues/%2F/\$q/contents; done < $work/queues; ETCDCTL_API=3 etcdctl --endpoints $CSTEST_ETCD_ENDPOINT del --prefix bench/monorepo/ >/dev/null" ;;
+    curl-p8) echo "xargs -P 8 -I{} curl -fsS -o /dev/null -u $auth -X DELETE $mgmt/queues/%2F/{}/contents < $work/queues; ETCDCTL_API=3 etcdctl --endpoints $CSTEST_ETCD_ENDPOINT del --prefix bench/monorepo/ >/dev/null" ;;
+  esac
+}
+
+floor_seconds() { # server time of each purge request + one DeleteRange, summed
+  local key end
+  key="$(printf 'bench/monorepo/' | base64 -w0)"
+  end="$(printf 'bench/monorepo0' | base64 -w0)"
+  {
+    while read -r q; do
+      curl -fsS -o /dev/null -u "$auth" -X DELETE -w '%{time_starttransfer} %{time_pretransfer}\n' "$mgmt/queues/%2F/$q/contents"
+    done <"$work/queues"
+    curl -fsS -o /dev/null -X POST -w '%{time_starttransfer} %{time_pretransfer}\n' "$CSTEST_ETCD_ENDPOINT/v3/kv/deleterange" -d "{\"key\":\"$key\",\"range_end\":\"$end\"}"
+  } | awk '{s += $1 - $2} END {printf "%.4f\n", s}'
+}
+
+median() { sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else printf "%.4f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+results="$work/results.tsv"
+: >"$results"
+for size in "${sizes[@]}"; do
+  read -r name queues messages keys runs slow_runs <<<"$size"
+  seq -f 'bench-q%04g' 0 $((queues - 1)) >"$work/queues"
+  # Start from nothing: previous sizes' queues go.
+  for q in $(queue_counts | awk '$1 ~ /^bench-q/ {print $1}'); do
+    curl -fsS -o /dev/null -u "$auth" -X DELETE "$mgmt/queues/%2F/$q"
+  done
+  for contender in cleanslate rabbitmqadmin curl-seq curl-p8 floor; do
+    n="$runs"
+    [[ "$contender" == rabbitmqadmin || "$contender" == curl-seq ]] && n="$slow_runs"
+    for run in $(seq 1 "$n"); do
+      "$py" hack/bench_seed.py "$queues" "$messages" "$keys"
+      keep_before="$(queue_counts | awk '$1 == "bench-keep" {print $2}')"
+      echo "bench: $name $contender run $run/$n"
+      if [[ "$contender" == floor ]]; then
+        printf '%s\t%s\t%s\t-\t-\n' "$name" floor "$(floor_seconds)" >>"$results"
+      else
+        started="$(date +%s.%N)"
+        /usr/bin/time -f '%U %S %M' -o "$work/time" bash -c "$(contender_cmd "$contender")"
+        wall="$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN {printf "%.4f", b - a}')"
+        read -r user sys rss <"$work/time"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$contender" "$wall" "$(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}')" "$rss" >>"$results"
+      fi
+      verify "$name/$contender" "$keep_before"
+    done
+  done
+done
+
+echo "bench: gate reaction"
+gate_table="$(CSBENCH_GATE_RUNS=$gate_runs CSBENCH_POLL_RUNS=$poll_runs cargo bench --quiet --bench gate_reaction 2>/dev/null | grep '^|')"
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Reproduce with \`hack/bench.sh\` (about 15 minutes; \`hack/bench.sh --smoke\` is the tiny run CI does)."
+  echo "Every contender runs on freshly seeded data; after every run the script checks that all selected"
+  echo "messages and keys are gone and that the survivors (queue \`bench-keep\`, keys under"
+  echo "\`bench/monorepo-keep/\` and \`/registry/bench/\`) are untouched."
+  echo
+  echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r);"
+  echo "RabbitMQ $(hack/services.sh ctl version 2>/dev/null | tail -1), etcd $(etcd --version | awk 'NR == 1 {print $3}'), all on loopback; run on $(date -u +%Y-%m-%d)."
+  echo "Release binary: $(stat -c %s "$bin" | awk '{printf "%.1f MB", $1 / 1e6}') (static, stripped)."
+  echo
+  for size in "${sizes[@]}"; do
+    read -r name queues messages keys runs slow_runs <<<"$size"
+    echo "## $name: $queues queues, $messages messages, $keys keys"
+    echo
+    echo "| contender | runs | wall (median) | CPU s (median) | peak RSS | cleanslate is faster by | ÷ floor |"
+    echo "|---|---|---|---|---|---|---|"
+    cs_wall="$(awk -F'\t' -v n="$name" '$1 == n && $2 == "cleanslate" {print $3}' "$results" | median)"
+    floor="$(awk -F'\t' -v n="$name" '$1 == n && $2 == "floor" {print $3}' "$results" | median)"
+    for contender in cleanslate rabbitmqadmin curl-seq curl-p8 floor; do
+      rows="$(awk -F'\t' -v n="$name" -v c="$contender" '$1 == n && $2 == c' "$results")"
+      wall="$(cut -f3 <<<"$rows" | median)"
+      count="$(wc -l <<<"$rows")"
+      if [[ "$contender" == floor ]]; then
+        printf '| floor: server time of the purge requests + one DeleteRange | %s | %.3f s | – | – | %.1f× | 1.00 |\n' "$count" "$wall" "$(awk -v a="$wall" -v b="$cs_wall" 'BEGIN {print a / b}')"
+        continue
+      fi
+      cpu="$(cut -f4 <<<"$rows" | median)"
+      rss="$(cut -f5 <<<"$rows" | sort -g | tail -1)"
+      label="$contender"
+      # shellcheck disable=SC2016 # backticks are Markdown here
+      case "$contender" in
+        cleanslate) label='`cleanslate purge`' ;;
+        rabbitmqadmin) label='`rabbitmqadmin purge queue` per queue + `etcdctl del --prefix`' ;;
+        curl-seq) label='`curl` loop, sequential + `etcdctl del --prefix`' ;;
+        curl-p8) label='`curl` via `xargs -P 8` + `etcdctl del --prefix`' ;;
+      esac
+      printf '| %s | %s | %.3f s | %.3f | %.1f MiB | %.1f× | %.2f |\n' "$label" "$count" "$wall" "$cpu" "$(awk -v k="$rss" 'BEGIN {print k / 1024}')" \
+        "$(awk -v a="$wall" -v b="$cs_wall" 'BEGIN {print a / b}')" "$(awk -v a="$wall" -v b="$floor" 'BEGIN {print a / b}')"
+    done
+    cs_cpu="$(awk -F'\t' -v n="$name" '$1 == n && $2 == "cleanslate" {print $4}' "$results" | median)"
+    echo
+    echo "Under the chart's 100m CPU limit, cleanslate's $(printf '%.3f' "$cs_cpu") CPU s need at least $(awk -v c="$cs_cpu" 'BEGIN {printf "%.2f", c / 0.1}') s of wall time."
+    echo
+  done
+  echo "## Gate reaction: marker written → gate process exited"
+  echo
+  echo "$gate_table"
+  echo
+} >"$output"
+echo "bench: wrote $output"
