@@ -5,7 +5,6 @@
 //! `CSBENCH_GATE_RUNS` (default 100) gates and `CSBENCH_POLL_RUNS` (default 10) polling runs.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::collections::BTreeMap;
@@ -22,7 +21,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn marker(revision: u64) -> BTreeMap<String, String> {
-    [("revision", revision.to_string()), ("status", "succeeded".to_string())].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    [("revision", revision.to_string()), ("status", "succeeded".to_string())]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
 }
 
 fn runs(name: &str, default: usize) -> usize {
@@ -77,11 +79,10 @@ async fn main() {
         api.delete("bench", MARKER);
         let revision = 1_000 + run;
         let poller = {
-            let started = Instant::now();
             let poll = async {
                 loop {
                     let current = api.object("bench", MARKER);
-                    if current.is_some_and(|o| o["data"]["revision"] == revision.to_string()) {
+                    if current.is_some_and(|o| o["data"]["revision"].as_str() == Some(revision.to_string().as_str())) {
                         return Instant::now();
                     }
                     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -94,7 +95,6 @@ async fn main() {
                 Instant::now()
             };
             let (seen, written) = tokio::join!(poll, write);
-            let _ = started;
             seen.saturating_duration_since(written)
         };
         polling.push(poller);

@@ -223,50 +223,60 @@ fn code_name(code: tonic::Code) -> String {
     format!("{code:?}")
 }
 
-/// Counts keys per range in one read transaction: what a purge would delete.
-pub async fn count(client: &Client, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<Vec<u64>> {
-    let mut counts = Vec::with_capacity(ranges.len());
-    for chunk in ranges.chunks(MAX_TXN_OPS) {
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|r| TxnOp::get(r.start.clone(), Some(GetOptions::new().with_range(r.end_bytes()).with_count_only())))
-            .collect();
-        let response = retry::run(policy, deadline, "counting etcd keys", || {
+/// Runs `ops` in transactions of at most [`MAX_TXN_OPS`] operations, retrying each transaction
+/// (they are idempotent), and returns the responses in order.
+async fn in_transactions(
+    client: &Client,
+    ops: Vec<TxnOp>,
+    what: &str,
+    policy: &RetryPolicy,
+    deadline: Instant,
+) -> Result<Vec<TxnOpResponse>> {
+    let mut responses = Vec::with_capacity(ops.len());
+    for chunk in ops.chunks(MAX_TXN_OPS) {
+        let response = retry::run(policy, deadline, what, || {
             let mut kv = client.kv_client();
-            let txn = Txn::new().and_then(ops.clone());
-            async move { kv.txn(txn).await.map_err(|err| sort_error(err, "counting etcd keys")) }
+            let txn = Txn::new().and_then(chunk.to_vec());
+            async move { kv.txn(txn).await.map_err(|err| sort_error(err, what)) }
         })
         .await?;
-        counts.extend(response.op_responses().into_iter().map(|op| match op {
+        responses.extend(response.op_responses());
+    }
+    Ok(responses)
+}
+
+/// Counts keys per range in one read transaction: what a purge would delete.
+pub async fn count(client: &Client, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<Vec<u64>> {
+    let ops = ranges
+        .iter()
+        .map(|r| TxnOp::get(r.start.clone(), Some(GetOptions::new().with_range(r.end_bytes()).with_count_only())))
+        .collect();
+    let responses = in_transactions(client, ops, "counting etcd keys", policy, deadline).await?;
+    Ok(responses
+        .into_iter()
+        .map(|op| match op {
             TxnOpResponse::Get(get) => get.count().max(0) as u64,
             _ => 0,
-        }));
-    }
-    Ok(counts)
+        })
+        .collect())
 }
 
 /// Deletes every range, one transaction per 128 ranges; returns keys deleted per range, as the
 /// server counted them. Each transaction is idempotent, so a retry after a lost answer is safe
 /// (it then reports zero for keys the first attempt already deleted).
 pub async fn delete(client: &Client, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<Vec<u64>> {
-    let mut deleted = Vec::with_capacity(ranges.len());
-    for chunk in ranges.chunks(MAX_TXN_OPS) {
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|r| TxnOp::delete(r.start.clone(), Some(DeleteOptions::new().with_range(r.end_bytes()))))
-            .collect();
-        let response = retry::run(policy, deadline, "deleting etcd ranges", || {
-            let mut kv = client.kv_client();
-            let txn = Txn::new().and_then(ops.clone());
-            async move { kv.txn(txn).await.map_err(|err| sort_error(err, "deleting etcd ranges")) }
-        })
-        .await?;
-        deleted.extend(response.op_responses().into_iter().map(|op| match op {
+    let ops = ranges
+        .iter()
+        .map(|r| TxnOp::delete(r.start.clone(), Some(DeleteOptions::new().with_range(r.end_bytes()))))
+        .collect();
+    let responses = in_transactions(client, ops, "deleting etcd ranges", policy, deadline).await?;
+    Ok(responses
+        .into_iter()
+        .map(|op| match op {
             TxnOpResponse::Delete(del) => del.deleted().max(0) as u64,
             _ => 0,
-        }));
-    }
-    Ok(deleted)
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -260,6 +260,7 @@ fn summarize(
         None => {}
         Some(Err(err)) => summary.fail(exit_for(&err), format!("rabbitmq: {err:#}")),
         Some(Ok(report)) => {
+            let mut not_purged = Vec::new();
             for (queue, outcome) in report.selection.queues.iter().zip(&report.outcomes) {
                 match outcome {
                     QueueOutcome::Purged { approx_messages } => {
@@ -269,6 +270,7 @@ fn summarize(
                     QueueOutcome::Vanished => {}
                     QueueOutcome::Failed(message) => {
                         summary.queues_failed += 1;
+                        not_purged.push(queue.info.name.as_str());
                         summary.fail(Exit::Failed, format!("queue {:?}: {message}", queue.info.name));
                     }
                 }
@@ -277,18 +279,16 @@ fn summarize(
             if !missing.is_empty() && config.rabbitmq.as_ref().is_some_and(|r| r.missing == MissingQueue::Fail) {
                 summary.fail(Exit::Failed, format!("named queues missing: {}", missing.join(", ")));
             }
-            if !dry_run {
-                let not_purged: Vec<&str> = report
-                    .selection
-                    .queues
-                    .iter()
-                    .zip(&report.outcomes)
-                    .filter(|(_, o)| matches!(o, QueueOutcome::Failed(_)))
-                    .map(|(q, _)| q.info.name.as_str())
-                    .collect();
-                if !not_purged.is_empty() {
-                    warn!(queues = %not_purged.join(", "), "queues not purged");
-                }
+            if !not_purged.is_empty() {
+                // First in the failure summary: what an operator needs to finish by hand, if anything.
+                let line = format!(
+                    "purged {} of {} queues; not purged: {}",
+                    summary.queues_purged,
+                    report.selection.queues.len(),
+                    not_purged.join(", ")
+                );
+                warn!(queues = %not_purged.join(", "), "queues not purged");
+                summary.failures.insert(0, line);
             }
         }
     }

@@ -113,18 +113,6 @@ fn start_gates(cluster: &FakeCluster, docs: &[Value], suffix: &str) -> Vec<GateP
         .collect()
 }
 
-async fn finish(child: tokio::process::Child) -> Run {
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("container ends")
-        .expect("output");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
 /// Runs the hooks of `event` in Helm's order; returns the Job's run, if there was a Job.
 async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Option<Run> {
     let mut job_run = None;

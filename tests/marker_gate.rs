@@ -99,18 +99,6 @@ fn spawn_gate(settings: &[(String, String)]) -> tokio::process::Child {
         .expect("gate starts")
 }
 
-async fn finish(child: tokio::process::Child) -> Run {
-    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("gate ends")
-        .expect("output");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
 /// A marker that already allows this revision lets the gate pass at once.
 #[tokio::test]
 async fn gate_passes_on_a_current_marker() {

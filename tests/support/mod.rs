@@ -9,6 +9,7 @@
 
 pub mod chart;
 pub mod kube_api;
+pub mod proxy;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -302,6 +303,16 @@ pub async fn cleanslate(args: &[&str], vars: &[(String, String)]) -> Run {
     Run::from_output(output)
 }
 
+/// Waits for a spawned binary (with piped output) and collects its outcome, failing the test
+/// instead of hanging after a minute.
+pub async fn finish(child: tokio::process::Child) -> Run {
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("process ended within 60 s")
+        .expect("output collected");
+    Run::from_output(output)
+}
+
 /// Key/value pairs from string slices.
 pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -430,5 +441,88 @@ impl Drop for EtcdServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A throwaway etcd cluster of several members on loopback; members can be stopped and restarted.
+pub struct EtcdCluster {
+    pub endpoints: Vec<String>,
+    members: Vec<Option<std::process::Child>>,
+    args: Vec<Vec<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    pub async fn start(size: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
+        let mut cluster = EtcdCluster { endpoints: Vec::new(), members: Vec::new(), args: Vec::new(), _dir: dir };
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let data = cluster._dir.path().join(format!("m{i}"));
+            cluster.args.push(vec![
+                "--name".into(),
+                format!("m{i}"),
+                "--data-dir".into(),
+                data.to_str().unwrap().into(),
+                "--listen-client-urls".into(),
+                endpoint.clone(),
+                "--advertise-client-urls".into(),
+                endpoint.clone(),
+                "--listen-peer-urls".into(),
+                peer_url.clone(),
+                "--initial-advertise-peer-urls".into(),
+                peer_url,
+                "--initial-cluster".into(),
+                initial.join(","),
+                "--initial-cluster-state".into(),
+                "new".into(),
+                "--log-level".into(),
+                "error".into(),
+            ]);
+            cluster.endpoints.push(endpoint);
+            cluster.members.push(None);
+        }
+        for i in 0..size {
+            cluster.start_member(i);
+        }
+        for _ in 0..100 {
+            if let Ok(Ok(mut client)) =
+                tokio::time::timeout(Duration::from_secs(2), Client::connect(&cluster.endpoints, None)).await
+                && client.put("probe", "1", None).await.is_ok()
+            {
+                return cluster;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("etcd cluster at {:?} never answered", cluster.endpoints);
+    }
+
+    pub fn start_member(&mut self, i: usize) {
+        let child = std::process::Command::new("etcd")
+            .args(&self.args[i])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd runs");
+        self.members[i] = Some(child);
+    }
+
+    pub fn stop_member(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.stop_member(i);
+        }
     }
 }

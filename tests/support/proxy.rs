@@ -1,0 +1,116 @@
+//! A small TCP proxy in front of a real server, for faults the servers cannot be asked to make:
+//! not listening yet (connection refused), forwarding with a delay, accepting but never answering
+//! (a black hole), and going down mid-run (every open connection cut, new ones refused).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    target: SocketAddr,
+    server: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Forward(Duration),
+    BlackHole,
+}
+
+impl Proxy {
+    /// A proxy for `target` that is not listening yet: connections are refused.
+    pub fn new(target: SocketAddr) -> Proxy {
+        Proxy { addr: SocketAddr::from(([127, 0, 0, 1], super::free_port())), target, server: Mutex::new(None) }
+    }
+
+    /// A proxy for the host:port of an http(s) URL.
+    pub fn for_url(url: &str) -> Proxy {
+        let host_port = url.split("://").nth(1).unwrap().trim_end_matches('/');
+        let target = std::net::ToSocketAddrs::to_socket_addrs(host_port).unwrap().next().unwrap();
+        Proxy::new(target)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts forwarding, delaying every chunk by `delay`.
+    pub fn forward(&self, delay: Duration) {
+        self.listen(Behaviour::Forward(delay));
+    }
+
+    /// Accepts connections and never answers.
+    pub fn black_hole(&self) {
+        self.listen(Behaviour::BlackHole);
+    }
+
+    /// Stops listening and cuts every open connection.
+    pub fn down(&self) {
+        if let Some(server) = self.server.lock().unwrap().take() {
+            server.abort();
+        }
+    }
+
+    fn listen(&self, behaviour: Behaviour) {
+        self.down();
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(self.addr).expect("proxy port free");
+        let listener = socket.listen(128).unwrap();
+        let target = self.target;
+        let server = tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) aborts and closes every connection.
+            let connections = Arc::new(Mutex::new(JoinSet::new()));
+            loop {
+                let Ok((client, _)) = listener.accept().await else { continue };
+                let connection = async move {
+                    match behaviour {
+                        Behaviour::BlackHole => {
+                            let _held = client;
+                            std::future::pending::<()>().await;
+                        }
+                        Behaviour::Forward(delay) => {
+                            let Ok(server) = TcpStream::connect(target).await else { return };
+                            let (client_read, client_write) = client.into_split();
+                            let (server_read, server_write) = server.into_split();
+                            tokio::join!(
+                                pipe(client_read, server_write, delay),
+                                pipe(server_read, client_write, delay)
+                            );
+                        }
+                    }
+                };
+                connections.lock().unwrap().spawn(connection);
+            }
+        });
+        *self.server.lock().unwrap() = Some(server);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, delay: Duration) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
