@@ -27,10 +27,14 @@ echo "== release build (the Dockerfile's command)"
 hack/build-release.sh
 
 echo "== tests"
-cargo test --locked
+test_log="$(mktemp)"
+trap 'rm -f "$test_log"' EXIT
+cargo test --locked 2>&1 | tee "$test_log"
 
 if [[ -x hack/bench.sh ]]; then
   echo "== benchmark smoke run"
   hack/bench.sh --smoke
 fi
 echo "== all checks passed"
+# One closing line with the totals of every test binary (cargo's last line is the doc-test run).
+awk '/^test result:/ {passed += $4; failed += $6} END {printf "tests: %d passed, %d failed\n", passed, failed}' "$test_log"
