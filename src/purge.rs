@@ -45,6 +45,8 @@ pub struct Summary {
     pub queues_failed: u64,
     pub messages_purged: u64,
     pub keys_deleted: u64,
+    /// Purged queues that had consumers: messages those hold unacknowledged survive the purge.
+    pub queues_with_consumers: Vec<String>,
     pub failures: Vec<String>,
     pub exit: Option<Exit>,
 }
@@ -121,6 +123,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
     let summary = summarize(rabbit_result, etcd_result, config, dry_run);
     let duration_ms = clock.elapsed().as_millis() as u64;
     let mut exit = summary.exit();
+    let with_consumers = summary.queues_with_consumers.join(", ");
     if summary.failures.is_empty() {
         info!(
             status = "succeeded",
@@ -128,6 +131,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
             queues_purged = summary.queues_purged,
             messages_purged_approx = summary.messages_purged,
             keys_deleted = summary.keys_deleted,
+            queues_with_consumers = %with_consumers,
             duration_ms,
             "{}",
             if dry_run { "plan finished, nothing changed" } else { "purge finished" }
@@ -141,10 +145,15 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
             queues_failed = summary.queues_failed,
             messages_purged_approx = summary.messages_purged,
             keys_deleted = summary.keys_deleted,
+            queues_with_consumers = %with_consumers,
             duration_ms,
             failures = %summary.failures.join("; "),
             "purge failed"
         );
+    }
+
+    if !with_consumers.is_empty() {
+        warn!(queues = %with_consumers, "these queues had consumers: messages they hold unacknowledged survived the purge");
     }
 
     if let Some((kube, settings)) = marker_target {
@@ -266,6 +275,9 @@ fn summarize(
                     QueueOutcome::Purged { approx_messages } => {
                         summary.queues_purged += 1;
                         summary.messages_purged += approx_messages;
+                        if queue.info.consumers.unwrap_or(0) > 0 {
+                            summary.queues_with_consumers.push(queue.info.name.clone());
+                        }
                     }
                     QueueOutcome::Vanished => {}
                     QueueOutcome::Failed(message) => {

@@ -318,3 +318,56 @@ async fn bounded_concurrency_purges_everything() {
     assert!(run.stdout.contains(r#""queues_purged":20"#), "summary counts 20: {}", run.stdout);
     rabbit.delete_vhost(&vhost).await;
 }
+
+/// A queue with a live consumer: the summary names it, and the messages the consumer held
+/// unacknowledged come back after it goes (they survive a purge, as documented).
+#[tokio::test]
+async fn consumers_keep_their_unacknowledged_messages() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "consumers").await;
+    rabbit.declare(&vhost, "busy", json!({})).await;
+    rabbit.publish(&vhost, "busy", 5).await;
+    let python = repo_root().join(".tools/venv/bin/python");
+    assert!(python.exists(), "pika's venv missing; run hack/setup.sh");
+    let port = std::env::var("CSTEST_AMQP_PORT").unwrap_or_else(|_| "5682".into());
+    // Takes two messages without acknowledging them, then waits for stdin to close.
+    let script = r#"
+import sys, pika
+user, password, port, vhost = sys.argv[1:5]
+params = pika.ConnectionParameters("127.0.0.1", int(port), vhost, pika.PlainCredentials(user, password))
+connection = pika.BlockingConnection(params)
+channel = connection.channel()
+channel.basic_qos(prefetch_count=2)
+channel.basic_consume("busy", lambda *args: None, auto_ack=False)
+connection.process_data_events(time_limit=1)
+print("holding", flush=True)
+sys.stdin.read()
+connection.close()
+"#;
+    let mut consumer = tokio::process::Command::new(python)
+        .args(["-c", script, &rabbit_user(), &rabbit_password(), &port, &vhost])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("consumer starts");
+    let mut line = String::new();
+    let stdout = consumer.stdout.take().unwrap();
+    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(stdout), &mut line).await.unwrap();
+    assert_eq!(line.trim(), "holding", "consumer holds two messages");
+    for _ in 0..100 {
+        let run = cleanslate(&["plan"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "busy")])).await;
+        if run.stdout.contains(r#""consumers":1"#) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "busy")])).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert!(run.stdout.contains(r#""queues_with_consumers":"busy""#), "summary names the queue: {}", run.stdout);
+    assert!(run.stdout.contains("survived the purge"), "says what survives: {}", run.stdout);
+    drop(consumer.stdin.take());
+    consumer.wait().await.unwrap();
+    assert_eq!(rabbit.count(&vhost, "busy").await, 2, "the two unacknowledged messages came back");
+    rabbit.delete_vhost(&vhost).await;
+}
