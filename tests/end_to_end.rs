@@ -156,11 +156,11 @@ async fn install_upgrade_and_helm_test() {
     for resource in release_resources(&install) {
         cluster.apply(resource);
     }
-    let gates = start_gates(&cluster, &install, "rs1-a");
+    let mut gates = start_gates(&cluster, &install, "rs1-a");
     assert_eq!(gates.len(), 2, "producer and consumer are gated");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for gate in &gates {
-        assert!(gate.child.id().is_some(), "{} waits for the marker", gate.deployment);
+    for gate in &mut gates {
+        assert!(gate.child.try_wait().expect("status").is_none(), "{} waits for the marker", gate.deployment);
     }
     let job = run_hooks(&mut cluster, &install, "post-install").await.expect("post-install Job ran");
     assert_eq!(job.code, 0, "install Job succeeds: {}", job.all_output());
