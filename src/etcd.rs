@@ -10,6 +10,7 @@
 //! keyspace; `etcdctl del "" --prefix`) is refused, and so is any range that still reaches the
 //! system prefixes `/registry/` (Kubernetes) or `/coreos.com/` after protected prefixes are cut out.
 
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::time::Duration;
 
@@ -164,8 +165,9 @@ pub fn plan_ranges(prefixes: &[String], protected: &[String]) -> Result<RangePla
     Ok(RangePlan { ranges, protected })
 }
 
-/// Connects, authenticates if configured, and verifies the server with the given CA.
-pub async fn connect(config: &EtcdConfig, request_timeout: Duration) -> Result<Client, Attempt> {
+/// Connects to one endpoint, authenticates if configured, verifies the server with the given CA,
+/// and asks for its status, so that a dead member is found here rather than by the first delete.
+async fn connect_one(config: &EtcdConfig, endpoint: &str, request_timeout: Duration) -> Result<Client, Attempt> {
     let mut options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT).with_timeout(request_timeout);
     if let Some((user, password)) = &config.auth {
         options = options.with_user(user.clone(), password.expose().to_string());
@@ -186,7 +188,67 @@ pub async fn connect(config: &EtcdConfig, request_timeout: Duration) -> Result<C
         }
         options = options.with_tls(tls_options);
     }
-    Client::connect(&config.endpoints, Some(options)).await.map_err(|err| sort_error(err, "connecting to etcd"))
+    let what = format!("connecting to etcd at {endpoint}");
+    let mut client = Client::connect([endpoint], Some(options)).await.map_err(|err| sort_error(err, &what))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, client.status()).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(err)) => Err(sort_error(err, &what)),
+        Err(_) => Err(Attempt::Transient(classified(Kind::Unreachable, format!("{what}: no answer")))),
+    }
+}
+
+/// An etcd connection that fails over between endpoints.
+///
+/// etcd-client balances requests over all endpoints through tonic, which keeps sending requests
+/// to a dead member (its lazy connection looks ready), so a retry could hit the same dead endpoint
+/// every time. Here a transient failure drops the connection, and the next attempt connects to the
+/// next endpoint that answers a status request, as etcd's own clients fail over.
+pub struct Session<'a> {
+    config: &'a EtcdConfig,
+    request_timeout: Duration,
+    client: RefCell<Option<Client>>,
+    next_endpoint: Cell<usize>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(config: &'a EtcdConfig, request_timeout: Duration) -> Session<'a> {
+        Session { config, request_timeout, client: RefCell::new(None), next_endpoint: Cell::new(0) }
+    }
+
+    /// The current connection, or a new one to the first endpoint that answers, starting after the
+    /// one that failed last. A refused login ends the search at once.
+    async fn client(&self) -> Result<Client, Attempt> {
+        if let Some(client) = self.client.borrow().clone() {
+            return Ok(client);
+        }
+        let endpoints = &self.config.endpoints;
+        let mut last = None;
+        for offset in 0..endpoints.len() {
+            let index = (self.next_endpoint.get() + offset) % endpoints.len();
+            match connect_one(self.config, &endpoints[index], self.request_timeout).await {
+                Ok(client) => {
+                    self.next_endpoint.set(index);
+                    *self.client.borrow_mut() = Some(client.clone());
+                    return Ok(client);
+                }
+                Err(permanent @ Attempt::Permanent(_)) => return Err(permanent),
+                Err(transient) => last = Some(transient),
+            }
+        }
+        Err(last.unwrap_or_else(|| Attempt::Permanent(anyhow!("no etcd endpoints configured"))))
+    }
+
+    /// Forgets a connection that failed, so the next attempt tries the next endpoint.
+    fn failed(&self) {
+        *self.client.borrow_mut() = None;
+        self.next_endpoint.set(self.next_endpoint.get() + 1);
+    }
+
+    /// Connects (retrying under the deadline) without sending anything else: for a fail-fast check
+    /// before work starts.
+    pub async fn connect(&self, policy: &RetryPolicy, deadline: Instant) -> Result<()> {
+        retry::run(policy, deadline, "connecting to etcd", || async { self.client().await.map(|_| ()) }).await
+    }
 }
 
 /// Transport failures and "unavailable" are transient; a refused login or permission is not.
@@ -223,60 +285,68 @@ fn code_name(code: tonic::Code) -> String {
     format!("{code:?}")
 }
 
-/// Runs `ops` in transactions of at most [`MAX_TXN_OPS`] operations, retrying each transaction
-/// (they are idempotent), and returns the responses in order.
-async fn in_transactions(
-    client: &Client,
-    ops: Vec<TxnOp>,
-    what: &str,
-    policy: &RetryPolicy,
-    deadline: Instant,
-) -> Result<Vec<TxnOpResponse>> {
-    let mut responses = Vec::with_capacity(ops.len());
-    for chunk in ops.chunks(MAX_TXN_OPS) {
-        let response = retry::run(policy, deadline, what, || {
-            let mut kv = client.kv_client();
-            let txn = Txn::new().and_then(chunk.to_vec());
-            async move { kv.txn(txn).await.map_err(|err| sort_error(err, what)) }
-        })
-        .await?;
-        responses.extend(response.op_responses());
+impl Session<'_> {
+    /// Runs `ops` in transactions of at most [`MAX_TXN_OPS`] operations and returns the responses in
+    /// order. Each transaction is retried on its own (they are idempotent), so a retry never redoes,
+    /// or loses the counts of, a transaction that already succeeded.
+    async fn in_transactions(
+        &self,
+        ops: Vec<TxnOp>,
+        what: &str,
+        policy: &RetryPolicy,
+        deadline: Instant,
+    ) -> Result<Vec<TxnOpResponse>> {
+        let mut responses = Vec::with_capacity(ops.len());
+        for chunk in ops.chunks(MAX_TXN_OPS) {
+            let response = retry::run(policy, deadline, what, || async {
+                let mut kv = self.client().await?.kv_client();
+                kv.txn(Txn::new().and_then(chunk.to_vec())).await.map_err(|err| {
+                    let attempt = sort_error(err, what);
+                    if matches!(attempt, Attempt::Transient(_)) {
+                        self.failed();
+                    }
+                    attempt
+                })
+            })
+            .await?;
+            responses.extend(response.op_responses());
+        }
+        Ok(responses)
     }
-    Ok(responses)
-}
 
-/// Counts keys per range in one read transaction: what a purge would delete.
-pub async fn count(client: &Client, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<Vec<u64>> {
-    let ops = ranges
-        .iter()
-        .map(|r| TxnOp::get(r.start.clone(), Some(GetOptions::new().with_range(r.end_bytes()).with_count_only())))
-        .collect();
-    let responses = in_transactions(client, ops, "counting etcd keys", policy, deadline).await?;
-    Ok(responses
-        .into_iter()
-        .map(|op| match op {
-            TxnOpResponse::Get(get) => get.count().max(0) as u64,
-            _ => 0,
-        })
-        .collect())
-}
+    /// Counts keys per range in one read transaction: what a purge would delete.
+    pub async fn count(&self, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<Vec<u64>> {
+        let ops = ranges
+            .iter()
+            .map(|r| TxnOp::get(r.start.clone(), Some(GetOptions::new().with_range(r.end_bytes()).with_count_only())))
+            .collect();
+        let responses = self.in_transactions(ops, "counting etcd keys", policy, deadline).await?;
+        Ok(responses
+            .into_iter()
+            .map(|op| match op {
+                TxnOpResponse::Get(get) => get.count().max(0) as u64,
+                _ => 0,
+            })
+            .collect())
+    }
 
-/// Deletes every range, one transaction per 128 ranges; returns keys deleted per range, as the
-/// server counted them. Each transaction is idempotent, so a retry after a lost answer is safe
-/// (it then reports zero for keys the first attempt already deleted).
-pub async fn delete(client: &Client, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<Vec<u64>> {
-    let ops = ranges
-        .iter()
-        .map(|r| TxnOp::delete(r.start.clone(), Some(DeleteOptions::new().with_range(r.end_bytes()))))
-        .collect();
-    let responses = in_transactions(client, ops, "deleting etcd ranges", policy, deadline).await?;
-    Ok(responses
-        .into_iter()
-        .map(|op| match op {
-            TxnOpResponse::Delete(del) => del.deleted().max(0) as u64,
-            _ => 0,
-        })
-        .collect())
+    /// Deletes every range, one transaction per 128 ranges; returns keys deleted per range, as the
+    /// server counted them. A transaction retried after a lost answer reports zero for the keys
+    /// its first attempt already deleted.
+    pub async fn delete(&self, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<Vec<u64>> {
+        let ops = ranges
+            .iter()
+            .map(|r| TxnOp::delete(r.start.clone(), Some(DeleteOptions::new().with_range(r.end_bytes()))))
+            .collect();
+        let responses = self.in_transactions(ops, "deleting etcd ranges", policy, deadline).await?;
+        Ok(responses
+            .into_iter()
+            .map(|op| match op {
+                TxnOpResponse::Delete(del) => del.deleted().max(0) as u64,
+                _ => 0,
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]

@@ -230,12 +230,12 @@ async fn clean_etcd(
     deadline: Instant,
 ) -> Result<EtcdReport> {
     let started = std::time::Instant::now();
-    let client =
-        retry::run(policy, deadline, "connecting to etcd", || etcd::connect(settings, request_timeout)).await?;
+    let session = etcd::Session::new(settings, request_timeout);
+    session.connect(policy, deadline).await?;
     let counts = if dry_run {
         let protected: Vec<KeyRange> = plan.protected.iter().map(|p| KeyRange::prefix(p.as_bytes())).collect();
         let all: Vec<KeyRange> = plan.ranges.iter().chain(&protected).cloned().collect();
-        let mut counts = etcd::count(&client, &all, policy, deadline).await?;
+        let mut counts = session.count(&all, policy, deadline).await?;
         let protected_counts = counts.split_off(plan.ranges.len());
         for (range, keys) in plan.ranges.iter().zip(&counts) {
             info!(range = %range, keys, "would delete key range");
@@ -245,7 +245,7 @@ async fn clean_etcd(
         }
         counts
     } else {
-        let deleted = etcd::delete(&client, &plan.ranges, policy, deadline).await?;
+        let deleted = session.delete(&plan.ranges, policy, deadline).await?;
         let duration_ms = started.elapsed().as_millis() as u64;
         for (range, keys) in plan.ranges.iter().zip(&deleted) {
             info!(range = %range, keys_deleted = keys, duration_ms, "deleted key range");

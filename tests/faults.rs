@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::kube_api::KubeApi;
+use support::kube_api::{KubeApi, PodCredentials};
 use support::proxy::Proxy;
 use support::*;
 
@@ -20,7 +20,7 @@ const TOKEN: &str = "faults-Token-Secret-99";
 /// The API stand-in with a marker placeholder and the Job's rights on it.
 struct Api {
     api: KubeApi,
-    dir: tempfile::TempDir,
+    credentials: PodCredentials,
 }
 
 impl Api {
@@ -28,21 +28,12 @@ impl Api {
         let api = KubeApi::start().await;
         api.grant(TOKEN, &["get", "update", "patch", "list", "watch"], Some(&[MARKER]));
         api.put(NAMESPACE, MARKER, BTreeMap::new());
-        let dir = tempfile::tempdir().unwrap();
-        write_file(dir.path(), "token", TOKEN);
-        write_file(dir.path(), "ca.crt", &api.ca_pem);
-        Api { api, dir }
+        let credentials = api.credentials();
+        Api { api, credentials }
     }
 
     fn vars(&self, revision: u64) -> Vec<(String, String)> {
-        vars(&[
-            ("CLEANSLATE_MARKER", MARKER),
-            ("CLEANSLATE_NAMESPACE", NAMESPACE),
-            ("CLEANSLATE_REVISION", &revision.to_string()),
-            ("CLEANSLATE_KUBE_API", &self.api.url),
-            ("CLEANSLATE_KUBE_TOKEN_FILE", self.dir.path().join("token").to_str().unwrap()),
-            ("CLEANSLATE_KUBE_CA_FILE", self.dir.path().join("ca.crt").to_str().unwrap()),
-        ])
+        self.credentials.marker_vars(TOKEN, NAMESPACE, MARKER, revision)
     }
 
     fn marker(&self) -> serde_json::Map<String, serde_json::Value> {
@@ -318,9 +309,9 @@ async fn gate_waits_across_an_api_restart() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let Api { api: server, dir } = api;
+    let Api { api: server, credentials } = api;
     let server = server.restart(Duration::from_millis(1500)).await;
-    let api = Api { api: server, dir };
+    let api = Api { api: server, credentials };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(gate.try_wait().unwrap().is_none(), "gate still waiting after the restart");
     let data: BTreeMap<String, String> =

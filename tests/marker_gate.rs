@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::kube_api::KubeApi;
+use support::kube_api::{KubeApi, PodCredentials};
 use support::*;
 
 const NAMESPACE: &str = "dev";
@@ -20,7 +20,7 @@ const GATE_TOKEN: &str = "gate-token-Secret-22";
 /// Helm, create ConfigMaps); the gate may get/list/watch only the marker.
 struct Cluster {
     api: KubeApi,
-    dir: tempfile::TempDir,
+    credentials: PodCredentials,
 }
 
 impl Cluster {
@@ -29,27 +29,16 @@ impl Cluster {
         api.grant(JOB_TOKEN, &["get", "update", "patch"], Some(&[MARKER]));
         api.grant(&format!("{JOB_TOKEN}-create"), &["create", "get", "update"], None);
         api.grant(GATE_TOKEN, &["get", "list", "watch"], Some(&[MARKER]));
-        let dir = tempfile::tempdir().expect("tempdir");
-        write_file(dir.path(), "ca.crt", &api.ca_pem);
-        Cluster { api, dir }
-    }
-
-    fn token_file(&self, token: &str) -> String {
-        write_file(self.dir.path(), &format!("token-{token}"), token)
+        let credentials = api.credentials();
+        Cluster { api, credentials }
     }
 
     /// The variables a pod with `token` would have, for `revision`.
     fn vars(&self, token: &str, revision: u64) -> Vec<(String, String)> {
-        vars(&[
-            ("CLEANSLATE_MARKER", MARKER),
-            ("CLEANSLATE_NAMESPACE", NAMESPACE),
-            ("CLEANSLATE_REVISION", &revision.to_string()),
-            ("CLEANSLATE_RELEASE", "demo"),
-            ("CLEANSLATE_POD_NAME", "demo-cleanslate-purge-x1"),
-            ("CLEANSLATE_KUBE_API", &self.api.url),
-            ("CLEANSLATE_KUBE_TOKEN_FILE", &self.token_file(token)),
-            ("CLEANSLATE_KUBE_CA_FILE", self.dir.path().join("ca.crt").to_str().unwrap()),
-        ])
+        with(
+            self.credentials.marker_vars(token, NAMESPACE, MARKER, revision),
+            &[("CLEANSLATE_RELEASE", "demo"), ("CLEANSLATE_POD_NAME", "demo-cleanslate-purge-x1")],
+        )
     }
 
     fn gate_vars(&self, revision: u64, timeout: &str) -> Vec<(String, String)> {

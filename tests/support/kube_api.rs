@@ -218,6 +218,41 @@ impl KubeApi {
     }
 }
 
+/// What the kubelet gives a pod to reach this API: a token file (one per token used) and the CA.
+pub struct PodCredentials {
+    dir: tempfile::TempDir,
+    api_url: String,
+}
+
+impl KubeApi {
+    /// Credential files for pods talking to this stand-in.
+    pub fn credentials(&self) -> PodCredentials {
+        let dir = tempfile::tempdir().expect("tempdir");
+        super::write_file(dir.path(), "ca.crt", &self.ca_pem);
+        PodCredentials { dir, api_url: self.url.clone() }
+    }
+}
+
+impl PodCredentials {
+    /// Writes `token` to its own file and returns the path.
+    pub fn token_file(&self, token: &str) -> String {
+        super::write_file(self.dir.path(), &format!("token-{token}"), token)
+    }
+
+    /// The variables that point the binary at `marker` in `namespace` through the stand-in, as a pod
+    /// of `revision` holding `token`.
+    pub fn marker_vars(&self, token: &str, namespace: &str, marker: &str, revision: u64) -> Vec<(String, String)> {
+        super::vars(&[
+            ("CLEANSLATE_MARKER", marker),
+            ("CLEANSLATE_NAMESPACE", namespace),
+            ("CLEANSLATE_REVISION", &revision.to_string()),
+            ("CLEANSLATE_KUBE_API", &self.api_url),
+            ("CLEANSLATE_KUBE_TOKEN_FILE", &self.token_file(token)),
+            ("CLEANSLATE_KUBE_CA_FILE", self.dir.path().join("ca.crt").to_str().unwrap()),
+        ])
+    }
+}
+
 impl Drop for KubeApi {
     fn drop(&mut self) {
         self.handle.shutdown();
