@@ -10,10 +10,11 @@
 use std::fmt;
 
 /// What the process reports to Kubernetes. The discriminants are the exit statuses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Exit {
     /// Done; for the gate, the marker allows this revision.
+    #[default]
     Success = 0,
     /// An operation failed after its retries, or the marker says the run failed.
     Failed = 1,
@@ -92,9 +93,7 @@ impl Kind {
             Kind::Usage => Exit::Usage,
         }
     }
-}
 
-impl Kind {
     /// The class whose exit status is `exit` (the inverse of [`Kind::exit`]; success has none).
     pub fn for_exit(exit: Exit) -> Kind {
         match exit {

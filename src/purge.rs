@@ -48,18 +48,14 @@ pub struct Summary {
     /// Purged queues that had consumers: messages those hold unacknowledged survive the purge.
     pub queues_with_consumers: Vec<String>,
     pub failures: Vec<String>,
-    pub exit: Option<Exit>,
+    /// The run's exit status: success until something fails.
+    pub exit: Exit,
 }
 
 impl Summary {
     fn fail(&mut self, exit: Exit, message: String) {
-        self.exit = Some(self.exit.map_or(exit, |e| e.worst(exit)));
+        self.exit = self.exit.worst(exit);
         self.failures.push(message);
-    }
-
-    /// The run's exit status.
-    pub fn exit(&self) -> Exit {
-        self.exit.unwrap_or(Exit::Success)
     }
 }
 
@@ -120,9 +116,9 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
     };
     let (rabbit_result, etcd_result) = tokio::join!(rabbit_side, etcd_side);
 
-    let summary = summarize(rabbit_result, etcd_result, config, dry_run);
+    let summary = summarize(rabbit_result, etcd_result, dry_run);
     let duration_ms = clock.elapsed().as_millis() as u64;
-    let mut exit = summary.exit();
+    let mut exit = summary.exit;
     let with_consumers = summary.queues_with_consumers.join(", ");
     if summary.failures.is_empty() {
         info!(
@@ -207,7 +203,6 @@ async fn clean_rabbitmq(
                 "would purge queue"
             );
         }
-        return Ok(RabbitReport { selection, outcomes: Vec::new() });
     }
     if settings.missing == MissingQueue::Fail && !selection.missing.is_empty() {
         // Nothing is purged when the selection is known to be wrong.
@@ -216,6 +211,9 @@ async fn clean_rabbitmq(
             settings.vhost,
             selection.missing.join(", ")
         ));
+    }
+    if dry_run {
+        return Ok(RabbitReport { selection, outcomes: Vec::new() });
     }
     let outcomes = client.purge_all(&selection.queues, config.concurrency, &config.retry, deadline).await;
     Ok(RabbitReport { selection, outcomes })
@@ -258,12 +256,7 @@ async fn clean_etcd(
     Ok(EtcdReport { plan, counts })
 }
 
-fn summarize(
-    rabbit: Option<Result<RabbitReport>>,
-    etcd: Option<Result<EtcdReport>>,
-    config: &PurgeConfig,
-    dry_run: bool,
-) -> Summary {
+fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdReport>>, dry_run: bool) -> Summary {
     let mut summary = Summary::default();
     match rabbit {
         None => {}
@@ -286,10 +279,6 @@ fn summarize(
                         summary.fail(Exit::Failed, format!("queue {:?}: {message}", queue.info.name));
                     }
                 }
-            }
-            let missing = &report.selection.missing;
-            if !missing.is_empty() && config.rabbitmq.as_ref().is_some_and(|r| r.missing == MissingQueue::Fail) {
-                summary.fail(Exit::Failed, format!("named queues missing: {}", missing.join(", ")));
             }
             if !not_purged.is_empty() {
                 // First in the failure summary: what an operator needs to finish by hand, if anything.

@@ -12,8 +12,8 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::kube_api::KubeApi;
-use super::{repo_root, write_file};
+use super::kube_api::{KubeApi, PodCredentials};
+use super::repo_root;
 
 /// The helm binary that `hack/setup.sh` unpacks.
 pub fn helm() -> PathBuf {
@@ -97,15 +97,14 @@ pub struct FakeCluster {
     pub namespace: String,
     secrets: BTreeMap<String, BTreeMap<String, String>>,
     roles: BTreeMap<String, Value>,
-    dir: tempfile::TempDir,
+    credentials: PodCredentials,
 }
 
 impl FakeCluster {
     pub async fn start(namespace: &str) -> FakeCluster {
         let api = KubeApi::start().await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        write_file(dir.path(), "ca.crt", &api.ca_pem);
-        FakeCluster { api, namespace: namespace.into(), secrets: BTreeMap::new(), roles: BTreeMap::new(), dir }
+        let credentials = api.credentials();
+        FakeCluster { api, namespace: namespace.into(), secrets: BTreeMap::new(), roles: BTreeMap::new(), credentials }
     }
 
     /// The bearer token of a ServiceAccount's pods (a known value, checked absent from output).
@@ -169,15 +168,14 @@ impl FakeCluster {
     /// ServiceAccount (the mount the kubelet provides, given here by path).
     pub fn container_env(&self, pod_spec: &Value, container: &Value, pod_name: &str) -> Vec<(String, String)> {
         let service_account = pod_spec["serviceAccountName"].as_str().unwrap_or("default");
-        let token_file =
-            write_file(self.dir.path(), &format!("token-{service_account}"), &Self::token_of(service_account));
+        let token_file = self.credentials.token_file(&Self::token_of(service_account));
         let port = self.api.url.rsplit(':').next().unwrap().to_string();
         let mut env = vec![
             ("HOSTNAME".to_string(), pod_name.to_string()),
             ("KUBERNETES_SERVICE_HOST".to_string(), "127.0.0.1".to_string()),
             ("KUBERNETES_SERVICE_PORT".to_string(), port),
             ("CLEANSLATE_KUBE_TOKEN_FILE".to_string(), token_file),
-            ("CLEANSLATE_KUBE_CA_FILE".to_string(), self.dir.path().join("ca.crt").to_str().unwrap().to_string()),
+            ("CLEANSLATE_KUBE_CA_FILE".to_string(), self.credentials.ca_file()),
         ];
         for var in container["env"].as_array().cloned().unwrap_or_default() {
             let key = var["name"].as_str().expect("env name").to_string();

@@ -239,6 +239,11 @@ impl PodCredentials {
         super::write_file(self.dir.path(), &format!("token-{token}"), token)
     }
 
+    /// The CA file's path.
+    pub fn ca_file(&self) -> String {
+        self.dir.path().join("ca.crt").to_str().unwrap().to_string()
+    }
+
     /// The variables that point the binary at `marker` in `namespace` through the stand-in, as a pod
     /// of `revision` holding `token`.
     pub fn marker_vars(&self, token: &str, namespace: &str, marker: &str, revision: u64) -> Vec<(String, String)> {
@@ -248,7 +253,7 @@ impl PodCredentials {
             ("CLEANSLATE_REVISION", &revision.to_string()),
             ("CLEANSLATE_KUBE_API", &self.api_url),
             ("CLEANSLATE_KUBE_TOKEN_FILE", &self.token_file(token)),
-            ("CLEANSLATE_KUBE_CA_FILE", self.dir.path().join("ca.crt").to_str().unwrap()),
+            ("CLEANSLATE_KUBE_CA_FILE", &self.ca_file()),
         ])
     }
 }
