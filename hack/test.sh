@@ -26,10 +26,17 @@ hack/lint.sh
 echo "== release build (the Dockerfile's command)"
 hack/build-release.sh
 
+echo "== image (the Dockerfile's final stage, with buildah; tests/image.rs runs it)"
+CLEANSLATE_BINARY=target/x86_64-unknown-linux-gnu/release/cleanslate hack/image.sh
+
 echo "== tests"
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
+# Helm 4 (.tools/bin/helm) runs with the whole suite; the chart checks and the end-to-end run again
+# with Helm 3 (CSTEST_HELM), so both majors render and install the chart in every CI run.
 cargo test --locked 2>&1 | tee "$test_log"
+echo "== chart and end-to-end tests with Helm 3 ($("$root/.tools/bin/helm3" version --template '{{.Version}}'))"
+CSTEST_HELM="$root/.tools/bin/helm3" cargo test --locked --test chart --test end_to_end 2>&1 | tee -a "$test_log"
 
 if [[ -x hack/bench.sh ]]; then
   echo "== benchmark smoke run"
