@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Linters that are not cargo's: shellcheck on hack/ and .ci/, hadolint on the Dockerfile, and the
-# chart checks (helm lint --strict and schema validation of the rendered manifests, for every
-# values file) when the chart is present.
+# chart checks (helm lint --strict with Helm 4 and Helm 3, and schema validation of the rendered
+# manifests, for every values file) when the chart is present.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,8 +20,11 @@ if [[ -f chart/Chart.yaml ]]; then
   echo "lint: yamllint"
   yamllint -d '{extends: relaxed, rules: {line-length: {max: 160}}}' chart/Chart.yaml chart/values*.yaml
   for values in chart/values.yaml chart/values-*.yaml; do
-    echo "lint: helm lint --strict -f $values"
-    helm lint --strict chart -f "$values" >/dev/null
+    # Helm 4 and Helm 3 (hack/setup.sh installs both): users deploy with either.
+    for helm in helm helm3; do
+      echo "lint: $helm lint --strict -f $values"
+      "$helm" lint --strict chart -f "$values" >/dev/null
+    done
     rendered="$(mktemp)"
     helm template lint-release chart -f "$values" --namespace lint >"$rendered"
     if [[ -s "$rendered" ]] && grep -q '^kind:' "$rendered"; then

@@ -1,13 +1,47 @@
 {{/*
+The name under which a parent chart holds cleanslate (its dependency name or alias), or "" inside
+cleanslate itself. cleanslate is recognised by its Chart.yaml annotation, which an alias keeps.
+*/}}
+{{- define "cleanslate.dependencyKey" -}}
+{{- if not (index (.Chart.Annotations | default dict) "cleanslate.io/chart") -}}
+{{- $found := list -}}
+{{- range $name, $sub := (.Subcharts | default dict) -}}
+{{- if index ($sub.Chart.Annotations | default dict) "cleanslate.io/chart" -}}{{- $found = append $found $name -}}{{- end -}}
+{{- end -}}
+{{- if $found -}}{{- first (sortAlpha $found) -}}{{- else if and (hasKey .Values "cleanslate") (kindIs "map" .Values.cleanslate) -}}cleanslate{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 Values for cleanslate's templates. Inside this chart that is .Values; from a parent chart that has
-cleanslate as a dependency it is .Values.cleanslate, so `{{ include "cleanslate.gate" . }}` works there.
+cleanslate as a dependency it is .Values.<name or alias>, so `{{ include "cleanslate.gate" . }}`
+works there.
 */}}
 {{- define "cleanslate.values" -}}
-{{- if and (hasKey .Values "cleanslate") (kindIs "map" .Values.cleanslate) -}}
-{{- toYaml .Values.cleanslate -}}
+{{- $key := include "cleanslate.dependencyKey" . -}}
+{{- if $key -}}
+{{- toYaml (index .Values $key) -}}
 {{- else -}}
 {{- toYaml .Values -}}
 {{- end -}}
+{{- end -}}
+
+{{/* cleanslate's own appVersion (the image tag), also when a parent chart renders the gate. */}}
+{{- define "cleanslate.appVersion" -}}
+{{- $key := include "cleanslate.dependencyKey" . -}}
+{{- $sub := and $key .Subcharts (index .Subcharts $key) -}}
+{{- if $sub -}}
+{{- $sub.Chart.AppVersion -}}
+{{- else if $key -}}
+{{- fail "cleanslate: cannot tell cleanslate's own version from a parent chart on this Helm version; set image.tag" -}}
+{{- else -}}
+{{- .Chart.AppVersion -}}
+{{- end -}}
+{{- end -}}
+
+{{/* True ("true") when this chart renders as a dependency of another chart. */}}
+{{- define "cleanslate.isDependency" -}}
+{{- if contains "/charts/" .Template.BasePath -}}true{{- end -}}
 {{- end -}}
 
 {{/* Chart name, truncated to 63 characters. */}}
@@ -56,28 +90,113 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-purge" (include "cleanslate.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* ServiceAccount the gated pods run as (and the gate Role is bound to). */}}
+{{/*
+ServiceAccount of gated pods that name none: the gate's own when the chart creates it, else the one
+named in gate.serviceAccount.name, else the namespace's `default` (what such pods really run as).
+*/}}
 {{- define "cleanslate.serviceAccountName" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- if $v.gate.serviceAccount.create -}}
 {{- default (printf "%s-gate" (include "cleanslate.fullname" .) | trunc 63 | trimSuffix "-") $v.gate.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" $v.gate.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Every ServiceAccount a gated pod runs as, comma-separated, for the gate's RoleBinding: the gate's
+(for pods of a parent chart and apps without their own), and each gated app's serviceAccountName.
+*/}}
+{{- define "cleanslate.gateSubjects" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- $gate := include "cleanslate.serviceAccountName" . -}}
+{{- $names := list $gate -}}
+{{- range $name, $app := $v.apps -}}
+{{- if and $app.enabled $app.gated -}}{{- $names = append $names (default $gate $app.serviceAccountName) -}}{{- end -}}
+{{- end -}}
+{{- join "," (uniq $names) -}}
 {{- end -}}
 
 {{/* The cleanslate image reference. */}}
 {{- define "cleanslate.image" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
-{{- printf "%s:%s" $v.image.repository (default .Chart.AppVersion $v.image.tag | toString) -}}
+{{- printf "%s:%s" $v.image.repository (default (include "cleanslate.appVersion" .) $v.image.tag | toString) -}}
 {{- end -}}
 
 {{/* The revision a run or gate belongs to: cleanup.revision when set (helm template, Argo CD), else .Release.Revision. */}}
 {{- define "cleanslate.revision" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
-{{- default .Release.Revision $v.cleanup.revision | toString -}}
+{{- $revision := default .Release.Revision $v.cleanup.revision -}}
+{{- /* A number from a values file arrives as float64, which toString writes as 2.0261122e+07. */ -}}
+{{- if kindIs "float64" $revision -}}{{- $revision | int64 | toString -}}{{- else -}}{{- $revision | toString -}}{{- end -}}
+{{- end -}}
+
+{{/*
+Seconds, rounded up, of a humantime duration in the schema's units: 30s, 1m30s, 500ms, 2h.
+*/}}
+{{- define "cleanslate.seconds" -}}
+{{- $units := dict "ns" 0.000000001 "us" 0.000001 "µs" 0.000001 "ms" 0.001 "s" 1 "sec" 1 "m" 60 "min" 60 "h" 3600 "hr" 3600 "d" 86400 -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?[a-zµ]+" (toString .) -1 -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" . -}}
+{{- $unit := trimPrefix $number . -}}
+{{- $total = addf $total (mulf (float64 $number) (get $units $unit)) -}}
+{{- end -}}
+{{- ceil $total | int64 -}}
+{{- end -}}
+
+{{/*
+The seconds one attempt of the purge may take: the run's timeout, the marker write's own 15 s budget,
+the quiesce timeout when quiesce is on, and 30 s for scheduling, the image pull and start-up.
+*/}}
+{{- define "cleanslate.attemptSeconds" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- $c := $v.cleanup -}}
+{{- $seconds := add (include "cleanslate.seconds" $c.timeout | int64) 15 30 -}}
+{{- with $c.quiesce -}}
+{{- if and .timeout (or .enabled .workloads) -}}{{- $seconds = add $seconds (include "cleanslate.seconds" .timeout | int64) -}}{{- end -}}
+{{- end -}}
+{{- $seconds -}}
+{{- end -}}
+
+{{/*
+activeDeadlineSeconds of the Job. It counts from the Job's start across every pod, so it must hold
+backoffLimit + 1 attempts plus the Job controller's back-off between them (10 s, doubling, capped at
+6 min: https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-backoff-failure-policy),
+or the last retry is always killed. Derived when unset; a set value that is too short fails the render.
+*/}}
+{{- define "cleanslate.activeDeadlineSeconds" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- $hook := $v.cleanup.hook -}}
+{{- $attempts := add (int $hook.backoffLimit) 1 -}}
+{{- $attempt := include "cleanslate.attemptSeconds" . | int64 -}}
+{{- $backoff := 0 -}}
+{{- $delay := 10 -}}
+{{- range until (int $hook.backoffLimit) -}}
+{{- $backoff = add $backoff (min $delay 360) -}}
+{{- $delay = mul $delay 2 -}}
+{{- end -}}
+{{- $needed := add (mul $attempts $attempt) $backoff -}}
+{{- if $hook.activeDeadlineSeconds -}}
+{{- if lt (int64 $hook.activeDeadlineSeconds) (int64 $needed) -}}
+{{- fail (printf "cleanslate: cleanup.hook.activeDeadlineSeconds %d is too short for %d attempts (backoffLimit %d + 1) of %d s each (timeout %s + 15 s marker budget + quiesce timeout if any + 30 s pod start) plus %d s of Job back-off between them: it needs at least %d. Raise it, lower cleanup.timeout or backoffLimit, or leave it unset to derive it" (int64 $hook.activeDeadlineSeconds) $attempts (int $hook.backoffLimit) $attempt $v.cleanup.timeout $backoff $needed) -}}
+{{- end -}}
+{{- int64 $hook.activeDeadlineSeconds -}}
+{{- else -}}
+{{- $needed -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Render-time guard: production needs allowProduction. The binary refuses again at run time (template-time guards are bypassed by tools that render with `helm template`). */}}
 {{- define "cleanslate.validate" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
-{{- if and $v.cleanup.enabled (has (lower $v.cleanup.environment) (list "prod" "production")) (not $v.cleanup.allowProduction) -}}
+{{- /* A token match, the binary's rule too: split on anything not a letter or digit; any token equal
+to prod, prd or production (any case) is production: prd, eu-prod, production-eu, PROD. */ -}}
+{{- $production := false -}}
+{{- range regexSplit "[^a-z0-9]+" (lower $v.cleanup.environment) -1 -}}
+{{- if has . (list "prod" "prd" "production") -}}{{- $production = true -}}{{- end -}}
+{{- end -}}
+{{- if and $v.cleanup.enabled $production (not $v.cleanup.allowProduction) -}}
 {{- fail (printf "cleanslate: cleanup.enabled is true for environment %q; set cleanup.allowProduction=true if purging production is really intended" $v.cleanup.environment) -}}
 {{- end -}}
 {{- if and $v.cleanup.enabled (not $v.cleanup.targets.queue) (not $v.cleanup.targets.database) -}}
@@ -93,6 +212,41 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- join "," (uniq $events) -}}
 {{- end -}}
 
+{{/*
+Hook annotations of one hook resource, for Helm and for Argo CD. Every hook template calls this.
+Argo CD does not run Helm's hooks: it maps them, and maps post-install,pre-upgrade to both PreSync and
+PostSync (it cannot tell an install from an upgrade), so the Job would purge twice per sync, the second
+time under the new pods. Its own annotations take precedence over Helm's, so each hook resource gets
+exactly one Argo CD phase (cleanup.hook.argocdPhase, or PreSync when the Job has a pre-* event, else
+PostSync), a sync wave equal to its Helm weight, and the same delete policies. Resources only on the
+`test` event get none: Argo CD does not run Helm tests.
+Argument: dict "ctx" . "events" (list ...) "weight" N "deletePolicy" "a,b" ["outputLogPolicy" "a,b"]
+*/}}
+{{- define "cleanslate.hookAnnotations" -}}
+{{- $v := include "cleanslate.values" .ctx | fromYaml -}}
+{{- $weight := int .weight -}}
+helm.sh/hook: {{ join "," .events | quote }}
+helm.sh/hook-weight: {{ $weight | quote }}
+helm.sh/hook-delete-policy: {{ .deletePolicy | quote }}
+{{- with .outputLogPolicy }}
+helm.sh/hook-output-log-policy: {{ . | quote }}
+{{- end }}
+{{- if without .events "test" }}
+{{- $phase := $v.cleanup.hook.argocdPhase -}}
+{{- if not $phase -}}
+{{- $phase = "PostSync" -}}
+{{- range $v.cleanup.hook.events -}}{{- if hasPrefix "pre-" . -}}{{- $phase = "PreSync" -}}{{- end -}}{{- end -}}
+{{- end -}}
+{{- $policies := list -}}
+{{- range splitList "," .deletePolicy -}}
+{{- $policies = append $policies (get (dict "before-hook-creation" "BeforeHookCreation" "hook-succeeded" "HookSucceeded" "hook-failed" "HookFailed") (trim .)) -}}
+{{- end }}
+argocd.argoproj.io/hook: {{ $phase }}
+argocd.argoproj.io/sync-wave: {{ $weight | quote }}
+argocd.argoproj.io/hook-delete-policy: {{ join "," (compact $policies) }}
+{{- end -}}
+{{- end -}}
+
 {{/* Delete policy of the Job: before-hook-creation always (any policy replaces Helm's default). */}}
 {{- define "cleanslate.jobDeletePolicy" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
@@ -103,6 +257,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "cleanslate.containerSecurityContext" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- toYaml $v.cleanup.securityContext -}}
+{{- end -}}
+
+{{/*
+A list value rendered through `tpl` item by item and joined with commas, so one values file serves
+every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" L "ctx" .
+*/}}
+{{- define "cleanslate.tplList" -}}
+{{- $ctx := .ctx -}}
+{{- $out := list -}}
+{{- range .list -}}{{- $out = append $out (tpl (toString .) $ctx) -}}{{- end -}}
+{{- join "," $out -}}
 {{- end -}}
 
 {{/* Environment of `cleanslate purge`, shared by the hook Job and the test Pod. */}}
@@ -145,12 +310,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
       name: {{ default (printf "%s-credentials" $fullname) $c.rabbitmq.existingSecret }}
       key: {{ $c.rabbitmq.passwordKey }}
 - name: CLEANSLATE_RABBITMQ_VHOST
-  value: {{ $c.rabbitmq.vhost | quote }}
+  value: {{ tpl $c.rabbitmq.vhost . | quote }}
 - name: CLEANSLATE_RABBITMQ_QUEUES
-  value: {{ join "," $c.rabbitmq.queues | quote }}
+  value: {{ include "cleanslate.tplList" (dict "list" $c.rabbitmq.queues "ctx" .) | quote }}
 {{- if $c.rabbitmq.queuePattern }}
 - name: CLEANSLATE_RABBITMQ_QUEUE_PATTERN
-  value: {{ $c.rabbitmq.queuePattern | quote }}
+  value: {{ tpl $c.rabbitmq.queuePattern . | quote }}
 {{- end }}
 - name: CLEANSLATE_RABBITMQ_DEAD_LETTERS
   value: {{ $c.rabbitmq.deadLetters | quote }}
@@ -161,10 +326,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: CLEANSLATE_ETCD_ENDPOINTS
   value: {{ join "," $c.etcd.endpoints | quote }}
 - name: CLEANSLATE_ETCD_PREFIXES
-  value: {{ join "," $c.etcd.prefixes | quote }}
+  value: {{ include "cleanslate.tplList" (dict "list" $c.etcd.prefixes "ctx" .) | quote }}
 {{- if $c.etcd.protectedPrefixes }}
 - name: CLEANSLATE_ETCD_PROTECTED_PREFIXES
-  value: {{ join "," $c.etcd.protectedPrefixes | quote }}
+  value: {{ include "cleanslate.tplList" (dict "list" $c.etcd.protectedPrefixes "ctx" .) | quote }}
 {{- end }}
 {{- if or $c.etcd.existingSecret $c.etcd.username }}
 - name: CLEANSLATE_ETCD_USERNAME

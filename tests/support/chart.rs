@@ -15,10 +15,21 @@ use serde_json::Value;
 use super::kube_api::{KubeApi, PodCredentials};
 use super::repo_root;
 
-/// The helm binary that `hack/setup.sh` unpacks.
+/// The helm binary under test: `CSTEST_HELM` when set (hack/test.sh runs the chart tests once
+/// more with `.tools/bin/helm3`), else the Helm 4 that `hack/setup.sh` unpacks.
 pub fn helm() -> PathBuf {
+    if let Some(path) = std::env::var_os("CSTEST_HELM") {
+        return PathBuf::from(path);
+    }
     let local = repo_root().join(".tools/bin/helm");
     if local.exists() { local } else { PathBuf::from("helm") }
+}
+
+/// The major version of `helm()`: 3 or 4.
+pub fn helm_major() -> u32 {
+    let output = Command::new(helm()).args(["version", "--template", "{{.Version}}"]).output().expect("helm runs");
+    let version = String::from_utf8_lossy(&output.stdout);
+    version.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).expect("helm version")
 }
 
 /// Runs `helm template` and returns its documents, or the error text when rendering fails.
