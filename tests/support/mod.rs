@@ -10,6 +10,7 @@
 pub mod chart;
 pub mod kube_api;
 pub mod proxy;
+pub mod pss;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
