@@ -282,3 +282,106 @@ async fn disabled_cleanup_renders_and_runs_nothing() {
     assert_eq!(world.rabbit.count(&world.vhost, "monorepo").await, 3, "nothing purged");
     world.cleanup().await;
 }
+
+/// Two preview releases in two namespaces share one RabbitMQ vhost and one etcd, with ONE values
+/// file whose names are templates: each release's Job (rendered chart, real binary) purges only its
+/// own queue and prefix, and what belongs to neither survives.
+#[tokio::test]
+async fn preview_environments_clean_only_their_own() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = unique("preview");
+    rabbit.create_vhost(&vhost).await;
+    let mut etcd = etcd().await;
+    let root = unique("/preview");
+    let namespaces = ["pr-101", "pr-102"];
+    for namespace in namespaces {
+        rabbit.declare(&vhost, &format!("{namespace}.events"), json!({})).await;
+        rabbit.publish(&vhost, &format!("{namespace}.events"), 3).await;
+        put_keys(&mut etcd, &format!("{root}/{namespace}/"), 4).await;
+    }
+    rabbit.declare(&vhost, "billing", json!({})).await;
+    rabbit.publish(&vhost, "billing", 2).await;
+    put_keys(&mut etcd, &format!("{root}/shared/"), 2).await;
+
+    // The one values file every preview environment uses.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let preview = scratch.path().join("values-preview.yaml");
+    std::fs::write(
+        &preview,
+        format!(
+            "cleanup:\n  environment: preview\n  rabbitmq:\n    queues: [\"{{{{ .Release.Namespace }}}}.events\"]\n  \
+             etcd:\n    prefixes: [\"{root}/{{{{ .Release.Namespace }}}}/\"]\n"
+        ),
+    )
+    .unwrap();
+    let args = [
+        "-f".to_string(),
+        repo_root().join("chart/values-dev.yaml").to_str().unwrap().to_string(),
+        "-f".into(),
+        preview.to_str().unwrap().to_string(),
+        "--set".into(),
+        format!("cleanup.rabbitmq.url={}", rabbit_url()),
+        "--set-string".into(),
+        format!("cleanup.rabbitmq.vhost={vhost}"),
+        "--set-string".into(),
+        format!("cleanup.rabbitmq.username={}", rabbit_user()),
+        "--set-string".into(),
+        format!("cleanup.rabbitmq.password={}", rabbit_password()),
+        "--set-json".into(),
+        format!("cleanup.etcd.endpoints=[\"{}\"]", etcd_endpoint()),
+        "--set".into(),
+        "cleanup.retry.backoff=200ms".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    for (done, namespace) in namespaces.iter().enumerate() {
+        let mut cluster = FakeCluster::start(namespace).await;
+        let docs = render(RELEASE, namespace, &args);
+        let job = run_hooks(&mut cluster, &docs, "post-install").await.expect("post-install Job ran");
+        assert_eq!(job.code, 0, "{namespace}: Job succeeds: {}", job.all_output());
+        let marker = cluster.api.object(namespace, "shop-cleanslate-marker").expect("marker in its namespace");
+        assert_eq!(marker["data"]["status"], json!("succeeded"), "{namespace}: marker");
+        for (i, other) in namespaces.iter().enumerate() {
+            let (queue, prefix) = (format!("{other}.events"), format!("{root}/{other}/"));
+            let cleaned = i <= done;
+            assert_eq!(
+                rabbit.count(&vhost, &queue).await,
+                if cleaned { 0 } else { 3 },
+                "after {namespace}'s Job: {queue} {}",
+                if cleaned { "purged" } else { "untouched" }
+            );
+            assert_eq!(
+                count_keys(&mut etcd, &prefix).await,
+                if cleaned { 0 } else { 4 },
+                "after {namespace}'s Job: {prefix} {}",
+                if cleaned { "deleted" } else { "untouched" }
+            );
+        }
+    }
+    assert_eq!(rabbit.count(&vhost, "billing").await, 2, "a queue of neither environment survives");
+    assert_eq!(count_keys(&mut etcd, &format!("{root}/shared/")).await, 2, "a prefix of neither survives");
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// An app with its own ServiceAccount (and the others on the gate's) is bound to the gate's Role:
+/// every gate passes through the API stand-in's RBAC instead of failing with 403.
+#[tokio::test]
+async fn apps_with_their_own_service_account_pass_the_gate() {
+    let mut world = World::new().await;
+    world.seed().await;
+    let mut cluster = FakeCluster::start(NAMESPACE).await;
+    let docs = world.render(&["--set".into(), "apps.producer.serviceAccountName=producer-sa".into()]);
+    let producer = find(&docs, "Deployment", "shop-producer");
+    assert_eq!(pod_spec(producer)["serviceAccountName"], json!("producer-sa"), "the producer runs as its own");
+    for resource in release_resources(&docs) {
+        cluster.apply(resource);
+    }
+    let gates = start_gates(&cluster, &docs, "rs1-d");
+    let job = run_hooks(&mut cluster, &docs, "post-install").await.expect("Job ran");
+    assert_eq!(job.code, 0, "Job succeeds: {}", job.all_output());
+    for gate in gates {
+        let run = finish(gate.child).await;
+        assert_eq!(run.code, 0, "{}: gate passes with its pod's ServiceAccount: {}", gate.deployment, run.all_output());
+    }
+    world.cleanup().await;
+}
