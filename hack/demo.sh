@@ -5,7 +5,14 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-hack/setup.sh >/dev/null
+# Setup is quiet when it works; when it fails, its whole output explains why.
+setup_log="$(mktemp)"
+trap 'rm -f "$setup_log"' EXIT
+if ! hack/setup.sh >"$setup_log" 2>&1; then
+  cat "$setup_log" >&2
+  echo "demo: hack/setup.sh failed (output above)" >&2
+  exit 1
+fi
 hack/services.sh up
 eval "$(hack/services.sh env)"
 cargo build --release --locked --quiet
@@ -17,6 +24,8 @@ json='content-type: application/json'
 etcdctl_() { ETCDCTL_API=3 etcdctl --endpoints "$CSTEST_ETCD_ENDPOINT" "$@"; }
 
 echo "demo: seeding queues monorepo (dead-letters to monorepo-dlq), monorepo-dlq, and billing (must survive)"
+# From scratch on every run, so "before" shows exactly what this run seeded.
+for queue in monorepo monorepo-dlq billing; do curl -sS -o /dev/null -u "$auth" -X DELETE "$api/queues/%2F/$queue"; done
 curl -fsS -u "$auth" -X PUT -H "$json" "$api/queues/%2F/monorepo-dlq" -d '{"durable":true}'
 curl -fsS -u "$auth" -X PUT -H "$json" "$api/queues/%2F/monorepo" \
   -d '{"durable":true,"arguments":{"x-dead-letter-exchange":"","x-dead-letter-routing-key":"monorepo-dlq"}}'
@@ -33,13 +42,19 @@ etcdctl_ put monorepo/locks/leader pod-1 >/dev/null
 etcdctl_ put monorepo-keep/config keep >/dev/null
 etcdctl_ put /registry/pods/default/web keep >/dev/null
 
+etcd_count() { etcdctl_ get "$1" --prefix --keys-only | grep -c . || true; }
+
 show() {
   echo "--- $1"
-  sleep 2 # the management API's message counts are sampled statistics
-  curl -fsS -u "$auth" "$api/queues/%2F?columns=name,messages" | python3 -c \
-    'import json,sys; [print("  queue %-14s %s messages" % (q["name"], q.get("messages", 0))) for q in json.load(sys.stdin)]'
-  for prefix in monorepo/ monorepo/locks/ monorepo-keep/ /registry/; do
-    printf '  etcd %-16s %s keys\n' "$prefix" "$(etcdctl_ get "$prefix" --prefix --keys-only | grep -c . || true)"
+  # Exact counts from the queues themselves (rabbitmqctl), not the management API's sampled
+  # statistics, which can lag a purge by seconds; etcd lists the keys themselves.
+  hack/services.sh ctl list_queues -q -p / name messages |
+    awk '$1 == "monorepo" || $1 == "monorepo-dlq" || $1 == "billing" {printf "  queue %-14s %s messages\n", $1, $2}' | sort
+  local all locks
+  all="$(etcd_count monorepo/)" locks="$(etcd_count monorepo/locks/)"
+  printf '  etcd %-30s %s keys\n' "monorepo/ (except locks/)" "$((all - locks))" "monorepo/locks/ (protected)" "$locks"
+  for prefix in monorepo-keep/ /registry/; do
+    printf '  etcd %-30s %s keys\n' "$prefix" "$(etcd_count "$prefix")"
   done
 }
 

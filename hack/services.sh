@@ -31,6 +31,10 @@ rabbit_env() {
   export RABBITMQ_CONFIG_FILE="$scratch/rabbitmq/rabbitmq" RABBITMQ_ENABLED_PLUGINS_FILE="$scratch/rabbitmq/enabled_plugins"
   export RABBITMQ_PID_FILE="$scratch/rabbitmq/rabbitmq.pid" RABBITMQ_ADVANCED_CONFIG_FILE="$scratch/rabbitmq/advanced.config"
   export HOME="$scratch/rabbitmq/home"
+  # The Erlang distribution port (clustering, rabbitmqctl) listens on loopback only, like the others;
+  # crash dumps of the server and of rabbitmqctl go under .scratch, never into the working tree.
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  export ERL_CRASH_DUMP="$scratch/rabbitmq/log/erl_crash.dump"
 }
 
 ctl() {
