@@ -149,6 +149,11 @@ impl Watch {
             }
             match self.response.chunk().await.map_err(|err| KubeError::Transport(err.without_url()))? {
                 Some(chunk) => self.buffer.extend_from_slice(&chunk),
+                // A last event without a trailing newline is still an event.
+                None if !self.buffer.iter().all(u8::is_ascii_whitespace) => {
+                    let line = std::mem::take(&mut self.buffer);
+                    return serde_json::from_slice(&line).map(Some).map_err(|err| KubeError::Decode(err.to_string()));
+                }
                 None => return Ok(None),
             }
         }

@@ -165,6 +165,11 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
             keys_deleted: summary.keys_deleted,
             message: summary.failures.join("; "),
             job: settings.pod_name.clone().unwrap_or_default(),
+            // Filled in from the marker already there, by `marker::merge`.
+            attempt: 0,
+            is_final: false,
+            last_succeeded_revision: None,
+            last_succeeded_at: String::new(),
         };
         if let Err(err) = write_marker(&kube, settings, &record).await {
             error!(marker = %settings.name, namespace = %settings.namespace, error = %format!("{err:#}"), "marker not written");
@@ -316,16 +321,16 @@ async fn write_marker(kube: &KubeClient, settings: &MarkerConfig, record: &Marke
         async move {
             kube.upsert(&settings.namespace, &settings.name, |current| {
                 let existing = current.as_ref().and_then(|cm| Marker::from_data(&cm.data));
-                if !marker::may_replace(existing.as_ref(), record.revision) {
+                let Some(merged) = marker::merge(existing.as_ref(), record, settings.job_attempts) else {
                     newer.set(existing.map(|m| m.revision));
                     return None;
-                }
+                };
                 let mut object = current.unwrap_or_else(|| ConfigMap::new(&settings.name, &settings.namespace));
                 object.metadata.labels.insert(marker::MANAGED_BY.0.into(), marker::MANAGED_BY.1.into());
                 if let Some(release) = &settings.release {
                     object.metadata.labels.insert(marker::INSTANCE_LABEL.into(), release.clone());
                 }
-                object.data = record.to_data();
+                object.data = merged.to_data();
                 Some(object)
             })
             .await

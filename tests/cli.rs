@@ -244,6 +244,7 @@ async fn sigterm_exits_143() {
     let mut child = tokio::process::Command::new(binary())
         .arg("purge")
         .env_clear()
+        .envs(support::pod_env("cleanslate-test-pod"))
         .envs(with(
             service_vars(),
             &[
