@@ -175,7 +175,8 @@ impl FakeCluster {
             .filter(|(k, _)| {
                 // Service links are off where the pod spec says so; the API address is the stand-in's.
                 let links_off = pod_spec["enableServiceLinks"] == Value::Bool(false);
-                !k.starts_with("KUBERNETES_") && !(links_off && !matches!(k.as_str(), "HOSTNAME" | "HOME" | "PATH"))
+                let runtime = matches!(k.as_str(), "HOSTNAME" | "HOME" | "PATH");
+                !k.starts_with("KUBERNETES_") && (runtime || !links_off)
             })
             .collect();
         env.extend([
