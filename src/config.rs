@@ -546,12 +546,19 @@ fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig> {
             "CLEANSLATE_RABBITMQ_QUEUES or CLEANSLATE_RABBITMQ_QUEUE_PATTERN is required to select queues",
         ));
     }
+    // The vhost is not trimmed away when it is just "/": present() trims, so read it directly.
+    let vhost = raw.rabbitmq_vhost.clone().filter(|v| !v.is_empty()).unwrap_or_else(|| "/".to_string());
+    if crate::rabbitmq::is_dot_segment(&vhost) {
+        // `api/queues/.` would be normalised to `api/queues`, the queues of every vhost.
+        return Err(config_error(format!(
+            "CLEANSLATE_RABBITMQ_VHOST {vhost:?} cannot be addressed through the management HTTP API (URL dot segment)"
+        )));
+    }
     Ok(RabbitConfig {
         url,
         username: username.to_string(),
         password,
-        // The vhost is not trimmed away when it is just "/": present() trims, so read it directly.
-        vhost: raw.rabbitmq_vhost.clone().filter(|v| !v.is_empty()).unwrap_or_else(|| "/".to_string()),
+        vhost,
         queues,
         pattern,
         dead_letters: parse_bool("CLEANSLATE_RABBITMQ_DEAD_LETTERS", &raw.rabbitmq_dead_letters, true)?,
@@ -738,6 +745,8 @@ mod tests {
             ("CLEANSLATE_RABBITMQ_DEAD_LETTERS", "1"),
             ("CLEANSLATE_RABBITMQ_CA_FILE", "/nonexistent/ca.pem"),
             ("CLEANSLATE_ETCD_ENDPOINTS", "etcd:2379"),
+            ("CLEANSLATE_RABBITMQ_VHOST", "."),
+            ("CLEANSLATE_RABBITMQ_VHOST", ".."),
         ];
         for (name, value) in cases {
             let err = error_of(&with(&[(name, value)]));
