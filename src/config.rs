@@ -491,11 +491,13 @@ impl GateConfig {
     }
 }
 
-/// Thirty seconds: the requirements' budget for a typical dev cleanup, retries included.
+/// Thirty seconds: a typical dev cleanup takes well under a second, so thirty leave room for
+/// retries through a broker restart while a stuck run still holds a deploy only briefly.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Three attempts: enough to ride out a broker restart, few enough to fail within the deadline.
 const DEFAULT_ATTEMPTS: u64 = 3;
-/// Five seconds: the requirements' first backoff; it doubles, and never runs past the deadline.
+/// Five seconds: long enough for a restarting broker to come back; it doubles, and never runs past
+/// the deadline.
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
 /// Eight purges in flight: the broker serialises per queue, and eight keeps a 20-queue run short
 /// without a burst of connections on a small dev broker.

@@ -4,7 +4,7 @@
 //! strings (a ConfigMap's data is `map[string]string`), and never a secret: `message` is built from
 //! error summaries that name users, queues and prefixes, never passwords or tokens.
 //!
-//! The marker keeps two things apart (DESIGN.md, "Marker" and "Gate"):
+//! The marker keeps two things apart (README, "Reading the marker"):
 //! - the **latest attempt** (`revision`, `status`, counts, `message`, `attempt`, `final`), which says
 //!   how the most recent run went;
 //! - the **last success** (`lastSucceededRevision`, `lastSucceededAt`), which only ever moves up.
