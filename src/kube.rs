@@ -310,6 +310,26 @@ impl KubeClient {
 mod tests {
     use super::*;
 
+    fn watch_of(body: &'static str) -> Watch {
+        Watch { response: reqwest::Response::from(http::Response::new(body)), buffer: Vec::new() }
+    }
+
+    /// Every event of a stream is read, the last one too when the stream ends without a newline;
+    /// blank keep-alive lines are skipped.
+    #[tokio::test]
+    async fn watch_reads_a_last_line_without_newline() {
+        let mut watch = watch_of(
+            "{\"type\":\"ADDED\",\"object\":{}}\n\n{\"type\":\"MODIFIED\",\"object\":{\"data\":{}}}",
+        );
+        let first = watch.next().await.expect("reads").expect("an event");
+        assert_eq!(first.event_type, "ADDED", "first event");
+        let last = watch.next().await.expect("reads").expect("the unterminated last event");
+        assert_eq!(last.event_type, "MODIFIED", "last event without a newline is not dropped");
+        assert!(watch.next().await.expect("reads").is_none(), "then the end of the stream");
+        let mut blank = watch_of("\n  \n");
+        assert!(blank.next().await.expect("reads").is_none(), "whitespace only is no event");
+    }
+
     /// Unknown metadata survives a decode/encode round trip, so a replace keeps Helm's annotations.
     #[test]
     fn unknown_metadata_round_trips() {
