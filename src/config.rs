@@ -59,6 +59,7 @@ struct RawEnv {
     revision: Option<String>,
     release: Option<String>,
     pod_name: Option<String>,
+    job_attempts: Option<String>,
     kube_api: Option<String>,
     kube_token_file: Option<String>,
     kube_ca_file: Option<String>,
@@ -74,9 +75,21 @@ pub struct Env {
 }
 
 impl Env {
-    /// Reads the real process environment.
+    /// Reads the real process environment. A `CLEANSLATE_*` value that is not UTF-8 is a
+    /// configuration error naming it; any other variable that is not UTF-8 is none of ours and is
+    /// skipped (`std::env::vars` would panic on it).
     pub fn from_process() -> Result<Env> {
-        Env::from_pairs(std::env::vars())
+        let mut pairs = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            match (name.into_string(), value.into_string()) {
+                (Ok(name), Ok(value)) => pairs.push((name, value)),
+                (Ok(name), Err(_)) if name.starts_with("CLEANSLATE_") => {
+                    return Err(config_error(format!("{name} is not valid UTF-8")));
+                }
+                _ => {}
+            }
+        }
+        Env::from_pairs(pairs)
     }
 
     /// Builds the environment from pairs; `CLEANSLATE_*` names must be known.
@@ -87,7 +100,8 @@ impl Env {
         V: Into<String>,
     {
         let all: Vec<(String, String)> = pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-        let raw = envy::prefixed("CLEANSLATE_").from_iter::<_, RawEnv>(all.clone()).map_err(|err| {
+        let ours = all.iter().filter(|(k, v)| !is_service_link(k, v)).cloned();
+        let raw = envy::prefixed("CLEANSLATE_").from_iter::<_, RawEnv>(ours).map_err(|err| {
             // envy reports names in lowercase without the prefix; give the operator the real name.
             let text = err.to_string();
             let text = match text.split('`').nth(1) {
@@ -105,6 +119,42 @@ impl Env {
 
     fn other(&self, name: &str) -> Option<&str> {
         self.others.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+}
+
+/// Whether a variable is one the kubelet injects for a Service in the pod's namespace
+/// (`enableServiceLinks`, on by default): a Service named `cleanslate-web` gives every pod
+/// `CLEANSLATE_WEB_SERVICE_HOST`, `CLEANSLATE_WEB_PORT_80_TCP_ADDR` and so on, which must not be
+/// taken for misspelt settings. Names and values must both have the kubelet's shapes
+/// (kubernetes `pkg/kubelet/envvars/envvars.go`; <https://kubernetes.io/docs/concepts/services-networking/service/#environment-variables>),
+/// so a real typo such as `CLEANSLATE_ETCD_PREFIX` is still refused.
+fn is_service_link(name: &str, value: &str) -> bool {
+    static SHAPE: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+        Regex::new(
+            r"^[A-Z0-9_]+?_(?:(SERVICE_HOST)|(SERVICE_PORT(?:_[A-Z0-9_]+)?)|(PORT)|(PORT_[0-9]+_(?:TCP|UDP|SCTP))|(PORT_[0-9]+_(?:TCP|UDP|SCTP)_PROTO)|(PORT_[0-9]+_(?:TCP|UDP|SCTP)_PORT)|(PORT_[0-9]+_(?:TCP|UDP|SCTP)_ADDR))$",
+        )
+        .expect("valid service-link pattern")
+    });
+    let Some(captures) = SHAPE.captures(name) else { return false };
+    let is_ip = |v: &str| v.parse::<std::net::IpAddr>().is_ok();
+    let is_port = |v: &str| v.parse::<u16>().is_ok();
+    let is_proto = |v: &str| matches!(v, "tcp" | "udp" | "sctp");
+    // `tcp://10.0.0.11:6379` or `tcp://[fd00::b]:6379`
+    let is_url = |v: &str| {
+        v.split_once("://").is_some_and(|(proto, rest)| {
+            is_proto(proto)
+                && rest.rsplit_once(':').is_some_and(|(host, port)| {
+                    is_port(port) && is_ip(host.trim_start_matches('[').trim_end_matches(']'))
+                })
+        })
+    };
+    let group = (1..=7).find(|i| captures.get(*i).is_some());
+    match group {
+        Some(1) | Some(7) => is_ip(value),
+        Some(2) | Some(6) => is_port(value),
+        Some(3) | Some(4) => is_url(value),
+        Some(5) => is_proto(value),
+        _ => false,
     }
 }
 
@@ -219,6 +269,9 @@ pub struct MarkerConfig {
     pub release: Option<String>,
     /// The pod that ran the purge, recorded in the marker.
     pub pod_name: Option<String>,
+    /// How many times the Job runs the purge for one revision (`backoffLimit + 1`): a failure is
+    /// final, and fails gates at once, only on the last of them.
+    pub job_attempts: u32,
     pub kube: KubeConfig,
 }
 
@@ -351,6 +404,23 @@ fn http_url(name: &str, text: &str) -> Result<Url> {
     Ok(url)
 }
 
+/// The production rule of [`PurgeConfig::is_production`], for one environment name.
+pub fn is_production_name(environment: &str) -> bool {
+    environment
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|word| ["prod", "prd", "production"].iter().any(|p| word.eq_ignore_ascii_case(p)))
+}
+
+/// The log format to use when the configuration itself cannot be read, so that even that error
+/// reaches the log in the format the operator asked for (JSON unless `CLEANSLATE_LOG_FORMAT` says
+/// `text`).
+pub fn fallback_log_format() -> LogFormat {
+    match std::env::var_os("CLEANSLATE_LOG_FORMAT").and_then(|v| v.into_string().ok()) {
+        Some(v) if v.trim().eq_ignore_ascii_case("text") => LogFormat::Text,
+        _ => LogFormat::Json,
+    }
+}
+
 /// The logging format, read first so that every later error is logged the way the operator asked.
 pub fn log_format(env: &Env) -> Result<LogFormat> {
     parse_choice(
@@ -395,11 +465,12 @@ impl PurgeConfig {
         })
     }
 
-    /// True when the environment name says production, in any case.
+    /// True when the environment name says production: any of its words (split on everything
+    /// that is not a letter or digit) is `prod`, `prd` or `production`, in any case. So
+    /// `production-eu`, `eu-prod`, `PRD` and `prod` are production; `preprod` and `product` are not.
+    /// The chart's render-time guard applies the same rule.
     pub fn is_production(&self) -> bool {
-        self.environment
-            .as_deref()
-            .is_some_and(|e| matches!(e.trim().to_ascii_lowercase().as_str(), "prod" | "production"))
+        self.environment.as_deref().is_some_and(is_production_name)
     }
 }
 
@@ -420,15 +491,19 @@ impl GateConfig {
     }
 }
 
-/// Thirty seconds: the requirements' budget for a typical dev cleanup, retries included.
+/// Thirty seconds: a typical dev cleanup takes well under a second, so thirty leave room for
+/// retries through a broker restart while a stuck run still holds a deploy only briefly.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Three attempts: enough to ride out a broker restart, few enough to fail within the deadline.
 const DEFAULT_ATTEMPTS: u64 = 3;
-/// Five seconds: the requirements' first backoff; it doubles, and never runs past the deadline.
+/// Five seconds: long enough for a restarting broker to come back; it doubles, and never runs past
+/// the deadline.
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
 /// Eight purges in flight: the broker serialises per queue, and eight keeps a 20-queue run short
 /// without a burst of connections on a small dev broker.
 const DEFAULT_CONCURRENCY: u64 = 8;
+/// One: outside a Job with retries (a local run, the `helm test` Pod) every failure is final.
+const DEFAULT_JOB_ATTEMPTS: u64 = 1;
 /// Ten minutes: long enough for a slow image pull of the hook Job, short enough to notice.
 const DEFAULT_GATE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -473,12 +548,19 @@ fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig> {
             "CLEANSLATE_RABBITMQ_QUEUES or CLEANSLATE_RABBITMQ_QUEUE_PATTERN is required to select queues",
         ));
     }
+    // The vhost is not trimmed away when it is just "/": present() trims, so read it directly.
+    let vhost = raw.rabbitmq_vhost.clone().filter(|v| !v.is_empty()).unwrap_or_else(|| "/".to_string());
+    if crate::rabbitmq::is_dot_segment(&vhost) {
+        // `api/queues/.` would be normalised to `api/queues`, the queues of every vhost.
+        return Err(config_error(format!(
+            "CLEANSLATE_RABBITMQ_VHOST {vhost:?} cannot be addressed through the management HTTP API (URL dot segment)"
+        )));
+    }
     Ok(RabbitConfig {
         url,
         username: username.to_string(),
         password,
-        // The vhost is not trimmed away when it is just "/": present() trims, so read it directly.
-        vhost: raw.rabbitmq_vhost.clone().filter(|v| !v.is_empty()).unwrap_or_else(|| "/".to_string()),
+        vhost,
         queues,
         pattern,
         dead_letters: parse_bool("CLEANSLATE_RABBITMQ_DEAD_LETTERS", &raw.rabbitmq_dead_letters, true)?,
@@ -589,6 +671,7 @@ fn marker_config(env: &Env, required_by_gate: bool) -> Result<Option<MarkerConfi
         revision,
         release: present(&raw.release).map(str::to_string),
         pod_name: present(&raw.pod_name).or(env.other("HOSTNAME")).map(str::to_string),
+        job_attempts: parse_count("CLEANSLATE_JOB_ATTEMPTS", &raw.job_attempts, DEFAULT_JOB_ATTEMPTS, 100)? as u32,
         kube: KubeConfig {
             api,
             token_file: file_or_default(&raw.kube_token_file, "token"),
@@ -664,6 +747,8 @@ mod tests {
             ("CLEANSLATE_RABBITMQ_DEAD_LETTERS", "1"),
             ("CLEANSLATE_RABBITMQ_CA_FILE", "/nonexistent/ca.pem"),
             ("CLEANSLATE_ETCD_ENDPOINTS", "etcd:2379"),
+            ("CLEANSLATE_RABBITMQ_VHOST", "."),
+            ("CLEANSLATE_RABBITMQ_VHOST", ".."),
         ];
         for (name, value) in cases {
             let err = error_of(&with(&[(name, value)]));
@@ -726,6 +811,41 @@ mod tests {
         assert!(config.is_production(), "PROD is production");
         let pattern = config.rabbitmq.expect("rabbit").pattern.expect("pattern");
         assert!(pattern.is_match("orders") && !pattern.is_match("preorders-dlq"), "whole-name match only");
+    }
+
+    /// Service-link variables of a Service named like the chart are the kubelet's, not typos;
+    /// look-alikes with other value shapes are still refused.
+    #[test]
+    fn service_links_are_not_typos() {
+        let links: &[(&str, &str)] = &[
+            ("CLEANSLATE_SERVICE_HOST", "10.96.0.12"),
+            ("CLEANSLATE_SERVICE_PORT", "8080"),
+            ("CLEANSLATE_SERVICE_PORT_HTTP", "8080"),
+            ("CLEANSLATE_PORT", "tcp://10.96.0.12:8080"),
+            ("CLEANSLATE_WEB_SERVICE_HOST", "fd00::12"),
+            ("CLEANSLATE_WEB_PORT_8080_TCP", "tcp://[fd00::12]:8080"),
+            ("CLEANSLATE_WEB_PORT_8080_TCP_PROTO", "tcp"),
+            ("CLEANSLATE_WEB_PORT_8080_TCP_PORT", "8080"),
+            ("CLEANSLATE_WEB_PORT_8080_TCP_ADDR", "10.96.0.13"),
+            ("CLEANSLATE_DNS_PORT_53_UDP", "udp://10.96.0.10:53"),
+        ];
+        let config = PurgeConfig::from_env(&env(&with(links)), Mode::Purge).expect("service links are accepted");
+        assert!(config.rabbitmq.is_some(), "the rest of the configuration is read as usual");
+        for (name, value) in [("CLEANSLATE_SERVICE_HOST", "rabbitmq"), ("CLEANSLATE_ETCD_PORT", "2379")] {
+            let err = error_of(&with(&[(name, value)]));
+            assert_eq!(exit_for(&err), Exit::Config, "{name}={value} is not a service link");
+        }
+    }
+
+    /// The production guard matches words of the environment name, not the whole name.
+    #[test]
+    fn production_is_a_word_match() {
+        for name in ["prod", "PROD", "prd", "production", "production-eu", "eu-prod", "eu_PRD_2", "Production.west"] {
+            assert!(is_production_name(name), "{name} is production");
+        }
+        for name in ["dev", "staging", "preprod", "product-demo", "prodigy", ""] {
+            assert!(!is_production_name(name), "{name} is not production");
+        }
     }
 
     /// An empty prefix list is kept for the safety check rather than dropped silently.

@@ -3,7 +3,9 @@
 //! A prefix `p` is the key range `[p, prefix_end(p))`, as `etcdctl del --prefix` sends it. Target
 //! ranges are merged, protected ranges are cut out, and what remains is deleted by `DeleteRange`
 //! operations in one transaction (etcd's `--max-txn-ops` limits operations, not keys: etcd PR #7976),
-//! so a purge costs the same few round trips for ten keys or a million. `prev_kv` stays off: it
+//! so a purge costs the same few round trips for ten keys or a million. More than 128 ranges (many
+//! protected prefixes) take one transaction per 128: each is atomic, the whole is not, and the
+//! keys deleted by transactions that committed are reported even when a later one fails. `prev_kv` stays off: it
 //! would send every deleted key back and can overflow the gRPC message limit on large prefixes.
 //!
 //! The safety rules live here because they need the final ranges: an empty prefix (the whole
@@ -263,7 +265,12 @@ fn sort_error(err: etcd_client::Error, what: &str) -> Attempt {
     match err {
         E::TransportError(_) | E::IoError(_) => transient_unreachable(err),
         E::GRpcStatus(ref status) => match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => transient_unreachable(err),
+            Code::Unavailable | Code::Cancelled => transient_unreachable(err),
+            // The member answered the connection but not the request in time: slow, not gone.
+            Code::DeadlineExceeded => Attempt::Transient(
+                anyhow::Error::new(err)
+                    .context(Classified::new(Kind::Deadline, format!("{what}: etcd did not answer in time"))),
+            ),
             Code::ResourceExhausted | Code::Aborted | Code::Internal | Code::Unknown => {
                 Attempt::Transient(anyhow!("{what}: etcd answered {}: {}", code_name(status.code()), status.message()))
             }
@@ -286,16 +293,18 @@ fn code_name(code: tonic::Code) -> String {
 }
 
 impl Session<'_> {
-    /// Runs `ops` in transactions of at most [`MAX_TXN_OPS`] operations and returns the responses in
-    /// order. Each transaction is retried on its own (they are idempotent), so a retry never redoes,
-    /// or loses the counts of, a transaction that already succeeded.
+    /// Runs `ops` in transactions of at most [`MAX_TXN_OPS`] operations and returns the responses of
+    /// the transactions that committed, in order, and the error that stopped the rest, if any. Each
+    /// transaction is retried on its own (they are idempotent), so a retry never redoes, or loses
+    /// the counts of, a transaction that already succeeded. Only each transaction is atomic: when
+    /// one fails after others committed, what those deleted stays deleted and is reported.
     async fn in_transactions(
         &self,
         ops: Vec<TxnOp>,
         what: &str,
         policy: &RetryPolicy,
         deadline: Instant,
-    ) -> Result<Vec<TxnOpResponse>> {
+    ) -> (Vec<TxnOpResponse>, Option<anyhow::Error>) {
         let mut responses = Vec::with_capacity(ops.len());
         for chunk in ops.chunks(MAX_TXN_OPS) {
             let response = retry::run(policy, deadline, what, || async {
@@ -308,10 +317,13 @@ impl Session<'_> {
                     attempt
                 })
             })
-            .await?;
-            responses.extend(response.op_responses());
+            .await;
+            match response {
+                Ok(response) => responses.extend(response.op_responses()),
+                Err(err) => return (responses, Some(err)),
+            }
         }
-        Ok(responses)
+        (responses, None)
     }
 
     /// Counts keys per range in one read transaction: what a purge would delete.
@@ -320,7 +332,10 @@ impl Session<'_> {
             .iter()
             .map(|r| TxnOp::get(r.start.clone(), Some(GetOptions::new().with_range(r.end_bytes()).with_count_only())))
             .collect();
-        let responses = self.in_transactions(ops, "counting etcd keys", policy, deadline).await?;
+        let (responses, failure) = self.in_transactions(ops, "counting etcd keys", policy, deadline).await;
+        if let Some(err) = failure {
+            return Err(err);
+        }
         Ok(responses
             .into_iter()
             .map(|op| match op {
@@ -330,23 +345,33 @@ impl Session<'_> {
             .collect())
     }
 
-    /// Deletes every range, one transaction per 128 ranges; returns keys deleted per range, as the
-    /// server counted them. A transaction retried after a lost answer reports zero for the keys
-    /// its first attempt already deleted.
-    pub async fn delete(&self, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<Vec<u64>> {
+    /// Deletes every range, one transaction per [`MAX_TXN_OPS`] ranges, and reports keys deleted per
+    /// committed range, as the server counted them, even when a later transaction failed. A
+    /// transaction retried after a lost answer reports zero for the keys its first attempt already
+    /// deleted.
+    pub async fn delete(&self, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Deletion {
         let ops = ranges
             .iter()
             .map(|r| TxnOp::delete(r.start.clone(), Some(DeleteOptions::new().with_range(r.end_bytes()))))
             .collect();
-        let responses = self.in_transactions(ops, "deleting etcd ranges", policy, deadline).await?;
-        Ok(responses
+        let (responses, failure) = self.in_transactions(ops, "deleting etcd ranges", policy, deadline).await;
+        let committed = responses
             .into_iter()
             .map(|op| match op {
                 TxnOpResponse::Delete(del) => del.deleted().max(0) as u64,
                 _ => 0,
             })
-            .collect())
+            .collect();
+        Deletion { committed, failure }
     }
+}
+
+/// What a delete run did: counts for the ranges whose transaction committed (the first ones, in
+/// order), and the error that stopped the rest.
+#[derive(Debug)]
+pub struct Deletion {
+    pub committed: Vec<u64>,
+    pub failure: Option<anyhow::Error>,
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! The codes follow BSD `sysexits.h` (as linkerd-await does), so that a Job's or an init container's
 //! exit status tells an operator which kind of problem to look at without reading the log:
-//! <https://man.freebsd.org/cgi/man.cgi?query=sysexits>. DESIGN.md lists them; the README mirrors it.
+//! <https://man.freebsd.org/cgi/man.cgi?query=sysexits>. The README's "Exit codes" table lists them.
 //!
 //! Code deep inside the binary never exits: it returns an error, tagged with a [`Kind`] where the
 //! exit status depends on it, and `main` turns the first tag found in the error chain into the code.
@@ -148,7 +148,7 @@ mod tests {
     use super::*;
     use anyhow::Context;
 
-    /// The codes are the ones DESIGN.md promises; changing one breaks every chart and script.
+    /// The codes are the ones the README promises; changing one breaks every chart and script.
     #[test]
     fn codes_match_the_design() {
         let expected = [

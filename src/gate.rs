@@ -4,7 +4,8 @@
 //! `resourceVersion` (or, when it does not exist yet, from "now", which replays the current object
 //! as ADDED so a creation between read and watch is not missed). Every event is judged as it
 //! arrives, so the gate reacts within milliseconds of the write instead of on a polling interval.
-//! A closed stream or `410 Gone` (the watch's resourceVersion is too old) means: read again.
+//! A closed stream or `410 Gone` (the watch's resourceVersion is too old) means: read again, after a
+//! jittered pause that grows while watches keep ending early (as client-go's reflector does).
 //!
 //! After install, the gate's RoleBinding can take a moment to become effective, so 401/403 are
 //! retried for a short grace period before failing with a hint naming what is missing. An API that
@@ -24,9 +25,16 @@ use crate::marker::{self, Marker, Verdict};
 /// How long 401/403 are taken for "RBAC not effective yet" before they are taken at their word:
 /// twenty seconds, or a third of the gate's timeout when that is shorter.
 const FORBIDDEN_GRACE: Duration = Duration::from_secs(20);
-/// First pause after a failed API call; doubles up to [`MAX_PAUSE`].
-const FIRST_PAUSE: Duration = Duration::from_millis(100);
-const MAX_PAUSE: Duration = Duration::from_secs(3);
+/// Pause before re-reading after a watch that ended early or a failed API call: 0.8 s, doubling
+/// up to 30 s, each with up to 100% jitter, reset by progress. These are client-go's reflector
+/// settings (`NewExponentialBackoffManager(800ms, 30s, 2m, 2.0, 1.0)` in `tools/cache/reflector.go`):
+/// every gated pod of a namespace runs this loop, and an API server or proxy that closes watches
+/// at once must not be met with a tight GET+WATCH loop from all of them.
+const FIRST_PAUSE: Duration = Duration::from_millis(800);
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+/// A watch that lasted this long ended normally (the server's window or an idle proxy), so it is
+/// re-established at once.
+const HEALTHY_WATCH: Duration = Duration::from_secs(60);
 /// How long one watch request lasts before the server ends it and the gate re-reads.
 const WATCH_WINDOW: Duration = Duration::from_secs(290);
 
@@ -108,13 +116,37 @@ fn judge(object: Option<&ConfigMap>, settings: &MarkerConfig, seen: &mut Seen) -
     }
 }
 
+/// Exponential backoff with jitter, reset on progress.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff { next: FIRST_PAUSE }
+    }
+
+    fn reset(&mut self) {
+        self.next = FIRST_PAUSE;
+    }
+
+    /// The pause to take now: the current step plus up to as much again at random.
+    fn pause(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(MAX_PAUSE);
+        (base + base.mul_f64(fastrand::f64())).min(MAX_PAUSE)
+    }
+}
+
 /// Reads and watches until a decision; never returns on its own otherwise (the caller's deadline
 /// ends it).
 async fn wait(kube: &KubeClient, settings: &MarkerConfig, forbidden_grace: Duration, seen: &mut Seen) -> Result<()> {
     let (namespace, name) = (settings.namespace.as_str(), settings.name.as_str());
-    let mut pause = FIRST_PAUSE;
+    let mut backoff = Backoff::new();
     let mut forbidden_since: Option<Instant> = None;
     loop {
+        let started = Instant::now();
+        let mut progressed = false;
         let outcome = async {
             let current = kube.get(namespace, name).await?;
             seen.reached_api = true;
@@ -126,7 +158,7 @@ async fn wait(kube: &KubeClient, settings: &MarkerConfig, forbidden_grace: Durat
             while let Some(event) = watch.next().await? {
                 match handle_event(event, settings, seen) {
                     Some(Step::Done(result)) => return Ok(Some(result)),
-                    Some(Step::Continue) => {}
+                    Some(Step::Continue) => progressed = true,
                     None => break,
                 }
             }
@@ -136,9 +168,18 @@ async fn wait(kube: &KubeClient, settings: &MarkerConfig, forbidden_grace: Durat
         match outcome {
             Ok(Some(result)) => return result,
             Ok(None) => {
-                // The stream ended or expired: read again at once.
                 forbidden_since = None;
-                pause = FIRST_PAUSE;
+                if started.elapsed() >= HEALTHY_WATCH {
+                    // The watch ran its course: read again at once.
+                    backoff.reset();
+                    continue;
+                }
+                if progressed {
+                    backoff.reset();
+                }
+                let pause = backoff.pause();
+                info!(retry_in_ms = pause.as_millis() as u64, "watch ended early, reading again after a pause");
+                tokio::time::sleep(pause).await;
             }
             Err(err) => {
                 seen.last_error = Some(err.to_string());
@@ -154,9 +195,9 @@ async fn wait(kube: &KubeClient, settings: &MarkerConfig, forbidden_grace: Durat
                 if !err.is_transient() && !matches!(err.code(), Some(401) | Some(403)) {
                     return Err(anyhow::Error::new(err).context(format!("reading marker {namespace}/{name}")));
                 }
+                let pause = backoff.pause();
                 warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "marker not readable yet, retrying");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_PAUSE);
             }
         }
     }

@@ -149,6 +149,11 @@ impl Watch {
             }
             match self.response.chunk().await.map_err(|err| KubeError::Transport(err.without_url()))? {
                 Some(chunk) => self.buffer.extend_from_slice(&chunk),
+                // A last event without a trailing newline is still an event.
+                None if !self.buffer.iter().all(u8::is_ascii_whitespace) => {
+                    let line = std::mem::take(&mut self.buffer);
+                    return serde_json::from_slice(&line).map(Some).map_err(|err| KubeError::Decode(err.to_string()));
+                }
                 None => return Ok(None),
             }
         }
@@ -304,6 +309,26 @@ impl KubeClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn watch_of(body: &'static str) -> Watch {
+        Watch { response: reqwest::Response::from(http::Response::new(body)), buffer: Vec::new() }
+    }
+
+    /// Every event of a stream is read, the last one too when the stream ends without a newline;
+    /// blank keep-alive lines are skipped.
+    #[tokio::test]
+    async fn watch_reads_a_last_line_without_newline() {
+        let mut watch = watch_of(
+            "{\"type\":\"ADDED\",\"object\":{}}\n\n{\"type\":\"MODIFIED\",\"object\":{\"data\":{}}}",
+        );
+        let first = watch.next().await.expect("reads").expect("an event");
+        assert_eq!(first.event_type, "ADDED", "first event");
+        let last = watch.next().await.expect("reads").expect("the unterminated last event");
+        assert_eq!(last.event_type, "MODIFIED", "last event without a newline is not dropped");
+        assert!(watch.next().await.expect("reads").is_none(), "then the end of the stream");
+        let mut blank = watch_of("\n  \n");
+        assert!(blank.next().await.expect("reads").is_none(), "whitespace only is no event");
+    }
 
     /// Unknown metadata survives a decode/encode round trip, so a replace keeps Helm's annotations.
     #[test]

@@ -14,6 +14,7 @@
 //! - [`telemetry`]: JSON or text logs on stdout, level from `RUST_LOG`.
 //! - [`retry`]: exponential backoff with jitter under a deadline.
 //! - [`rabbitmq`]: management API: list, dead-letter discovery, purge.
+//! - [`dead_letters`]: which queues dead letters provably reach (pure routing rules).
 //! - [`etcd`]: key ranges, protected prefixes, the delete transaction.
 //! - [`kube`]: one ConfigMap through the Kubernetes API: get, create, replace, watch.
 //! - [`marker`]: the marker's data and the gate's rules (pure).
@@ -21,6 +22,7 @@
 //! - [`gate`]: read, then watch, until the marker allows this revision.
 
 pub mod config;
+pub mod dead_letters;
 pub mod etcd;
 pub mod exit;
 pub mod gate;

@@ -84,11 +84,11 @@ fn main() -> ExitCode {
             return Exit::Usage.into();
         }
     };
-    let env = match Env::from_process().and_then(|env| config::log_format(&env).map(|format| (env, format))) {
-        Ok((env, format)) => {
-            telemetry::init(format);
-            env
-        }
+    let env = Env::from_process().and_then(|env| config::log_format(&env).map(|format| (env, format)));
+    // Logging starts before the configuration is judged, so a configuration error reaches the log.
+    telemetry::init(env.as_ref().map_or_else(|_| config::fallback_log_format(), |(_, format)| *format));
+    let env = match env {
+        Ok((env, _)) => env,
         Err(err) => return report(command, &err).into(),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -4,11 +4,20 @@
 //! strings (a ConfigMap's data is `map[string]string`), and never a secret: `message` is built from
 //! error summaries that name users, queues and prefixes, never passwords or tokens.
 //!
-//! The rules (DESIGN.md, "Marker" and "Gate"):
-//! - a gate passes when `revision >= expected` and the run succeeded (a rollback renders an older
-//!   revision and must start against the last cleaned state);
-//! - a gate fails at once when the marker of *its* revision says the run failed;
-//! - a writer never lowers the revision: an old run finishing late leaves a newer marker alone.
+//! The marker keeps two things apart (README, "Reading the marker"):
+//! - the **latest attempt** (`revision`, `status`, counts, `message`, `attempt`, `final`), which says
+//!   how the most recent run went;
+//! - the **last success** (`lastSucceededRevision`, `lastSucceededAt`), which only ever moves up.
+//!
+//! The rules:
+//! - a gate passes when a success at `revision >= expected` is recorded: a rollback renders an older
+//!   revision and must start against the last cleaned state, and a failed `helm test` or a failed
+//!   attempt that the Job will retry must not block pods of a revision that was already cleaned;
+//! - a gate fails at once only on a *final* failure of *its* revision (the Job will not retry);
+//! - a writer never lowers the revision: an old run finishing late leaves a newer marker alone;
+//! - a failure is final on the Job's last attempt (`CLEANSLATE_JOB_ATTEMPTS`, the chart sets it to
+//!   `backoffLimit + 1`); attempts are counted here, per revision, because a pod cannot see its Job's
+//!   retry count.
 
 use std::collections::BTreeMap;
 
@@ -51,6 +60,14 @@ pub struct Marker {
     pub message: String,
     /// The pod that ran the purge.
     pub job: String,
+    /// Which attempt at `revision` this record is (1 for the first run of a revision); set by [`merge`].
+    pub attempt: u32,
+    /// For a failed run: no further attempt will come (the Job's last attempt, or a one-shot run).
+    pub is_final: bool,
+    /// The highest revision whose run succeeded, kept across later failed attempts; set by [`merge`].
+    pub last_succeeded_revision: Option<u64>,
+    /// RFC 3339 end of that successful run; empty when there is none.
+    pub last_succeeded_at: String,
 }
 
 /// The longest `message` written: a ConfigMap holds up to 1 MiB, but a marker is read by people.
@@ -80,6 +97,10 @@ impl Marker {
             ("keysDeleted", self.keys_deleted.to_string()),
             ("message", message),
             ("job", self.job.clone()),
+            ("attempt", self.attempt.to_string()),
+            ("final", self.is_final.to_string()),
+            ("lastSucceededRevision", self.last_succeeded_revision.map(|r| r.to_string()).unwrap_or_default()),
+            ("lastSucceededAt", self.last_succeeded_at.clone()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -87,7 +108,9 @@ impl Marker {
     }
 
     /// Reads a marker back; `None` for the chart's empty placeholder or anything without a valid
-    /// revision and status (a gate then keeps waiting rather than guessing).
+    /// revision and status (a gate then keeps waiting rather than guessing). A marker written before
+    /// the last-success keys existed reads as its own last success (when it succeeded) and as a final
+    /// failure (when it failed), which is what it meant then.
     pub fn from_data(data: &BTreeMap<String, String>) -> Option<Marker> {
         let number = |key: &str| data.get(key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let text = |key: &str| data.get(key).cloned().unwrap_or_default();
@@ -97,9 +120,18 @@ impl Marker {
             "failed" => RunStatus::Failed,
             _ => return None,
         };
+        let last_succeeded_revision = match data.get("lastSucceededRevision").map(|v| v.trim()) {
+            Some("") => None,
+            Some(text) => Some(text.parse::<u64>().ok()?),
+            None => (status == RunStatus::Succeeded).then_some(revision),
+        };
         Some(Marker {
             revision,
             status,
+            attempt: data.get("attempt").and_then(|v| v.parse().ok()).unwrap_or(1),
+            is_final: data.get("final").is_none_or(|v| v != "false"),
+            last_succeeded_revision,
+            last_succeeded_at: text("lastSucceededAt"),
             dry_run: data.get("dryRun").is_some_and(|v| v == "true"),
             started_at: text("startedAt"),
             finished_at: text("finishedAt"),
@@ -127,10 +159,11 @@ pub enum Verdict {
 /// The gate's rule for a marker (or its absence) and the revision the pod belongs to.
 pub fn verdict(marker: Option<&Marker>, expected_revision: u64) -> Verdict {
     match marker {
-        Some(m) if m.revision >= expected_revision && m.status == RunStatus::Succeeded => Verdict::Pass,
-        // Only this revision's failure is decisive: a newer revision's failed run (an upgrade that
-        // failed while this pod's release still runs) leaves this pod waiting, not crash-looping.
-        Some(m) if m.revision == expected_revision && m.status == RunStatus::Failed => {
+        Some(m) if m.last_succeeded_revision.is_some_and(|r| r >= expected_revision) => Verdict::Pass,
+        // Only this revision's final failure is decisive: a newer revision's failed run (an upgrade
+        // that failed while this pod's release still runs) leaves this pod waiting, not
+        // crash-looping, and a failed attempt the Job will retry may still be followed by success.
+        Some(m) if m.revision == expected_revision && m.status == RunStatus::Failed && m.is_final => {
             Verdict::Failed(if m.message.is_empty() {
                 format!("cleanup for revision {} failed (job {})", m.revision, m.job)
             } else {
@@ -146,11 +179,49 @@ pub fn may_replace(existing: Option<&Marker>, new_revision: u64) -> bool {
     existing.is_none_or(|m| m.revision <= new_revision)
 }
 
+/// The marker to write for `run` over `existing`, or `None` when a newer revision is recorded.
+///
+/// `run` carries what this run did; its `attempt`, `is_final` and last-success fields are filled in
+/// here: the attempt number counts runs of the same revision, a failure is final from attempt
+/// `job_attempts` on, and the last success is the higher of the recorded one and this run's.
+pub fn merge(existing: Option<&Marker>, run: &Marker, job_attempts: u32) -> Option<Marker> {
+    if !may_replace(existing, run.revision) {
+        return None;
+    }
+    let mut next = run.clone();
+    next.attempt = match existing {
+        Some(m) if m.revision == run.revision => m.attempt.saturating_add(1),
+        _ => 1,
+    };
+    next.is_final = run.status == RunStatus::Failed && next.attempt >= job_attempts.max(1);
+    let recorded = existing.and_then(|m| m.last_succeeded_revision.map(|r| (r, m.last_succeeded_at.clone())));
+    let this_run = (run.status == RunStatus::Succeeded).then(|| (run.revision, run.finished_at.clone()));
+    match recorded.into_iter().chain(this_run).max_by_key(|(revision, _)| *revision) {
+        Some((revision, at)) => {
+            next.last_succeeded_revision = Some(revision);
+            next.last_succeeded_at = at;
+        }
+        None => {
+            next.last_succeeded_revision = None;
+            next.last_succeeded_at = String::new();
+        }
+    }
+    Some(next)
+}
+
 /// Short human description of a marker, for logs and timeout messages.
 pub fn describe(marker: Option<&Marker>) -> String {
     match marker {
         None => "no marker written yet".to_string(),
-        Some(m) => format!("revision {} {}", m.revision, m.status.as_str()),
+        Some(m) => {
+            let last = match m.last_succeeded_revision {
+                Some(r) if r == m.revision && m.status == RunStatus::Succeeded => String::new(),
+                Some(r) => format!(", last success at revision {r}"),
+                None => ", no success recorded".to_string(),
+            };
+            let retry = if m.status == RunStatus::Failed && !m.is_final { ", will be retried" } else { "" };
+            format!("revision {} {} (attempt {}{retry}){last}", m.revision, m.status.as_str(), m.attempt)
+        }
     }
 }
 
@@ -171,6 +242,10 @@ mod tests {
             keys_deleted: 10,
             message: String::new(),
             job: "cleanslate-purge-abc".into(),
+            attempt: 1,
+            is_final: true,
+            last_succeeded_revision: (status == RunStatus::Succeeded).then_some(revision),
+            last_succeeded_at: String::new(),
         }
     }
 
@@ -183,11 +258,15 @@ mod tests {
         assert_eq!(
             keys,
             vec![
+                "attempt",
                 "dryRun",
                 "durationMs",
+                "final",
                 "finishedAt",
                 "job",
                 "keysDeleted",
+                "lastSucceededAt",
+                "lastSucceededRevision",
                 "message",
                 "messagesPurged",
                 "queuesPurged",
@@ -217,6 +296,53 @@ mod tests {
             Verdict::Failed(message) => assert!(message.contains("queue q: 400"), "carries the Job's message"),
             other => panic!("expected a failure, got {other:?}"),
         }
+    }
+
+    /// A failed attempt the Job will retry does not fail gates; the last attempt's failure does;
+    /// a success survives later failures of the same or a newer revision.
+    #[test]
+    fn only_final_failures_fail_gates_and_successes_stick() {
+        let run = |revision, status| {
+            let mut m = marker(revision, status);
+            m.last_succeeded_revision = None;
+            m.attempt = 0;
+            m.is_final = false;
+            m
+        };
+        // Revision 3: first attempt fails, the Job retries (backoffLimit 1 → 2 attempts).
+        let first = merge(None, &run(3, RunStatus::Failed), 2).expect("written");
+        assert_eq!((first.attempt, first.is_final), (1, false), "first of two attempts is not final");
+        assert_eq!(verdict(Some(&first), 3), Verdict::Wait, "a retry may still succeed");
+        let second = merge(Some(&first), &run(3, RunStatus::Failed), 2).expect("written");
+        assert_eq!((second.attempt, second.is_final), (2, true), "the last attempt is final");
+        assert!(matches!(verdict(Some(&second), 3), Verdict::Failed(_)), "final failure fails the gate");
+        // A success at 3, then a failing `helm test` (a one-shot run) at 3: pods of 3 still start.
+        let ok = merge(Some(&second), &run(3, RunStatus::Succeeded), 2).expect("written");
+        assert_eq!(ok.last_succeeded_revision, Some(3), "success recorded");
+        let test_failed = merge(Some(&ok), &run(3, RunStatus::Failed), 1).expect("written");
+        assert_eq!(test_failed.status, RunStatus::Failed, "latest attempt is the failure");
+        assert_eq!(verdict(Some(&test_failed), 3), Verdict::Pass, "an earlier success still lets pods of 3 start");
+        // Upgrade to 4 fails for good: pods of 3 (the running version) still pass; pods of 4 fail.
+        let upgrade_failed = merge(Some(&test_failed), &run(4, RunStatus::Failed), 1).expect("written");
+        assert_eq!(upgrade_failed.last_succeeded_revision, Some(3), "last success carried forward");
+        assert_eq!(verdict(Some(&upgrade_failed), 3), Verdict::Pass, "restarted pods of 3 pass");
+        assert!(matches!(verdict(Some(&upgrade_failed), 4), Verdict::Failed(_)), "pods of 4 fail fast");
+        let back = Marker::from_data(&upgrade_failed.to_data()).expect("reads back");
+        assert_eq!(back, upgrade_failed, "new keys round-trip");
+    }
+
+    /// A marker written before the last-success keys existed keeps its old meaning.
+    #[test]
+    fn older_markers_read_as_before() {
+        let mut data = marker(5, RunStatus::Failed).to_data();
+        for key in ["attempt", "final", "lastSucceededRevision", "lastSucceededAt"] {
+            data.remove(key);
+        }
+        let old = Marker::from_data(&data).expect("reads");
+        assert!(old.is_final && old.last_succeeded_revision.is_none(), "old failure is final, no success");
+        data.insert("status".into(), "succeeded".into());
+        let old = Marker::from_data(&data).expect("reads");
+        assert_eq!(old.last_succeeded_revision, Some(5), "old success is its own last success");
     }
 
     /// A writer never lowers the revision.

@@ -34,8 +34,10 @@ struct RabbitReport {
 /// The etcd side's result.
 struct EtcdReport {
     plan: RangePlan,
-    /// Keys deleted per range, or keys that would be deleted in a dry run.
+    /// Keys deleted per committed range, or keys that would be deleted in a dry run.
     counts: Vec<u64>,
+    /// What stopped the ranges after `counts` from being deleted.
+    failure: Option<anyhow::Error>,
 }
 
 /// Totals and failures of a whole run: what the summary line and the marker say.
@@ -47,6 +49,8 @@ pub struct Summary {
     pub keys_deleted: u64,
     /// Purged queues that had consumers: messages those hold unacknowledged survive the purge.
     pub queues_with_consumers: Vec<String>,
+    /// Queues dead letters might reach through an unproven route: left alone, named here.
+    pub dead_letter_candidates: Vec<String>,
     pub failures: Vec<String>,
     /// The run's exit status: success until something fails.
     pub exit: Exit,
@@ -120,6 +124,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
     let duration_ms = clock.elapsed().as_millis() as u64;
     let mut exit = summary.exit;
     let with_consumers = summary.queues_with_consumers.join(", ");
+    let candidates = summary.dead_letter_candidates.join(", ");
     if summary.failures.is_empty() {
         info!(
             status = "succeeded",
@@ -128,6 +133,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
             messages_purged_approx = summary.messages_purged,
             keys_deleted = summary.keys_deleted,
             queues_with_consumers = %with_consumers,
+            dead_letter_candidates_not_purged = %candidates,
             duration_ms,
             "{}",
             if dry_run { "plan finished, nothing changed" } else { "purge finished" }
@@ -142,6 +148,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
             messages_purged_approx = summary.messages_purged,
             keys_deleted = summary.keys_deleted,
             queues_with_consumers = %with_consumers,
+            dead_letter_candidates_not_purged = %candidates,
             duration_ms,
             failures = %summary.failures.join("; "),
             "purge failed"
@@ -165,6 +172,11 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
             keys_deleted: summary.keys_deleted,
             message: summary.failures.join("; "),
             job: settings.pod_name.clone().unwrap_or_default(),
+            // Filled in from the marker already there, by `marker::merge`.
+            attempt: 0,
+            is_final: false,
+            last_succeeded_revision: None,
+            last_succeeded_at: String::new(),
         };
         if let Err(err) = write_marker(&kube, settings, &record).await {
             error!(marker = %settings.name, namespace = %settings.namespace, error = %format!("{err:#}"), "marker not written");
@@ -230,7 +242,7 @@ async fn clean_etcd(
     let started = std::time::Instant::now();
     let session = etcd::Session::new(settings, request_timeout);
     session.connect(policy, deadline).await?;
-    let counts = if dry_run {
+    if dry_run {
         let protected: Vec<KeyRange> = plan.protected.iter().map(|p| KeyRange::prefix(p.as_bytes())).collect();
         let all: Vec<KeyRange> = plan.ranges.iter().chain(&protected).cloned().collect();
         let mut counts = session.count(&all, policy, deadline).await?;
@@ -241,19 +253,20 @@ async fn clean_etcd(
         for (prefix, keys) in plan.protected.iter().zip(protected_counts) {
             info!(prefix = %prefix, keys, reason = "listed in CLEANSLATE_ETCD_PROTECTED_PREFIXES", "protected keys kept");
         }
-        counts
-    } else {
-        let deleted = session.delete(&plan.ranges, policy, deadline).await?;
-        let duration_ms = started.elapsed().as_millis() as u64;
-        for (range, keys) in plan.ranges.iter().zip(&deleted) {
-            info!(range = %range, keys_deleted = keys, duration_ms, "deleted key range");
-        }
-        for prefix in &plan.protected {
-            info!(prefix = %prefix, reason = "listed in CLEANSLATE_ETCD_PROTECTED_PREFIXES", "protected keys kept");
-        }
-        deleted
-    };
-    Ok(EtcdReport { plan, counts })
+        return Ok(EtcdReport { plan, counts, failure: None });
+    }
+    let deletion = session.delete(&plan.ranges, policy, deadline).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    for (range, keys) in plan.ranges.iter().zip(&deletion.committed) {
+        info!(range = %range, keys_deleted = keys, duration_ms, "deleted key range");
+    }
+    for range in plan.ranges.iter().skip(deletion.committed.len()) {
+        warn!(range = %range, "key range not deleted");
+    }
+    for prefix in &plan.protected {
+        info!(prefix = %prefix, reason = "listed in CLEANSLATE_ETCD_PROTECTED_PREFIXES", "protected keys kept");
+    }
+    Ok(EtcdReport { plan, counts: deletion.committed, failure: deletion.failure })
 }
 
 fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdReport>>, dry_run: bool) -> Summary {
@@ -262,6 +275,8 @@ fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdRepor
         None => {}
         Some(Err(err)) => summary.fail(exit_for(&err), format!("rabbitmq: {err:#}")),
         Some(Ok(report)) => {
+            summary.dead_letter_candidates =
+                report.selection.dead_letter_candidates.iter().map(|c| c.queue.clone()).collect();
             let mut not_purged = Vec::new();
             for (queue, outcome) in report.selection.queues.iter().zip(&report.outcomes) {
                 match outcome {
@@ -297,7 +312,17 @@ fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdRepor
         None => {}
         Some(Err(err)) => summary.fail(exit_for(&err), format!("etcd: {err:#}")),
         Some(Ok(report)) if !dry_run => {
+            // Committed transactions stay committed: their keys are reported even on failure.
             summary.keys_deleted = report.counts.iter().take(report.plan.ranges.len()).sum();
+            if let Some(err) = report.failure {
+                let line = format!(
+                    "etcd: deleted {} of {} key ranges ({} keys) before: {err:#}",
+                    report.counts.len(),
+                    report.plan.ranges.len(),
+                    summary.keys_deleted
+                );
+                summary.fail(exit_for(&err), line);
+            }
         }
         Some(Ok(_)) => {}
     }
@@ -316,16 +341,16 @@ async fn write_marker(kube: &KubeClient, settings: &MarkerConfig, record: &Marke
         async move {
             kube.upsert(&settings.namespace, &settings.name, |current| {
                 let existing = current.as_ref().and_then(|cm| Marker::from_data(&cm.data));
-                if !marker::may_replace(existing.as_ref(), record.revision) {
+                let Some(merged) = marker::merge(existing.as_ref(), record, settings.job_attempts) else {
                     newer.set(existing.map(|m| m.revision));
                     return None;
-                }
+                };
                 let mut object = current.unwrap_or_else(|| ConfigMap::new(&settings.name, &settings.namespace));
                 object.metadata.labels.insert(marker::MANAGED_BY.0.into(), marker::MANAGED_BY.1.into());
                 if let Some(release) = &settings.release {
                     object.metadata.labels.insert(marker::INSTANCE_LABEL.into(), release.clone());
                 }
-                object.data = record.to_data();
+                object.data = merged.to_data();
                 Some(object)
             })
             .await

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{MissingQueue, RabbitConfig, RetryPolicy};
+use crate::dead_letters::{BindingInfo, ExchangeInfo, Topology};
 use crate::exit::{Classified, Kind, classified};
 use crate::retry::{self, Attempt};
 
@@ -40,6 +41,11 @@ const PAGE_SIZE: usize = 500;
 
 /// Connecting to a broker on the cluster network takes milliseconds; five seconds means it is not there.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a name is `.` or `..`, which URL normalisation removes from a path whatever its encoding.
+pub fn is_dot_segment(name: &str) -> bool {
+    matches!(name, "." | "..")
+}
 
 /// Percent-encodes one path segment.
 pub fn encode_segment(segment: &str) -> String {
@@ -84,20 +90,6 @@ struct Page {
     page_count: usize,
 }
 
-#[derive(Deserialize)]
-struct Binding {
-    destination: String,
-    destination_type: String,
-    #[serde(default)]
-    routing_key: String,
-}
-
-#[derive(Deserialize)]
-struct Exchange {
-    #[serde(rename = "type")]
-    exchange_type: String,
-}
-
 /// Why a queue was selected; shown in plans and logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -128,6 +120,17 @@ pub struct Selected {
 pub struct Selection {
     pub queues: Vec<Selected>,
     pub missing: Vec<String>,
+    /// Queues behind a dead-letter exchange that no provable route reaches: named, never purged.
+    pub dead_letter_candidates: Vec<Candidate>,
+}
+
+/// A queue that dead letters might reach but that is not purged, because the route is not proven.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub queue: String,
+    /// The selected queue whose dead letters might go there.
+    pub dead_letters_of: String,
+    pub why: String,
 }
 
 /// What happened to one queue.
@@ -175,6 +178,7 @@ impl Management {
     }
 
     fn url(&self, segments: &[&str], query: &str) -> Url {
+        assert!(!segments.iter().any(|s| is_dot_segment(s)), "dot segments are refused before a URL is built");
         let path: Vec<String> = segments.iter().map(|s| encode_segment(s)).collect();
         let mut url = self.base.join(&format!("api/{}", path.join("/"))).expect("encoded path joins a valid base");
         if !query.is_empty() {
@@ -257,35 +261,21 @@ impl Management {
         }
     }
 
-    /// Queues bound to `exchange` that dead letters routed with `routing_key` reach.
-    async fn dead_letter_queues(
-        &self,
-        exchange: &str,
-        routing_key: Option<&str>,
-        policy: &RetryPolicy,
-        deadline: Instant,
-    ) -> Result<Option<Vec<String>>> {
+    /// The exchanges and bindings of the vhost: what dead-letter routing is decided on.
+    async fn topology(&self, policy: &RetryPolicy, deadline: Instant) -> Result<Topology> {
         let vhost = &self.vhost;
-        let what = format!("reading dead-letter exchange {exchange:?}");
-        let info_url = self.url(&["exchanges", vhost, exchange], "");
-        let info: Option<Exchange> =
-            retry::run(policy, deadline, &what, || self.get_json(info_url.clone(), &what)).await?;
-        let Some(info) = info else { return Ok(None) };
-        let url = self.url(&["exchanges", vhost, exchange, "bindings", "source"], "");
-        let bindings: Vec<Binding> =
-            retry::run(policy, deadline, &what, || self.get_json(url.clone(), &what)).await?.unwrap_or_default();
-        // A direct exchange routes only the dead-letter routing key; fanout, topic and headers
-        // exchanges are treated as reaching every bound queue, which over-selects rather than
-        // leaving dead letters behind.
-        let exact = info.exchange_type == "direct";
-        Ok(Some(
-            bindings
-                .into_iter()
-                .filter(|b| b.destination_type == "queue")
-                .filter(|b| !exact || routing_key.is_none_or(|rk| b.routing_key == rk))
-                .map(|b| b.destination)
-                .collect(),
-        ))
+        let what = format!("listing exchanges and bindings of vhost {vhost:?}");
+        let exchanges_url = self.url(&["exchanges", vhost], "columns=name,type");
+        let bindings_url = self.url(&["bindings", vhost], "");
+        let exchanges: Vec<ExchangeInfo> =
+            retry::run(policy, deadline, &what, || self.get_json(exchanges_url.clone(), &what))
+                .await?
+                .unwrap_or_default();
+        let bindings: Vec<BindingInfo> =
+            retry::run(policy, deadline, &what, || self.get_json(bindings_url.clone(), &what))
+                .await?
+                .unwrap_or_default();
+        Ok(Topology::new(exchanges, bindings))
     }
 
     /// Named queues ∪ whole-name pattern matches ∪ (optionally) their dead-letter queues.
@@ -310,33 +300,17 @@ impl Management {
                 }
             }
         }
-        if config.dead_letters {
-            // Transitive: a dead-letter queue's own dead letters are stale too.
-            let mut next = 0;
-            while next < selection.queues.len() {
-                let source = selection.queues[next].info.clone();
-                next += 1;
-                let Some((exchange, routing_key)) = source.dead_letter_target() else { continue };
-                let targets = if exchange.is_empty() {
-                    // The default exchange routes by queue name: the routing key, else the original
-                    // key, which for a message published to the default exchange is the queue's name.
-                    Some(vec![routing_key.unwrap_or_else(|| source.name.clone())])
-                } else {
-                    self.dead_letter_queues(&exchange, routing_key.as_deref(), policy, deadline).await?
-                };
-                let Some(targets) = targets else {
-                    warn!(queue = %source.name, exchange = %exchange, "dead-letter exchange does not exist");
-                    continue;
-                };
-                for target in targets {
-                    if let Some(info) = all.get(&target)
-                        && chosen.insert(target.clone())
-                    {
-                        selection
-                            .queues
-                            .push(Selected { info: info.clone(), reason: Reason::DeadLetterOf(source.name.clone()) });
-                    }
-                }
+        if config.dead_letters && selection.queues.iter().any(|q| q.info.dead_letter_target().is_some()) {
+            let topology = self.topology(policy, deadline).await?;
+            add_dead_letter_queues(&mut selection, &all, &topology, &mut chosen);
+            for candidate in &selection.dead_letter_candidates {
+                warn!(
+                    vhost = %self.vhost,
+                    queue = %candidate.queue,
+                    dead_letters_of = %candidate.dead_letters_of,
+                    why = %candidate.why,
+                    "dead letters might reach this queue but the route is not proven; not purged"
+                );
             }
         }
         for name in &selection.missing {
@@ -353,6 +327,16 @@ impl Management {
     /// Purges one queue, retrying transient failures.
     pub async fn purge_one(&self, queue: &Selected, policy: &RetryPolicy, deadline: Instant) -> QueueOutcome {
         let name = &queue.info.name;
+        if is_dot_segment(name) {
+            // `api/queues/v/./contents` collapses to `api/queues/v/contents`: a DELETE there would
+            // delete the queue named "contents". Percent-encoding does not help (`%2E` is a dot
+            // segment too: WHATWG URL, "single-dot path segment").
+            let message = format!(
+                "a queue named {name:?} cannot be addressed through the management HTTP API (URL dot segment); purge it with rabbitmqctl purge_queue"
+            );
+            warn!(vhost = %self.vhost, queue = %name, "queue not purged: name is a URL dot segment");
+            return QueueOutcome::Failed(message);
+        }
         let what = format!("purging queue {:?} in vhost {:?}", name, self.vhost);
         let url = self.url(&["queues", &self.vhost, name, "contents"], "");
         let started = std::time::Instant::now();
@@ -401,15 +385,61 @@ impl Management {
     }
 }
 
+/// Adds the queues the dead letters of selected queues certainly reach, transitively (a dead-letter
+/// queue's own dead letters are stale too), and records the unproven ones as candidates.
+fn add_dead_letter_queues(
+    selection: &mut Selection,
+    all: &BTreeMap<String, QueueInfo>,
+    topology: &Topology,
+    chosen: &mut BTreeSet<String>,
+) {
+    let mut next = 0;
+    let mut candidates = BTreeMap::new();
+    while next < selection.queues.len() {
+        let source = selection.queues[next].info.clone();
+        next += 1;
+        let Some((exchange, routing_key)) = source.dead_letter_target() else { continue };
+        if !topology.has_exchange(&exchange) {
+            warn!(queue = %source.name, exchange = %exchange, "dead-letter exchange does not exist");
+            continue;
+        }
+        let route = topology.route_dead_letters(&source.name, &exchange, routing_key.as_deref());
+        for target in &route.reached {
+            if let Some(info) = all.get(target)
+                && chosen.insert(target.clone())
+            {
+                selection
+                    .queues
+                    .push(Selected { info: info.clone(), reason: Reason::DeadLetterOf(source.name.clone()) });
+            }
+        }
+        for queue in route.candidates.into_iter().filter(|q| all.contains_key(q)) {
+            candidates.entry(queue.clone()).or_insert_with(|| Candidate {
+                queue,
+                dead_letters_of: source.name.clone(),
+                why: route.unproven_because.clone().unwrap_or_default(),
+            });
+        }
+    }
+    selection.dead_letter_candidates = candidates.into_values().filter(|c| !chosen.contains(&c.queue)).collect();
+}
+
 /// Connection problems are transient and mean "unreachable" if they last; anything else about the
 /// transport (a body cut short) is transient too.
 fn transport_error(err: reqwest::Error, what: &str) -> Attempt {
     let err = err.without_url();
-    if err.is_connect() || err.is_timeout() {
+    if err.is_connect() {
         Attempt::Transient(
             anyhow::Error::new(err)
                 .context(Classified::new(Kind::Unreachable, format!("{what}: RabbitMQ management API not reachable"))),
         )
+    } else if err.is_timeout() {
+        // Connected, but no answer in time: the broker is there and slow (a huge purge, an
+        // overloaded node), which is unfinished work (75), not an unreachable dependency (69).
+        Attempt::Transient(anyhow::Error::new(err).context(Classified::new(
+            Kind::Deadline,
+            format!("{what}: RabbitMQ did not answer within the request timeout"),
+        )))
     } else {
         Attempt::Transient(anyhow::Error::new(err).context(what.to_string()))
     }

@@ -112,14 +112,55 @@ async fn bad_input_matrix_touches_nothing() {
         ("CLEANSLATE_RABBITMQ_PASSWORD", without(survivors.vars(), &["CLEANSLATE_RABBITMQ_PASSWORD"])),
         ("CLEANSLATE_ETCD_PREFIXES", without(survivors.vars(), &["CLEANSLATE_ETCD_PREFIXES"])),
         ("CLEANSLATE_ETCD_PREFIXS", with(survivors.vars(), &[("CLEANSLATE_ETCD_PREFIXS", "typo/")])),
+        // `api/queues/.` would be normalised to `api/queues`: the queues of every vhost.
+        ("CLEANSLATE_RABBITMQ_VHOST", with(survivors.vars(), &[("CLEANSLATE_RABBITMQ_VHOST", ".")])),
+        ("CLEANSLATE_RABBITMQ_VHOST", with(survivors.vars(), &[("CLEANSLATE_RABBITMQ_VHOST", "..")])),
     ];
     for (name, settings) in cases {
         let run = cleanslate(&["purge"], &settings).await;
         assert_eq!(run.code, 78, "{name}: configuration error: {}", run.all_output());
         assert!(run.first_stderr_line().contains(name), "{name}: named on the first line: {}", run.stderr);
+        // Logging starts before configuration is judged, so the error is in the JSON log too.
+        let logged = run.stdout.lines().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .is_ok_and(|event| event["level"] == "ERROR" && event.to_string().contains(name))
+        });
+        assert!(logged, "{name}: the error is a JSON log event: {}", run.stdout);
         run.assert_no_secret(&[&password]);
         survivors.assert_intact(name).await;
     }
+    survivors.cleanup().await;
+}
+
+/// A `CLEANSLATE_*` value that is not UTF-8 is a configuration error naming it, not a panic; a
+/// non-UTF-8 value of some other variable is ignored.
+#[tokio::test]
+async fn non_utf8_values_are_errors_not_panics() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut survivors = Survivors::seed().await;
+    let invalid = std::ffi::OsStr::from_bytes(b"dev\xff\xfe");
+    let settings = survivors.vars();
+    let run = |name: &'static str| {
+        let settings = settings.clone();
+        async move {
+            let output = tokio::process::Command::new(binary())
+                .arg("purge")
+                .env_clear()
+                .envs(support::pod_env("cleanslate-test-pod"))
+                .envs(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .env(name, invalid)
+                .output()
+                .await
+                .expect("runs");
+            (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    };
+    let (code, stderr) = run("CLEANSLATE_ENVIRONMENT").await;
+    assert_eq!(code, Some(78), "configuration error, not a panic: {stderr}");
+    assert!(stderr.contains("CLEANSLATE_ENVIRONMENT is not valid UTF-8"), "names it: {stderr}");
+    survivors.assert_intact("non-UTF-8 value").await;
+    let (code, stderr) = run("SOME_OTHER_TOOL_SETTING").await;
+    assert_eq!(code, Some(0), "another variable's bytes are none of ours: {stderr}");
     survivors.cleanup().await;
 }
 
@@ -140,7 +181,7 @@ async fn url_with_credentials_is_refused_without_echo() {
 #[tokio::test]
 async fn production_needs_explicit_permission() {
     let mut survivors = Survivors::seed().await;
-    for environment in ["production", "PROD", "Production"] {
+    for environment in ["production", "PROD", "Production", "prd", "production-eu", "eu-prod"] {
         let run = cleanslate(&["purge"], &with(survivors.vars(), &[("CLEANSLATE_ENVIRONMENT", environment)])).await;
         assert_eq!(run.code, 77, "{environment} refused: {}", run.all_output());
         assert!(
@@ -244,6 +285,7 @@ async fn sigterm_exits_143() {
     let mut child = tokio::process::Command::new(binary())
         .arg("purge")
         .env_clear()
+        .envs(support::pod_env("cleanslate-test-pod"))
         .envs(with(
             service_vars(),
             &[

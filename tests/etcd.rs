@@ -232,3 +232,51 @@ async fn several_endpoints_with_one_dead() {
     assert_eq!(run.code, 0, "purge succeeds with one endpoint dead: {}", run.all_output());
     assert_eq!(count_keys(&mut etcd, &format!("{ns}/a/")).await, 0, "deleted through the live endpoint");
 }
+
+/// More than 128 ranges take two transactions; when the second is refused (the user may write only
+/// the first 128 ranges), the keys the first one deleted are reported, not lost from the count.
+#[tokio::test]
+async fn committed_transactions_are_counted_when_a_later_one_fails() {
+    let server = EtcdServer::start(false, &[]).await;
+    let root = "root:Etcd-Root-Pw-9c2";
+    let user_password = "Etcd-User-Pw-4d7";
+    let cleaner = format!("cleaner:{user_password}");
+    let setup: Vec<Vec<&str>> = vec![
+        vec!["user", "add", root],
+        vec!["user", "add", &cleaner],
+        vec!["role", "add", "cleaner"],
+        // Ranges 0..=127 of the plan below end at "t/k127/keep/": exactly the first transaction.
+        vec!["role", "grant-permission", "cleaner", "readwrite", "t/", "t/k127/keep/"],
+        vec!["user", "grant-role", "cleaner", "cleaner"],
+        vec!["auth", "enable"],
+    ];
+    for args in &setup {
+        let out = server.etcdctl(args);
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let options = etcd_client::ConnectOptions::new().with_user("root", "Etcd-Root-Pw-9c2");
+    let mut admin = etcd_client::Client::connect([&server.endpoint], Some(options)).await.expect("admin connects");
+    for i in 0..130 {
+        admin.put(format!("t/k{i:03}/a"), "v", None).await.expect("seed");
+    }
+    // 130 protected prefixes cut "t/" into 131 ranges: one transaction of 128, one of 3.
+    let protected: Vec<String> = (0..130).map(|i| format!("t/k{i:03}/keep/")).collect();
+    let run = cleanslate(
+        &["purge"],
+        &purge_vars(
+            "t/",
+            &[
+                ("CLEANSLATE_ETCD_ENDPOINTS", &server.endpoint),
+                ("CLEANSLATE_ETCD_PROTECTED_PREFIXES", &protected.join(",")),
+                ("CLEANSLATE_ETCD_USERNAME", "cleaner"),
+                ("CLEANSLATE_ETCD_PASSWORD", user_password),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(run.code, 1, "the second transaction is refused: {}", run.all_output());
+    assert_eq!(count_keys(&mut admin, "t/").await, 2, "the first transaction's 128 keys are gone");
+    assert!(run.stdout.contains(r#""keys_deleted":128"#), "the summary counts what was committed: {}", run.stdout);
+    assert!(run.stderr.contains("deleted 128 of 131 key ranges"), "the error says how far it got: {}", run.stderr);
+    run.assert_no_secret(&[user_password, "Etcd-Root-Pw-9c2"]);
+}

@@ -66,7 +66,8 @@ impl Cluster {
 
     /// Waits until the gate has opened a watch, so a write afterwards exercises the stream.
     async fn wait_for_watches(&self, count: usize) {
-        for _ in 0..200 {
+        // Re-watching after an early end waits a jittered 0.8–1.6 s (the gate's backoff).
+        for _ in 0..1000 {
             if self.api.requests().iter().filter(|r| r.query.contains("watch=true")).count() >= count {
                 return;
             }
@@ -80,6 +81,7 @@ fn spawn_gate(settings: &[(String, String)]) -> tokio::process::Child {
     tokio::process::Command::new(binary())
         .arg("gate")
         .env_clear()
+        .envs(support::pod_env("cleanslate-test-pod"))
         .envs(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -284,11 +286,15 @@ async fn purge_writes_the_marker_after_success() {
     assert_eq!(
         keys,
         [
+            "attempt",
             "dryRun",
             "durationMs",
+            "final",
             "finishedAt",
             "job",
             "keysDeleted",
+            "lastSucceededAt",
+            "lastSucceededRevision",
             "message",
             "messagesPurged",
             "queuesPurged",
@@ -298,6 +304,8 @@ async fn purge_writes_the_marker_after_success() {
         ],
         "documented keys"
     );
+    assert_eq!(data["lastSucceededRevision"], json!("4"), "the success is recorded apart");
+    assert_eq!(data["attempt"], json!("1"), "first attempt at revision 4");
     assert_eq!(data["revision"], json!("4"), "revision");
     assert_eq!(data["status"], json!("succeeded"), "status");
     assert_eq!(data["keysDeleted"], json!("3"), "count from etcd");
@@ -390,11 +398,94 @@ async fn marker_revision_never_goes_backwards() {
     assert!(run.stdout.contains("left unchanged"), "says it left the newer marker: {}", run.stdout);
     assert_eq!(cluster.marker_data()["revision"], json!("7"), "revision not lowered");
 
-    for _ in 0..3 {
+    // Each round races two revisions above the last round's, so every round must move the marker
+    // to its own higher revision (a round cannot pass on what an earlier one wrote).
+    for round in 0..3u64 {
+        let (high, low) = (11 + 2 * round, 10 + 2 * round);
         let (newer, older) =
-            (purge_vars(&cluster, JOB_TOKEN, 11, &prefix), purge_vars(&cluster, JOB_TOKEN, 10, &prefix));
+            (purge_vars(&cluster, JOB_TOKEN, high, &prefix), purge_vars(&cluster, JOB_TOKEN, low, &prefix));
         let (a, b) = tokio::join!(cleanslate(&["purge"], &newer), cleanslate(&["purge"], &older));
         assert_eq!((a.code, b.code), (0, 0), "both end well: {} {}", a.all_output(), b.all_output());
-        assert_eq!(cluster.marker_data()["revision"], json!("11"), "the higher revision wins");
+        assert_eq!(cluster.marker_data()["revision"], json!(high.to_string()), "the higher revision wins");
+    }
+}
+
+/// Variables of a purge at `revision` that fails (wrong RabbitMQ password), as attempt of a Job that
+/// runs at most `job_attempts` times.
+fn failing_purge_vars(cluster: &Cluster, revision: u64, job_attempts: u32) -> Vec<(String, String)> {
+    let mut all = with(
+        service_vars(),
+        &[
+            ("CLEANSLATE_TARGETS", "rabbitmq"),
+            ("CLEANSLATE_RABBITMQ_QUEUES", "q"),
+            ("CLEANSLATE_RABBITMQ_PASSWORD", "Wrong-Rmq-Pw-55"),
+            ("CLEANSLATE_JOB_ATTEMPTS", &job_attempts.to_string()),
+        ],
+    );
+    all.extend(cluster.vars(JOB_TOKEN, revision));
+    all
+}
+
+/// A success survives later failures: after a failing `helm test` at revision 3 and a failed
+/// upgrade to 4, pods of 3 (the running version) still pass their gates, pods of 4 fail at once.
+#[tokio::test]
+async fn last_success_survives_later_failures() {
+    let cluster = Cluster::start().await;
+    cluster.api.put(NAMESPACE, MARKER, BTreeMap::new());
+    let prefix = format!("{}/ok/", unique("/mk"));
+    let run = cleanslate(&["purge"], &purge_vars(&cluster, JOB_TOKEN, 3, &prefix)).await;
+    assert_eq!(run.code, 0, "revision 3 cleaned: {}", run.all_output());
+    let run = cleanslate(&["purge"], &failing_purge_vars(&cluster, 3, 1)).await;
+    assert_eq!(run.code, 1, "the helm test run fails: {}", run.all_output());
+    assert_eq!(cluster.marker_data()["status"], json!("failed"), "latest attempt recorded as failed");
+    let gate = cleanslate(&["gate"], &cluster.gate_vars(3, "5s")).await;
+    assert_eq!(gate.code, 0, "a restarted pod of 3 passes after a failed helm test: {}", gate.all_output());
+
+    let run = cleanslate(&["purge"], &failing_purge_vars(&cluster, 4, 1)).await;
+    assert_eq!(run.code, 1, "the upgrade's purge fails: {}", run.all_output());
+    assert_eq!(cluster.marker_data()["lastSucceededRevision"], json!("3"), "last success kept");
+    let gate = cleanslate(&["gate"], &cluster.gate_vars(3, "5s")).await;
+    assert_eq!(gate.code, 0, "the running version's pods still start: {}", gate.all_output());
+    let gate = cleanslate(&["gate"], &cluster.gate_vars(4, "30s")).await;
+    assert_eq!(gate.code, 1, "pods of the failed revision fail: {}", gate.all_output());
+    assert!(gate.first_stderr_line().contains("rejected the login"), "with the Job's message: {}", gate.stderr);
+}
+
+/// A failed attempt that the Job will retry keeps gates waiting; the last attempt's failure fails
+/// them at once, with its message.
+#[tokio::test]
+async fn only_the_last_attempt_fails_gates() {
+    let cluster = Cluster::start().await;
+    cluster.api.put(NAMESPACE, MARKER, BTreeMap::new());
+    let gate = spawn_gate(&cluster.gate_vars(2, "60s"));
+    cluster.wait_for_watches(1).await;
+    let run = cleanslate(&["purge"], &failing_purge_vars(&cluster, 2, 2)).await;
+    assert_eq!(run.code, 1, "first attempt fails: {}", run.all_output());
+    assert_eq!(cluster.marker_data()["final"], json!("false"), "a retry will come");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut gate = gate;
+    assert!(gate.try_wait().expect("gate state").is_none(), "the gate still waits for the retry");
+    let run = cleanslate(&["purge"], &failing_purge_vars(&cluster, 2, 2)).await;
+    assert_eq!(run.code, 1, "second and last attempt fails: {}", run.all_output());
+    assert_eq!(cluster.marker_data()["final"], json!("true"), "no retry left");
+    let started = Instant::now();
+    let run = finish(gate).await;
+    assert_eq!(run.code, 1, "the final failure fails the gate: {}", run.all_output());
+    assert!(started.elapsed() < Duration::from_secs(10), "at once, not after the gate's timeout");
+}
+
+/// Watches that end at once or answer only 410 are retried with a growing pause, not in a tight
+/// loop: a few requests in several seconds, where no pause would make hundreds.
+#[tokio::test]
+async fn gate_backs_off_when_watches_keep_ending() {
+    for (name, misbehave) in [("cut", KubeApi::cut_every_watch as fn(&KubeApi)), ("410", KubeApi::gone_every_watch)] {
+        let cluster = Cluster::start().await;
+        cluster.write_marker(1, "succeeded", "");
+        misbehave(&cluster.api);
+        let run = cleanslate(&["gate"], &cluster.gate_vars(2, "6s")).await;
+        assert_eq!(run.code, 75, "{name}: times out waiting for revision 2: {}", run.all_output());
+        let requests = cluster.api.requests().len();
+        // 0.8 s doubling with up to 100% jitter: at most 4 pauses fit in 6 s, i.e. at most 10 requests.
+        assert!((4..=10).contains(&requests), "{name}: {requests} requests in 6 s, expected a backoff");
     }
 }

@@ -371,3 +371,55 @@ connection.close()
     assert_eq!(rabbit.count(&vhost, "busy").await, 2, "the two unacknowledged messages came back");
     rabbit.delete_vhost(&vhost).await;
 }
+
+/// A shared topic dead-letter exchange purges only the dead-letter queues our dead letters reach
+/// (by the dead-letter routing key); behind a direct DLX without a key, a queue fed through a
+/// fanout exchange proves only its own name, so another team's queue there is named, not purged.
+#[tokio::test]
+async fn shared_dead_letter_exchanges_purge_only_what_is_reached() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "shared-dlx").await;
+    rabbit.declare_exchange(&vhost, "shared-dlx", "topic").await;
+    rabbit.declare_exchange(&vhost, "team-dlx", "direct").await;
+    rabbit.declare_exchange(&vhost, "events", "fanout").await;
+    for queue in ["orders-dlq", "billing-dlq", "audit-dlq", "other-team-dlq"] {
+        rabbit.declare(&vhost, queue, json!({})).await;
+    }
+    rabbit.bind(&vhost, "shared-dlx", "orders-dlq", "orders.#").await;
+    rabbit.bind(&vhost, "shared-dlx", "billing-dlq", "billing.#").await;
+    rabbit.bind(&vhost, "team-dlx", "audit-dlq", "audit").await;
+    rabbit.bind(&vhost, "team-dlx", "other-team-dlq", "other").await;
+    rabbit
+        .declare(
+            &vhost,
+            "orders",
+            json!({"x-dead-letter-exchange": "shared-dlx", "x-dead-letter-routing-key": "orders.dead"}),
+        )
+        .await;
+    rabbit.declare(&vhost, "audit", json!({"x-dead-letter-exchange": "team-dlx"})).await;
+    rabbit.bind(&vhost, "events", "audit", "").await;
+    for queue in ["orders", "audit", "orders-dlq", "billing-dlq", "audit-dlq", "other-team-dlq"] {
+        rabbit.publish(&vhost, queue, 2).await;
+    }
+
+    let plan = cleanslate(&["plan"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders,audit")])).await;
+    assert_eq!(plan.code, 0, "plan succeeds: {}", plan.all_output());
+    assert!(
+        plan.stdout.contains("other-team-dlq") && plan.stdout.contains("not proven"),
+        "the plan names the unproven candidate: {}",
+        plan.stdout
+    );
+    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders,audit")])).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    for queue in ["orders", "audit", "orders-dlq", "audit-dlq"] {
+        assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue} purged");
+    }
+    assert_eq!(rabbit.count(&vhost, "billing-dlq").await, 2, "another team's queue on the shared DLX survives");
+    assert_eq!(rabbit.count(&vhost, "other-team-dlq").await, 2, "an unproven route purges nothing");
+    assert!(
+        run.stdout.contains(r#""dead_letter_candidates_not_purged":"other-team-dlq""#),
+        "the summary names the candidate: {}",
+        run.stdout
+    );
+    rabbit.delete_vhost(&vhost).await;
+}

@@ -181,13 +181,22 @@ impl FakeCluster {
         let service_account = pod_spec["serviceAccountName"].as_str().unwrap_or("default");
         let token_file = self.credentials.token_file(&Self::token_of(service_account));
         let port = self.api.url.rsplit(':').next().unwrap().to_string();
-        let mut env = vec![
-            ("HOSTNAME".to_string(), pod_name.to_string()),
+        let mut env: Vec<(String, String)> = super::pod_env(pod_name)
+            .into_iter()
+            .filter(|(k, _)| {
+                // Service links are off where the pod spec says so; the API address is the stand-in's.
+                let links_off = pod_spec["enableServiceLinks"] == Value::Bool(false);
+                let runtime = matches!(k.as_str(), "HOSTNAME" | "HOME" | "PATH");
+                !k.starts_with("KUBERNETES_") && (runtime || !links_off)
+            })
+            .collect();
+        env.extend([
             ("KUBERNETES_SERVICE_HOST".to_string(), "127.0.0.1".to_string()),
-            ("KUBERNETES_SERVICE_PORT".to_string(), port),
+            ("KUBERNETES_SERVICE_PORT".to_string(), port.clone()),
+            ("KUBERNETES_PORT".to_string(), format!("tcp://127.0.0.1:{port}")),
             ("CLEANSLATE_KUBE_TOKEN_FILE".to_string(), token_file),
             ("CLEANSLATE_KUBE_CA_FILE".to_string(), self.credentials.ca_file()),
-        ];
+        ]);
         for var in container["env"].as_array().cloned().unwrap_or_default() {
             let key = var["name"].as_str().expect("env name").to_string();
             let value = if let Some(value) = var.get("value") {

@@ -64,6 +64,8 @@ struct Store {
     fail_next: Vec<u16>,
     conflicts: usize,
     gone_next_watch: bool,
+    gone_every_watch: bool,
+    cut_every_watch: bool,
     requests: Vec<Seen>,
 }
 
@@ -152,6 +154,17 @@ impl KubeApi {
     /// The next watch answers with an ERROR event carrying 410 Gone.
     pub fn gone_next_watch(&self) {
         self.store().gone_next_watch = true;
+    }
+
+    /// Every watch answers with an ERROR event carrying 410 Gone (a watch cache that keeps expiring).
+    pub fn gone_every_watch(&self) {
+        self.store().gone_every_watch = true;
+    }
+
+    /// Every watch stream ends right after its initial events, as a proxy with a tiny idle timeout
+    /// in front of the API server does.
+    pub fn cut_every_watch(&self) {
+        self.store().cut_every_watch = true;
     }
 
     /// Forgets history: watches from any earlier resourceVersion get 410 Gone, as after etcd compaction.
@@ -488,7 +501,9 @@ async fn collection(
     let line =
         |event_type: &str, object: &Value| Bytes::from(format!("{}\n", json!({"type": event_type, "object": object})));
     let mut initial: Vec<Bytes> = Vec::new();
-    let gone = std::mem::take(&mut store.gone_next_watch) || from.is_some_and(|rv| rv < store.compacted_at);
+    let gone = std::mem::take(&mut store.gone_next_watch)
+        || store.gone_every_watch
+        || from.is_some_and(|rv| rv < store.compacted_at);
     if gone {
         let gone_status = status(410, "Expired", "too old resource version".into());
         initial.push(line("ERROR", &gone_status));
@@ -512,6 +527,10 @@ async fn collection(
     }
     if let Some(rv) = from {
         last = last.max(rv);
+    }
+    if store.cut_every_watch {
+        let stream = futures_util::stream::iter(initial.into_iter().map(Ok::<_, Infallible>));
+        return Body::from_stream(stream).into_response();
     }
     let mut receiver = shared.events.subscribe();
     drop(store);

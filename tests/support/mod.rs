@@ -286,13 +286,61 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_cleanslate")
 }
 
-/// Runs the built binary with exactly `vars` as its environment (plus PATH), failing the test
-/// instead of hanging if it runs longer than a minute.
+/// The variables the kubelet injects for a Service named `service` (with `enableServiceLinks`, the
+/// default): `{NAME}_SERVICE_HOST`, `{NAME}_SERVICE_PORT`, `{NAME}_SERVICE_PORT_HTTP`, `{NAME}_PORT`
+/// and the `{NAME}_PORT_80_TCP*` family, as `pkg/kubelet/envvars/envvars.go` builds them.
+pub fn service_link_vars(service: &str, ip: &str) -> Vec<(String, String)> {
+    let name = service.to_uppercase().replace('-', "_");
+    let url = format!("tcp://{ip}:80");
+    vars(&[
+        (&format!("{name}_SERVICE_HOST"), ip),
+        (&format!("{name}_SERVICE_PORT"), "80"),
+        (&format!("{name}_SERVICE_PORT_HTTP"), "80"),
+        (&format!("{name}_PORT"), &url),
+        (&format!("{name}_PORT_80_TCP"), &url),
+        (&format!("{name}_PORT_80_TCP_PROTO"), "tcp"),
+        (&format!("{name}_PORT_80_TCP_PORT"), "80"),
+        (&format!("{name}_PORT_80_TCP_ADDR"), ip),
+    ])
+}
+
+/// What every container in a real pod has besides its own `env`: `HOSTNAME`, `HOME` and `PATH`
+/// from the runtime, the `KUBERNETES_*` variables, and service links for the Services of the
+/// namespace, among them ones named like this product (a release called `cleanslate` has them).
+/// The in-cluster API address points at a closed loopback port: tests that talk to the API stand-in
+/// name it with `CLEANSLATE_KUBE_API`.
+pub fn pod_env(hostname: &str) -> Vec<(String, String)> {
+    let mut env = vars(&[
+        ("HOSTNAME", hostname),
+        ("HOME", "/"),
+        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "9"),
+        ("KUBERNETES_SERVICE_PORT_HTTPS", "9"),
+        ("KUBERNETES_PORT", "tcp://127.0.0.1:9"),
+        ("KUBERNETES_PORT_443_TCP", "tcp://127.0.0.1:9"),
+        ("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
+        ("KUBERNETES_PORT_443_TCP_PORT", "9"),
+        ("KUBERNETES_PORT_443_TCP_ADDR", "127.0.0.1"),
+    ]);
+    for (service, ip) in [
+        ("cleanslate", "10.96.0.20"),
+        ("cleanslate-web", "10.96.0.21"),
+        ("rabbitmq", "10.96.0.22"),
+        ("etcd", "10.96.0.23"),
+    ] {
+        env.extend(service_link_vars(service, ip));
+    }
+    env
+}
+
+/// Runs the built binary with `vars` on top of a real pod's environment ([`pod_env`]), failing
+/// the test instead of hanging if it runs longer than a minute.
 pub async fn cleanslate(args: &[&str], vars: &[(String, String)]) -> Run {
     let child = tokio::process::Command::new(binary())
         .args(args)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(pod_env("cleanslate-test-7d9f8-abcde"))
         .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .kill_on_drop(true)

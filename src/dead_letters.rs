@@ -1,0 +1,328 @@
+//! Which queues the dead letters of a selected queue can reach: routing rules as pure functions
+//! over what the management API lists (queues with arguments and policies, exchanges, bindings),
+//! so they are unit-tested without a broker. [`crate::rabbitmq`] fetches; this module decides.
+//!
+//! A dead letter is republished to the queue's dead-letter exchange with the dead-letter routing
+//! key when one is set, else with the message's original routing keys
+//! (<https://www.rabbitmq.com/docs/dlx#routing>). So:
+//! - with a known key, the exchange routes it as it routes any message: `direct` by equal key,
+//!   `topic` by pattern (`*` one word, `#` zero or more), `fanout` to every binding, the default
+//!   exchange to the queue of that name, exchange-to-exchange bindings followed with the same key;
+//! - without one, the original keys are the queue's name (the default exchange) and the keys of the
+//!   queue's own direct bindings; a queue also bound through `fanout`, `headers` or a wildcard topic
+//!   binding can receive messages with any key, so routes beyond those keys cannot be proven;
+//! - `headers` exchanges (and plugin exchange types) route on what the message carries, which is
+//!   not known here.
+//!
+//! What a route cannot prove is never purged: it is returned as a candidate, named in the plan and
+//! the summary, because a shared dead-letter exchange often has other teams' queues behind it.
+//! Alternate exchanges of a dead-letter exchange are not followed (messages reach them only when
+//! nothing else matched), so their queues are not selected.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+
+/// An exchange as the list endpoint describes it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ExchangeInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub exchange_type: String,
+}
+
+/// A binding as the list endpoint describes it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct BindingInfo {
+    pub source: String,
+    pub destination: String,
+    pub destination_type: String,
+    #[serde(default)]
+    pub routing_key: String,
+}
+
+/// What one vhost routes: its exchanges and bindings.
+#[derive(Clone, Debug, Default)]
+pub struct Topology {
+    /// Exchange name → type.
+    pub exchanges: BTreeMap<String, String>,
+    pub bindings: Vec<BindingInfo>,
+}
+
+/// Where one queue's dead letters go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Queues a dead letter of the source certainly can reach.
+    pub reached: BTreeSet<String>,
+    /// Queues bound behind the dead-letter exchange that no provable route reaches: not purged.
+    pub candidates: BTreeSet<String>,
+    /// Why candidates exist, for the plan and the summary.
+    pub unproven_because: Option<String>,
+}
+
+/// The routing keys a dead letter can carry.
+enum Keys {
+    /// Exactly these.
+    Known(BTreeSet<String>),
+    /// At least these, and possibly any other.
+    Open(BTreeSet<String>, String),
+}
+
+impl Topology {
+    pub fn new(exchanges: Vec<ExchangeInfo>, bindings: Vec<BindingInfo>) -> Topology {
+        Topology { exchanges: exchanges.into_iter().map(|e| (e.name, e.exchange_type)).collect(), bindings }
+    }
+
+    fn bindings_from<'a>(&'a self, exchange: &'a str) -> impl Iterator<Item = &'a BindingInfo> + 'a {
+        self.bindings.iter().filter(move |b| b.source == exchange)
+    }
+
+    /// Whether `exchange` exists (the default exchange always does).
+    pub fn has_exchange(&self, exchange: &str) -> bool {
+        exchange.is_empty() || self.exchanges.contains_key(exchange)
+    }
+
+    /// The keys a message that reached `queue` may have been published with.
+    fn original_keys(&self, queue: &str) -> Keys {
+        let mut keys = BTreeSet::from([queue.to_string()]);
+        let mut open = None;
+        for binding in self.bindings.iter().filter(|b| b.destination_type == "queue" && b.destination == queue) {
+            match self.exchanges.get(&binding.source).map(String::as_str) {
+                Some("direct") => {
+                    keys.insert(binding.routing_key.clone());
+                }
+                Some("topic") if !binding.routing_key.split('.').any(|w| w == "*" || w == "#") => {
+                    keys.insert(binding.routing_key.clone());
+                }
+                Some(kind) => {
+                    open.get_or_insert_with(|| {
+                        format!(
+                            "{queue:?} is bound through {kind} exchange {:?}, so its messages may carry any routing key, and no dead-letter routing key is set",
+                            binding.source
+                        )
+                    });
+                }
+                None => {}
+            }
+        }
+        match open {
+            None => Keys::Known(keys),
+            Some(why) => Keys::Open(keys, why),
+        }
+    }
+
+    /// Where dead letters sent to `exchange` with `routing_key` (or, when `None`, the original keys
+    /// of `source_queue`) can go.
+    pub fn route_dead_letters(&self, source_queue: &str, exchange: &str, routing_key: Option<&str>) -> Route {
+        let keys = match routing_key {
+            Some(key) => Keys::Known(BTreeSet::from([key.to_string()])),
+            None => self.original_keys(source_queue),
+        };
+        let (keys, open_because) = match keys {
+            Keys::Known(keys) => (keys, None),
+            Keys::Open(keys, why) => (keys, Some(why)),
+        };
+        let mut route = Route::default();
+        for key in &keys {
+            self.route(exchange, Some(key), &mut BTreeSet::new(), &mut route);
+        }
+        if let Some(why) = open_because {
+            // Any other key may reach whatever is bound behind the exchange.
+            let mut any = Route::default();
+            self.route(exchange, None, &mut BTreeSet::new(), &mut any);
+            let extra: BTreeSet<String> = any.reached.union(&any.candidates).cloned().collect();
+            route.candidates.extend(extra.difference(&route.reached).cloned());
+            if !route.candidates.is_empty() && route.unproven_because.is_none() {
+                route.unproven_because = Some(why);
+            }
+        }
+        route.candidates.retain(|queue| !route.reached.contains(queue));
+        route
+    }
+
+    /// Routes one key (or, with `None`, every possible key) through `exchange`, following
+    /// exchange-to-exchange bindings.
+    fn route(&self, exchange: &str, key: Option<&str>, visited: &mut BTreeSet<String>, route: &mut Route) {
+        if !visited.insert(exchange.to_string()) {
+            return;
+        }
+        if exchange.is_empty() {
+            // The default exchange: the queue named by the key, which the caller checks exists.
+            if let Some(key) = key {
+                route.reached.insert(key.to_string());
+            }
+            return;
+        }
+        let kind = self.exchanges.get(exchange).map(String::as_str).unwrap_or("");
+        for binding in self.bindings_from(exchange) {
+            let matches = match (kind, key) {
+                ("fanout", _) => Some(true),
+                ("direct", Some(key)) => Some(binding.routing_key == key),
+                ("topic", Some(key)) => Some(topic_matches(&binding.routing_key, key)),
+                (_, None) => Some(true),
+                // headers and plugin types route on what the message carries.
+                _ => None,
+            };
+            match matches {
+                Some(false) => {}
+                Some(true) if binding.destination_type == "exchange" => {
+                    self.route(&binding.destination, key, visited, route);
+                }
+                Some(true) if key.is_some() || kind == "fanout" => {
+                    route.reached.insert(binding.destination.clone());
+                }
+                Some(true) => {
+                    route.candidates.insert(binding.destination.clone());
+                }
+                None => {
+                    if binding.destination_type == "exchange" {
+                        let mut behind = Route::default();
+                        self.route(&binding.destination, None, visited, &mut behind);
+                        route.candidates.extend(behind.reached.into_iter().chain(behind.candidates));
+                    } else {
+                        route.candidates.insert(binding.destination.clone());
+                    }
+                    route.unproven_because.get_or_insert_with(|| {
+                        format!("{kind} exchange {exchange:?} routes on message contents, which are not known here")
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// AMQP topic matching: words separated by `.`; `*` matches exactly one word, `#` zero or more.
+pub fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn matches(pattern: &[&str], key: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => key.is_empty(),
+            Some((&"#", rest)) => (0..=key.len()).any(|skip| matches(rest, &key[skip..])),
+            Some((&word, rest)) => {
+                key.split_first().is_some_and(|(&first, tail)| (word == "*" || word == first) && matches(rest, tail))
+            }
+        }
+    }
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let key: Vec<&str> = if key.is_empty() { Vec::new() } else { key.split('.').collect() };
+    matches(&pattern, &key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange(name: &str, kind: &str) -> ExchangeInfo {
+        ExchangeInfo { name: name.into(), exchange_type: kind.into() }
+    }
+
+    fn bind(source: &str, destination: &str, key: &str) -> BindingInfo {
+        BindingInfo {
+            source: source.into(),
+            destination: destination.into(),
+            destination_type: "queue".into(),
+            routing_key: key.into(),
+        }
+    }
+
+    fn bind_exchange(source: &str, destination: &str, key: &str) -> BindingInfo {
+        BindingInfo { destination_type: "exchange".into(), ..bind(source, destination, key) }
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// `*` is one word, `#` any number of words, including none.
+    #[test]
+    fn topic_patterns() {
+        assert!(topic_matches("orders.*", "orders.created"), "star is one word");
+        assert!(!topic_matches("orders.*", "orders.created.eu"), "star is not two words");
+        assert!(topic_matches("orders.#", "orders"), "hash may be no word");
+        assert!(topic_matches("#", "anything.at.all"), "hash alone matches all");
+        assert!(topic_matches("#.dlq", "a.b.dlq"), "hash then word");
+        assert!(!topic_matches("billing.#", "orders.created"), "other prefix");
+        assert!(topic_matches("orders", "orders"), "plain word");
+    }
+
+    /// A shared topic dead-letter exchange with a known routing key reaches only the matching
+    /// queues; other teams' dead-letter queues behind it are left alone.
+    #[test]
+    fn shared_topic_exchange_with_a_key_reaches_only_matches() {
+        let topology = Topology::new(
+            vec![exchange("dlx", "topic")],
+            vec![bind("dlx", "orders-dlq", "orders.#"), bind("dlx", "billing-dlq", "billing.#")],
+        );
+        let route = topology.route_dead_letters("orders", "dlx", Some("orders.dead"));
+        assert_eq!(route.reached, set(&["orders-dlq"]), "only the matching queue");
+        assert!(route.candidates.is_empty(), "nothing unproven: {route:?}");
+    }
+
+    /// Without a dead-letter key, a queue fed only by the default exchange keeps its own name as
+    /// the key: a direct DLX routes that name, and other bindings are not reached.
+    #[test]
+    fn original_key_of_a_plain_queue_is_its_name() {
+        let topology = Topology::new(
+            vec![exchange("dlx", "direct")],
+            vec![bind("dlx", "orders-dlq", "orders"), bind("dlx", "billing-dlq", "billing")],
+        );
+        let route = topology.route_dead_letters("orders", "dlx", None);
+        assert_eq!(route.reached, set(&["orders-dlq"]), "routed by the queue's name");
+        assert!(route.candidates.is_empty(), "closed set of keys: {route:?}");
+    }
+
+    /// A queue bound through a fanout exchange may hold messages with any key: without a
+    /// dead-letter key, queues behind a direct or topic DLX are only candidates.
+    #[test]
+    fn open_original_keys_make_candidates() {
+        let topology = Topology::new(
+            vec![exchange("events", "fanout"), exchange("dlx", "topic")],
+            vec![bind("events", "orders", ""), bind("dlx", "orders-dlq", "orders"), bind("dlx", "team-b-dlq", "#")],
+        );
+        let route = topology.route_dead_letters("orders", "dlx", None);
+        assert_eq!(route.reached, set(&["orders-dlq", "team-b-dlq"]), "what the known key reaches");
+        let topology = Topology::new(
+            vec![exchange("events", "fanout"), exchange("dlx", "direct")],
+            vec![bind("events", "orders", ""), bind("dlx", "orders-dlq", "orders"), bind("dlx", "team-b-dlq", "b")],
+        );
+        let route = topology.route_dead_letters("orders", "dlx", None);
+        assert_eq!(route.reached, set(&["orders-dlq"]), "the queue's own name is a provable key");
+        assert_eq!(route.candidates, set(&["team-b-dlq"]), "any other key might reach this one");
+        assert!(route.unproven_because.as_deref().is_some_and(|w| w.contains("fanout")), "says why: {route:?}");
+    }
+
+    /// Headers exchanges route on message headers: nothing behind them is proven.
+    #[test]
+    fn headers_exchange_is_never_proven() {
+        let topology = Topology::new(vec![exchange("dlx", "headers")], vec![bind("dlx", "orders-dlq", "")]);
+        let route = topology.route_dead_letters("orders", "dlx", Some("orders"));
+        assert!(route.reached.is_empty(), "nothing proven");
+        assert_eq!(route.candidates, set(&["orders-dlq"]), "named as a candidate");
+    }
+
+    /// Fanout reaches every binding whatever the key; exchange-to-exchange bindings are followed
+    /// with the same key, and loops end.
+    #[test]
+    fn fanout_and_exchange_to_exchange() {
+        let topology = Topology::new(
+            vec![exchange("dlx", "fanout"), exchange("inner", "direct")],
+            vec![
+                bind("dlx", "all-dlq", ""),
+                bind_exchange("dlx", "inner", ""),
+                bind("inner", "orders-dlq", "orders"),
+                bind("inner", "other-dlq", "other"),
+                bind_exchange("inner", "dlx", "orders"),
+            ],
+        );
+        let route = topology.route_dead_letters("orders", "dlx", Some("orders"));
+        assert_eq!(route.reached, set(&["all-dlq", "orders-dlq"]), "fanout, then direct by key");
+        assert!(route.candidates.is_empty(), "other-dlq is not reachable with this key: {route:?}");
+    }
+
+    /// The default exchange as DLX routes to the queue named by the key.
+    #[test]
+    fn default_exchange_routes_by_name() {
+        let topology = Topology::default();
+        let route = topology.route_dead_letters("orders", "", Some("orders-dlq"));
+        assert_eq!(route.reached, set(&["orders-dlq"]), "queue named by the key");
+    }
+}
