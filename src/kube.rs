@@ -318,9 +318,8 @@ mod tests {
     /// blank keep-alive lines are skipped.
     #[tokio::test]
     async fn watch_reads_a_last_line_without_newline() {
-        let mut watch = watch_of(
-            "{\"type\":\"ADDED\",\"object\":{}}\n\n{\"type\":\"MODIFIED\",\"object\":{\"data\":{}}}",
-        );
+        let mut watch =
+            watch_of("{\"type\":\"ADDED\",\"object\":{}}\n\n{\"type\":\"MODIFIED\",\"object\":{\"data\":{}}}");
         let first = watch.next().await.expect("reads").expect("an event");
         assert_eq!(first.event_type, "ADDED", "first event");
         let last = watch.next().await.expect("reads").expect("the unterminated last event");

@@ -113,7 +113,8 @@ fn start_gates(cluster: &FakeCluster, docs: &[Value], suffix: &str) -> Vec<GateP
         .collect()
 }
 
-/// Runs the hooks of `event` in Helm's order; returns the Job's run, if there was a Job.
+/// Runs the hooks of `event` in Helm's order; returns the Job's (last) run, if there was a Job. A Job
+/// is run as its controller would: a failed pod is replaced until `backoffLimit` retries are used up.
 async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Option<Run> {
     let mut job_run = None;
     for hook in hooks_for(docs, event) {
@@ -121,8 +122,23 @@ async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Op
             "Job" | "Pod" => {
                 let spec = pod_spec(hook);
                 let container = &spec["containers"][0];
-                let run = finish(cluster.spawn(spec, container, &format!("{}-x7k2p", name(hook)))).await;
-                job_run = Some(run);
+                let attempts = match kind(hook) {
+                    "Job" => hook["spec"]["backoffLimit"].as_u64().unwrap_or(6) + 1,
+                    _ => 1,
+                };
+                for attempt in 1..=attempts {
+                    let pod = if attempt == 1 {
+                        format!("{}-x7k2p", name(hook))
+                    } else {
+                        format!("{}-r{attempt}", name(hook))
+                    };
+                    let run = finish(cluster.spawn(spec, container, &pod)).await;
+                    let succeeded = run.code == 0;
+                    job_run = Some(run);
+                    if succeeded {
+                        break;
+                    }
+                }
             }
             _ => cluster.apply(hook),
         }
