@@ -120,7 +120,9 @@ Every ServiceAccount a gated pod runs as, comma-separated, for the gate's RoleBi
 {{/* The cleanslate image reference. */}}
 {{- define "cleanslate.image" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
-{{- printf "%s:%s" $v.image.repository (default (include "cleanslate.appVersion" .) $v.image.tag | toString) -}}
+{{- $tag := $v.image.tag | toString -}}
+{{- if not $v.image.tag -}}{{- $tag = include "cleanslate.appVersion" . -}}{{- end -}}
+{{- printf "%s:%s" $v.image.repository $tag -}}
 {{- end -}}
 
 {{/* The revision a run or gate belongs to: cleanup.revision when set (helm template, Argo CD), else .Release.Revision. */}}
