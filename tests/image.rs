@@ -140,7 +140,10 @@ fn image_matches_the_dockerfile_final_stage() {
     for (op, rest) in final_stage() {
         match op.as_str() {
             "ARG" => {
-                let name = rest.split_once('=').map_or(rest.as_str(), |(name, _)| name);
+                let (name, default) = rest.split_once('=').unwrap_or((rest.as_str(), ""));
+                if name == "VERSION" {
+                    assert_eq!(default, cargo_version(), "a plain `docker build` labels the crate's version");
+                }
                 // What hack/image.sh passes for each build argument.
                 let value = match name {
                     "VERSION" => cargo_version(),
