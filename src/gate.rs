@@ -227,7 +227,7 @@ fn handle_event(event: WatchEvent, settings: &MarkerConfig, seen: &mut Seen) -> 
 
 fn rbac_hint(err: &KubeError, settings: &MarkerConfig) -> String {
     format!(
-        "{err}; the gate's service account needs get, list and watch on ConfigMap {:?} in namespace {:?} \
+        "{err}; the gate's service account needs get and watch on ConfigMap {:?} in namespace {:?} \
          (the chart's gate Role and RoleBinding must name the ServiceAccount this pod runs as)",
         settings.name, settings.namespace
     )

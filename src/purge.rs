@@ -381,7 +381,7 @@ pub fn kube_attempt(err: KubeError, settings: &MarkerConfig) -> Attempt {
     match code {
         Some(401) | Some(403) => Attempt::Permanent(err.context(format!(
             "the service account may not read and update ConfigMap {:?} in namespace {:?}: \
-             it needs get, update and patch on that name (see the chart's Role)",
+             it needs get and update on that name (see the chart's Role)",
             settings.name, settings.namespace
         ))),
         _ if unreachable => {

@@ -26,7 +26,7 @@ struct Api {
 impl Api {
     async fn start() -> Api {
         let api = KubeApi::start().await;
-        api.grant(TOKEN, &["get", "update", "patch", "list", "watch"], Some(&[MARKER]));
+        api.grant(TOKEN, &["get", "update", "watch"], Some(&[MARKER]));
         api.put(NAMESPACE, MARKER, BTreeMap::new());
         let credentials = api.credentials();
         Api { api, credentials }

@@ -16,8 +16,8 @@ const MARKER: &str = "cleanslate-marker";
 const JOB_TOKEN: &str = "job-token-Secret-11";
 const GATE_TOKEN: &str = "gate-token-Secret-22";
 
-/// A stand-in API with the chart's RBAC: the Job may get/update/patch the marker (and, outside
-/// Helm, create ConfigMaps); the gate may get/list/watch only the marker.
+/// A stand-in API with the chart's RBAC: the Job may get/update the marker (and, outside
+/// Helm, create ConfigMaps); the gate may get/watch only the marker.
 struct Cluster {
     api: KubeApi,
     credentials: PodCredentials,
@@ -26,9 +26,9 @@ struct Cluster {
 impl Cluster {
     async fn start() -> Cluster {
         let api = KubeApi::start().await;
-        api.grant(JOB_TOKEN, &["get", "update", "patch"], Some(&[MARKER]));
+        api.grant(JOB_TOKEN, &["get", "update"], Some(&[MARKER]));
         api.grant(&format!("{JOB_TOKEN}-create"), &["create", "get", "update"], None);
-        api.grant(GATE_TOKEN, &["get", "list", "watch"], Some(&[MARKER]));
+        api.grant(GATE_TOKEN, &["get", "watch"], Some(&[MARKER]));
         let credentials = api.credentials();
         Cluster { api, credentials }
     }
@@ -216,7 +216,7 @@ async fn gate_retries_403_then_fails_with_an_rbac_hint() {
     let run = cleanslate(&["gate"], &with(cluster.vars(stranger, 1), &[("CLEANSLATE_GATE_TIMEOUT", "3s")])).await;
     assert_eq!(run.code, 1, "forbidden fails: {}", run.all_output());
     assert!(
-        run.first_stderr_line().contains("get, list and watch") && run.stderr.contains(MARKER),
+        run.first_stderr_line().contains("get and watch") && run.stderr.contains(MARKER),
         "RBAC hint: {}",
         run.stderr
     );
@@ -226,7 +226,7 @@ async fn gate_retries_403_then_fails_with_an_rbac_hint() {
     let late = "late-binding-token";
     let gate = spawn_gate(&with(cluster.vars(late, 1), &[("CLEANSLATE_GATE_TIMEOUT", "30s")]));
     tokio::time::sleep(Duration::from_millis(600)).await;
-    cluster.api.grant(late, &["get", "list", "watch"], Some(&[MARKER]));
+    cluster.api.grant(late, &["get", "watch"], Some(&[MARKER]));
     let run = finish(gate).await;
     assert_eq!(run.code, 0, "passes once RBAC takes effect: {}", run.all_output());
     run.assert_no_secret(&[late, stranger]);
@@ -241,7 +241,7 @@ async fn gate_rereads_a_rotated_token() {
     let gate = spawn_gate(&settings);
     cluster.wait_for_watches(1).await;
     let rotated = "gate-token-Rotated-33";
-    cluster.api.grant(rotated, &["get", "list", "watch"], Some(&[MARKER]));
+    cluster.api.grant(rotated, &["get", "watch"], Some(&[MARKER]));
     std::fs::write(&token_path, rotated).expect("rotate token");
     cluster.api.revoke(GATE_TOKEN);
     cluster.api.close_watches();
@@ -272,7 +272,7 @@ async fn purge_writes_the_marker_after_success() {
     let run = cleanslate(&["purge"], &purge_vars(&cluster, JOB_TOKEN, 4, &prefix)).await;
     // With the marker missing and a Role that cannot create, the write fails with an RBAC hint.
     assert_eq!(run.code, 1, "marker cannot be created by the Job's Role: {}", run.all_output());
-    assert!(run.stderr.contains("get, update and patch"), "RBAC hint: {}", run.stderr);
+    assert!(run.stderr.contains("get and update"), "RBAC hint: {}", run.stderr);
 
     // The chart renders the marker as a hook resource with Helm's annotations and no data.
     let placeholder = json!({"apiVersion": "v1", "kind": "ConfigMap",
