@@ -15,19 +15,8 @@ const NS: &str = "dev";
 const MARKER: &str = "shop-cleanslate-marker";
 const TOKEN: &str = "purge-token-Secret-33";
 
-/// A Deployment manifest; `replicas: None` leaves the field out, as an HPA-managed chart does.
 fn deployment(name: &str, replicas: Option<i64>) -> Value {
-    let mut manifest = json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {"selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name, "pod-template-hash": "rev1"}},
-                              "spec": {"containers": [{"name": "app", "image": "registry.example.com/app:1"}]}}}
-    });
-    if let Some(replicas) = replicas {
-        manifest["spec"]["replicas"] = json!(replicas);
-    }
-    manifest
+    deployment_manifest(name, replicas)
 }
 
 /// Test data in its own vhost and etcd prefix, and a stand-in API with the chart's purge Role for
@@ -119,30 +108,8 @@ impl Env {
     }
 }
 
-/// The previous revision's app in the pod of `deployment`: it publishes a message and writes a key
-/// every 10 ms while its pod runs; once the pod is terminating (SIGTERM) it flushes one last write
-/// during its grace period, and only then does the pod go away. Returns how many writes it made.
 async fn old_writer(env: &Env, deployment: &str) -> usize {
-    env.api.hold_pods(NS, deployment);
-    let mut etcd = etcd().await;
-    let mut written = 0;
-    loop {
-        let pods = env.api.pods_of(NS, deployment);
-        assert!(!pods.is_empty(), "the writer runs in a pod of {deployment}");
-        let terminating = pods.iter().all(|p| !p["metadata"]["deletionTimestamp"].is_null());
-        if terminating {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        env.rabbit.publish(&env.vhost, "monorepo", 1).await;
-        etcd.put(format!("{}old-{written:05}", env.prefix), "stale", None).await.expect("put");
-        written += 1;
-        if terminating {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    env.api.release_pods(NS, deployment);
-    written
+    support::old_writer(&env.api, NS, deployment, &env.rabbit, &env.vhost, "monorepo", &env.prefix).await
 }
 
 /// A running writer is stopped (pods gone) before the purge, nothing it wrote survives, the count
