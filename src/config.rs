@@ -895,4 +895,50 @@ mod tests {
         assert_eq!(marker.kube.api.as_str(), "https://10.0.0.1/", "in-cluster API URL");
         assert_eq!(marker.revision, 7, "revision parsed");
     }
+
+    /// The quiesce list parses into workloads (duplicates dropped) with the default timeout;
+    /// without it there is no quiesce.
+    #[test]
+    fn quiesce_list_and_defaults() {
+        let pod = [
+            ("CLEANSLATE_NAMESPACE", "dev"),
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ];
+        let mut pairs = with(&pod);
+        pairs.push(("CLEANSLATE_QUIESCE", "deployment/api, StatefulSet/worker,deployment/api"));
+        let config = PurgeConfig::from_env(&env(&pairs), Mode::Purge).expect("valid");
+        let quiesce = config.quiesce.expect("quiesce on");
+        let names: Vec<String> = quiesce.workloads.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["deployment/api", "statefulset/worker"], "parsed, kind case-insensitive, no duplicate");
+        assert_eq!(quiesce.timeout, Duration::from_secs(45), "quiesce timeout default");
+        assert!(!quiesce.resume_after_purge, "resuming is the resume Job's, unless asked");
+        assert_eq!(quiesce.namespace, "dev", "the marker's namespace");
+        assert!(PurgeConfig::from_env(&env(&with(&pod)), Mode::Purge).expect("valid").quiesce.is_none(), "off");
+    }
+
+    /// Malformed quiesce settings are configuration errors naming their variable.
+    #[test]
+    fn malformed_quiesce_settings_are_named() {
+        let cases: &[(&str, &str)] = &[
+            ("CLEANSLATE_QUIESCE", "api"),
+            ("CLEANSLATE_QUIESCE", "daemonset/agent"),
+            ("CLEANSLATE_QUIESCE", "deployment/API"),
+            ("CLEANSLATE_QUIESCE", "deployment/-api"),
+            ("CLEANSLATE_QUIESCE_TIMEOUT", "forever"),
+            ("CLEANSLATE_QUIESCE_RESUME", "yes"),
+        ];
+        for (name, value) in cases {
+            let mut pairs =
+                with(&[(name, value), ("CLEANSLATE_NAMESPACE", "dev"), ("CLEANSLATE_KUBE_API", "https://k:6443")]);
+            if *name != "CLEANSLATE_QUIESCE" {
+                pairs.push(("CLEANSLATE_QUIESCE", "deployment/api"));
+            }
+            let err = error_of(&pairs);
+            assert_eq!(exit_for(&err), Exit::Config, "{name}={value} is a configuration error");
+            assert!(format!("{err:#}").contains(name), "{name}={value}: names it: {err:#}");
+        }
+        let err = ResumeConfig::from_env(&env(&[("CLEANSLATE_NAMESPACE", "dev")])).expect_err("list required");
+        assert!(format!("{err:#}").contains("CLEANSLATE_QUIESCE is required"), "{err:#}");
+    }
 }

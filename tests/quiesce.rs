@@ -399,3 +399,49 @@ async fn malformed_workload_lists_are_refused() {
     assert_eq!(env.scale_writes("shop-producer"), 0, "never scaled");
     env.cleanup().await;
 }
+
+/// SIGTERM while the purge itself hangs (a RabbitMQ that accepts and never answers), after the
+/// workload was stopped: it is restored and the attempt recorded as failed before exiting 143.
+#[tokio::test]
+async fn sigterm_during_the_purge_restores_and_records_the_attempt() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
+    env.seed().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent = format!("http://{}", listener.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let vars =
+        env.vars("deployment/shop-producer", &[("CLEANSLATE_RABBITMQ_URL", &silent), ("CLEANSLATE_TIMEOUT", "60s")]);
+    let child = tokio::process::Command::new(binary())
+        .arg("purge")
+        .env_clear()
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if env.state("shop-producer").0 == 0 && env.api.pods_of(NS, "shop-producer").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(env.api.pods_of(NS, "shop-producer").is_empty(), "stopped; the purge is under way");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success(), "signal sent");
+    let run = finish(child).await;
+    assert_eq!(run.code, 143, "SIGTERM: {}", run.all_output());
+    assert_eq!(env.state("shop-producer"), (1, None), "restored, record removed");
+    let message = env.marker()["message"].as_str().unwrap_or_default().to_string();
+    assert_eq!(env.marker()["status"], json!("failed"), "a failed attempt is recorded");
+    assert!(message.contains("restored deployment/shop-producer (1 replica)"), "{message}");
+    hold.abort();
+    env.cleanup().await;
+}
