@@ -104,20 +104,16 @@ fn main() -> ExitCode {
         let mut shutdown = Shutdown::listen();
         if command == Command::Purge {
             // Purge handles the signal itself: it restores what it stopped and records the attempt.
-            return match purge::run(&PurgeConfig::from_env(&env, Mode::Purge)?, Mode::Purge, shutdown).await {
-                Ok(exit @ (Exit::Terminated | Exit::Interrupted)) => {
-                    eprintln!(
-                        "cleanslate purge: stopped by {}",
-                        if exit == Exit::Terminated { "SIGTERM" } else { "SIGINT" }
-                    );
-                    Ok(exit)
-                }
-                other => other,
-            };
+            let result = run(command, &env, shutdown).await;
+            if let Ok(exit @ (Exit::Terminated | Exit::Interrupted)) = result {
+                let signal = if exit == Exit::Terminated { "SIGTERM" } else { "SIGINT" };
+                eprintln!("cleanslate purge: stopped by {signal}");
+            }
+            return result;
         }
         // Nothing to undo in the other commands: stop at once.
         tokio::select! {
-            result = run(command, &env) => result,
+            result = run(command, &env, Shutdown::never()) => result,
             signal = shutdown.recv() => {
                 error!(signal = signal.name(), "stopped by signal before finishing");
                 eprintln!("cleanslate {}: stopped by {}", command.name(), signal.name());
@@ -128,10 +124,11 @@ fn main() -> ExitCode {
     exit.unwrap_or_else(|err| report(command, &err)).into()
 }
 
-async fn run(command: Command, env: &Env) -> Result<Exit> {
+/// Runs one command; only `purge` takes the shutdown signal (the others are dropped on a signal).
+async fn run(command: Command, env: &Env, shutdown: Shutdown) -> Result<Exit> {
     match command {
-        Command::Purge => purge::run(&PurgeConfig::from_env(env, Mode::Purge)?, Mode::Purge, Shutdown::never()).await,
-        Command::Plan => purge::run(&PurgeConfig::from_env(env, Mode::Plan)?, Mode::Plan, Shutdown::never()).await,
+        Command::Purge => purge::run(&PurgeConfig::from_env(env, Mode::Purge)?, Mode::Purge, shutdown).await,
+        Command::Plan => purge::run(&PurgeConfig::from_env(env, Mode::Plan)?, Mode::Plan, shutdown).await,
         Command::Gate => gate::run(&GateConfig::from_env(env)?).await,
         Command::Resume => quiesce::run(&ResumeConfig::from_env(env)?).await,
     }

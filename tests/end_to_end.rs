@@ -368,10 +368,23 @@ async fn upgrade_stops_the_old_writer_and_leaves_nothing_it_wrote() {
         cluster.apply(resource);
     }
     let spec = pod_spec(job_doc);
-    let child = cluster.spawn(spec, &spec["containers"][0], "shop-cleanslate-purge-u2k9");
-    let writer =
-        old_writer(&cluster.api, NAMESPACE, "shop-producer", &world.rabbit, &world.vhost, "monorepo", &world.prefix);
-    let (written, job) = tokio::join!(writer, finish(child));
+    let running = tokio::sync::Notify::new();
+    let writer = old_writer(
+        &cluster.api,
+        NAMESPACE,
+        "shop-producer",
+        &world.rabbit,
+        &world.vhost,
+        "monorepo",
+        &world.prefix,
+        &running,
+    );
+    let job = async {
+        // The Job starts while the old writer is running.
+        running.notified().await;
+        finish(cluster.spawn(spec, &spec["containers"][0], "shop-cleanslate-purge-u2k9")).await
+    };
+    let (written, job) = tokio::join!(writer, job);
     assert_eq!(job.code, 0, "upgrade Job succeeds: {}", job.all_output());
     assert!(written > 1, "the old writer was running ({written} writes)");
     world.assert_clean("after the pre-upgrade purge").await;

@@ -108,8 +108,16 @@ impl Env {
     }
 }
 
-async fn old_writer(env: &Env, deployment: &str) -> usize {
-    support::old_writer(&env.api, NS, deployment, &env.rabbit, &env.vhost, "monorepo", &env.prefix).await
+/// The old writer of `deployment` next to a purge with `vars` that starts once the writer runs.
+async fn purge_while_writing(env: &Env, deployment: &str, vars: &[(String, String)]) -> (usize, Run) {
+    let running = tokio::sync::Notify::new();
+    let writer =
+        support::old_writer(&env.api, NS, deployment, &env.rabbit, &env.vhost, "monorepo", &env.prefix, &running);
+    let purge = async {
+        running.notified().await;
+        cleanslate(&["purge"], vars).await
+    };
+    tokio::join!(writer, purge)
 }
 
 /// A running writer is stopped (pods gone) before the purge, nothing it wrote survives, the count
@@ -124,7 +132,7 @@ async fn stops_the_writer_before_purging_then_resume_restores() {
     env.api.race_next_scales(1);
     let quiesce = "deployment/shop-producer,deployment/shop-consumer";
     let purge_vars = env.vars(quiesce, &[]);
-    let (written, run) = tokio::join!(old_writer(&env, "shop-producer"), cleanslate(&["purge"], &purge_vars));
+    let (written, run) = purge_while_writing(&env, "shop-producer", &purge_vars).await;
     assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
     assert!(written > 1, "the writer was running during the run ({written} writes)");
     assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 0, "no message of the old writer is left");
@@ -372,7 +380,7 @@ async fn helm_test_mode_resumes_in_the_same_run() {
     env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
     env.seed().await;
     let purge_vars = env.vars("deployment/shop-producer", &[("CLEANSLATE_QUIESCE_RESUME", "true")]);
-    let (written, run) = tokio::join!(old_writer(&env, "shop-producer"), cleanslate(&["purge"], &purge_vars));
+    let (written, run) = purge_while_writing(&env, "shop-producer", &purge_vars).await;
     assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
     assert!(written > 0, "the writer was running");
     assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 0, "purged after the writer stopped");

@@ -364,7 +364,8 @@ pub fn deployment_manifest(name: &str, replicas: Option<i64>) -> Value {
 /// The previous revision's app in the pod of `deployment`: it publishes a message to `queue` and
 /// writes a key under `prefix` every 10 ms while its pod runs; once the pod is terminating
 /// (SIGTERM) it flushes one last write during its grace period, and only then does the pod go
-/// away. Returns how many writes it made.
+/// away. `running` is notified after the first write. Returns how many writes it made.
+#[allow(clippy::too_many_arguments)]
 pub async fn old_writer(
     api: &kube_api::KubeApi,
     namespace: &str,
@@ -373,6 +374,7 @@ pub async fn old_writer(
     vhost: &str,
     queue: &str,
     prefix: &str,
+    running: &tokio::sync::Notify,
 ) -> usize {
     api.hold_pods(namespace, deployment);
     let mut etcd = etcd().await;
@@ -387,6 +389,9 @@ pub async fn old_writer(
         rabbit.publish(vhost, queue, 1).await;
         etcd.put(format!("{prefix}old-{written:05}"), "stale", None).await.expect("put");
         written += 1;
+        if written == 1 {
+            running.notify_one();
+        }
         if terminating {
             break;
         }
