@@ -65,6 +65,9 @@ struct RawEnv {
     kube_ca_file: Option<String>,
     gate_timeout: Option<String>,
     gate_on_timeout: Option<String>,
+    quiesce: Option<String>,
+    quiesce_timeout: Option<String>,
+    quiesce_resume: Option<String>,
 }
 
 /// The process environment, captured once. Tests build it from key/value lists instead of mutating
@@ -288,6 +291,67 @@ pub struct PurgeConfig {
     pub rabbitmq: Option<RabbitConfig>,
     pub etcd: Option<EtcdConfig>,
     pub marker: Option<MarkerConfig>,
+    /// Workloads to stop before the purge; `None` when `CLEANSLATE_QUIESCE` is unset or empty.
+    pub quiesce: Option<QuiesceConfig>,
+}
+
+/// The kind of a workload that quiesce can stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+}
+
+impl WorkloadKind {
+    /// The API resource (group `apps`, version `v1`).
+    pub fn resource(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployments",
+            WorkloadKind::StatefulSet => "statefulsets",
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "deployment",
+            WorkloadKind::StatefulSet => "statefulset",
+        }
+    }
+}
+
+/// One workload named in `CLEANSLATE_QUIESCE`, e.g. `deployment/api`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkloadRef {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+impl fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind.word(), self.name)
+    }
+}
+
+/// Stopping workloads before a purge and starting them again (`purge` with quiesce, `resume`).
+#[derive(Clone, Debug)]
+pub struct QuiesceConfig {
+    /// In the order given, duplicates dropped.
+    pub workloads: Vec<WorkloadRef>,
+    /// How long stopping may take, the wait for the pods to go away included.
+    pub timeout: Duration,
+    /// Start the workloads again right after a successful purge: a full reset in one run, for the
+    /// `helm test` Pod (the chart sets it there only; the hook Job leaves it to the resume Job).
+    pub resume_after_purge: bool,
+    pub namespace: String,
+    pub kube: KubeConfig,
+}
+
+/// Everything `resume` needs.
+#[derive(Clone, Debug)]
+pub struct ResumeConfig {
+    pub quiesce: QuiesceConfig,
+    /// Deadline of the whole run.
+    pub timeout: Duration,
 }
 
 /// Everything `gate` needs.
@@ -462,6 +526,7 @@ impl PurgeConfig {
             rabbitmq: if rabbitmq_on { Some(rabbit_config(raw)?) } else { None },
             etcd: if etcd_on { Some(etcd_config(raw)?) } else { None },
             marker: marker_config(env, false)?,
+            quiesce: quiesce_config(env, false)?,
         })
     }
 
@@ -491,6 +556,16 @@ impl GateConfig {
     }
 }
 
+impl ResumeConfig {
+    /// Validates everything `resume` will use; `CLEANSLATE_QUIESCE` is required.
+    pub fn from_env(env: &Env) -> Result<ResumeConfig> {
+        Ok(ResumeConfig {
+            quiesce: quiesce_config(env, true)?.expect("required workload list is present"),
+            timeout: parse_duration("CLEANSLATE_TIMEOUT", &env.raw.timeout, DEFAULT_TIMEOUT)?,
+        })
+    }
+}
+
 /// Thirty seconds: a typical dev cleanup takes well under a second, so thirty leave room for
 /// retries through a broker restart while a stuck run still holds a deploy only briefly.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -506,6 +581,61 @@ const DEFAULT_CONCURRENCY: u64 = 8;
 const DEFAULT_JOB_ATTEMPTS: u64 = 1;
 /// Ten minutes: long enough for a slow image pull of the hook Job, short enough to notice.
 const DEFAULT_GATE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Forty-five seconds: Kubernetes' default grace period (30 s) for the old pods to shut down, plus
+/// time for the controllers to notice the new replica count and the kubelet to report the end.
+const DEFAULT_QUIESCE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// `deployment/NAME` or `statefulset/NAME`; NAME a DNS subdomain, as Kubernetes requires.
+fn parse_workload(item: &str) -> Result<WorkloadRef> {
+    let expected = "expected deployment/NAME or statefulset/NAME";
+    let (kind, name) = item
+        .split_once('/')
+        .ok_or_else(|| config_error(format!("CLEANSLATE_QUIESCE: {item:?} is not a workload ({expected})")))?;
+    let kind = match kind.to_ascii_lowercase().as_str() {
+        "deployment" => WorkloadKind::Deployment,
+        "statefulset" => WorkloadKind::StatefulSet,
+        _ => {
+            return Err(config_error(format!(
+                "CLEANSLATE_QUIESCE: {item:?} names the kind {kind:?}; only Deployments and StatefulSets can be stopped ({expected})"
+            )));
+        }
+    };
+    let valid_name = !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid_name {
+        return Err(config_error(format!(
+            "CLEANSLATE_QUIESCE: {name:?} in {item:?} is not a valid Kubernetes object name (lowercase letters, digits, '-' and '.')"
+        )));
+    }
+    Ok(WorkloadRef { kind, name: name.to_string() })
+}
+
+/// The quiesce settings, or `None` when `CLEANSLATE_QUIESCE` lists nothing (unless `required`).
+fn quiesce_config(env: &Env, required_by_resume: bool) -> Result<Option<QuiesceConfig>> {
+    let raw = &env.raw;
+    let mut workloads: Vec<WorkloadRef> = Vec::new();
+    for item in present(&raw.quiesce).map(non_empty_list).unwrap_or_default() {
+        let workload = parse_workload(&item)?;
+        if !workloads.contains(&workload) {
+            workloads.push(workload);
+        }
+    }
+    let timeout = parse_duration("CLEANSLATE_QUIESCE_TIMEOUT", &raw.quiesce_timeout, DEFAULT_QUIESCE_TIMEOUT)?;
+    let resume_after_purge = parse_bool("CLEANSLATE_QUIESCE_RESUME", &raw.quiesce_resume, false)?;
+    if workloads.is_empty() {
+        if required_by_resume {
+            return Err(config_error(
+                "CLEANSLATE_QUIESCE is required: the workloads to resume, e.g. deployment/api,statefulset/worker",
+            ));
+        }
+        return Ok(None);
+    }
+    let (namespace, kube) = kube_target(env)?;
+    Ok(Some(QuiesceConfig { workloads, timeout, resume_after_purge, namespace, kube }))
+}
 
 fn targets(value: &Option<String>) -> Result<(bool, bool)> {
     let Some(text) = present(value) else { return Ok((true, true)) };
@@ -638,6 +768,22 @@ fn marker_config(env: &Env, required_by_gate: bool) -> Result<Option<MarkerConfi
             config_error(format!("CLEANSLATE_REVISION must be a positive whole number, not {text:?}"))
         })?,
     };
+    let (namespace, kube) = kube_target(env)?;
+    Ok(Some(MarkerConfig {
+        name: name.to_string(),
+        namespace,
+        revision,
+        release: present(&raw.release).map(str::to_string),
+        pod_name: present(&raw.pod_name).or(env.other("HOSTNAME")).map(str::to_string),
+        job_attempts: parse_count("CLEANSLATE_JOB_ATTEMPTS", &raw.job_attempts, DEFAULT_JOB_ATTEMPTS, 100)? as u32,
+        kube,
+    }))
+}
+
+/// The namespace to work in and how to reach the Kubernetes API: from the variables, else from
+/// the pod's service-account mount and the in-cluster variables.
+fn kube_target(env: &Env) -> Result<(String, KubeConfig)> {
+    let raw = &env.raw;
     let sa = Path::new(SERVICE_ACCOUNT_DIR);
     let namespace = match present(&raw.namespace) {
         Some(ns) => ns.to_string(),
@@ -665,19 +811,12 @@ fn marker_config(env: &Env, required_by_gate: bool) -> Result<Option<MarkerConfi
     };
     let file_or_default =
         |value: &Option<String>, file: &str| present(value).map(PathBuf::from).unwrap_or_else(|| sa.join(file));
-    Ok(Some(MarkerConfig {
-        name: name.to_string(),
-        namespace,
-        revision,
-        release: present(&raw.release).map(str::to_string),
-        pod_name: present(&raw.pod_name).or(env.other("HOSTNAME")).map(str::to_string),
-        job_attempts: parse_count("CLEANSLATE_JOB_ATTEMPTS", &raw.job_attempts, DEFAULT_JOB_ATTEMPTS, 100)? as u32,
-        kube: KubeConfig {
-            api,
-            token_file: file_or_default(&raw.kube_token_file, "token"),
-            ca_file: file_or_default(&raw.kube_ca_file, "ca.crt"),
-        },
-    }))
+    let kube = KubeConfig {
+        api,
+        token_file: file_or_default(&raw.kube_token_file, "token"),
+        ca_file: file_or_default(&raw.kube_ca_file, "ca.crt"),
+    };
+    Ok((namespace, kube))
 }
 
 #[cfg(test)]
@@ -875,5 +1014,51 @@ mod tests {
         let marker = config.marker.expect("marker");
         assert_eq!(marker.kube.api.as_str(), "https://10.0.0.1/", "in-cluster API URL");
         assert_eq!(marker.revision, 7, "revision parsed");
+    }
+
+    /// The quiesce list parses into workloads (duplicates dropped) with the default timeout;
+    /// without it there is no quiesce.
+    #[test]
+    fn quiesce_list_and_defaults() {
+        let pod = [
+            ("CLEANSLATE_NAMESPACE", "dev"),
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ];
+        let mut pairs = with(&pod);
+        pairs.push(("CLEANSLATE_QUIESCE", "deployment/api, StatefulSet/worker,deployment/api"));
+        let config = PurgeConfig::from_env(&env(&pairs), Mode::Purge).expect("valid");
+        let quiesce = config.quiesce.expect("quiesce on");
+        let names: Vec<String> = quiesce.workloads.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["deployment/api", "statefulset/worker"], "parsed, kind case-insensitive, no duplicate");
+        assert_eq!(quiesce.timeout, Duration::from_secs(45), "quiesce timeout default");
+        assert!(!quiesce.resume_after_purge, "resuming is the resume Job's, unless asked");
+        assert_eq!(quiesce.namespace, "dev", "the marker's namespace");
+        assert!(PurgeConfig::from_env(&env(&with(&pod)), Mode::Purge).expect("valid").quiesce.is_none(), "off");
+    }
+
+    /// Malformed quiesce settings are configuration errors naming their variable.
+    #[test]
+    fn malformed_quiesce_settings_are_named() {
+        let cases: &[(&str, &str)] = &[
+            ("CLEANSLATE_QUIESCE", "api"),
+            ("CLEANSLATE_QUIESCE", "daemonset/agent"),
+            ("CLEANSLATE_QUIESCE", "deployment/API"),
+            ("CLEANSLATE_QUIESCE", "deployment/-api"),
+            ("CLEANSLATE_QUIESCE_TIMEOUT", "forever"),
+            ("CLEANSLATE_QUIESCE_RESUME", "yes"),
+        ];
+        for (name, value) in cases {
+            let mut pairs =
+                with(&[(name, value), ("CLEANSLATE_NAMESPACE", "dev"), ("CLEANSLATE_KUBE_API", "https://k:6443")]);
+            if *name != "CLEANSLATE_QUIESCE" {
+                pairs.push(("CLEANSLATE_QUIESCE", "deployment/api"));
+            }
+            let err = error_of(&pairs);
+            assert_eq!(exit_for(&err), Exit::Config, "{name}={value} is a configuration error");
+            assert!(format!("{err:#}").contains(name), "{name}={value}: names it: {err:#}");
+        }
+        let err = ResumeConfig::from_env(&env(&[("CLEANSLATE_NAMESPACE", "dev")])).expect_err("list required");
+        assert!(format!("{err:#}").contains("CLEANSLATE_QUIESCE is required"), "{err:#}");
     }
 }

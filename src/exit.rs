@@ -28,6 +28,8 @@ pub enum Exit {
     Refused = 77,
     /// A variable is missing or malformed; nothing was touched (`EX_CONFIG`).
     Config = 78,
+    /// Stopped by SIGINT (128 + 2: Ctrl-C in a terminal).
+    Interrupted = 130,
     /// Stopped by SIGTERM (128 + 15, the shell convention Kubernetes users recognise).
     Terminated = 143,
 }
@@ -50,7 +52,7 @@ impl Exit {
                 Exit::Usage => 4,
                 Exit::Config => 5,
                 Exit::Refused => 6,
-                Exit::Terminated => 7,
+                Exit::Interrupted | Exit::Terminated => 7,
             }
         }
         if rank(other) > rank(self) { other } else { self }
@@ -102,7 +104,7 @@ impl Kind {
             Exit::Unavailable => Kind::Unreachable,
             Exit::Deadline => Kind::Deadline,
             Exit::Usage => Kind::Usage,
-            Exit::Success | Exit::Failed | Exit::Terminated => Kind::Failed,
+            Exit::Success | Exit::Failed | Exit::Interrupted | Exit::Terminated => Kind::Failed,
         }
     }
 }
@@ -159,6 +161,7 @@ mod tests {
             (Exit::Deadline, 75),
             (Exit::Refused, 77),
             (Exit::Config, 78),
+            (Exit::Interrupted, 130),
             (Exit::Terminated, 143),
         ];
         for (exit, code) in expected {

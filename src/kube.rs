@@ -1,6 +1,8 @@
-//! Just enough of the Kubernetes API for one ConfigMap: get, create, replace, watch.
+//! Just enough of the Kubernetes API: one ConfigMap (get, create, replace, watch), and for quiesce a
+//! Deployment's or StatefulSet's annotations (get, merge patch), its `scale` subresource (get,
+//! replace) and its pods (list, watch by label selector).
 //!
-//! Written over reqwest instead of kube-rs because four calls on one object do not earn a client
+//! Written over reqwest instead of kube-rs because a handful of calls do not earn a client
 //! generator, a config loader and their compile time. What it keeps from a real client:
 //! - certificate verification is always on, against the service-account CA only;
 //! - the bearer token is read from its file on every request (bound tokens rotate hourly:
@@ -19,7 +21,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::KubeConfig;
+use crate::config::{KubeConfig, WorkloadRef};
 use crate::exit::{Kind, classified};
 
 /// A request to the API server that takes longer than this is stuck, not slow.
@@ -217,9 +219,22 @@ impl KubeClient {
         body: Option<&ConfigMap>,
         timeout: Duration,
     ) -> Result<reqwest::Response, KubeError> {
+        let body = body.map(|object| ("application/json", serde_json::to_vec(object).expect("a ConfigMap encodes")));
+        self.send_bytes(method, url, body, timeout).await
+    }
+
+    /// Sends one request with an optional body and its content type; an error status becomes
+    /// [`KubeError::Api`] with the server's `Status`.
+    async fn send_bytes(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<(&str, Vec<u8>)>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, KubeError> {
         let mut request = self.http.request(method, url).bearer_auth(self.token()?).timeout(timeout);
-        if let Some(body) = body {
-            request = request.json(body);
+        if let Some((content_type, bytes)) = body {
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes);
         }
         let response = request.send().await.map_err(|err| KubeError::Transport(err.without_url()))?;
         if response.status().is_success() {
@@ -303,6 +318,186 @@ impl KubeClient {
                 Err(err) => return Err(err),
             }
         }
+    }
+}
+
+/// A Deployment or StatefulSet, as far as quiesce reads it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Workload {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: WorkloadSpec,
+}
+
+/// The part of a workload's spec quiesce reads.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WorkloadSpec {
+    /// Defaulted to 1 by the API server when the manifest leaves it out.
+    #[serde(default)]
+    pub replicas: Option<i32>,
+}
+
+impl Workload {
+    /// The value of one annotation.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata.rest.get("annotations")?.get(key)?.as_str()
+    }
+}
+
+/// The `scale` subresource (`autoscaling/v1` `Scale`). Its `resourceVersion` is the workload's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Scale {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ScaleSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ScaleStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ScaleSpec {
+    #[serde(default)]
+    pub replicas: i32,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ScaleStatus {
+    #[serde(default)]
+    pub replicas: i32,
+    /// The workload's pod selector in label-selector syntax, e.g. `app=api,tier=web`.
+    #[serde(default)]
+    pub selector: String,
+}
+
+/// A list of pods: their names and the list's `resourceVersion` to watch from.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PodList {
+    pub metadata: ListMeta,
+    #[serde(default)]
+    pub items: Vec<PodItem>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListMeta {
+    #[serde(default)]
+    pub resource_version: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct PodItem {
+    pub metadata: ObjectMeta,
+}
+
+impl KubeClient {
+    fn apps_url(&self, namespace: &str, workload: &WorkloadRef, subresource: Option<&str>) -> Url {
+        let segment = |s: &str| utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let mut path = format!(
+            "apis/apps/v1/namespaces/{}/{}/{}",
+            segment(namespace),
+            workload.kind.resource(),
+            segment(&workload.name)
+        );
+        if let Some(subresource) = subresource {
+            path.push('/');
+            path.push_str(subresource);
+        }
+        self.api.join(&path).expect("encoded path joins the API base")
+    }
+
+    fn pods_url(&self, namespace: &str, query: &str) -> Url {
+        let segment = utf8_percent_encode(namespace, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let mut url = self.api.join(&format!("api/v1/namespaces/{segment}/pods")).expect("encoded path joins");
+        url.set_query(Some(query));
+        url
+    }
+
+    async fn decode_as<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, KubeError> {
+        response.json::<T>().await.map_err(|err| KubeError::Decode(err.to_string()))
+    }
+
+    /// The workload, or `None` when it does not exist.
+    pub async fn get_workload(&self, namespace: &str, workload: &WorkloadRef) -> Result<Option<Workload>, KubeError> {
+        match self.send_bytes(Method::GET, self.apps_url(namespace, workload, None), None, REQUEST_TIMEOUT).await {
+            Ok(response) => Self::decode_as(response).await.map(Some),
+            Err(err) if err.code() == Some(StatusCode::NOT_FOUND.as_u16()) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) one annotation with a JSON merge patch that carries
+    /// `resourceVersion`, so it applies only to the version read (409 Conflict otherwise): the
+    /// API server treats a resourceVersion in a patch as a precondition
+    /// (<https://kubernetes.io/docs/reference/using-api/api-concepts/#patch-and-apply>).
+    pub async fn annotate_workload(
+        &self,
+        namespace: &str,
+        workload: &WorkloadRef,
+        key: &str,
+        value: Option<&str>,
+        resource_version: &str,
+    ) -> Result<Workload, KubeError> {
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": resource_version, "annotations": {key: value}}
+        });
+        let body = ("application/merge-patch+json", serde_json::to_vec(&patch).expect("a patch encodes"));
+        let url = self.apps_url(namespace, workload, None);
+        let response = self.send_bytes(Method::PATCH, url, Some(body), REQUEST_TIMEOUT).await?;
+        Self::decode_as(response).await
+    }
+
+    /// Replaces the `scale` subresource; with `metadata.resourceVersion` set, 409 when the workload
+    /// changed since it was read.
+    pub async fn replace_scale(
+        &self,
+        namespace: &str,
+        workload: &WorkloadRef,
+        scale: &Scale,
+    ) -> Result<Scale, KubeError> {
+        let body = ("application/json", serde_json::to_vec(scale).expect("a Scale encodes"));
+        let url = self.apps_url(namespace, workload, Some("scale"));
+        let response = self.send_bytes(Method::PUT, url, Some(body), REQUEST_TIMEOUT).await?;
+        Self::decode_as(response).await
+    }
+
+    /// The `scale` subresource, or `None` when the workload does not exist.
+    pub async fn get_scale(&self, namespace: &str, workload: &WorkloadRef) -> Result<Option<Scale>, KubeError> {
+        let url = self.apps_url(namespace, workload, Some("scale"));
+        match self.send_bytes(Method::GET, url, None, REQUEST_TIMEOUT).await {
+            Ok(response) => Self::decode_as(response).await.map(Some),
+            Err(err) if err.code() == Some(StatusCode::NOT_FOUND.as_u16()) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The pods matching `selector` (label-selector syntax).
+    pub async fn list_pods(&self, namespace: &str, selector: &str) -> Result<PodList, KubeError> {
+        let query = format!("labelSelector={}", utf8_percent_encode(selector, percent_encoding::NON_ALPHANUMERIC));
+        let response = self.send_bytes(Method::GET, self.pods_url(namespace, &query), None, REQUEST_TIMEOUT).await?;
+        Self::decode_as(response).await
+    }
+
+    /// Watches the pods matching `selector` from `resource_version` (a list's), so that no change
+    /// between the list and the watch is missed.
+    pub async fn watch_pods(
+        &self,
+        namespace: &str,
+        selector: &str,
+        resource_version: &str,
+        server_timeout: Duration,
+    ) -> Result<Watch, KubeError> {
+        let query = format!(
+            "watch=true&labelSelector={}&resourceVersion={}&timeoutSeconds={}",
+            utf8_percent_encode(selector, percent_encoding::NON_ALPHANUMERIC),
+            utf8_percent_encode(resource_version, percent_encoding::NON_ALPHANUMERIC),
+            server_timeout.as_secs().max(1)
+        );
+        let url = self.pods_url(namespace, &query);
+        let response = self.send_bytes(Method::GET, url, None, server_timeout + REQUEST_TIMEOUT).await?;
+        Ok(Watch { response, buffer: Vec::new() })
     }
 }
 

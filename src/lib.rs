@@ -5,7 +5,8 @@
 //! management HTTP API and deletes the selected etcd prefixes in one transaction, side by side,
 //! with retries under one deadline, then records the outcome in a marker ConfigMap. Each gated pod
 //! runs `cleanslate gate` as an init container, which watches that ConfigMap until it says this
-//! revision (or a newer one) was cleaned. `cleanslate plan` shows what a purge would do.
+//! revision (or a newer one) was cleaned. `cleanslate plan` shows what a purge would do. With
+//! quiesce, the purge first stops the listed workloads and `cleanslate resume` starts them again.
 //!
 //! # Layout
 //!
@@ -16,9 +17,11 @@
 //! - [`rabbitmq`]: management API: list, dead-letter discovery, purge.
 //! - [`dead_letters`]: which queues dead letters provably reach (pure routing rules).
 //! - [`etcd`]: key ranges, protected prefixes, the delete transaction.
-//! - [`kube`]: one ConfigMap through the Kubernetes API: get, create, replace, watch.
+//! - [`kube`]: the Kubernetes API: the marker ConfigMap, a workload's annotations and scale, pods.
 //! - [`marker`]: the marker's data and the gate's rules (pure).
+//! - [`quiesce`]: stop the listed workloads before a purge, wait for their pods, put them back.
 //! - [`purge`]: the purge and plan runs.
+//! - [`shutdown`]: SIGTERM/SIGINT, handed to the runs that must clean up before exiting.
 //! - [`gate`]: read, then watch, until the marker allows this revision.
 
 pub mod config;
@@ -29,6 +32,8 @@ pub mod gate;
 pub mod kube;
 pub mod marker;
 pub mod purge;
+pub mod quiesce;
 pub mod rabbitmq;
 pub mod retry;
+pub mod shutdown;
 pub mod telemetry;

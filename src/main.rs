@@ -4,9 +4,10 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use cleanslate::config::{self, Env, GateConfig, Mode, PurgeConfig};
+use cleanslate::config::{self, Env, GateConfig, Mode, PurgeConfig, ResumeConfig};
 use cleanslate::exit::{Exit, exit_for};
-use cleanslate::{gate, purge, telemetry};
+use cleanslate::shutdown::Shutdown;
+use cleanslate::{gate, purge, quiesce, telemetry};
 use tracing::error;
 
 const USAGE: &str = "\
@@ -16,6 +17,7 @@ commands:
   purge     purge RabbitMQ queues and etcd prefixes, then write the marker (hook Job, helm test)
   gate      wait until the marker allows this revision (init container)
   plan      show what purge would do, with counts; changes nothing
+  resume    start the workloads a purge stopped (quiesce) again (hook Job after the upgrade)
 
 options:
   -h, --help     show this help
@@ -28,6 +30,7 @@ enum Command {
     Purge,
     Gate,
     Plan,
+    Resume,
 }
 
 impl Command {
@@ -36,6 +39,7 @@ impl Command {
             Command::Purge => "purge",
             Command::Gate => "gate",
             Command::Plan => "plan",
+            Command::Resume => "resume",
         }
     }
 }
@@ -53,6 +57,7 @@ fn parse_args(args: &[String]) -> Result<Invocation, String> {
             "purge" => Ok(Invocation::Run(Command::Purge)),
             "gate" => Ok(Invocation::Run(Command::Gate)),
             "plan" => Ok(Invocation::Run(Command::Plan)),
+            "resume" => Ok(Invocation::Run(Command::Resume)),
             "-h" | "--help" | "help" => Ok(Invocation::Help),
             "-V" | "--version" => Ok(Invocation::Version),
             other if other.starts_with('-') => Err(format!("unknown option {other:?}")),
@@ -96,23 +101,36 @@ fn main() -> ExitCode {
         Err(err) => return report(command, &anyhow::Error::new(err).context("starting the async runtime")).into(),
     };
     let exit = runtime.block_on(async {
+        let mut shutdown = Shutdown::listen();
+        if command == Command::Purge {
+            // Purge handles the signal itself: it restores what it stopped and records the attempt.
+            let result = run(command, &env, shutdown).await;
+            if let Ok(exit @ (Exit::Terminated | Exit::Interrupted)) = result {
+                let signal = if exit == Exit::Terminated { "SIGTERM" } else { "SIGINT" };
+                eprintln!("cleanslate purge: stopped by {signal}");
+            }
+            return result;
+        }
+        // Nothing to undo in the other commands: stop at once.
         tokio::select! {
-            result = run(command, &env) => result.unwrap_or_else(|err| report(command, &err)),
-            signal = terminated() => {
-                error!(signal, "stopped by signal before finishing; no marker claims success");
-                eprintln!("cleanslate {}: stopped by {signal}", command.name());
-                Exit::Terminated
+            result = run(command, &env, Shutdown::never()) => result,
+            signal = shutdown.recv() => {
+                error!(signal = signal.name(), "stopped by signal before finishing");
+                eprintln!("cleanslate {}: stopped by {}", command.name(), signal.name());
+                Ok(signal.exit())
             }
         }
     });
-    exit.into()
+    exit.unwrap_or_else(|err| report(command, &err)).into()
 }
 
-async fn run(command: Command, env: &Env) -> Result<Exit> {
+/// Runs one command; only `purge` takes the shutdown signal (the others are dropped on a signal).
+async fn run(command: Command, env: &Env, shutdown: Shutdown) -> Result<Exit> {
     match command {
-        Command::Purge => purge::run(&PurgeConfig::from_env(env, Mode::Purge)?, Mode::Purge).await,
-        Command::Plan => purge::run(&PurgeConfig::from_env(env, Mode::Plan)?, Mode::Plan).await,
+        Command::Purge => purge::run(&PurgeConfig::from_env(env, Mode::Purge)?, Mode::Purge, shutdown).await,
+        Command::Plan => purge::run(&PurgeConfig::from_env(env, Mode::Plan)?, Mode::Plan, shutdown).await,
         Command::Gate => gate::run(&GateConfig::from_env(env)?).await,
+        Command::Resume => quiesce::run(&ResumeConfig::from_env(env)?).await,
     }
 }
 
@@ -122,16 +140,4 @@ fn report(command: Command, err: &anyhow::Error) -> Exit {
     error!(exit_code = exit.code(), error = %format!("{err:#}"), "{} failed", command.name());
     eprintln!("cleanslate {}: {err:#}", command.name());
     exit
-}
-
-/// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C), naming the signal.
-async fn terminated() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
 }

@@ -1,10 +1,17 @@
-//! The purge run (`purge` and `plan`): guard, plan, clean RabbitMQ and etcd side by side, summarise,
-//! write the marker.
+//! The purge run (`purge` and `plan`): guard, plan, stop the listed workloads (quiesce), clean
+//! RabbitMQ and etcd side by side, summarise, put the workloads back when the run failed, write the
+//! marker.
 //!
 //! Everything that can refuse the run (production, dangerous prefixes, configuration) is decided
 //! before the first connection. RabbitMQ and etcd are cleaned concurrently under one deadline,
 //! because the run's length is the deploy's delay. A failure on one side does not stop the other:
 //! both are idempotent, and the summary and the marker say exactly what was and was not done.
+//!
+//! With quiesce, a failed purge, a quiesce timeout or a signal restores the stopped workloads
+//! before the marker is written (the previous version keeps running, as if the upgrade had not
+//! started), and the marker's message names them. On success the workloads stay stopped for the
+//! upgrade: the resume hook Job (or Helm itself) starts the new version, except in the `helm test`
+//! Pod (`CLEANSLATE_QUIESCE_RESUME=true`), which resumes them itself.
 
 use std::time::{Duration, SystemTime};
 
@@ -17,12 +24,20 @@ use crate::etcd::{self, KeyRange, RangePlan};
 use crate::exit::{Classified, Exit, Kind, classified, exit_for};
 use crate::kube::{ConfigMap, KubeClient, KubeError};
 use crate::marker::{self, Marker, RunStatus};
+use crate::quiesce;
 use crate::rabbitmq::{Management, QueueOutcome, Selection};
 use crate::retry::{self, Attempt};
+use crate::shutdown::{Shutdown, Signal};
 
 /// Time allowed for writing the marker after the run, on top of `CLEANSLATE_TIMEOUT`: a run that
 /// used its whole deadline must still tell the gates how it ended.
 const MARKER_BUDGET: Duration = Duration::from_secs(15);
+/// Time allowed for putting stopped workloads back after a failure: a few API calls each.
+const RESTORE_BUDGET: Duration = Duration::from_secs(15);
+/// After SIGTERM the pod has its grace period (30 s by default) before SIGKILL: restoring and the
+/// marker get a few seconds each, so both fit well inside it.
+const SIGNAL_RESTORE_BUDGET: Duration = Duration::from_secs(10);
+const SIGNAL_MARKER_BUDGET: Duration = Duration::from_secs(5);
 
 /// The RabbitMQ side's result.
 struct RabbitReport {
@@ -64,8 +79,9 @@ impl Summary {
 }
 
 /// Runs `purge` (or `plan`) and returns the exit status; refusals and configuration problems come
-/// back as errors before anything is touched.
-pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
+/// back as errors before anything is touched. On a signal from `shutdown` the run stops its work,
+/// restores what it stopped, records a failed attempt, and returns the signal's exit status.
+pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Result<Exit> {
     let dry_run = mode == Mode::Plan || config.dry_run;
     if mode == Mode::Purge && config.is_production() && !config.allow_production {
         return Err(classified(
@@ -90,19 +106,47 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
         (Some(marker), Mode::Purge) => Some((KubeClient::new(&marker.kube)?, marker)),
         _ => None,
     };
+    let quiesce_target = match &config.quiesce {
+        Some(settings) if !dry_run => Some((KubeClient::new(&settings.kube)?, settings)),
+        Some(settings) => {
+            let names: Vec<String> = settings.workloads.iter().map(ToString::to_string).collect();
+            info!(workloads = %names.join(", "), "would stop these workloads before purging (quiesce)");
+            None
+        }
+        None => None,
+    };
 
     let started_at = SystemTime::now();
     let clock = Instant::now();
-    let deadline = clock + config.timeout;
     info!(
         environment = config.environment.as_deref().unwrap_or(""),
         dry_run,
         rabbitmq = config.rabbitmq.is_some(),
         etcd = config.etcd.is_some(),
+        quiesce = quiesce_target.is_some(),
         timeout_ms = config.timeout.as_millis() as u64,
         "{}",
         if mode == Mode::Plan { "planning" } else { "purge started" }
     );
+
+    // Quiesce first: nothing is purged while the previous version's writers may still run.
+    let progress = quiesce::Progress::default();
+    let mut interrupted: Option<Signal> = None;
+    let mut quiesce_failure = None;
+    if let Some((kube, settings)) = &quiesce_target {
+        let stopping = tokio::time::timeout(settings.timeout, quiesce::stop(kube, settings, &progress));
+        tokio::select! {
+            stopped = stopping => match stopped {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => quiesce_failure = Some(err.context("stopping the workloads (quiesce)")),
+                Err(_) => quiesce_failure = Some(progress.timeout_error(settings.timeout)),
+            },
+            signal = shutdown.recv() => interrupted = Some(signal),
+        }
+    }
+
+    // CLEANSLATE_TIMEOUT bounds the purge itself; the quiesce has its own timeout.
+    let deadline = Instant::now() + config.timeout;
 
     let rabbit_side = async {
         match &rabbit {
@@ -118,9 +162,57 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
             _ => None,
         }
     };
-    let (rabbit_result, etcd_result) = tokio::join!(rabbit_side, etcd_side);
 
-    let summary = summarize(rabbit_result, etcd_result, dry_run);
+    let mut summary = match (&quiesce_failure, interrupted) {
+        (None, None) => {
+            let purging = async { tokio::join!(rabbit_side, etcd_side) };
+            tokio::select! {
+                (rabbit_result, etcd_result) = purging => summarize(rabbit_result, etcd_result, dry_run),
+                signal = shutdown.recv() => {
+                    interrupted = Some(signal);
+                    Summary::default()
+                }
+            }
+        }
+        _ => Summary::default(),
+    };
+    if let Some(err) = quiesce_failure {
+        summary.fail(exit_for(&err), format!("{err:#}; nothing was purged"));
+    }
+    if let Some(signal) = interrupted {
+        // Whatever finished before the signal is not known for sure: the marker says failed.
+        summary.fail(signal.exit(), format!("stopped by {} before the purge finished", signal.name()));
+    }
+
+    // Put the workloads back: after a failure the previous version keeps running; in the helm
+    // test Pod the reset is complete only when they run again.
+    let mut resume_failures = Vec::new();
+    if let Some((kube, settings)) = &quiesce_target {
+        let stopped = progress.stopped();
+        let failed = !summary.failures.is_empty();
+        if !stopped.is_empty() && (failed || settings.resume_after_purge) {
+            let budget = if interrupted.is_some() { SIGNAL_RESTORE_BUDGET } else { RESTORE_BUDGET };
+            let report = quiesce::restore(kube, &settings.namespace, &stopped, Instant::now() + budget).await;
+            let restored = report.describe_restored();
+            if failed {
+                if !restored.is_empty() {
+                    summary.failures.push(restored);
+                }
+                for line in report.describe_failed() {
+                    summary.fail(Exit::Failed.worst(report.exit), line);
+                }
+            } else {
+                if !restored.is_empty() {
+                    info!(workloads = %restored, "workloads resumed after the purge (CLEANSLATE_QUIESCE_RESUME)");
+                }
+                resume_failures = report.describe_failed();
+                if !resume_failures.is_empty() {
+                    summary.exit = summary.exit.worst(Exit::Failed.worst(report.exit));
+                }
+            }
+        }
+    }
+
     let duration_ms = clock.elapsed().as_millis() as u64;
     let mut exit = summary.exit;
     let with_consumers = summary.queues_with_consumers.join(", ");
@@ -178,13 +270,27 @@ pub async fn run(config: &PurgeConfig, mode: Mode) -> Result<Exit> {
             last_succeeded_revision: None,
             last_succeeded_at: String::new(),
         };
-        if let Err(err) = write_marker(&kube, settings, &record).await {
+        let written = match interrupted {
+            // Best effort within the pod's grace period.
+            Some(_) => tokio::time::timeout(SIGNAL_MARKER_BUDGET, write_marker(&kube, settings, &record))
+                .await
+                .unwrap_or_else(|_| Err(anyhow!("writing the marker: no answer within {SIGNAL_MARKER_BUDGET:?}"))),
+            None => write_marker(&kube, settings, &record).await,
+        };
+        if let Err(err) = written {
             error!(marker = %settings.name, namespace = %settings.namespace, error = %format!("{err:#}"), "marker not written");
             exit = exit.worst(exit_for(&err));
-            if summary.failures.is_empty() {
+            if summary.failures.is_empty() && interrupted.is_none() {
                 return Err(err);
             }
         }
+    }
+    if let Some(signal) = interrupted {
+        error!(signal = signal.name(), failures = %summary.failures.join("; "), "stopped by signal");
+        return Ok(signal.exit());
+    }
+    if !resume_failures.is_empty() {
+        return Err(classified(Kind::for_exit(exit), resume_failures.join("; ")));
     }
     if summary.failures.is_empty() {
         Ok(exit)

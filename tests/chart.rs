@@ -57,10 +57,11 @@ fn production_is_refused_at_render_time() {
     );
 }
 
-/// RBAC: no wildcards; the Job may only get/update/patch the marker; the gate may only read it.
+/// RBAC without quiesce: no wildcards; the Job may only get/update/patch the marker; the gate may
+/// only read it.
 #[test]
 fn rbac_is_least_privilege() {
-    let docs = dev(&[]);
+    let docs = dev(&["--set", "cleanup.quiesce.enabled=false"]);
     for role in docs.iter().filter(|d| kind(d) == "Role" || kind(d) == "ClusterRole") {
         assert_eq!(kind(role), "Role", "namespaced roles only");
         for rule in role["rules"].as_array().unwrap() {
@@ -536,4 +537,97 @@ fn every_rendered_pod_is_restricted() {
         }
     }
     assert!(pods >= 20, "the Job, test Pod and apps were checked: {pods}");
+}
+
+fn env_value(container: &Value, name_: &str) -> Option<String> {
+    container["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name_)
+        .and_then(|e| e["value"].as_str().map(str::to_string))
+}
+
+/// Quiesce RBAC: the purge Role and the resume Role name exactly the gated apps and the listed
+/// workloads (and their scale subresource); only the purge Role may list/watch pods; no wildcard.
+#[test]
+fn quiesce_rbac_names_exactly_the_workloads() {
+    let docs = dev(&[
+        "--set-json",
+        r#"cleanup.quiesce.workloads=["deployment/api","statefulset/worker"]"#,
+        "--set",
+        "apps.consumer.gated=false",
+    ]);
+    let deployments = json!({"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale"],
+                             "resourceNames": ["shop-producer", "api"], "verbs": ["get", "patch", "update"]});
+    let statefulsets = json!({"apiGroups": ["apps"], "resources": ["statefulsets", "statefulsets/scale"],
+                              "resourceNames": ["worker"], "verbs": ["get", "patch", "update"]});
+    let marker = json!({"apiGroups": [""], "resources": ["configmaps"],
+                        "resourceNames": ["shop-cleanslate-marker"], "verbs": ["get", "update"]});
+    let pods = json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]});
+    assert_eq!(
+        find(&docs, "Role", "shop-cleanslate-purge")["rules"],
+        json!([marker, deployments, statefulsets, pods]),
+        "purge Role: the marker, exactly the named workloads and their scale, read-only pods"
+    );
+    assert_eq!(
+        find(&docs, "Role", "shop-cleanslate-resume")["rules"],
+        json!([deployments, statefulsets]),
+        "resume Role: the same named workload rights and nothing else"
+    );
+    let job = find(&docs, "Job", "shop-cleanslate-purge");
+    let container = &pod_spec(job)["containers"][0];
+    assert_eq!(
+        env_value(container, "CLEANSLATE_QUIESCE").as_deref(),
+        Some("deployment/shop-producer,deployment/api,statefulset/worker"),
+        "the gated apps (not the ungated consumer) and the listed workloads"
+    );
+    assert_eq!(env_value(container, "CLEANSLATE_QUIESCE_TIMEOUT").as_deref(), Some("45s"), "default timeout");
+    assert_eq!(
+        env_value(container, "CLEANSLATE_QUIESCE_RESUME"),
+        None,
+        "the hook Job leaves resuming to the resume Job"
+    );
+    let test_pod = &pod_spec(find(&docs, "Pod", "shop-cleanslate-test-purge"))["containers"][0];
+    assert_eq!(env_value(test_pod, "CLEANSLATE_QUIESCE_RESUME").as_deref(), Some("true"), "helm test resumes itself");
+}
+
+/// The resume Job: after install and upgrade, after the purge Job and its own RBAC, keeps its last
+/// run, hardened like the purge Job; quiesce is off unless turned on (values.yaml, prod).
+#[test]
+fn resume_job_hooks_and_defaults() {
+    let docs = dev(&[]);
+    let purge = find(&docs, "Job", "shop-cleanslate-purge");
+    let resume = find(&docs, "Job", "shop-cleanslate-resume");
+    assert_eq!(hook_events(resume), ["post-install", "post-upgrade"], "after install and upgrade");
+    assert!(hook_weight(resume) > hook_weight(purge), "after the purge Job on post-install");
+    assert_eq!(
+        resume["metadata"]["annotations"]["helm.sh/hook-delete-policy"],
+        json!("before-hook-creation"),
+        "keeps its last run until the next deploy"
+    );
+    for kind_ in ["ServiceAccount", "Role", "RoleBinding"] {
+        let doc = find(&docs, kind_, "shop-cleanslate-resume");
+        assert_eq!(hook_events(doc), ["post-install", "post-upgrade"], "{kind_} on the resume Job's events");
+        assert!(hook_weight(doc) < hook_weight(resume), "{kind_} before the resume Job");
+        assert!(hook_weight(doc) > hook_weight(purge), "{kind_} after the purge Job (post-install order)");
+    }
+    assert_eq!(pod_spec(resume)["serviceAccountName"], json!("shop-cleanslate-resume"), "its own identity");
+    assert_eq!(pod_spec(resume)["securityContext"], pod_spec(purge)["securityContext"], "same pod security context");
+    let container = &pod_spec(resume)["containers"][0];
+    assert_eq!(container["args"], json!(["resume"]), "runs cleanslate resume");
+    assert_hardened(container, "resume Job");
+    assert_eq!(
+        env_value(container, "CLEANSLATE_QUIESCE").as_deref(),
+        Some("deployment/shop-consumer,deployment/shop-producer"),
+        "resumes what the purge stops"
+    );
+    let staging = render("shop", "staging", &["-f", &values_file("values-staging.yaml")]);
+    assert!(staging.iter().any(|d| name(d) == "shop-cleanslate-resume"), "on in staging");
+    let plain = render("shop", "dev", &["--set", "cleanup.enabled=true"]);
+    assert!(!plain.iter().any(|d| name(d).ends_with("-resume")), "off by default in values.yaml");
+    let job = &pod_spec(find(&plain, "Job", "shop-cleanslate-purge"))["containers"][0];
+    assert_eq!(env_value(job, "CLEANSLATE_QUIESCE"), None, "no quiesce without cleanup.quiesce.enabled");
+    let err = try_render("shop", "dev", &["--set-json", r#"cleanup.quiesce.workloads=["daemonset/agent"]"#])
+        .expect_err("only Deployments and StatefulSets");
+    assert!(err.contains("daemonset/agent"), "names the entry: {err}");
 }

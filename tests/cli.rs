@@ -60,7 +60,10 @@ async fn usage_errors_and_help() {
     let help = cleanslate(&["--help"], &[]).await;
     assert_eq!(help.code, 0, "help succeeds");
     assert!(
-        help.stdout.contains("purge") && help.stdout.contains("gate") && help.stdout.contains("plan"),
+        help.stdout.contains("purge")
+            && help.stdout.contains("gate")
+            && help.stdout.contains("plan")
+            && help.stdout.contains("resume"),
         "help lists commands"
     );
     let version = cleanslate(&["--version"], &[]).await;

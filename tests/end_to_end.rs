@@ -113,10 +113,12 @@ fn start_gates(cluster: &FakeCluster, docs: &[Value], suffix: &str) -> Vec<GateP
         .collect()
 }
 
-/// Runs the hooks of `event` in Helm's order; returns the Job's (last) run, if there was a Job. A Job
-/// is run as its controller would: a failed pod is replaced until `backoffLimit` retries are used up.
-async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Option<Run> {
-    let mut job_run = None;
+/// Runs the hooks of `event` in Helm's order, stopping after the first Job or Pod that fails (Helm
+/// then skips the remaining hooks and fails the release); returns each Job's or Pod's last run by
+/// name. A Job is run as its controller would: a failed pod is replaced until `backoffLimit`
+/// retries are used up.
+async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Vec<(String, Run)> {
+    let mut runs = Vec::new();
     for hook in hooks_for(docs, event) {
         match kind(hook) {
             "Job" | "Pod" => {
@@ -126,6 +128,7 @@ async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Op
                     "Job" => hook["spec"]["backoffLimit"].as_u64().unwrap_or(6) + 1,
                     _ => 1,
                 };
+                let mut last = None;
                 for attempt in 1..=attempts {
                     let pod = if attempt == 1 {
                         format!("{}-x7k2p", name(hook))
@@ -134,16 +137,40 @@ async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Op
                     };
                     let run = finish(cluster.spawn(spec, container, &pod)).await;
                     let succeeded = run.code == 0;
-                    job_run = Some(run);
+                    last = Some(run);
                     if succeeded {
                         break;
                     }
+                }
+                let run = last.expect("at least one attempt");
+                let failed = run.code != 0;
+                runs.push((name(hook).to_string(), run));
+                if failed {
+                    break;
                 }
             }
             _ => cluster.apply(hook),
         }
     }
-    job_run
+    runs
+}
+
+/// The run of the Job or Pod `job` among `runs`.
+fn job_run<'a>(runs: &'a [(String, Run)], job: &str) -> &'a Run {
+    let names: Vec<&str> = runs.iter().map(|(n, _)| n.as_str()).collect();
+    runs.iter().find(|(n, _)| n == job).map(|(_, run)| run).unwrap_or_else(|| panic!("{job} did not run: {names:?}"))
+}
+
+/// Asserts that every Job or Pod in `runs` succeeded.
+fn all_succeeded(runs: &[(String, Run)], when: &str) {
+    for (name, run) in runs {
+        assert_eq!(run.code, 0, "{when}: {name} succeeds: {}", run.all_output());
+    }
+}
+
+/// `spec.replicas` and the quiesce record of a Deployment in the fake cluster.
+fn replicas(cluster: &FakeCluster, deployment: &str) -> (i64, Option<String>) {
+    cluster.api.replicas_and_annotation(NAMESPACE, "deployments", deployment)
 }
 
 fn marker(cluster: &FakeCluster) -> serde_json::Map<String, Value> {
@@ -178,8 +205,9 @@ async fn install_upgrade_and_helm_test() {
     for gate in &mut gates {
         assert!(gate.child.try_wait().expect("status").is_none(), "{} waits for the marker", gate.deployment);
     }
-    let job = run_hooks(&mut cluster, &install, "post-install").await.expect("post-install Job ran");
-    assert_eq!(job.code, 0, "install Job succeeds: {}", job.all_output());
+    let runs = run_hooks(&mut cluster, &install, "post-install").await;
+    all_succeeded(&runs, "install");
+    let job = job_run(&runs, "shop-cleanslate-purge");
     let written = Instant::now();
     for gate in gates {
         let run = finish(gate.child).await;
@@ -188,6 +216,9 @@ async fn install_upgrade_and_helm_test() {
     }
     eprintln!("gates released {:?} after the Job ended", written.elapsed());
     world.assert_clean("after install").await;
+    for deployment in ["shop-producer", "shop-consumer"] {
+        assert_eq!(replicas(&cluster, deployment), (1, None), "{deployment}: resumed by the resume Job");
+    }
     let data = marker(&cluster);
     assert_eq!(
         (data["revision"].as_str(), data["status"].as_str()),
@@ -200,8 +231,8 @@ async fn install_upgrade_and_helm_test() {
     // helm upgrade (revision 2): the pre-upgrade Job runs before the Deployments change.
     world.seed().await;
     let upgrade = world.render(&["--is-upgrade".into(), "--set".into(), "cleanup.revision=2".into()]);
-    let job = run_hooks(&mut cluster, &upgrade, "pre-upgrade").await.expect("pre-upgrade Job ran");
-    assert_eq!(job.code, 0, "upgrade Job succeeds: {}", job.all_output());
+    let runs = run_hooks(&mut cluster, &upgrade, "pre-upgrade").await;
+    all_succeeded(&runs, "upgrade");
     world.assert_clean("after upgrade").await;
     assert_eq!(marker(&cluster)["revision"], json!("2"), "marker at revision 2");
     for resource in release_resources(&upgrade) {
@@ -217,9 +248,12 @@ async fn install_upgrade_and_helm_test() {
 
     // helm test: the test Pod purges again with the same configuration.
     world.seed().await;
-    let test = run_hooks(&mut cluster, &upgrade, "test").await.expect("test Pod ran");
-    assert_eq!(test.code, 0, "helm test purge succeeds: {}", test.all_output());
+    let runs = run_hooks(&mut cluster, &upgrade, "test").await;
+    all_succeeded(&runs, "helm test");
     world.assert_clean("after helm test").await;
+    for deployment in ["shop-producer", "shop-consumer"] {
+        assert_eq!(replicas(&cluster, deployment), (1, None), "{deployment}: helm test started it again");
+    }
     assert_eq!(marker(&cluster)["revision"], json!("2"), "helm test rewrites the same revision");
     assert_eq!(marker(&cluster)["job"], json!("shop-cleanslate-test-purge-x7k2p"), "written by the test Pod");
     world.cleanup().await;
@@ -237,7 +271,9 @@ async fn failing_job_fails_the_gates_fast() {
     }
     let gates = start_gates(&cluster, &docs, "rs1-b");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let job = run_hooks(&mut cluster, &docs, "post-install").await.expect("Job ran");
+    let runs = run_hooks(&mut cluster, &docs, "post-install").await;
+    assert_eq!(runs.len(), 1, "Helm stops at the failed Job: the resume Job does not run");
+    let job = job_run(&runs, "shop-cleanslate-purge");
     assert_eq!(job.code, 1, "the Job fails: {}", job.all_output());
     let failed_at = Instant::now();
     for gate in gates {
@@ -253,6 +289,9 @@ async fn failing_job_fails_the_gates_fast() {
     }
     assert!(failed_at.elapsed() < Duration::from_secs(5), "fast, not at the gate timeout");
     assert_eq!(marker(&cluster)["status"], json!("failed"), "marker says failed");
+    for deployment in ["shop-producer", "shop-consumer"] {
+        assert_eq!(replicas(&cluster, deployment), (1, None), "{deployment}: put back after the failure");
+    }
     assert_eq!(world.rabbit.count(&world.vhost, "monorepo").await, 3, "nothing purged with a wrong password");
     world.cleanup().await;
 }
@@ -265,9 +304,15 @@ async fn pre_install_hook_cleans_before_pods_start() {
     world.seed().await;
     let mut cluster = FakeCluster::start(NAMESPACE).await;
     let docs = world.render(&["--set-json".into(), r#"cleanup.hook.events=["pre-install","pre-upgrade"]"#.into()]);
-    assert!(hooks_for(&docs, "post-install").is_empty(), "nothing left for post-install");
-    let job = run_hooks(&mut cluster, &docs, "pre-install").await.expect("pre-install Job ran");
+    let post_install: Vec<&str> = hooks_for(&docs, "post-install").into_iter().map(name).collect();
+    assert!(
+        post_install.iter().all(|n| n.ends_with("-resume")),
+        "only the resume Job and its RBAC are left for post-install: {post_install:?}"
+    );
+    let runs = run_hooks(&mut cluster, &docs, "pre-install").await;
+    let job = job_run(&runs, "shop-cleanslate-purge");
     assert_eq!(job.code, 0, "Job succeeds before the release resources exist: {}", job.all_output());
+    assert!(job.stdout.contains("workload not found"), "first install: nothing to stop, and said so: {}", job.stdout);
     world.assert_clean("after pre-install").await;
     for resource in release_resources(&docs) {
         cluster.apply(resource);
@@ -276,6 +321,10 @@ async fn pre_install_hook_cleans_before_pods_start() {
         let run = finish(gate.child).await;
         assert_eq!(run.code, 0, "{}: passes: {}", gate.deployment, run.all_output());
     }
+    let runs = run_hooks(&mut cluster, &docs, "post-install").await;
+    all_succeeded(&runs, "post-install");
+    assert!(job_run(&runs, "shop-cleanslate-resume").stdout.contains("nothing to do"), "nothing was stopped");
+    assert_eq!(replicas(&cluster, "shop-producer"), (1, None), "the apps run as the chart says");
     world.cleanup().await;
 }
 
@@ -353,7 +402,8 @@ async fn preview_environments_clean_only_their_own() {
     for (done, namespace) in namespaces.iter().enumerate() {
         let mut cluster = FakeCluster::start(namespace).await;
         let docs = render(RELEASE, namespace, &args);
-        let job = run_hooks(&mut cluster, &docs, "post-install").await.expect("post-install Job ran");
+        let runs = run_hooks(&mut cluster, &docs, "post-install").await;
+        let job = job_run(&runs, "shop-cleanslate-purge");
         assert_eq!(job.code, 0, "{namespace}: Job succeeds: {}", job.all_output());
         let marker = cluster.api.object(namespace, "shop-cleanslate-marker").expect("marker in its namespace");
         assert_eq!(marker["data"]["status"], json!("succeeded"), "{namespace}: marker");
@@ -393,11 +443,133 @@ async fn apps_with_their_own_service_account_pass_the_gate() {
         cluster.apply(resource);
     }
     let gates = start_gates(&cluster, &docs, "rs1-d");
-    let job = run_hooks(&mut cluster, &docs, "post-install").await.expect("Job ran");
+    let runs = run_hooks(&mut cluster, &docs, "post-install").await;
+    let job = job_run(&runs, "shop-cleanslate-purge");
     assert_eq!(job.code, 0, "Job succeeds: {}", job.all_output());
     for gate in gates {
         let run = finish(gate.child).await;
         assert_eq!(run.code, 0, "{}: gate passes with its pod's ServiceAccount: {}", gate.deployment, run.all_output());
     }
+}
+
+/// Installs the release (post-install Job and resume Job) with `extra` values; returns the docs.
+async fn install(world: &World, cluster: &mut FakeCluster, extra: &[String]) -> Vec<Value> {
+    let docs = world.render(extra);
+    for resource in release_resources(&docs) {
+        cluster.apply(resource);
+    }
+    let runs = run_hooks(cluster, &docs, "post-install").await;
+    all_succeeded(&runs, "install");
+    assert_eq!(runs.len(), 2, "purge Job, then resume Job");
+    docs
+}
+
+/// An upgrade with quiesce (values-dev): the previous revision's writer, publishing and writing
+/// keys in a loop, is stopped before the pre-upgrade purge; nothing it wrote is left after the
+/// upgrade; the replica counts end where the chart says, and an HPA-style Deployment of a parent
+/// chart (no `replicas` in its manifest, listed in cleanup.quiesce.workloads) is brought back to
+/// its count by the resume Job.
+#[tokio::test]
+async fn upgrade_stops_the_old_writer_and_leaves_nothing_it_wrote() {
+    let mut world = World::new().await;
+    let mut cluster = FakeCluster::start(NAMESPACE).await;
+    let api_workload = ["--set-json".to_string(), r#"cleanup.quiesce.workloads=["deployment/api"]"#.to_string()];
+    // The parent chart's HPA-managed Deployment, scaled out to 3 by its HPA.
+    cluster.api.apply_workload(NAMESPACE, &deployment_manifest("api", None));
+    cluster.api.apply_workload(NAMESPACE, &deployment_manifest("api", Some(3)));
+    install(&world, &mut cluster, &api_workload).await;
+    assert_eq!(replicas(&cluster, "api"), (3, None), "install stopped and resumed the api at 3");
+    world.seed().await;
+
+    // helm upgrade (revision 2): pre-upgrade hooks, with the old producer writing meanwhile.
+    let mut extra = api_workload.to_vec();
+    extra.extend(["--is-upgrade".into(), "--set".into(), "cleanup.revision=2".into()]);
+    let upgrade = world.render(&extra);
+    let hooks = hooks_for(&upgrade, "pre-upgrade");
+    let (job_doc, resources) = hooks.split_last().expect("pre-upgrade hooks");
+    assert_eq!(kind(job_doc), "Job", "the purge Job is the last pre-upgrade hook");
+    for resource in resources {
+        cluster.apply(resource);
+    }
+    let spec = pod_spec(job_doc);
+    let running = tokio::sync::Notify::new();
+    let writer = old_writer(
+        &cluster.api,
+        NAMESPACE,
+        "shop-producer",
+        &world.rabbit,
+        &world.vhost,
+        "monorepo",
+        &world.prefix,
+        &running,
+    );
+    let job = async {
+        // The Job starts while the old writer is running.
+        running.notified().await;
+        finish(cluster.spawn(spec, &spec["containers"][0], "shop-cleanslate-purge-u2k9")).await
+    };
+    let (written, job) = tokio::join!(writer, job);
+    assert_eq!(job.code, 0, "upgrade Job succeeds: {}", job.all_output());
+    assert!(written > 1, "the old writer was running ({written} writes)");
+    world.assert_clean("after the pre-upgrade purge").await;
+    assert_eq!(replicas(&cluster, "shop-producer"), (0, Some("1".into())), "producer stopped, count recorded");
+    assert_eq!(replicas(&cluster, "api"), (0, Some("3".into())), "api stopped, count recorded");
+
+    // Helm updates the release resources (manifests with replicas: 1), and the parent chart's
+    // api manifest without replicas, then runs post-upgrade hooks.
+    for resource in release_resources(&upgrade) {
+        cluster.apply(resource);
+    }
+    cluster.api.apply_workload(NAMESPACE, &deployment_manifest("api", None));
+    assert_eq!(replicas(&cluster, "shop-producer").0, 1, "Helm restores a manifest's replicas by itself");
+    assert_eq!(replicas(&cluster, "api").0, 0, "but not a count the manifest leaves out");
+    let runs = run_hooks(&mut cluster, &upgrade, "post-upgrade").await;
+    all_succeeded(&runs, "post-upgrade");
+    let resume = job_run(&runs, "shop-cleanslate-resume");
+    assert!(resume.stdout.contains("already running again"), "the apps needed no resume: {}", resume.stdout);
+    for deployment in ["shop-producer", "shop-consumer"] {
+        assert_eq!(replicas(&cluster, deployment), (1, None), "{deployment}: at the chart's count, no record");
+    }
+    assert_eq!(replicas(&cluster, "api"), (3, None), "the HPA-style api is back at 3 thanks to the resume Job");
+    assert_eq!(cluster.api.pods_of(NAMESPACE, "shop-producer").len(), 1, "one new producer pod");
+    world.assert_clean("after the upgrade").await;
+    assert_eq!(marker(&cluster)["revision"], json!("2"), "marker at revision 2");
+    world.cleanup().await;
+}
+
+/// An upgrade whose purge fails (RabbitMQ unreachable): Helm stops at the pre-upgrade Job, and the
+/// old workloads are already back at their counts, without the record; the marker says failed and
+/// names them.
+#[tokio::test]
+async fn failed_upgrade_restores_the_old_workloads() {
+    let mut world = World::new().await;
+    let mut cluster = FakeCluster::start(NAMESPACE).await;
+    install(&world, &mut cluster, &[]).await;
+    world.seed().await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let upgrade = world.render(&[
+        "--is-upgrade".into(),
+        "--set".into(),
+        "cleanup.revision=2".into(),
+        "--set".into(),
+        format!("cleanup.rabbitmq.url={dead}"),
+        "--set".into(),
+        "cleanup.timeout=3s".into(),
+    ]);
+    let runs = run_hooks(&mut cluster, &upgrade, "pre-upgrade").await;
+    let job = job_run(&runs, "shop-cleanslate-purge");
+    assert_eq!(job.code, 69, "RabbitMQ unreachable: {}", job.all_output());
+    for deployment in ["shop-producer", "shop-consumer"] {
+        assert_eq!(replicas(&cluster, deployment), (1, None), "{deployment}: restored, record removed");
+        assert_eq!(cluster.api.pods_of(NAMESPACE, deployment).len(), 1, "{deployment}: running again");
+    }
+    let data = marker(&cluster);
+    assert_eq!(data["status"], json!("failed"), "marker failed: {data:?}");
+    let message = data["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("restored deployment/shop-consumer (1 replica), deployment/shop-producer (1 replica)"),
+        "names the restored workloads: {message}"
+    );
+    assert_eq!(world.rabbit.count(&world.vhost, "monorepo").await, 3, "nothing purged in RabbitMQ");
     world.cleanup().await;
 }

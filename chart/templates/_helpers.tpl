@@ -255,6 +255,50 @@ argocd.argoproj.io/hook-delete-policy: {{ join "," (compact $policies) }}
 {{- join "," (uniq (prepend $v.cleanup.hook.deletePolicy "before-hook-creation")) -}}
 {{- end -}}
 
+{{/* Workloads that quiesce stops, comma-separated `deployment/NAME` and `statefulset/NAME`: the enabled, gated apps, then cleanup.quiesce.workloads. Empty when cleanup or quiesce is off. */}}
+{{- define "cleanslate.quiesceWorkloads" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- $list := list -}}
+{{- if and $v.cleanup.enabled $v.cleanup.quiesce.enabled -}}
+{{- range $name, $app := $v.apps -}}
+{{- if and $app.enabled $app.gated -}}
+{{- $list = append $list (printf "deployment/%s" (printf "%s-%s" $.Release.Name $name | trunc 63 | trimSuffix "-")) -}}
+{{- end -}}
+{{- end -}}
+{{- range $v.cleanup.quiesce.workloads -}}
+{{- $list = append $list . -}}
+{{- end -}}
+{{- end -}}
+{{- join "," (uniq $list) -}}
+{{- end -}}
+
+{{/* RBAC rules for quiesce and resume: get/patch/update on exactly the named workloads and their scale subresource. */}}
+{{- define "cleanslate.quiesceRules" -}}
+{{- $deployments := list -}}
+{{- $statefulsets := list -}}
+{{- range splitList "," (include "cleanslate.quiesceWorkloads" .) -}}
+{{- if hasPrefix "deployment/" . }}{{ $deployments = append $deployments (trimPrefix "deployment/" .) }}{{ end -}}
+{{- if hasPrefix "statefulset/" . }}{{ $statefulsets = append $statefulsets (trimPrefix "statefulset/" .) }}{{ end -}}
+{{- end -}}
+{{- if $deployments }}
+- apiGroups: [apps]
+  resources: [deployments, deployments/scale]
+  resourceNames: {{ toJson $deployments }}
+  verbs: [get, patch, update]
+{{- end }}
+{{- if $statefulsets }}
+- apiGroups: [apps]
+  resources: [statefulsets, statefulsets/scale]
+  resourceNames: {{ toJson $statefulsets }}
+  verbs: [get, patch, update]
+{{- end }}
+{{- end -}}
+
+{{/* ServiceAccount of the resume Job. */}}
+{{- define "cleanslate.resumeServiceAccountName" -}}
+{{- printf "%s-resume" (include "cleanslate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{/* Hardened container security context. */}}
 {{- define "cleanslate.containerSecurityContext" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
@@ -345,6 +389,12 @@ every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" 
       name: {{ default (printf "%s-credentials" $fullname) $c.etcd.existingSecret }}
       key: {{ $c.etcd.passwordKey }}
 {{- end }}
+{{- end }}
+{{- with include "cleanslate.quiesceWorkloads" . }}
+- name: CLEANSLATE_QUIESCE
+  value: {{ . | quote }}
+- name: CLEANSLATE_QUIESCE_TIMEOUT
+  value: {{ $c.quiesce.timeout | quote }}
 {{- end }}
 - name: CLEANSLATE_MARKER
   value: {{ include "cleanslate.markerName" . | quote }}

@@ -83,10 +83,22 @@ pub fn hook_weight(doc: &Value) -> i64 {
 
 /// Helm's install order of kinds (pkg/release/v1/util/kind_sorter.go, the part we render).
 fn kind_rank(kind_: &str) -> usize {
-    ["Namespace", "ServiceAccount", "Secret", "ConfigMap", "Role", "RoleBinding", "Service", "Pod", "Deployment", "Job"]
-        .iter()
-        .position(|k| *k == kind_)
-        .unwrap_or(usize::MAX)
+    [
+        "Namespace",
+        "ServiceAccount",
+        "Secret",
+        "ConfigMap",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Pod",
+        "Deployment",
+        "StatefulSet",
+        "Job",
+    ]
+    .iter()
+    .position(|k| *k == kind_)
+    .unwrap_or(usize::MAX)
 }
 
 /// The hooks of `event`, in the order Helm runs them: weight, then kind (stable pre-sort), then name.
@@ -152,14 +164,24 @@ impl FakeCluster {
                     assert_eq!(subject["kind"], "ServiceAccount", "binds a ServiceAccount");
                     let token = Self::token_of(subject["name"].as_str().unwrap());
                     for rule in role["rules"].as_array().expect("rules") {
+                        let groups: Vec<&str> =
+                            rule["apiGroups"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
                         let resources: Vec<&str> =
                             rule["resources"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-                        assert_eq!(resources, ["configmaps"], "rules only for configmaps");
                         let verbs: Vec<&str> =
                             rule["verbs"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
                         let names: Option<Vec<&str>> =
                             rule["resourceNames"].as_array().map(|n| n.iter().filter_map(Value::as_str).collect());
-                        self.api.grant(&token, &verbs, names.as_deref());
+                        for resource in resources {
+                            // The stand-in serves these resources in these groups, nothing else.
+                            let group = match resource.split('/').next().unwrap() {
+                                "configmaps" | "pods" => "",
+                                "deployments" | "statefulsets" => "apps",
+                                other => panic!("rule for {other}, a resource the stand-in does not serve"),
+                            };
+                            assert!(groups.contains(&group), "{resource} is in API group {group:?}: {rule}");
+                            self.api.grant_on(&token, resource, &verbs, names.as_deref());
+                        }
                     }
                 }
             }
@@ -170,6 +192,7 @@ impl FakeCluster {
                 object["metadata"]["namespace"] = Value::from(self.namespace.clone());
                 self.api.put_object(&self.namespace, name(doc), object);
             }
+            "Deployment" | "StatefulSet" => self.api.apply_workload(&self.namespace, doc),
             _ => {}
         }
     }

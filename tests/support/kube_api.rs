@@ -1,7 +1,9 @@
-//! A stand-in for the Kubernetes API server, for ConfigMaps only, honest where cleanslate depends on
+//! A stand-in for the Kubernetes API server, for ConfigMaps, Deployments and StatefulSets (with
+//! their `scale` subresource) and the pods of those workloads, honest where cleanslate depends on
 //! the real one:
 //! - HTTPS on 127.0.0.1:0 with a certificate from a CA the test makes;
-//! - bearer tokens: an unknown token gets 401, a token without the verb or the name gets 403
+//! - bearer tokens: an unknown token gets 401, a token without the verb, the resource (a
+//!   subresource such as `deployments/scale` is its own resource) or the name gets 403
 //!   (`resourceNames` rules allow list/watch only with `fieldSelector=metadata.name=…`, and never
 //!   allow create, as in RBAC);
 //! - get, create (409 AlreadyExists), update (PUT; 409 Conflict on a stale `resourceVersion`, 404
@@ -9,7 +11,11 @@
 //! - watch streams of JSON lines (ADDED/MODIFIED/DELETED) from a `resourceVersion` or, without one,
 //!   starting with the current object as ADDED; `timeoutSeconds` ends the stream; a
 //!   `resourceVersion` older than the last compaction gets an ERROR event with a 410 `Status`;
-//! - the real `Status` objects for errors.
+//! - the real `Status` objects for errors;
+//! - workloads and pods (see `apps`): the API server defaults `spec.replicas` to 1, the `scale`
+//!   subresource shares the workload's `resourceVersion`, and a controller-and-kubelet stand-in
+//!   keeps one pod per replica: new pods on a scale-up, and on a scale-down pods that terminate
+//!   (`deletionTimestamp`) and are gone after a grace delay, unless a test holds them.
 //!
 //! Switches let a test make it answer 410, close open streams, or fail the next requests with 5xx.
 //! It does nothing the real API server does not do.
@@ -29,9 +35,13 @@ use tokio::sync::broadcast;
 
 use super::TestCa;
 
-/// What a token may do: verbs, and optionally only on these names.
+mod apps;
+
+/// What a token may do on one resource (`configmaps`, `deployments/scale`, `pods`): verbs, and
+/// optionally only on these names.
 #[derive(Clone, Debug)]
 pub struct Grant {
+    pub resource: String,
     pub verbs: Vec<String>,
     pub names: Option<Vec<String>>,
 }
@@ -49,24 +59,33 @@ pub struct Seen {
 struct Event {
     resource_version: u64,
     kind: &'static str,
+    resource: &'static str,
     namespace: String,
     name: String,
     object: Value,
 }
 
+/// An object's key: resource, namespace, name.
+type Key = (&'static str, String, String);
+
+fn key(resource: &'static str, namespace: &str, name: &str) -> Key {
+    (resource, namespace.to_string(), name.to_string())
+}
+
 #[derive(Default)]
 struct Store {
-    objects: BTreeMap<(String, String), Value>,
+    objects: BTreeMap<Key, Value>,
     resource_version: u64,
     history: Vec<Event>,
     compacted_at: u64,
-    tokens: HashMap<String, Grant>,
+    tokens: HashMap<String, Vec<Grant>>,
     fail_next: Vec<u16>,
     conflicts: usize,
     gone_next_watch: bool,
     gone_every_watch: bool,
     cut_every_watch: bool,
     requests: Vec<Seen>,
+    apps: apps::AppsState,
 }
 
 struct Shared {
@@ -113,6 +132,7 @@ impl KubeApi {
                 axum::routing::get(one).put(one).patch(one).delete(one),
             )
             .route("/api/v1/namespaces/{namespace}/configmaps", axum::routing::get(collection).post(collection))
+            .merge(apps::routes())
             .with_state(shared.clone());
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -129,11 +149,18 @@ impl KubeApi {
 
     /// Lets `token` use `verbs` on ConfigMaps, on `names` only when given.
     pub fn grant(&self, token: &str, verbs: &[&str], names: Option<&[&str]>) {
+        self.grant_on(token, "configmaps", verbs, names);
+    }
+
+    /// Adds a rule for `token`: `verbs` on `resource` (`deployments`, `deployments/scale`,
+    /// `statefulsets`, `statefulsets/scale`, `pods`, `configmaps`), on `names` only when given.
+    pub fn grant_on(&self, token: &str, resource: &str, verbs: &[&str], names: Option<&[&str]>) {
         let grant = Grant {
+            resource: resource.to_string(),
             verbs: verbs.iter().map(|v| v.to_string()).collect(),
             names: names.map(|n| n.iter().map(|s| s.to_string()).collect()),
         };
-        self.store().tokens.insert(token.to_string(), grant);
+        self.store().tokens.entry(token.to_string()).or_default().push(grant);
     }
 
     pub fn revoke(&self, token: &str) {
@@ -184,9 +211,9 @@ impl KubeApi {
         self.store().requests.clone()
     }
 
-    /// The stored object, as the API would return it.
+    /// The stored ConfigMap, as the API would return it.
     pub fn object(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.store().objects.get(&(namespace.to_string(), name.to_string())).cloned()
+        self.store().objects.get(&key("configmaps", namespace, name)).cloned()
     }
 
     /// Writes a ConfigMap directly (what another client, e.g. Helm or the Job, would do).
@@ -199,16 +226,16 @@ impl KubeApi {
     /// Writes a whole object directly, metadata included (as Helm creates a hook resource).
     pub fn put_object(&self, namespace: &str, name: &str, object: Value) {
         let mut store = self.store();
-        let exists = store.objects.contains_key(&(namespace.to_string(), name.to_string()));
+        let exists = store.objects.contains_key(&key("configmaps", namespace, name));
         let kind = if exists { "MODIFIED" } else { "ADDED" };
-        commit(&self.shared, &mut store, kind, namespace, name, object);
+        commit(&self.shared, &mut store, kind, "configmaps", namespace, name, object);
     }
 
     /// Deletes a ConfigMap directly (what Helm's before-hook-creation policy does).
     pub fn delete(&self, namespace: &str, name: &str) {
         let mut store = self.store();
-        if let Some(object) = store.objects.get(&(namespace.to_string(), name.to_string())).cloned() {
-            commit(&self.shared, &mut store, "DELETED", namespace, name, object);
+        if let Some(object) = store.objects.get(&key("configmaps", namespace, name)).cloned() {
+            commit(&self.shared, &mut store, "DELETED", "configmaps", namespace, name, object);
         }
     }
 
@@ -282,6 +309,7 @@ fn commit(
     shared: &Shared,
     store: &mut Store,
     kind: &'static str,
+    resource: &'static str,
     namespace: &str,
     name: &str,
     mut object: Value,
@@ -290,26 +318,35 @@ fn commit(
     let rv = store.resource_version;
     object["metadata"]["resourceVersion"] = json!(rv.to_string());
     object["metadata"]["namespace"] = json!(namespace);
-    let key = (namespace.to_string(), name.to_string());
+    let key = key(resource, namespace, name);
     if kind == "DELETED" {
         store.objects.remove(&key);
     } else {
         store.objects.insert(key, object.clone());
     }
-    let event =
-        Event { resource_version: rv, kind, namespace: namespace.into(), name: name.into(), object: object.clone() };
+    let event = Event {
+        resource_version: rv,
+        kind,
+        resource,
+        namespace: namespace.into(),
+        name: name.into(),
+        object: object.clone(),
+    };
     store.history.push(event.clone());
     let _ = shared.events.send(Some(event));
     object
 }
 
 /// Authenticates and authorises one request; also records it and applies injected failures.
+/// `resource` is the RBAC resource (`configmaps`, `deployments/scale`, `pods`).
+#[allow(clippy::too_many_arguments)]
 fn admit(
     store: &mut Store,
     headers: &HeaderMap,
     method: &Method,
     path: &str,
     query: &str,
+    resource: &str,
     verb: &str,
     name: Option<&str>,
 ) -> Result<(), Box<Response>> {
@@ -329,27 +366,34 @@ fn admit(
         let code = store.fail_next.remove(0);
         return Err(Box::new(status_response(code, "InternalError", "injected failure".into())));
     }
-    let Some(grant) = store.tokens.get(&token) else {
+    let Some(grants) = store.tokens.get(&token) else {
         return Err(Box::new(status_response(401, "Unauthorized", "Unauthorized".into())));
     };
-    let verb_ok = grant.verbs.iter().any(|v| v == verb);
-    let name_ok = match (&grant.names, name) {
-        (None, _) => true,
-        (Some(names), Some(name)) => verb != "create" && names.iter().any(|n| n == name),
-        (Some(_), None) => false,
-    };
-    if verb_ok && name_ok {
-        Ok(())
-    } else {
-        let target = name.map(|n| format!(" \"{n}\"")).unwrap_or_default();
-        Err(Box::new(status_response(
-            403,
-            "Forbidden",
-            format!(
-                "configmaps{target} is forbidden: User \"system:serviceaccount:test\" cannot {verb} resource \"configmaps\""
-            ),
-        )))
+    let allowed = grants.iter().any(|grant| {
+        let name_ok = match (&grant.names, name) {
+            (None, _) => true,
+            (Some(names), Some(name)) => verb != "create" && names.iter().any(|n| n == name),
+            (Some(_), None) => false,
+        };
+        grant.resource == resource && grant.verbs.iter().any(|v| v == verb) && name_ok
+    });
+    if allowed {
+        return Ok(());
     }
+    // The real message: `deployments.apps "api" is forbidden: User "…" cannot update resource
+    // "deployments/scale" in API group "apps" in the namespace "dev"`.
+    let plural = resource.split('/').next().unwrap_or(resource);
+    let group = if matches!(plural, "deployments" | "statefulsets") { "apps" } else { "" };
+    let qualified = if group.is_empty() { plural.to_string() } else { format!("{plural}.{group}") };
+    let target = name.map(|n| format!(" \"{n}\"")).unwrap_or_default();
+    let in_group = if group.is_empty() { String::new() } else { format!(" in API group \"{group}\"") };
+    Err(Box::new(status_response(
+        403,
+        "Forbidden",
+        format!(
+            "{qualified}{target} is forbidden: User \"system:serviceaccount:test\" cannot {verb} resource \"{resource}\"{in_group}"
+        ),
+    )))
 }
 
 async fn one(
@@ -368,10 +412,10 @@ async fn one(
     };
     let path = format!("/api/v1/namespaces/{namespace}/configmaps/{name}");
     let mut store = shared.store.lock().unwrap();
-    if let Err(response) = admit(&mut store, &headers, &method, &path, "", verb, Some(&name)) {
+    if let Err(response) = admit(&mut store, &headers, &method, &path, "", "configmaps", verb, Some(&name)) {
         return *response;
     }
-    let key = (namespace.clone(), name.clone());
+    let key = key("configmaps", &namespace, &name);
     let not_found = || status_response(404, "NotFound", format!("configmaps \"{name}\" not found"));
     let Some(current) = store.objects.get(&key).cloned() else {
         return not_found();
@@ -389,7 +433,7 @@ async fn one(
     match verb {
         "get" => axum::Json(current).into_response(),
         "delete" => {
-            commit(&shared, &mut store, "DELETED", &namespace, &name, current);
+            commit(&shared, &mut store, "DELETED", "configmaps", &namespace, &name, current);
             axum::Json(status(200, "", String::new())).into_response()
         }
         "update" => {
@@ -400,7 +444,7 @@ async fn one(
                 store.conflicts -= 1;
                 let mut other = current.clone();
                 other["metadata"]["annotations"]["raced"] = json!(store.resource_version.to_string());
-                commit(&shared, &mut store, "MODIFIED", &namespace, &name, other);
+                commit(&shared, &mut store, "MODIFIED", "configmaps", &namespace, &name, other);
                 return conflict();
             }
             match object["metadata"]["resourceVersion"].as_str() {
@@ -415,7 +459,7 @@ async fn one(
                 );
             }
             object["metadata"]["uid"] = current["metadata"]["uid"].clone();
-            axum::Json(commit(&shared, &mut store, "MODIFIED", &namespace, &name, object)).into_response()
+            axum::Json(commit(&shared, &mut store, "MODIFIED", "configmaps", &namespace, &name, object)).into_response()
         }
         _ => {
             let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
@@ -428,7 +472,7 @@ async fn one(
             }
             let mut object = current;
             merge(&mut object, &patch);
-            axum::Json(commit(&shared, &mut store, "MODIFIED", &namespace, &name, object)).into_response()
+            axum::Json(commit(&shared, &mut store, "MODIFIED", "configmaps", &namespace, &name, object)).into_response()
         }
     }
 }
@@ -469,33 +513,56 @@ async fn collection(
             return status_response(400, "BadRequest", "invalid body".into());
         };
         let name = object["metadata"]["name"].as_str().unwrap_or("").to_string();
-        if let Err(response) = admit(&mut store, &headers, &method, &path, &query_text, "create", None) {
+        if let Err(response) = admit(&mut store, &headers, &method, &path, &query_text, "configmaps", "create", None) {
             return *response;
         }
-        if store.objects.contains_key(&(namespace.clone(), name.clone())) {
+        if store.objects.contains_key(&key("configmaps", &namespace, &name)) {
             return status_response(409, "AlreadyExists", format!("configmaps \"{name}\" already exists"));
         }
         let mut object = object;
         object["metadata"]["uid"] = json!(format!("uid-{name}"));
-        let created = commit(&shared, &mut store, "ADDED", &namespace, &name, object);
+        let created = commit(&shared, &mut store, "ADDED", "configmaps", &namespace, &name, object);
         return (StatusCode::CREATED, axum::Json(created)).into_response();
     }
     let selected = query.get("fieldSelector").and_then(|s| s.strip_prefix("metadata.name=")).map(str::to_string);
     let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     let verb = if watching { "watch" } else { "list" };
     let mut store = shared.store.lock().unwrap();
-    if let Err(response) = admit(&mut store, &headers, &method, &path, &query_text, verb, selected.as_deref()) {
+    if let Err(response) =
+        admit(&mut store, &headers, &method, &path, &query_text, "configmaps", verb, selected.as_deref())
+    {
         return *response;
     }
-    let matches = |ns: &str, name: &str| ns == namespace && selected.as_deref().is_none_or(|s| s == name);
+    let wanted = Arc::new(move |ns: &str, name: &str, _: &Value| {
+        ns == namespace && selected.as_deref().is_none_or(|s| s == name)
+    });
     if !watching {
-        let items: Vec<Value> =
-            store.objects.iter().filter(|((ns, name), _)| matches(ns, name)).map(|(_, o)| o.clone()).collect();
+        let items: Vec<Value> = store
+            .objects
+            .iter()
+            .filter(|((resource, ns, name), object)| *resource == "configmaps" && wanted(ns, name, object))
+            .map(|(_, o)| o.clone())
+            .collect();
         return axum::Json(json!({"kind": "ConfigMapList", "apiVersion": "v1",
             "metadata": {"resourceVersion": store.resource_version.to_string()}, "items": items}))
         .into_response();
     }
+    watch_response(&shared, store, "configmaps", &query, wanted)
+}
 
+/// Which objects of a resource a watch follows: namespace, name, object.
+type Filter = Arc<dyn Fn(&str, &str, &Value) -> bool + Send + Sync>;
+
+/// A watch stream of JSON lines for `resource`: from `resourceVersion` (history replayed), or
+/// without one starting with the current objects as ADDED; 410 for a compacted version; ends after
+/// `timeoutSeconds` or when a test closes the streams.
+fn watch_response(
+    shared: &Arc<Shared>,
+    mut store: std::sync::MutexGuard<'_, Store>,
+    resource: &'static str,
+    query: &HashMap<String, String>,
+    wanted: Filter,
+) -> Response {
     let from: Option<u64> = query.get("resourceVersion").and_then(|v| v.parse().ok()).filter(|v| *v > 0);
     let timeout = Duration::from_secs(query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(1800));
     let line =
@@ -513,13 +580,15 @@ async fn collection(
     let mut last = store.resource_version;
     match from {
         Some(rv) => {
-            for event in store.history.iter().filter(|e| e.resource_version > rv && matches(&e.namespace, &e.name)) {
+            for event in store.history.iter().filter(|e| {
+                e.resource == resource && e.resource_version > rv && wanted(&e.namespace, &e.name, &e.object)
+            }) {
                 initial.push(line(event.kind, &event.object));
             }
         }
         None => {
-            for ((ns, name), object) in &store.objects {
-                if matches(ns, name) {
+            for ((r, ns, name), object) in &store.objects {
+                if *r == resource && wanted(ns, name, object) {
                     initial.push(line("ADDED", object));
                 }
             }
@@ -535,7 +604,6 @@ async fn collection(
     let mut receiver = shared.events.subscribe();
     drop(store);
     let (sender, body_receiver) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
-    let (namespace_owned, selected_owned) = (namespace.clone(), selected.clone());
     tokio::spawn(async move {
         for chunk in initial {
             if sender.send(Ok(chunk)).await.is_err() {
@@ -550,10 +618,10 @@ async fn collection(
                 // Closed by a switch, lagged, or timeoutSeconds passed: end the stream.
                 _ => return,
             };
-            let wanted = event.resource_version > last
-                && event.namespace == namespace_owned
-                && selected_owned.as_deref().is_none_or(|s| s == event.name);
-            if wanted {
+            let is_wanted = event.resource_version > last
+                && event.resource == resource
+                && wanted(&event.namespace, &event.name, &event.object);
+            if is_wanted {
                 last = event.resource_version;
                 let chunk = Bytes::from(format!("{}\n", json!({"type": event.kind, "object": event.object})));
                 if sender.send(Ok(chunk)).await.is_err() {

@@ -394,6 +394,62 @@ pub fn without(mut base: Vec<(String, String)>, names: &[&str]) -> Vec<(String, 
     base
 }
 
+/// A Deployment manifest whose pods are labelled `app: NAME`; `replicas: None` leaves the field
+/// out, as an HPA-managed chart does.
+pub fn deployment_manifest(name: &str, replicas: Option<i64>) -> Value {
+    let mut manifest = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "app", "image": "registry.example.com/app:1"}]}}}
+    });
+    if let Some(replicas) = replicas {
+        manifest["spec"]["replicas"] = json!(replicas);
+    }
+    manifest
+}
+
+/// The previous revision's app in the pod of `deployment`: it publishes a message to `queue` and
+/// writes a key under `prefix` every 10 ms while its pod runs; once the pod is terminating
+/// (SIGTERM) it flushes one last write during its grace period, and only then does the pod go
+/// away. `running` is notified after the first write. Returns how many writes it made.
+#[allow(clippy::too_many_arguments)]
+pub async fn old_writer(
+    api: &kube_api::KubeApi,
+    namespace: &str,
+    deployment: &str,
+    rabbit: &Rabbit,
+    vhost: &str,
+    queue: &str,
+    prefix: &str,
+    running: &tokio::sync::Notify,
+) -> usize {
+    api.hold_pods(namespace, deployment);
+    let mut etcd = etcd().await;
+    let mut written = 0;
+    loop {
+        let pods = api.pods_of(namespace, deployment);
+        assert!(!pods.is_empty(), "the writer runs in a pod of {deployment}");
+        let terminating = pods.iter().all(|p| !p["metadata"]["deletionTimestamp"].is_null());
+        if terminating {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        rabbit.publish(vhost, queue, 1).await;
+        etcd.put(format!("{prefix}old-{written:05}"), "stale", None).await.expect("put");
+        written += 1;
+        if written == 1 {
+            running.notify_one();
+        }
+        if terminating {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    api.release_pods(namespace, deployment);
+    written
+}
+
 /// A certificate authority made for one test, with server and client certificates it signs.
 pub struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,

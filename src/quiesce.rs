@@ -1,0 +1,596 @@
+//! Quiesce: stop the listed Deployments and StatefulSets before a purge, wait until their pods are
+//! gone, and put them back (`resume`, and the purge's own restore on failure or a signal).
+//!
+//! The replica count to come back to is recorded **on the workload** (annotation [`ANNOTATION`])
+//! before it is scaled to 0, so any later process (the resume hook Job, a rerun, an operator) can
+//! restore it, whichever pod or run stopped it. Scaling goes through the `scale` subresource, the
+//! way `kubectl scale` and the HPA do, with the workload's `resourceVersion` as a precondition:
+//! a concurrent writer makes us read again instead of overwriting it.
+//!
+//! Waiting is a list then a watch of the pods matching the workload's selector (the selector the
+//! `scale` subresource reports), so the purge starts the moment the last old pod is gone; a closed
+//! stream or `410 Gone` means list again. Pods are gone when they no longer exist, not when they
+//! are terminating: a terminating pod may still be writing during its grace period.
+//!
+//! This module does not decide *when* to stop or restore (that is [`crate::purge`]), and it never
+//! touches a workload that is not listed, nor one that is already at 0 without our annotation.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::config::{QuiesceConfig, ResumeConfig, RetryPolicy, WorkloadRef};
+use crate::exit::{Classified, Exit, Kind, classified, exit_for};
+use crate::kube::{KubeClient, KubeError, ObjectMeta, Scale, ScaleSpec, Workload};
+use crate::retry::{self, Attempt};
+
+/// The annotation that records the replica count a stopped workload goes back to.
+pub const ANNOTATION: &str = "cleanslate.io/quiesced-replicas";
+
+/// API calls are retried briefly: the API server restarts, the run's deadline bounds the rest.
+const API_RETRY: RetryPolicy = RetryPolicy { attempts: 5, backoff: Duration::from_millis(200) };
+/// How long one pod watch lasts before the server ends it and we list again.
+const WATCH_WINDOW: Duration = Duration::from_secs(60);
+/// Pause after a failed list or watch before trying again.
+const WATCH_PAUSE: Duration = Duration::from_millis(200);
+
+/// What a stop has done so far, kept outside the stopping future so that a timeout or a signal,
+/// which drop that future, still knows what to restore and which pods were left.
+#[derive(Default)]
+pub struct Progress {
+    inner: RefCell<ProgressInner>,
+}
+
+#[derive(Default)]
+struct ProgressInner {
+    /// Workloads this run may have scaled down, with the count recorded for them, in order.
+    stopped: Vec<(WorkloadRef, i32)>,
+    /// Pods still present, per workload being waited for.
+    remaining: BTreeMap<WorkloadRef, BTreeSet<String>>,
+}
+
+impl Progress {
+    fn mark_stopped(&self, workload: &WorkloadRef, replicas: i32) {
+        let mut inner = self.inner.borrow_mut();
+        if !inner.stopped.iter().any(|(w, _)| w == workload) {
+            inner.stopped.push((workload.clone(), replicas));
+        }
+    }
+
+    fn set_remaining(&self, workload: &WorkloadRef, pods: &BTreeSet<String>) {
+        self.inner.borrow_mut().remaining.insert(workload.clone(), pods.clone());
+    }
+
+    /// The workloads this run may have stopped, in the order it stopped them.
+    pub fn stopped(&self) -> Vec<WorkloadRef> {
+        self.inner.borrow().stopped.iter().map(|(w, _)| w.clone()).collect()
+    }
+
+    /// The error for a stop that ran out of time, naming the pods that were still there.
+    pub fn timeout_error(&self, timeout: Duration) -> anyhow::Error {
+        let inner = self.inner.borrow();
+        let left: Vec<String> = inner
+            .remaining
+            .iter()
+            .filter(|(_, pods)| !pods.is_empty())
+            .map(|(workload, pods)| format!("{workload}: {}", pods.iter().cloned().collect::<Vec<_>>().join(", ")))
+            .collect();
+        let what = if left.is_empty() {
+            "the workloads were not scaled down in time".to_string()
+        } else {
+            format!("pods still present: {}", left.join("; "))
+        };
+        classified(
+            Kind::Deadline,
+            format!(
+                "quiesce did not finish within {} (CLEANSLATE_QUIESCE_TIMEOUT): {what}",
+                humantime::format_duration(timeout)
+            ),
+        )
+    }
+}
+
+/// Stops every listed workload and waits until their pods are gone. Unbounded on its own: the
+/// caller applies the quiesce timeout and, when it fires, reads [`Progress`].
+pub async fn stop(kube: &KubeClient, config: &QuiesceConfig, progress: &Progress) -> Result<()> {
+    // The retry budget of one call; the caller's timeout is the real bound.
+    let deadline = Instant::now() + config.timeout;
+    let mut waits = Vec::new();
+    for workload in &config.workloads {
+        if let Some(selector) = stop_one(kube, &config.namespace, workload, deadline, progress).await? {
+            waits.push(wait_gone(kube, &config.namespace, workload, selector, progress));
+        }
+    }
+    // Every workload is scaled down before waiting, so their pods shut down side by side.
+    futures_util::future::try_join_all(waits).await?;
+    Ok(())
+}
+
+/// Records the count and scales one workload to 0; returns its pod selector, or `None` when it was
+/// skipped (missing, or already at 0 without our annotation).
+async fn stop_one(
+    kube: &KubeClient,
+    namespace: &str,
+    workload: &WorkloadRef,
+    deadline: Instant,
+    progress: &Progress,
+) -> Result<Option<String>> {
+    loop {
+        let what = format!("reading {workload}");
+        let Some(current) = call(&what, workload, deadline, || kube.get_workload(namespace, workload)).await? else {
+            info!(workload = %workload, "workload not found, nothing to stop (first install, or not deployed yet)");
+            return Ok(None);
+        };
+        let current = current.ok_or_else(|| anyhow!("{what}: conflict on a read"))?;
+        let replicas = current.spec.replicas.unwrap_or(1);
+        let resource_version = current.metadata.resource_version.clone().unwrap_or_default();
+        let recorded = current.annotation(ANNOTATION).map(str::to_string);
+        if replicas == 0 {
+            let Some(text) = recorded else {
+                info!(workload = %workload, "workload already at 0 replicas, skipped");
+                return Ok(None);
+            };
+            // Stopped by an earlier run that did not get to restore it: its record is the truth.
+            let count = parse_recorded(workload, &text)?;
+            progress.mark_stopped(workload, count);
+            info!(workload = %workload, recorded_replicas = count, "workload already stopped by an earlier run");
+            let scale = call(&format!("reading the scale of {workload}"), workload, deadline, || {
+                kube.get_scale(namespace, workload)
+            })
+            .await?
+            .flatten();
+            let Some(scale) = scale else { return Ok(None) };
+            return selector_of(workload, &scale).map(Some);
+        }
+        // Recorded before the write: if this run is stopped mid-way, restore looks at it.
+        progress.mark_stopped(workload, replicas);
+        let value = replicas.to_string();
+        let annotated = call(&format!("recording the replicas of {workload}"), workload, deadline, || {
+            kube.annotate_workload(namespace, workload, ANNOTATION, Some(&value), &resource_version)
+        })
+        .await?;
+        let Some(Some(annotated)) = annotated else {
+            // Someone changed the workload since it was read (or it was deleted): read again.
+            continue;
+        };
+        let scale = Scale {
+            api_version: "autoscaling/v1".into(),
+            kind: "Scale".into(),
+            metadata: ObjectMeta {
+                name: workload.name.clone(),
+                namespace: Some(namespace.to_string()),
+                resource_version: annotated.metadata.resource_version.clone(),
+                ..Default::default()
+            },
+            spec: ScaleSpec { replicas: 0 },
+            status: None,
+        };
+        let scaled = call(&format!("scaling {workload} to 0"), workload, deadline, || {
+            kube.replace_scale(namespace, workload, &scale)
+        })
+        .await?;
+        match scaled {
+            Some(Some(scaled)) => {
+                info!(workload = %workload, recorded_replicas = replicas, "scaled to 0 replicas");
+                return selector_of(workload, &scaled).map(Some);
+            }
+            // Changed between our two writes: read again; the annotation we wrote is seen then.
+            _ => continue,
+        }
+    }
+}
+
+fn selector_of(workload: &WorkloadRef, scale: &Scale) -> Result<String> {
+    let selector = scale.status.as_ref().map(|s| s.selector.trim().to_string()).unwrap_or_default();
+    // An empty selector would match every pod in the namespace, this Job's own included.
+    if selector.is_empty() {
+        return Err(anyhow!(
+            "{workload}: its scale subresource reports no pod selector; cannot tell which pods are its own"
+        ));
+    }
+    Ok(selector)
+}
+
+fn parse_recorded(workload: &WorkloadRef, text: &str) -> Result<i32> {
+    text.trim().parse::<i32>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        anyhow!(
+            "{workload} carries {ANNOTATION}={text:?}, which is not a replica count; scale it by hand and remove the annotation"
+        )
+    })
+}
+
+/// Lists, then watches, the pods of one workload until none is left.
+async fn wait_gone(
+    kube: &KubeClient,
+    namespace: &str,
+    workload: &WorkloadRef,
+    selector: String,
+    progress: &Progress,
+) -> Result<()> {
+    loop {
+        let list = match kube.list_pods(namespace, &selector).await {
+            Ok(list) => list,
+            Err(err) => {
+                if !err.is_transient() {
+                    return Err(permanent(err, workload, "listing the pods of"));
+                }
+                warn!(workload = %workload, error = %err, "pods not listable yet, retrying");
+                tokio::time::sleep(WATCH_PAUSE).await;
+                continue;
+            }
+        };
+        let mut pods: BTreeSet<String> = list.items.into_iter().map(|pod| pod.metadata.name).collect();
+        progress.set_remaining(workload, &pods);
+        if pods.is_empty() {
+            info!(workload = %workload, "all pods gone");
+            return Ok(());
+        }
+        info!(workload = %workload, pods = %pods.iter().cloned().collect::<Vec<_>>().join(", "), "waiting for pods to go away");
+        let from = list.metadata.resource_version.unwrap_or_default();
+        let mut watch = match kube.watch_pods(namespace, &selector, &from, WATCH_WINDOW).await {
+            Ok(watch) => watch,
+            Err(err) => {
+                if !err.is_transient() {
+                    return Err(permanent(err, workload, "watching the pods of"));
+                }
+                tokio::time::sleep(WATCH_PAUSE).await;
+                continue;
+            }
+        };
+        loop {
+            let event = match watch.next().await {
+                Ok(Some(event)) => event,
+                // Closed by the server (timeoutSeconds, restart): list again.
+                Ok(None) => break,
+                Err(err) => {
+                    warn!(workload = %workload, error = %err, "pod watch broke, listing again");
+                    tokio::time::sleep(WATCH_PAUSE).await;
+                    break;
+                }
+            };
+            let name = event.object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            match event.event_type.as_str() {
+                "ADDED" | "MODIFIED" => {
+                    pods.insert(name);
+                }
+                "DELETED" => {
+                    pods.remove(&name);
+                    info!(workload = %workload, pod = %name, "pod gone");
+                }
+                "BOOKMARK" => continue,
+                // ERROR: 410 Gone (too old a resourceVersion) and the like; list again.
+                _ => break,
+            }
+            progress.set_remaining(workload, &pods);
+            if pods.is_empty() {
+                info!(workload = %workload, "all pods gone");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One workload's state after a restore or resume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// Scaled from 0 back to the recorded count; annotation removed.
+    Scaled(i32),
+    /// Already running again (Helm restored a manifest's `replicas`); only the annotation removed.
+    AlreadyRunning(i32),
+    /// Not stopped by cleanslate (no annotation): left alone.
+    NotStopped,
+    /// The workload does not exist.
+    Missing,
+}
+
+/// Scales one workload that carries [`ANNOTATION`] back to its recorded count (if still at 0) and
+/// removes the annotation. Idempotent: a second call finds nothing to do.
+pub async fn resume_one(
+    kube: &KubeClient,
+    namespace: &str,
+    workload: &WorkloadRef,
+    deadline: Instant,
+) -> Result<Resumed> {
+    let mut scaled_to = None;
+    loop {
+        let what = format!("reading {workload}");
+        let Some(current) = call(&what, workload, deadline, || kube.get_workload(namespace, workload)).await? else {
+            return Ok(Resumed::Missing);
+        };
+        let current: Workload = current.ok_or_else(|| anyhow!("{what}: conflict on a read"))?;
+        let Some(text) = current.annotation(ANNOTATION).map(str::to_string) else {
+            return Ok(match scaled_to {
+                Some(count) => Resumed::Scaled(count),
+                None => Resumed::NotStopped,
+            });
+        };
+        let recorded = parse_recorded(workload, &text)?;
+        let replicas = current.spec.replicas.unwrap_or(1);
+        let mut resource_version = current.metadata.resource_version.clone();
+        if replicas == 0 && recorded > 0 {
+            let scale = Scale {
+                api_version: "autoscaling/v1".into(),
+                kind: "Scale".into(),
+                metadata: ObjectMeta {
+                    name: workload.name.clone(),
+                    namespace: Some(namespace.to_string()),
+                    resource_version: resource_version.clone(),
+                    ..Default::default()
+                },
+                spec: ScaleSpec { replicas: recorded },
+                status: None,
+            };
+            let scaled = call(&format!("scaling {workload} to {recorded}"), workload, deadline, || {
+                kube.replace_scale(namespace, workload, &scale)
+            })
+            .await?;
+            match scaled {
+                Some(Some(scaled)) => {
+                    scaled_to = Some(recorded);
+                    resource_version = scaled.metadata.resource_version;
+                }
+                _ => continue,
+            }
+        }
+        let rv = resource_version.unwrap_or_default();
+        let removed = call(&format!("removing {ANNOTATION} from {workload}"), workload, deadline, || {
+            kube.annotate_workload(namespace, workload, ANNOTATION, None, &rv)
+        })
+        .await?;
+        match removed {
+            Some(Some(_)) => {
+                return Ok(match scaled_to {
+                    Some(count) => Resumed::Scaled(count),
+                    None => Resumed::AlreadyRunning(replicas),
+                });
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// What a restore did, for the log, the error and the marker.
+#[derive(Debug, Default)]
+pub struct Restore {
+    /// Workloads running again, with their replica count.
+    pub restored: Vec<(WorkloadRef, i32)>,
+    /// Workloads that could not be restored, with why.
+    pub failed: Vec<(WorkloadRef, String)>,
+    /// The worst exit status among the failures.
+    pub exit: Exit,
+}
+
+impl Restore {
+    /// `restored deployment/a (2 replicas), statefulset/b (1 replica)`; empty when nothing was.
+    pub fn describe_restored(&self) -> String {
+        if self.restored.is_empty() {
+            return String::new();
+        }
+        let names: Vec<String> =
+            self.restored.iter().map(|(w, n)| format!("{w} ({n} replica{})", if *n == 1 { "" } else { "s" })).collect();
+        format!("restored {}", names.join(", "))
+    }
+
+    /// One line per workload left stopped, with how to fix it by hand.
+    pub fn describe_failed(&self) -> Vec<String> {
+        self.failed
+            .iter()
+            .map(|(w, why)| format!("could not restore {w}: {why} (run `cleanslate resume` or scale it back by hand)"))
+            .collect()
+    }
+}
+
+/// Puts `workloads` back to their recorded counts, each on its own, within `deadline`.
+pub async fn restore(kube: &KubeClient, namespace: &str, workloads: &[WorkloadRef], deadline: Instant) -> Restore {
+    let mut report = Restore::default();
+    for workload in workloads {
+        let outcome = tokio::time::timeout_at(deadline, resume_one(kube, namespace, workload, deadline)).await;
+        match outcome {
+            Ok(Ok(Resumed::Scaled(count) | Resumed::AlreadyRunning(count))) => {
+                info!(workload = %workload, replicas = count, "workload restored");
+                report.restored.push((workload.clone(), count));
+            }
+            Ok(Ok(Resumed::NotStopped | Resumed::Missing)) => {
+                info!(workload = %workload, "workload was not stopped, nothing to restore");
+            }
+            Ok(Err(err)) => {
+                error!(workload = %workload, error = %format!("{err:#}"), "workload not restored");
+                report.exit = report.exit.worst(exit_for(&err));
+                report.failed.push((workload.clone(), format!("{err:#}")));
+            }
+            Err(_) => {
+                error!(workload = %workload, "workload not restored before the deadline");
+                report.exit = report.exit.worst(Exit::Deadline);
+                report.failed.push((workload.clone(), "deadline reached".into()));
+            }
+        }
+    }
+    report
+}
+
+/// `cleanslate resume`: every listed workload still at 0 with the annotation goes back to its
+/// recorded count, and the annotation is removed. Exit 0 when there is nothing to do.
+pub async fn run(config: &ResumeConfig) -> Result<Exit> {
+    let settings = &config.quiesce;
+    let kube = KubeClient::new(&settings.kube)?;
+    let deadline = Instant::now() + config.timeout;
+    let started = std::time::Instant::now();
+    info!(namespace = %settings.namespace, workloads = settings.workloads.len(), "resume started");
+    let mut resumed = Vec::new();
+    let mut failures = Vec::new();
+    let mut exit = Exit::Success;
+    for workload in &settings.workloads {
+        let outcome =
+            tokio::time::timeout_at(deadline, resume_one(&kube, &settings.namespace, workload, deadline)).await;
+        match outcome {
+            Ok(Ok(Resumed::Scaled(count))) => {
+                info!(workload = %workload, replicas = count, "scaled back to the recorded count");
+                resumed.push(workload.to_string());
+            }
+            Ok(Ok(Resumed::AlreadyRunning(count))) => {
+                info!(workload = %workload, replicas = count, "already running again; annotation removed");
+            }
+            Ok(Ok(Resumed::NotStopped)) => info!(workload = %workload, "not stopped by cleanslate, nothing to do"),
+            Ok(Ok(Resumed::Missing)) => info!(workload = %workload, "workload not found, nothing to do"),
+            Ok(Err(err)) => {
+                exit = exit.worst(exit_for(&err));
+                failures.push(format!("{workload}: {err:#}"));
+            }
+            Err(_) => {
+                exit = exit.worst(Exit::Deadline);
+                failures.push(format!("{workload}: deadline reached (CLEANSLATE_TIMEOUT)"));
+            }
+        }
+    }
+    let duration_ms = started.elapsed().as_millis() as u64;
+    if failures.is_empty() {
+        info!(resumed = %resumed.join(", "), duration_ms, "resume finished");
+        Ok(Exit::Success)
+    } else {
+        error!(resumed = %resumed.join(", "), failures = %failures.join("; "), duration_ms, "resume failed");
+        Err(classified(Kind::for_exit(exit), failures.join("; ")))
+    }
+}
+
+/// One API call with retries for transient failures. `Ok(None)`: the object does not exist (404
+/// from a write, or `None` from a read); `Ok(Some(None))`: 409 Conflict, read again.
+async fn call<T, F, Fut>(
+    what: &str,
+    workload: &WorkloadRef,
+    deadline: Instant,
+    mut op: F,
+) -> Result<Option<Option<T::Inner>>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, KubeError>>,
+    T: IntoOption,
+{
+    retry::run(&API_RETRY, deadline, what, || {
+        let attempt = op();
+        async move {
+            match attempt.await {
+                Ok(value) => Ok(value.into_option().map(Some)),
+                Err(err) if err.code() == Some(409) => Ok(Some(None)),
+                Err(err) if err.code() == Some(404) => Ok(None),
+                Err(err) => Err(sort(err, workload)),
+            }
+        }
+    })
+    .await
+    .map_err(|err| err.context(what.to_string()))
+}
+
+/// Reads answer `Option<T>` (404 → `None`), writes answer `T`; [`call`] takes both.
+trait IntoOption: Sized {
+    type Inner;
+    fn into_option(self) -> Option<Self::Inner>;
+}
+
+impl<T> IntoOption for Option<T> {
+    type Inner = T;
+    fn into_option(self) -> Option<T> {
+        self
+    }
+}
+
+impl IntoOption for Workload {
+    type Inner = Workload;
+    fn into_option(self) -> Option<Workload> {
+        Some(self)
+    }
+}
+
+impl IntoOption for Scale {
+    type Inner = Scale;
+    fn into_option(self) -> Option<Scale> {
+        Some(self)
+    }
+}
+
+/// Sorts an API failure for the retry loop, with an RBAC hint for 401/403.
+fn sort(err: KubeError, workload: &WorkloadRef) -> Attempt {
+    let transient = err.is_transient();
+    let unreachable = matches!(err, KubeError::Transport(_));
+    if matches!(err.code(), Some(401) | Some(403)) {
+        return Attempt::Permanent(permanent(err, workload, "changing"));
+    }
+    let err = anyhow::Error::new(err);
+    if unreachable {
+        Attempt::Transient(err.context(Classified::new(Kind::Unreachable, "Kubernetes API not reachable")))
+    } else if transient {
+        Attempt::Transient(err)
+    } else {
+        Attempt::Permanent(err)
+    }
+}
+
+fn permanent(err: KubeError, workload: &WorkloadRef, doing: &str) -> anyhow::Error {
+    let hint = match err.code() {
+        Some(401) | Some(403) => format!(
+            "; the service account needs get, patch and update on {workload} and its scale subresource, and list \
+             and watch on pods (see the chart's Role; extra workloads go in cleanup.quiesce.workloads)"
+        ),
+        _ => String::new(),
+    };
+    anyhow!("{doing} {workload}: {err}{hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WorkloadKind;
+
+    fn deployment(name: &str) -> WorkloadRef {
+        WorkloadRef { kind: WorkloadKind::Deployment, name: name.into() }
+    }
+
+    /// The timeout message names every pod that was still there, per workload.
+    #[test]
+    fn timeout_names_the_remaining_pods() {
+        let progress = Progress::default();
+        progress.set_remaining(&deployment("api"), &BTreeSet::from(["api-7d9f-x".to_string()]));
+        progress.set_remaining(&deployment("web"), &BTreeSet::new());
+        let err = progress.timeout_error(Duration::from_secs(45));
+        let text = format!("{err:#}");
+        assert!(text.contains("deployment/api: api-7d9f-x"), "names the pod: {text}");
+        assert!(!text.contains("deployment/web"), "a workload without pods is not named: {text}");
+        assert_eq!(exit_for(&err), Exit::Deadline, "a quiesce timeout is a deadline (75)");
+    }
+
+    /// A workload is remembered once, in the order it was stopped.
+    #[test]
+    fn stopped_workloads_keep_their_order() {
+        let progress = Progress::default();
+        progress.mark_stopped(&deployment("b"), 2);
+        progress.mark_stopped(&deployment("a"), 1);
+        progress.mark_stopped(&deployment("b"), 2);
+        assert_eq!(progress.stopped(), vec![deployment("b"), deployment("a")], "order kept, no duplicate");
+    }
+
+    /// The restore summary names each workload with its count, in singular or plural.
+    #[test]
+    fn restore_is_described_by_name() {
+        let report = Restore {
+            restored: vec![
+                (deployment("a"), 1),
+                (WorkloadRef { kind: WorkloadKind::StatefulSet, name: "b".into() }, 3),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(report.describe_restored(), "restored deployment/a (1 replica), statefulset/b (3 replicas)");
+        assert_eq!(Restore::default().describe_restored(), "", "nothing restored, nothing said");
+    }
+
+    /// A recorded count that is not a number is refused with how to fix it.
+    #[test]
+    fn bad_annotation_is_named() {
+        let err = parse_recorded(&deployment("api"), "three").expect_err("not a count");
+        assert!(format!("{err}").contains("three") && format!("{err}").contains(ANNOTATION), "{err}");
+        assert_eq!(parse_recorded(&deployment("api"), "3").expect("a count"), 3, "parsed");
+    }
+}

@@ -1,0 +1,455 @@
+//! Quiesce and resume through the built binary: the purge stops the listed workloads through the
+//! Kubernetes API stand-in (which keeps their pods, as the controllers and kubelet would) before it
+//! purges the real RabbitMQ and etcd, puts them back when anything fails or a signal arrives, and
+//! `cleanslate resume` starts what is still stopped.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::kube_api::{KubeApi, PodCredentials};
+use support::*;
+
+const NS: &str = "dev";
+const MARKER: &str = "shop-cleanslate-marker";
+const TOKEN: &str = "purge-token-Secret-33";
+
+fn deployment(name: &str, replicas: Option<i64>) -> Value {
+    deployment_manifest(name, replicas)
+}
+
+/// Test data in its own vhost and etcd prefix, and a stand-in API with the chart's purge Role for
+/// the named workloads.
+struct Env {
+    api: KubeApi,
+    credentials: PodCredentials,
+    rabbit: Rabbit,
+    etcd: etcd_client::Client,
+    vhost: String,
+    prefix: String,
+}
+
+impl Env {
+    async fn start(workloads: &[&str]) -> Env {
+        let rabbit = Rabbit::connect().await;
+        let vhost = unique("quiesce");
+        rabbit.create_vhost(&vhost).await;
+        rabbit.declare(&vhost, "monorepo", json!({})).await;
+        let api = KubeApi::start().await;
+        api.grant(TOKEN, &["get", "update", "patch"], Some(&[MARKER]));
+        for resource in ["deployments", "deployments/scale", "statefulsets", "statefulsets/scale"] {
+            api.grant_on(TOKEN, resource, &["get", "patch", "update"], Some(workloads));
+        }
+        api.grant_on(TOKEN, "pods", &["list", "watch"], None);
+        // The chart creates the marker as a hook before the Job runs.
+        api.put(NS, MARKER, Default::default());
+        let credentials = api.credentials();
+        Env { api, credentials, rabbit, etcd: etcd().await, vhost, prefix: format!("{}/monorepo/", unique("/quiesce")) }
+    }
+
+    /// The environment of the purge Job's pod: service-link and in-cluster variables included.
+    fn vars(&self, quiesce: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let port = self.api.url.rsplit(':').next().unwrap().to_string();
+        let mut vars = service_vars();
+        vars.extend(self.credentials.marker_vars(TOKEN, NS, MARKER, 4));
+        let base = with(
+            vars,
+            &[
+                ("CLEANSLATE_RABBITMQ_VHOST", &self.vhost),
+                ("CLEANSLATE_RABBITMQ_QUEUES", "monorepo"),
+                ("CLEANSLATE_ETCD_PREFIXES", &self.prefix),
+                ("CLEANSLATE_QUIESCE", quiesce),
+                ("CLEANSLATE_QUIESCE_TIMEOUT", "10s"),
+                ("CLEANSLATE_POD_NAME", "shop-cleanslate-purge-q7x2k"),
+                ("HOSTNAME", "shop-cleanslate-purge-q7x2k"),
+                ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+                ("KUBERNETES_SERVICE_PORT", &port),
+                ("RABBITMQ_SERVICE_HOST", "10.96.0.12"),
+                ("RABBITMQ_PORT_15672_TCP", "tcp://10.96.0.12:15672"),
+            ],
+        );
+        with(base, extra)
+    }
+
+    /// The resume Job's environment.
+    fn resume_vars(&self, quiesce: &str) -> Vec<(String, String)> {
+        let token_file = self.credentials.token_file(TOKEN);
+        vars(&[
+            ("CLEANSLATE_QUIESCE", quiesce),
+            ("CLEANSLATE_NAMESPACE", NS),
+            ("CLEANSLATE_KUBE_API", &self.api.url),
+            ("CLEANSLATE_KUBE_TOKEN_FILE", &token_file),
+            ("CLEANSLATE_KUBE_CA_FILE", &self.credentials.ca_file()),
+            ("CLEANSLATE_TIMEOUT", "10s"),
+            ("HOSTNAME", "shop-cleanslate-resume-r2d2"),
+        ])
+    }
+
+    async fn seed(&mut self) {
+        self.rabbit.publish(&self.vhost, "monorepo", 3).await;
+        put_keys(&mut self.etcd, &self.prefix, 5).await;
+    }
+
+    fn marker(&self) -> serde_json::Map<String, Value> {
+        self.api.object(NS, MARKER).expect("marker")["data"].as_object().cloned().unwrap_or_default()
+    }
+
+    fn state(&self, name: &str) -> (i64, Option<String>) {
+        self.api.replicas_and_annotation(NS, "deployments", name)
+    }
+
+    fn scale_writes(&self, name: &str) -> usize {
+        self.api.requests().iter().filter(|r| r.method == "PUT" && r.path.ends_with(&format!("/{name}/scale"))).count()
+    }
+
+    async fn cleanup(self) {
+        self.rabbit.delete_vhost(&self.vhost).await;
+    }
+}
+
+/// The old writer of `deployment` next to a purge with `vars` that starts once the writer runs.
+async fn purge_while_writing(env: &Env, deployment: &str, vars: &[(String, String)]) -> (usize, Run) {
+    let running = tokio::sync::Notify::new();
+    let writer =
+        support::old_writer(&env.api, NS, deployment, &env.rabbit, &env.vhost, "monorepo", &env.prefix, &running);
+    let purge = async {
+        running.notified().await;
+        cleanslate(&["purge"], vars).await
+    };
+    tokio::join!(writer, purge)
+}
+
+/// A running writer is stopped (pods gone) before the purge, nothing it wrote survives, the count
+/// is recorded on the Deployment; `resume` restores it and removes the record, and is idempotent.
+#[tokio::test]
+async fn stops_the_writer_before_purging_then_resume_restores() {
+    let mut env = Env::start(&["shop-producer", "shop-consumer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
+    env.api.apply_workload(NS, &deployment("shop-consumer", Some(1)));
+    env.seed().await;
+    // A concurrent writer (an HPA, kubectl) changes the Deployment once between our writes.
+    env.api.race_next_scales(1);
+    let quiesce = "deployment/shop-producer,deployment/shop-consumer";
+    let purge_vars = env.vars(quiesce, &[]);
+    let (written, run) = purge_while_writing(&env, "shop-producer", &purge_vars).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert!(written > 1, "the writer was running during the run ({written} writes)");
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 0, "no message of the old writer is left");
+    assert_eq!(count_keys(&mut env.etcd, &env.prefix).await, 0, "no key of the old writer is left");
+    assert_eq!(env.state("shop-producer"), (0, Some("2".into())), "producer stopped, count recorded");
+    assert_eq!(env.state("shop-consumer"), (0, Some("1".into())), "consumer stopped, count recorded");
+    assert!(env.api.pods_of(NS, "shop-producer").is_empty(), "its pods are gone");
+    assert_eq!(env.marker()["status"], json!("succeeded"), "marker: {:?}", env.marker());
+    let watches = env.api.requests().iter().filter(|r| r.path.ends_with("/pods") && r.query.contains("watch")).count();
+    assert!(watches >= 1, "the wait watches the pods instead of polling");
+    run.assert_no_secret(&[&rabbit_password(), TOKEN]);
+
+    let resume = cleanslate(&["resume"], &env.resume_vars(quiesce)).await;
+    assert_eq!(resume.code, 0, "resume succeeds: {}", resume.all_output());
+    assert_eq!(env.state("shop-producer"), (2, None), "producer back at 2, record removed");
+    assert_eq!(env.state("shop-consumer"), (1, None), "consumer back at 1, record removed");
+    assert_eq!(env.api.pods_of(NS, "shop-producer").len(), 2, "two producer pods again");
+    let again = cleanslate(&["resume"], &env.resume_vars(quiesce)).await;
+    assert_eq!(again.code, 0, "a second resume has nothing to do: {}", again.all_output());
+    assert!(again.stdout.contains("nothing to do"), "says so: {}", again.stdout);
+    assert_eq!(env.state("shop-producer"), (2, None), "unchanged by the second resume");
+    env.cleanup().await;
+}
+
+/// RabbitMQ unreachable: the stopped workloads go back to their counts, the record is removed,
+/// the run exits non-zero and the marker says failed, naming what was restored.
+#[tokio::test]
+async fn failed_purge_restores_the_workloads() {
+    let mut env = Env::start(&["shop-producer", "shop-consumer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
+    env.api.apply_workload(NS, &deployment("shop-consumer", Some(1)));
+    env.seed().await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let vars = env.vars(
+        "deployment/shop-producer,deployment/shop-consumer",
+        &[("CLEANSLATE_RABBITMQ_URL", &dead), ("CLEANSLATE_TIMEOUT", "3s")],
+    );
+    let run = cleanslate(&["purge"], &vars).await;
+    assert_eq!(run.code, 69, "RabbitMQ unreachable: {}", run.all_output());
+    assert_eq!(env.state("shop-producer"), (2, None), "producer restored, record removed");
+    assert_eq!(env.state("shop-consumer"), (1, None), "consumer restored, record removed");
+    assert_eq!(env.api.pods_of(NS, "shop-producer").len(), 2, "the previous version runs again");
+    let marker = env.marker();
+    assert_eq!(marker["status"], json!("failed"), "marker failed: {marker:?}");
+    let message = marker["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("restored deployment/shop-producer (2 replicas), deployment/shop-consumer (1 replica)"),
+        "marker names the restored workloads: {message}"
+    );
+    assert!(run.stderr.contains("restored deployment/shop-producer"), "so does the error: {}", run.stderr);
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "nothing purged in RabbitMQ");
+    env.cleanup().await;
+}
+
+/// A pod that never goes away: the quiesce times out, everything is restored, nothing is purged,
+/// and the error and the marker name the pod.
+#[tokio::test]
+async fn quiesce_timeout_restores_and_names_the_pod() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
+    env.seed().await;
+    env.api.hold_pods(NS, "shop-producer");
+    let stuck = env.api.pods_of(NS, "shop-producer")[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let run =
+        cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[("CLEANSLATE_QUIESCE_TIMEOUT", "1s")])).await;
+    assert_eq!(run.code, 75, "a quiesce timeout is a deadline: {}", run.all_output());
+    assert!(run.first_stderr_line().contains(&stuck), "the error names the pod {stuck}: {}", run.stderr);
+    assert!(run.stderr.contains("CLEANSLATE_QUIESCE_TIMEOUT"), "and the setting: {}", run.stderr);
+    assert_eq!(env.state("shop-producer"), (1, None), "restored, record removed");
+    let marker = env.marker();
+    assert_eq!(marker["status"], json!("failed"), "marker failed");
+    let message = marker["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&stuck) && message.contains("restored deployment/shop-producer"), "{message}");
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "nothing purged");
+    assert_eq!(count_keys(&mut env.etcd, &env.prefix).await, 5, "no key deleted");
+    env.api.release_pods(NS, "shop-producer");
+    env.cleanup().await;
+}
+
+/// First install: listed workloads that do not exist yet, and one already at 0, are skipped and
+/// said so; nothing is scaled; the purge succeeds.
+#[tokio::test]
+async fn first_install_and_missing_or_idle_workloads_are_skipped() {
+    let mut env = Env::start(&["shop-producer", "idle", "not-there"]).await;
+    env.seed().await;
+    let first = cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[])).await;
+    assert_eq!(first.code, 0, "first install, nothing to stop: {}", first.all_output());
+    assert!(first.stdout.contains("workload not found"), "says so: {}", first.stdout);
+    assert!(first.stdout.contains("deployment/shop-producer"), "names it: {}", first.stdout);
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 0, "purged anyway");
+
+    env.api.apply_workload(NS, &deployment("idle", Some(0)));
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
+    let run = cleanslate(
+        &["purge"],
+        &env.vars("deployment/shop-producer,deployment/idle,statefulset/not-there", &[("CLEANSLATE_REVISION", "5")]),
+    )
+    .await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert!(run.stdout.contains("already at 0 replicas"), "the idle one is skipped: {}", run.stdout);
+    assert!(run.stdout.contains("statefulset/not-there"), "the missing one is named: {}", run.stdout);
+    assert_eq!(env.state("idle"), (0, None), "idle left alone, no record");
+    assert_eq!(env.scale_writes("idle"), 0, "idle never scaled");
+    assert_eq!(env.state("shop-producer"), (0, Some("1".into())), "the running one is stopped");
+    env.cleanup().await;
+}
+
+/// An HPA-managed Deployment (no `replicas` in its manifest): after the upgrade Helm leaves it at
+/// 0, and the resume Job brings it back to the count the HPA had set.
+#[tokio::test]
+async fn hpa_style_deployment_is_restored_by_resume() {
+    let mut env = Env::start(&["api"]).await;
+    env.api.apply_workload(NS, &deployment("api", None));
+    assert_eq!(env.state("api").0, 1, "the API server defaults replicas to 1");
+    // The HPA scaled it out.
+    env.api.apply_workload(NS, &deployment("api", Some(3)));
+    env.seed().await;
+    let run = cleanslate(&["purge"], &env.vars("deployment/api", &[])).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert_eq!(env.state("api"), (0, Some("3".into())), "stopped with 3 recorded");
+    // helm upgrade: the new manifest still has no replicas, so the live count stays 0.
+    let mut upgraded = deployment("api", None);
+    upgraded["spec"]["template"]["metadata"]["labels"]["pod-template-hash"] = json!("rev2");
+    env.api.apply_workload(NS, &upgraded);
+    assert_eq!(env.state("api"), (0, Some("3".into())), "Helm does not restore a count it does not set");
+    let resume = cleanslate(&["resume"], &env.resume_vars("deployment/api")).await;
+    assert_eq!(resume.code, 0, "resume succeeds: {}", resume.all_output());
+    assert_eq!(env.state("api"), (3, None), "back to the HPA's 3, record removed");
+    assert_eq!(env.api.pods_of(NS, "api").len(), 3, "three pods of the new template");
+    env.cleanup().await;
+}
+
+/// RBAC by name: a token whose Role names only shop-producer may not scale another Deployment.
+/// The stand-in answers 403 as the API server does; the purge stops with an RBAC hint, restores
+/// what it had stopped, and purges nothing.
+#[tokio::test]
+async fn another_deployments_scale_is_forbidden() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
+    env.api.apply_workload(NS, &deployment("billing", Some(2)));
+    env.seed().await;
+
+    // Straight at the stand-in: a scale of billing with the producer's token, and a token that may
+    // patch Deployments but has no rule for their scale subresource.
+    env.api.grant_on("patch-only", "deployments", &["get", "patch", "update"], None);
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(env.api.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let body = json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                      "metadata": {"name": "billing", "namespace": NS}, "spec": {"replicas": 0}});
+    for token in [TOKEN, "patch-only"] {
+        let response = http
+            .put(format!("{}/apis/apps/v1/namespaces/{NS}/deployments/billing/scale", env.api.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 403, "{token} may not scale billing");
+        let status: Value = response.json().await.unwrap();
+        assert!(
+            status["message"].as_str().unwrap().contains("cannot update resource \"deployments/scale\""),
+            "the API server's message: {status}"
+        );
+    }
+    assert_eq!(env.state("billing"), (2, None), "billing untouched");
+
+    let run = cleanslate(&["purge"], &env.vars("deployment/shop-producer,deployment/billing", &[])).await;
+    assert_eq!(run.code, 1, "refused: {}", run.all_output());
+    assert!(run.stderr.contains("deployment/billing") && run.stderr.contains("403"), "names it: {}", run.stderr);
+    assert!(run.stderr.contains("see the chart's Role"), "with an RBAC hint: {}", run.stderr);
+    assert_eq!(env.state("shop-producer"), (1, None), "the producer it had stopped is restored");
+    assert_eq!(env.state("billing"), (2, None), "billing untouched");
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "nothing purged");
+    env.cleanup().await;
+}
+
+/// Runs a purge that waits on a stuck pod, sends `signal` once the workload is at 0, and returns
+/// the run.
+async fn signalled_during_quiesce(env: &Env, signal: &str) -> Run {
+    env.api.hold_pods(NS, "shop-producer");
+    let vars = env.vars("deployment/shop-producer", &[("CLEANSLATE_QUIESCE_TIMEOUT", "30s")]);
+    let child = tokio::process::Command::new(binary())
+        .arg("purge")
+        .env_clear()
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if env.state("shop-producer").0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(env.state("shop-producer").0, 0, "the purge stopped the Deployment and is waiting");
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success(), "signal sent");
+    let started = std::time::Instant::now();
+    let run = finish(child).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "done well within a pod's grace period");
+    run
+}
+
+/// SIGTERM during the quiesce (what Kubernetes sends at the Job's deadline): the workload is
+/// restored, the marker records a failed attempt naming it, and the exit status is 143.
+#[tokio::test]
+async fn sigterm_during_quiesce_restores_and_records_the_attempt() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
+    env.seed().await;
+    let run = signalled_during_quiesce(&env, "-TERM").await;
+    assert_eq!(run.code, 143, "SIGTERM: {}", run.all_output());
+    assert_eq!(env.state("shop-producer"), (2, None), "restored, record removed");
+    let marker = env.marker();
+    assert_eq!(marker["status"], json!("failed"), "a failed attempt is recorded: {marker:?}");
+    let message = marker["message"].as_str().unwrap_or_default();
+    assert!(message.contains("SIGTERM") && message.contains("restored deployment/shop-producer"), "{message}");
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "nothing purged");
+    env.api.release_pods(NS, "shop-producer");
+    env.cleanup().await;
+}
+
+/// SIGINT (Ctrl-C) does the same and exits 130.
+#[tokio::test]
+async fn sigint_during_quiesce_restores_and_exits_130() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
+    env.seed().await;
+    let run = signalled_during_quiesce(&env, "-INT").await;
+    assert_eq!(run.code, 130, "SIGINT: {}", run.all_output());
+    assert_eq!(env.state("shop-producer"), (1, None), "restored, record removed");
+    assert_eq!(env.marker()["status"], json!("failed"), "a failed attempt is recorded");
+    env.api.release_pods(NS, "shop-producer");
+    env.cleanup().await;
+}
+
+/// The helm test Pod (CLEANSLATE_QUIESCE_RESUME=true): stop, purge, and start again in one run.
+#[tokio::test]
+async fn helm_test_mode_resumes_in_the_same_run() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
+    env.seed().await;
+    let purge_vars = env.vars("deployment/shop-producer", &[("CLEANSLATE_QUIESCE_RESUME", "true")]);
+    let (written, run) = purge_while_writing(&env, "shop-producer", &purge_vars).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert!(written > 0, "the writer was running");
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 0, "purged after the writer stopped");
+    assert_eq!(count_keys(&mut env.etcd, &env.prefix).await, 0, "no key left");
+    assert_eq!(env.state("shop-producer"), (2, None), "running again at 2, no record left");
+    assert_eq!(env.api.pods_of(NS, "shop-producer").len(), 2, "two fresh pods");
+    assert_eq!(env.marker()["status"], json!("succeeded"), "marker succeeded");
+    env.cleanup().await;
+}
+
+/// Bad CLEANSLATE_QUIESCE entries are configuration errors naming the variable; nothing is touched.
+#[tokio::test]
+async fn malformed_workload_lists_are_refused() {
+    let env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
+    for bad in ["shop-producer", "daemonset/agent", "deployment/Shop_Producer", "deployment/"] {
+        let run = cleanslate(&["purge"], &env.vars(bad, &[])).await;
+        assert_eq!(run.code, 78, "{bad:?} is a configuration error: {}", run.all_output());
+        assert!(run.first_stderr_line().contains("CLEANSLATE_QUIESCE"), "{bad:?}: names it: {}", run.stderr);
+    }
+    let run = cleanslate(&["resume"], &without(env.resume_vars("x"), &["CLEANSLATE_QUIESCE"])).await;
+    assert_eq!(run.code, 78, "resume needs the list: {}", run.all_output());
+    assert_eq!(env.state("shop-producer"), (1, None), "nothing touched");
+    assert_eq!(env.scale_writes("shop-producer"), 0, "never scaled");
+    env.cleanup().await;
+}
+
+/// SIGTERM while the purge itself hangs (a RabbitMQ that accepts and never answers), after the
+/// workload was stopped: it is restored and the attempt recorded as failed before exiting 143.
+#[tokio::test]
+async fn sigterm_during_the_purge_restores_and_records_the_attempt() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
+    env.seed().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent = format!("http://{}", listener.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let vars =
+        env.vars("deployment/shop-producer", &[("CLEANSLATE_RABBITMQ_URL", &silent), ("CLEANSLATE_TIMEOUT", "60s")]);
+    let child = tokio::process::Command::new(binary())
+        .arg("purge")
+        .env_clear()
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if env.state("shop-producer").0 == 0 && env.api.pods_of(NS, "shop-producer").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(env.api.pods_of(NS, "shop-producer").is_empty(), "stopped; the purge is under way");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success(), "signal sent");
+    let run = finish(child).await;
+    assert_eq!(run.code, 143, "SIGTERM: {}", run.all_output());
+    assert_eq!(env.state("shop-producer"), (1, None), "restored, record removed");
+    let message = env.marker()["message"].as_str().unwrap_or_default().to_string();
+    assert_eq!(env.marker()["status"], json!("failed"), "a failed attempt is recorded");
+    assert!(message.contains("restored deployment/shop-producer (1 replica)"), "{message}");
+    hold.abort();
+    env.cleanup().await;
+}

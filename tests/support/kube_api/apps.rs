@@ -1,0 +1,502 @@
+//! Deployments and StatefulSets (`apps/v1`), their `scale` subresource, and their pods, as the API
+//! server and the controllers behind it behave for what cleanslate's quiesce does:
+//! - get, update (PUT; 409 on a stale `resourceVersion`) and JSON merge patch (415 for any other
+//!   patch type; a `metadata.resourceVersion` in the patch is a precondition, 409 when stale);
+//!   `spec.replicas` defaults to 1 when a manifest leaves it out;
+//! - `scale` (`autoscaling/v1` `Scale`): GET, and PUT whose `resourceVersion` is the workload's
+//!   (409 when stale, 422 for a negative count); `status.selector` is the workload's selector;
+//! - RBAC: `deployments/scale` is a resource of its own, so `patch deployments` does not allow a
+//!   scale, and `resourceNames` limit both;
+//! - pods: one per replica, labelled from the pod template, listed and watched with a
+//!   `labelSelector` (equality-based requirements; others answer 400). A scale-down sets
+//!   `deletionTimestamp` (MODIFIED) and removes the pod after a grace delay (DELETED), as the
+//!   kubelet does once the containers exit; a held workload's pods never finish terminating until
+//!   the test releases them (a finalizer, or an app that ignores SIGTERM). A new pod template
+//!   replaces every pod (a rollout, without surge).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{KubeApi, Shared, Store, admit, commit, key, merge, status_response, watch_response};
+
+/// How long a terminating pod takes to go away unless told otherwise.
+const DEFAULT_TERMINATION: Duration = Duration::from_millis(200);
+
+#[derive(Default)]
+pub(super) struct AppsState {
+    /// Pod (namespace, name) → its workload.
+    owners: HashMap<(String, String), Owner>,
+    /// Workloads (namespace, name) whose pods do not finish terminating until released.
+    held: HashSet<(String, String)>,
+    termination: Option<Duration>,
+    counter: u64,
+    race_scales: usize,
+}
+
+#[derive(Clone)]
+struct Owner {
+    resource: &'static str,
+    workload: String,
+    template: String,
+}
+
+pub(super) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route(
+            "/apis/apps/v1/namespaces/{namespace}/{resource}/{name}",
+            axum::routing::get(workload).put(workload).patch(workload),
+        )
+        .route("/apis/apps/v1/namespaces/{namespace}/{resource}/{name}/scale", axum::routing::get(scale).put(scale))
+        .route("/api/v1/namespaces/{namespace}/pods", axum::routing::get(pods))
+}
+
+fn resource_of(plural: &str) -> Option<&'static str> {
+    match plural {
+        "deployments" => Some("deployments"),
+        "statefulsets" => Some("statefulsets"),
+        _ => None,
+    }
+}
+
+fn not_found(resource: &str, name: &str) -> Response {
+    status_response(404, "NotFound", format!("{resource}.apps \"{name}\" not found"))
+}
+
+fn conflict(resource: &str, name: &str) -> Response {
+    status_response(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {resource}.apps \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+        ),
+    )
+}
+
+/// The API server's defaulting: a manifest without `replicas` gets 1.
+fn default_replicas(object: &mut Value) {
+    if object["spec"]["replicas"].is_null() {
+        object["spec"]["replicas"] = json!(1);
+    }
+}
+
+async fn workload(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(resource) = resource_of(&plural) else {
+        return status_response(404, "NotFound", "the server could not find the requested resource".into());
+    };
+    let verb = match method {
+        Method::GET => "get",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        _ => return status_response(405, "MethodNotAllowed", "method not allowed".into()),
+    };
+    let path = format!("/apis/apps/v1/namespaces/{namespace}/{resource}/{name}");
+    let mut store = shared.store.lock().unwrap();
+    if let Err(response) = admit(&mut store, &headers, &method, &path, "", resource, verb, Some(&name)) {
+        return *response;
+    }
+    let Some(current) = store.objects.get(&key(resource, &namespace, &name)).cloned() else {
+        return not_found(resource, &name);
+    };
+    let current_rv = current["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+    let mut object = match verb {
+        "get" => return axum::Json(current).into_response(),
+        "update" => {
+            let Ok(object) = serde_json::from_slice::<Value>(&body) else {
+                return status_response(400, "BadRequest", "invalid body".into());
+            };
+            if object["metadata"]["resourceVersion"].as_str().is_some_and(|rv| rv != current_rv) {
+                return conflict(resource, &name);
+            }
+            if object["metadata"]["name"] != json!(name) {
+                return status_response(
+                    400,
+                    "BadRequest",
+                    "the name of the object does not match the name on the URL".into(),
+                );
+            }
+            object
+        }
+        _ => {
+            let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+            if content_type != "application/merge-patch+json" {
+                // The real server also takes strategic-merge, JSON and apply patches: not modeled.
+                return status_response(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("the stand-in only models application/merge-patch+json, not {content_type:?}"),
+                );
+            }
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return status_response(400, "BadRequest", "invalid patch".into());
+            };
+            if patch["metadata"]["resourceVersion"].as_str().is_some_and(|rv| rv != current_rv) {
+                return conflict(resource, &name);
+            }
+            let mut object = current.clone();
+            merge(&mut object, &patch);
+            object
+        }
+    };
+    object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+    default_replicas(&mut object);
+    let committed = commit(&shared, &mut store, "MODIFIED", resource, &namespace, &name, object);
+    reconcile(&shared, &mut store, resource, &namespace, &name);
+    axum::Json(committed).into_response()
+}
+
+/// The workload's selector in label-selector syntax (`matchLabels` only, keys sorted).
+fn selector_of(workload: &Value) -> String {
+    let labels: BTreeMap<String, String> =
+        serde_json::from_value(workload["spec"]["selector"]["matchLabels"].clone()).unwrap_or_default();
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn scale_of(store: &Store, resource: &'static str, namespace: &str, workload: &Value) -> Value {
+    let name = workload["metadata"]["name"].as_str().unwrap_or_default();
+    let running = live_pods(store, resource, namespace, name).len();
+    json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": {"name": name, "namespace": namespace,
+                     "resourceVersion": workload["metadata"]["resourceVersion"],
+                     "uid": workload["metadata"]["uid"]},
+        "spec": {"replicas": workload["spec"]["replicas"]},
+        "status": {"replicas": running, "selector": selector_of(workload)}
+    })
+}
+
+async fn scale(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(resource) = resource_of(&plural) else {
+        return status_response(404, "NotFound", "the server could not find the requested resource".into());
+    };
+    let verb = match method {
+        Method::GET => "get",
+        Method::PUT => "update",
+        _ => return status_response(405, "MethodNotAllowed", "method not modeled by the stand-in".into()),
+    };
+    let subresource = format!("{resource}/scale");
+    let path = format!("/apis/apps/v1/namespaces/{namespace}/{resource}/{name}/scale");
+    let mut store = shared.store.lock().unwrap();
+    if let Err(response) = admit(&mut store, &headers, &method, &path, "", &subresource, verb, Some(&name)) {
+        return *response;
+    }
+    let Some(mut current) = store.objects.get(&key(resource, &namespace, &name)).cloned() else {
+        return not_found(resource, &name);
+    };
+    if verb == "get" {
+        return axum::Json(scale_of(&store, resource, &namespace, &current)).into_response();
+    }
+    let Ok(requested) = serde_json::from_slice::<Value>(&body) else {
+        return status_response(400, "BadRequest", "invalid body".into());
+    };
+    if store.apps.race_scales > 0 {
+        store.apps.race_scales -= 1;
+        let mut other = current.clone();
+        other["metadata"]["annotations"]["raced"] = json!(store.resource_version.to_string());
+        commit(&shared, &mut store, "MODIFIED", resource, &namespace, &name, other);
+        return conflict(resource, &name);
+    }
+    let current_rv = current["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+    if requested["metadata"]["resourceVersion"].as_str().is_some_and(|rv| !rv.is_empty() && rv != current_rv) {
+        return conflict(resource, &name);
+    }
+    if requested["metadata"]["name"] != json!(name) {
+        return status_response(400, "BadRequest", "the name of the object does not match the name on the URL".into());
+    }
+    let Some(replicas) = requested["spec"]["replicas"].as_i64().filter(|r| *r >= 0) else {
+        return status_response(
+            422,
+            "Invalid",
+            format!(
+                "Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: must be greater than or equal to 0"
+            ),
+        );
+    };
+    current["spec"]["replicas"] = json!(replicas);
+    let committed = commit(&shared, &mut store, "MODIFIED", resource, &namespace, &name, current);
+    reconcile(&shared, &mut store, resource, &namespace, &name);
+    axum::Json(scale_of(&store, resource, &namespace, &committed)).into_response()
+}
+
+/// Equality-based label selector requirements: `k=v`, `k==v`, `k!=v`, `k`, `!k`.
+fn parse_selector(text: &str) -> Result<Vec<(String, &'static str, String)>, String> {
+    let mut requirements = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part.contains('(') || part.contains(' ') {
+            return Err(format!("set-based requirement {part:?} is not modeled by the stand-in"));
+        }
+        let requirement = if let Some((k, v)) = part.split_once("!=") {
+            (k.to_string(), "!=", v.to_string())
+        } else if let Some((k, v)) = part.split_once("==") {
+            (k.to_string(), "=", v.to_string())
+        } else if let Some((k, v)) = part.split_once('=') {
+            (k.to_string(), "=", v.to_string())
+        } else if let Some(k) = part.strip_prefix('!') {
+            (k.to_string(), "!", String::new())
+        } else {
+            (part.to_string(), "exists", String::new())
+        };
+        if requirement.0.is_empty() {
+            return Err(format!("unable to parse requirement {part:?}"));
+        }
+        requirements.push(requirement);
+    }
+    Ok(requirements)
+}
+
+fn matches(requirements: &[(String, &'static str, String)], object: &Value) -> bool {
+    let labels = &object["metadata"]["labels"];
+    requirements.iter().all(|(k, op, v)| {
+        let value = labels[k.as_str()].as_str();
+        match *op {
+            "=" => value == Some(v.as_str()),
+            "!=" => value != Some(v.as_str()),
+            "!" => value.is_none(),
+            _ => value.is_some(),
+        }
+    })
+}
+
+async fn pods(
+    State(shared): State<Arc<Shared>>,
+    Path(namespace): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v1/namespaces/{namespace}/pods");
+    let query_text: String = {
+        let mut pairs: Vec<_> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.sort();
+        pairs.join("&")
+    };
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = if watching { "watch" } else { "list" };
+    let mut store = shared.store.lock().unwrap();
+    if let Err(response) = admit(&mut store, &headers, &method, &path, &query_text, "pods", verb, None) {
+        return *response;
+    }
+    let requirements = match parse_selector(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
+        Ok(requirements) => requirements,
+        Err(message) => return status_response(400, "BadRequest", message),
+    };
+    let filter = Arc::new(move |ns: &str, _: &str, object: &Value| ns == namespace && matches(&requirements, object));
+    if !watching {
+        let items: Vec<Value> = store
+            .objects
+            .iter()
+            .filter(|((resource, ns, name), object)| *resource == "pods" && filter(ns, name, object))
+            .map(|(_, object)| object.clone())
+            .collect();
+        return axum::Json(json!({"kind": "PodList", "apiVersion": "v1",
+            "metadata": {"resourceVersion": store.resource_version.to_string()}, "items": items}))
+        .into_response();
+    }
+    watch_response(&shared, store, "pods", &query, filter)
+}
+
+/// Pods of a workload that are not terminating, with their template.
+fn live_pods(store: &Store, resource: &str, namespace: &str, workload: &str) -> Vec<(String, String)> {
+    let mut pods: Vec<(String, String)> = store
+        .apps
+        .owners
+        .iter()
+        .filter(|((ns, _), owner)| ns == namespace && owner.resource == resource && owner.workload == workload)
+        .filter(|((ns, pod), _)| {
+            store.objects.get(&key("pods", ns, pod)).is_some_and(|p| p["metadata"]["deletionTimestamp"].is_null())
+        })
+        .map(|((_, pod), owner)| (pod.clone(), owner.template.clone()))
+        .collect();
+    pods.sort();
+    pods
+}
+
+/// What the controllers and the kubelet do after a workload changed: one pod per replica of the
+/// current template.
+fn reconcile(shared: &Arc<Shared>, store: &mut Store, resource: &'static str, namespace: &str, name: &str) {
+    let Some(workload) = store.objects.get(&key(resource, namespace, name)).cloned() else { return };
+    let desired = workload["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+    let template = workload["spec"]["template"].to_string();
+    let mut live = live_pods(store, resource, namespace, name);
+    for (pod, _) in live.iter().filter(|(_, t)| *t != template) {
+        terminate(shared, store, namespace, pod);
+    }
+    live.retain(|(_, t)| *t == template);
+    while live.len() > desired {
+        let (pod, _) = live.pop().expect("non-empty");
+        terminate(shared, store, namespace, &pod);
+    }
+    for _ in live.len()..desired {
+        store.apps.counter += 1;
+        let pod = format!("{name}-{:05x}", store.apps.counter);
+        let owner_kind = if resource == "deployments" { "ReplicaSet" } else { "StatefulSet" };
+        let object = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": namespace, "uid": format!("uid-{pod}"),
+                         "labels": workload["spec"]["template"]["metadata"]["labels"],
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner_kind, "name": name}]},
+            "spec": workload["spec"]["template"]["spec"],
+            "status": {"phase": "Running"}
+        });
+        store.apps.owners.insert(
+            (namespace.to_string(), pod.clone()),
+            Owner { resource, workload: name.to_string(), template: template.clone() },
+        );
+        commit(shared, store, "ADDED", "pods", namespace, &pod, object);
+    }
+}
+
+/// Marks a pod terminating; unless its workload is held, it is gone after the grace delay.
+fn terminate(shared: &Arc<Shared>, store: &mut Store, namespace: &str, pod: &str) {
+    let Some(mut object) = store.objects.get(&key("pods", namespace, pod)).cloned() else { return };
+    object["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    commit(shared, store, "MODIFIED", "pods", namespace, pod, object);
+    let owner = store.apps.owners.get(&(namespace.to_string(), pod.to_string())).cloned();
+    if owner.is_some_and(|o| store.apps.held.contains(&(namespace.to_string(), o.workload))) {
+        return;
+    }
+    let delay = store.apps.termination.unwrap_or(DEFAULT_TERMINATION);
+    let (shared, namespace, pod) = (shared.clone(), namespace.to_string(), pod.to_string());
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let mut store = shared.store.lock().unwrap();
+        let held = store
+            .apps
+            .owners
+            .get(&(namespace.clone(), pod.clone()))
+            .is_some_and(|o| store.apps.held.contains(&(namespace.clone(), o.workload.clone())));
+        if !held {
+            remove_pod(&shared, &mut store, &namespace, &pod);
+        }
+    });
+}
+
+fn remove_pod(shared: &Shared, store: &mut Store, namespace: &str, pod: &str) {
+    if let Some(object) = store.objects.get(&key("pods", namespace, pod)).cloned() {
+        commit(shared, store, "DELETED", "pods", namespace, pod, object);
+    }
+    store.apps.owners.remove(&(namespace.to_string(), pod.to_string()));
+}
+
+impl KubeApi {
+    /// Creates or updates a Deployment or StatefulSet the way `helm install/upgrade` leaves it: a
+    /// new object gets the API server's defaults; an existing one takes the manifest's labels,
+    /// annotations and `spec` fields, and keeps what the manifest does not set (a `replicas` left
+    /// out stays as it is, as with Helm's three-way merge and with server-side apply).
+    pub fn apply_workload(&self, namespace: &str, manifest: &Value) {
+        let resource = match manifest["kind"].as_str() {
+            Some("Deployment") => "deployments",
+            Some("StatefulSet") => "statefulsets",
+            other => panic!("not a workload: {other:?}"),
+        };
+        let name = manifest["metadata"]["name"].as_str().expect("name").to_string();
+        let mut store = self.store();
+        let existing = store.objects.get(&key(resource, namespace, &name)).cloned();
+        let (kind, object) = match existing {
+            None => {
+                let mut object = manifest.clone();
+                object["metadata"]["uid"] = json!(format!("uid-{name}"));
+                default_replicas(&mut object);
+                ("ADDED", object)
+            }
+            Some(mut live) => {
+                for field in ["labels", "annotations"] {
+                    if let Some(map) = manifest["metadata"][field].as_object() {
+                        for (k, v) in map {
+                            live["metadata"][field][k] = v.clone();
+                        }
+                    }
+                }
+                if let Some(spec) = manifest["spec"].as_object() {
+                    for (k, v) in spec {
+                        live["spec"][k] = v.clone();
+                    }
+                }
+                ("MODIFIED", live)
+            }
+        };
+        commit(&self.shared, &mut store, kind, resource, namespace, &name, object);
+        reconcile(&self.shared, &mut store, resource, namespace, &name);
+    }
+
+    /// A Deployment (`deployments`) or StatefulSet (`statefulsets`) as the API returns it.
+    pub fn workload(&self, namespace: &str, resource: &str, name: &str) -> Option<Value> {
+        let resource = resource_of(resource).expect("deployments or statefulsets");
+        self.store().objects.get(&key(resource, namespace, name)).cloned()
+    }
+
+    /// A workload's `spec.replicas` and its cleanslate annotation, if any.
+    pub fn replicas_and_annotation(&self, namespace: &str, resource: &str, name: &str) -> (i64, Option<String>) {
+        let object = self.workload(namespace, resource, name).unwrap_or_else(|| panic!("{resource}/{name} exists"));
+        let annotation =
+            object["metadata"]["annotations"]["cleanslate.io/quiesced-replicas"].as_str().map(str::to_string);
+        (object["spec"]["replicas"].as_i64().unwrap_or(-1), annotation)
+    }
+
+    /// Every pod of a workload, terminating ones included.
+    pub fn pods_of(&self, namespace: &str, name: &str) -> Vec<Value> {
+        let store = self.store();
+        let mut pods: Vec<Value> = store
+            .apps
+            .owners
+            .iter()
+            .filter(|((ns, _), owner)| ns == namespace && owner.workload == name)
+            .filter_map(|((ns, pod), _)| store.objects.get(&key("pods", ns, pod)).cloned())
+            .collect();
+        pods.sort_by_key(|p| p["metadata"]["name"].as_str().unwrap_or_default().to_string());
+        pods
+    }
+
+    /// From now on the pods of workload `name` stay (terminating) until [`KubeApi::release_pods`].
+    pub fn hold_pods(&self, namespace: &str, name: &str) {
+        self.store().apps.held.insert((namespace.to_string(), name.to_string()));
+    }
+
+    /// Lets the held pods of workload `name` finish terminating now.
+    pub fn release_pods(&self, namespace: &str, name: &str) {
+        let mut store = self.store();
+        store.apps.held.remove(&(namespace.to_string(), name.to_string()));
+        let terminating: Vec<String> = store
+            .apps
+            .owners
+            .iter()
+            .filter(|((ns, _), owner)| ns == namespace && owner.workload == name)
+            .filter(|((ns, pod), _)| {
+                store.objects.get(&key("pods", ns, pod)).is_some_and(|p| !p["metadata"]["deletionTimestamp"].is_null())
+            })
+            .map(|((_, pod), _)| pod.clone())
+            .collect();
+        for pod in terminating {
+            remove_pod(&self.shared, &mut store, namespace, &pod);
+        }
+    }
+
+    /// How long a terminating pod takes to go away (200 ms unless set).
+    pub fn set_termination_delay(&self, delay: Duration) {
+        self.store().apps.termination = Some(delay);
+    }
+
+    /// The next `count` scale updates race another writer of the workload and get 409 Conflict.
+    pub fn race_next_scales(&self, count: usize) {
+        self.store().apps.race_scales += count;
+    }
+}
