@@ -337,17 +337,39 @@ fn job_deadline(docs: &[Value]) -> i64 {
 /// and the Job's back-off when unset; a set value that is too short fails the render, naming it.
 #[test]
 fn active_deadline_fits_every_attempt() {
-    // 3 attempts × (30 s + 15 s marker + 30 s start) + 10 s + 20 s back-off.
-    assert_eq!(job_deadline(&dev(&[])), 255, "derived from the defaults");
+    // values-dev quiesces: 3 attempts × (30 s + 15 s marker + 45 s quiesce + 30 s start) + 10 s + 20 s back-off.
+    assert_eq!(job_deadline(&dev(&[])), 390, "derived from the defaults");
+    assert_eq!(
+        job_deadline(&dev(&["--set", "cleanup.quiesce.enabled=false"])),
+        255,
+        "3 × (30 + 15 + 30) + 30 without quiesce"
+    );
     // 2 attempts × (120 + 45) + 10.
-    assert_eq!(job_deadline(&dev(&["--set", "cleanup.timeout=2m", "--set", "cleanup.hook.backoffLimit=1"])), 340);
+    assert_eq!(
+        job_deadline(&dev(&[
+            "--set",
+            "cleanup.quiesce.enabled=false",
+            "--set",
+            "cleanup.timeout=2m",
+            "--set",
+            "cleanup.hook.backoffLimit=1"
+        ])),
+        340
+    );
     // 1 attempt of 90.5 s rounded up: 91 + 45.
     assert_eq!(
-        job_deadline(&dev(&["--set", "cleanup.timeout=1m30s500ms", "--set", "cleanup.hook.backoffLimit=0"])),
+        job_deadline(&dev(&[
+            "--set",
+            "cleanup.quiesce.enabled=false",
+            "--set",
+            "cleanup.timeout=1m30s500ms",
+            "--set",
+            "cleanup.hook.backoffLimit=0"
+        ])),
         136
     );
     let test_pod = find(&dev(&[]), "Pod", "shop-cleanslate-test-purge").clone();
-    assert_eq!(test_pod["spec"]["activeDeadlineSeconds"], json!(75), "the test Pod is one attempt");
+    assert_eq!(test_pod["spec"]["activeDeadlineSeconds"], json!(120), "the test Pod is one attempt, quiesce included");
     let err = try_render(
         "shop",
         "dev",
@@ -356,8 +378,8 @@ fn active_deadline_fits_every_attempt() {
     .expect_err("120 s cannot hold three attempts");
     assert!(err.contains("activeDeadlineSeconds 120") && err.contains("at least 255"), "says what is needed: {err}");
     assert_eq!(
-        job_deadline(&dev(&["--set", "cleanup.hook.activeDeadlineSeconds=300"])),
-        300,
+        job_deadline(&dev(&["--set", "cleanup.hook.activeDeadlineSeconds=400"])),
+        400,
         "a long enough value is kept"
     );
 }
@@ -422,7 +444,9 @@ fn argo_cd_runs_each_hook_once_in_one_phase() {
                 assert_eq!(annotation(hook, "argocd.argoproj.io/hook"), None, "{what}: not run by Argo CD");
                 continue;
             }
-            assert_eq!(annotation(hook, "argocd.argoproj.io/hook"), Some(phase), "{what}: one phase");
+            // The resume Job and its RBAC run after the new pods are healthy, whatever the purge's phase.
+            let expected = if name(hook).ends_with("-resume") { "PostSync" } else { phase };
+            assert_eq!(annotation(hook, "argocd.argoproj.io/hook"), Some(expected), "{what}: one phase");
             assert_eq!(
                 annotation(hook, "argocd.argoproj.io/sync-wave"),
                 Some(hook_weight(hook).to_string().as_str()),
@@ -444,6 +468,7 @@ fn argo_cd_runs_each_hook_once_in_one_phase() {
         let job = find(&docs, "Job", "shop-cleanslate-purge");
         let waves: Vec<i64> = hooks_for(&docs, &hook_events(job)[0])
             .iter()
+            .filter(|d| !name(d).ends_with("-resume"))
             .map(|d| annotation(d, "argocd.argoproj.io/sync-wave").unwrap().parse().unwrap())
             .collect();
         assert!(

@@ -234,7 +234,7 @@ helm.sh/hook-delete-policy: {{ .deletePolicy | quote }}
 helm.sh/hook-output-log-policy: {{ . | quote }}
 {{- end }}
 {{- if without .events "test" }}
-{{- $phase := $v.cleanup.hook.argocdPhase -}}
+{{- $phase := .phase | default $v.cleanup.hook.argocdPhase -}}
 {{- if not $phase -}}
 {{- $phase = "PostSync" -}}
 {{- range $v.cleanup.hook.events -}}{{- if hasPrefix "pre-" . -}}{{- $phase = "PreSync" -}}{{- end -}}{{- end -}}
