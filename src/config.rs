@@ -132,13 +132,27 @@ impl Env {
 /// (kubernetes `pkg/kubelet/envvars/envvars.go`; <https://kubernetes.io/docs/concepts/services-networking/service/#environment-variables>),
 /// so a real typo such as `CLEANSLATE_ETCD_PREFIX` is still refused.
 fn is_service_link(name: &str, value: &str) -> bool {
-    static SHAPE: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
-        Regex::new(
-            r"^[A-Z0-9_]+?_(?:(SERVICE_HOST)|(SERVICE_PORT(?:_[A-Z0-9_]+)?)|(PORT)|(PORT_[0-9]+_(?:TCP|UDP|SCTP))|(PORT_[0-9]+_(?:TCP|UDP|SCTP)_PROTO)|(PORT_[0-9]+_(?:TCP|UDP|SCTP)_PORT)|(PORT_[0-9]+_(?:TCP|UDP|SCTP)_ADDR))$",
-        )
-        .expect("valid service-link pattern")
+    /// The name shapes, each with the value shape the kubelet gives it.
+    enum Value {
+        Ip,
+        Port,
+        Proto,
+        Url,
+    }
+    static SHAPES: std::sync::LazyLock<Vec<(Regex, Value)>> = std::sync::LazyLock::new(|| {
+        [
+            (r"_SERVICE_HOST$", Value::Ip),
+            (r"_SERVICE_PORT(?:_[A-Z0-9_]+)?$", Value::Port),
+            (r"_PORT$", Value::Url),
+            (r"_PORT_[0-9]+_(?:TCP|UDP|SCTP)$", Value::Url),
+            (r"_PORT_[0-9]+_(?:TCP|UDP|SCTP)_PROTO$", Value::Proto),
+            (r"_PORT_[0-9]+_(?:TCP|UDP|SCTP)_PORT$", Value::Port),
+            (r"_PORT_[0-9]+_(?:TCP|UDP|SCTP)_ADDR$", Value::Ip),
+        ]
+        .into_iter()
+        .map(|(suffix, value)| (Regex::new(&format!("^[A-Z0-9_]+{suffix}")).expect("valid shape"), value))
+        .collect()
     });
-    let Some(captures) = SHAPE.captures(name) else { return false };
     let is_ip = |v: &str| v.parse::<std::net::IpAddr>().is_ok();
     let is_port = |v: &str| v.parse::<u16>().is_ok();
     let is_proto = |v: &str| matches!(v, "tcp" | "udp" | "sctp");
@@ -151,14 +165,14 @@ fn is_service_link(name: &str, value: &str) -> bool {
                 })
         })
     };
-    let group = (1..=7).find(|i| captures.get(*i).is_some());
-    match group {
-        Some(1) | Some(7) => is_ip(value),
-        Some(2) | Some(6) => is_port(value),
-        Some(3) | Some(4) => is_url(value),
-        Some(5) => is_proto(value),
-        _ => false,
-    }
+    // A name can fit several shapes (a Service named `web-service` gives `WEB_SERVICE_PORT`, which
+    // is also `{WEB}_SERVICE_PORT`): it is a service link when any shape it fits has the value's shape.
+    SHAPES.iter().filter(|(shape, _)| shape.is_match(name)).any(|(_, expected)| match expected {
+        Value::Ip => is_ip(value),
+        Value::Port => is_port(value),
+        Value::Proto => is_proto(value),
+        Value::Url => is_url(value),
+    })
 }
 
 /// A value that must never reach a log line, an error message or the marker.
@@ -967,6 +981,14 @@ mod tests {
             ("CLEANSLATE_WEB_PORT_8080_TCP_PORT", "8080"),
             ("CLEANSLATE_WEB_PORT_8080_TCP_ADDR", "10.96.0.13"),
             ("CLEANSLATE_DNS_PORT_53_UDP", "udp://10.96.0.10:53"),
+            // A Service named `cleanslate-web-service`: every one of these also fits `_SERVICE_PORT_*`.
+            ("CLEANSLATE_WEB_SERVICE_SERVICE_HOST", "10.96.0.30"),
+            ("CLEANSLATE_WEB_SERVICE_SERVICE_PORT", "80"),
+            ("CLEANSLATE_WEB_SERVICE_PORT", "tcp://10.96.0.30:80"),
+            ("CLEANSLATE_WEB_SERVICE_PORT_80_TCP", "tcp://10.96.0.30:80"),
+            ("CLEANSLATE_WEB_SERVICE_PORT_80_TCP_PROTO", "tcp"),
+            ("CLEANSLATE_WEB_SERVICE_PORT_80_TCP_PORT", "80"),
+            ("CLEANSLATE_WEB_SERVICE_PORT_80_TCP_ADDR", "10.96.0.30"),
         ];
         let config = PurgeConfig::from_env(&env(&with(links)), Mode::Purge).expect("service links are accepted");
         assert!(config.rabbitmq.is_some(), "the rest of the configuration is read as usual");

@@ -152,7 +152,11 @@ fn hook_annotations_follow_the_design() {
     }
     let marker = find(&docs, "ConfigMap", "shop-cleanslate-marker");
     assert!(hook_weight(marker) < job_weight, "marker reset before the Job");
-    assert_eq!(hook_events(marker), ["post-install", "pre-upgrade"], "marker not reset by helm test");
+    assert_eq!(
+        hook_events(marker),
+        ["pre-install", "pre-upgrade"],
+        "reset before any release resource, not by helm test"
+    );
     let test = find(&docs, "Pod", "shop-cleanslate-test-purge");
     assert_eq!(hook_events(test), ["test"], "test hook");
     let order: Vec<&str> = hooks_for(&docs, "post-install").iter().map(|d| kind(d)).collect();
@@ -445,7 +449,12 @@ fn argo_cd_runs_each_hook_once_in_one_phase() {
                 continue;
             }
             // The resume Job and its RBAC run after the new pods are healthy, whatever the purge's phase.
-            let expected = if name(hook).ends_with("-resume") { "PostSync" } else { phase };
+            // The marker is reset before the sync, whatever the purge's phase.
+            let expected = match name(hook) {
+                n if n.ends_with("-resume") => "PostSync",
+                n if n.ends_with("-marker") => "PreSync",
+                _ => phase,
+            };
             assert_eq!(annotation(hook, "argocd.argoproj.io/hook"), Some(expected), "{what}: one phase");
             assert_eq!(
                 annotation(hook, "argocd.argoproj.io/sync-wave"),

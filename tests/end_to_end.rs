@@ -149,10 +149,26 @@ async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Ve
                     break;
                 }
             }
+            // The template renders the marker on upgrade only when `lookup` finds none; `helm
+            // template` cannot look it up, so the harness does what a real `helm upgrade` would.
+            "ConfigMap"
+                if event.ends_with("-upgrade")
+                    && name(hook).ends_with("-marker")
+                    && cluster.api.object(&cluster.namespace, name(hook)).is_some() => {}
             _ => cluster.apply(hook),
         }
     }
     runs
+}
+
+/// What `helm install` does before the post-install hooks: the pre-install hooks (the marker is
+/// reset there), then the release resources.
+async fn install_resources(cluster: &mut FakeCluster, docs: &[Value]) {
+    let runs = run_hooks(cluster, docs, "pre-install").await;
+    all_succeeded(&runs, "pre-install");
+    for resource in release_resources(docs) {
+        cluster.apply(resource);
+    }
 }
 
 /// The run of the Job or Pod `job` among `runs`.
@@ -193,12 +209,21 @@ async fn install_upgrade_and_helm_test() {
     world.seed().await;
     let mut cluster = FakeCluster::start(NAMESPACE).await;
 
-    // helm install (revision 1): release resources first, so the gates start and wait.
+    // A marker left over from an uninstalled release (hooks survive `helm uninstall`), from a time
+    // when the revisions went up to 7: it must not let revision 1's pods through.
+    let leftover = [("revision", "7"), ("status", "succeeded"), ("lastSucceededRevision", "7")];
+    cluster.api.put(
+        NAMESPACE,
+        "shop-cleanslate-marker",
+        leftover.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    );
+
+    // helm install (revision 1): pre-install hooks (the marker reset), then the release resources,
+    // so the gates start and wait.
     let install = world.render(&[]);
-    assert!(hooks_for(&install, "pre-install").is_empty(), "no pre-install hooks by default");
-    for resource in release_resources(&install) {
-        cluster.apply(resource);
-    }
+    let pre_install: Vec<&str> = hooks_for(&install, "pre-install").into_iter().map(kind).collect();
+    assert_eq!(pre_install, ["ConfigMap"], "only the marker reset runs before the release resources");
+    install_resources(&mut cluster, &install).await;
     let mut gates = start_gates(&cluster, &install, "rs1-a");
     assert_eq!(gates.len(), 2, "producer and consumer are gated");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -266,9 +291,7 @@ async fn failing_job_fails_the_gates_fast() {
     world.seed().await;
     let mut cluster = FakeCluster::start(NAMESPACE).await;
     let docs = world.render(&["--set-string".into(), "cleanup.rabbitmq.password=Wrong-E2e-Pw".into()]);
-    for resource in release_resources(&docs) {
-        cluster.apply(resource);
-    }
+    install_resources(&mut cluster, &docs).await;
     let gates = start_gates(&cluster, &docs, "rs1-b");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let runs = run_hooks(&mut cluster, &docs, "post-install").await;
@@ -402,6 +425,7 @@ async fn preview_environments_clean_only_their_own() {
     for (done, namespace) in namespaces.iter().enumerate() {
         let mut cluster = FakeCluster::start(namespace).await;
         let docs = render(RELEASE, namespace, &args);
+        all_succeeded(&run_hooks(&mut cluster, &docs, "pre-install").await, "pre-install");
         let runs = run_hooks(&mut cluster, &docs, "post-install").await;
         let job = job_run(&runs, "shop-cleanslate-purge");
         assert_eq!(job.code, 0, "{namespace}: Job succeeds: {}", job.all_output());
@@ -439,9 +463,7 @@ async fn apps_with_their_own_service_account_pass_the_gate() {
     let docs = world.render(&["--set".into(), "apps.producer.serviceAccountName=producer-sa".into()]);
     let producer = find(&docs, "Deployment", "shop-producer");
     assert_eq!(pod_spec(producer)["serviceAccountName"], json!("producer-sa"), "the producer runs as its own");
-    for resource in release_resources(&docs) {
-        cluster.apply(resource);
-    }
+    install_resources(&mut cluster, &docs).await;
     let gates = start_gates(&cluster, &docs, "rs1-d");
     let runs = run_hooks(&mut cluster, &docs, "post-install").await;
     let job = job_run(&runs, "shop-cleanslate-purge");
@@ -455,9 +477,7 @@ async fn apps_with_their_own_service_account_pass_the_gate() {
 /// Installs the release (post-install Job and resume Job) with `extra` values; returns the docs.
 async fn install(world: &World, cluster: &mut FakeCluster, extra: &[String]) -> Vec<Value> {
     let docs = world.render(extra);
-    for resource in release_resources(&docs) {
-        cluster.apply(resource);
-    }
+    install_resources(cluster, &docs).await;
     let runs = run_hooks(cluster, &docs, "post-install").await;
     all_succeeded(&runs, "install");
     assert_eq!(runs.len(), 2, "purge Job, then resume Job");
@@ -571,5 +591,16 @@ async fn failed_upgrade_restores_the_old_workloads() {
         "names the restored workloads: {message}"
     );
     assert_eq!(world.rabbit.count(&world.vhost, "monorepo").await, 3, "nothing purged in RabbitMQ");
+    // The restored pods belong to revision 1, which was cleaned: their gates pass (the marker kept
+    // the last success through this upgrade), while a pod of the failed revision 2 fails at once.
+    let install = world.render(&[]);
+    for gate in start_gates(&cluster, &install, "rs1-restored") {
+        let run = finish(gate.child).await;
+        assert_eq!(run.code, 0, "{}: a restored pod of revision 1 starts: {}", gate.deployment, run.all_output());
+    }
+    for gate in start_gates(&cluster, &upgrade, "rs2-failed") {
+        let run = finish(gate.child).await;
+        assert_eq!(run.code, 1, "{}: a pod of the failed revision 2 fails: {}", gate.deployment, run.all_output());
+    }
     world.cleanup().await;
 }

@@ -291,7 +291,7 @@ pub fn binary() -> &'static str {
 /// and the `{NAME}_PORT_80_TCP*` family, as `pkg/kubelet/envvars/envvars.go` builds them.
 pub fn service_link_vars(service: &str, ip: &str) -> Vec<(String, String)> {
     let name = service.to_uppercase().replace('-', "_");
-    let url = format!("tcp://{ip}:80");
+    let url = if ip.contains(':') { format!("tcp://[{ip}]:80") } else { format!("tcp://{ip}:80") };
     vars(&[
         (&format!("{name}_SERVICE_HOST"), ip),
         (&format!("{name}_SERVICE_PORT"), "80"),
@@ -326,6 +326,7 @@ pub fn pod_env(hostname: &str) -> Vec<(String, String)> {
     for (service, ip) in [
         ("cleanslate", "10.96.0.20"),
         ("cleanslate-web", "10.96.0.21"),
+        ("cleanslate-web-service", "fd00::24"),
         ("rabbitmq", "10.96.0.22"),
         ("etcd", "10.96.0.23"),
     ] {
