@@ -114,6 +114,19 @@ impl Topology {
     /// Where dead letters sent to `exchange` with `routing_key` (or, when `None`, the original keys
     /// of `source_queue`) can go.
     pub fn route_dead_letters(&self, source_queue: &str, exchange: &str, routing_key: Option<&str>) -> Route {
+        if exchange.is_empty() && routing_key.is_none() {
+            // The default exchange routes the original keys to queues of those names: the source
+            // itself (a cycle RabbitMQ drops) or other queues that merely share a binding key's name.
+            let mut route = Route::default();
+            let (Keys::Known(keys) | Keys::Open(keys, _)) = self.original_keys(source_queue);
+            route.candidates = keys.into_iter().filter(|k| k != source_queue).collect();
+            if !route.candidates.is_empty() {
+                route.unproven_because = Some(format!(
+                    "{source_queue:?} dead-letters to the default exchange without a routing key, which sends each message to the queue named by its original routing key"
+                ));
+            }
+            return route;
+        }
         let keys = match routing_key {
             Some(key) => Keys::Known(BTreeSet::from([key.to_string()])),
             None => self.original_keys(source_queue),
@@ -191,8 +204,80 @@ impl Topology {
     }
 }
 
+/// A queue that dead letters might reach but that is not purged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub queue: String,
+    /// A selected queue whose dead letters might go there.
+    pub dead_letters_of: String,
+    pub why: String,
+}
+
+/// The dead-letter queues to purge along with `selected`, each with the selected queue whose dead
+/// letters reach it, and the candidates left alone.
+///
+/// A queue is taken only when dead letters of selected queues provably reach it **and** every queue
+/// in the vhost whose dead letters reach it is selected too: a shared dead-letter queue (behind a
+/// fanout exchange, or a `#` binding) also holds other services' dead letters, which the user did
+/// not select. Transitive: a dead-letter queue taken this way counts as selected for the next round.
+/// `dead_letter_targets` gives every queue of the vhost that dead-letters, with its exchange and key.
+pub fn select_dead_letter_queues(
+    selected: &BTreeSet<String>,
+    dead_letter_targets: &BTreeMap<String, (String, Option<String>)>,
+    topology: &Topology,
+) -> (Vec<(String, String)>, Vec<Candidate>) {
+    let routes: BTreeMap<&String, Route> = dead_letter_targets
+        .iter()
+        .filter(|(_, (exchange, _))| topology.has_exchange(exchange))
+        .map(|(queue, (exchange, key))| (queue, topology.route_dead_letters(queue, exchange, key.as_deref())))
+        .collect();
+    let sources_of = |target: &str| -> Vec<&String> {
+        routes.iter().filter(|(_, route)| route.reached.contains(target)).map(|(source, _)| *source).collect()
+    };
+    let mut chosen = selected.clone();
+    let mut taken = Vec::new();
+    loop {
+        let mut added = false;
+        for (source, route) in &routes {
+            if !chosen.contains(*source) {
+                continue;
+            }
+            for target in &route.reached {
+                if !chosen.contains(target) && sources_of(target).iter().all(|s| chosen.contains(*s)) {
+                    chosen.insert(target.clone());
+                    taken.push((target.clone(), (*source).clone()));
+                    added = true;
+                }
+            }
+        }
+        if !added {
+            break;
+        }
+    }
+    let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
+    for (source, route) in routes.iter().filter(|(source, _)| chosen.contains(**source)) {
+        for target in route.reached.iter().filter(|t| !chosen.contains(*t)) {
+            let others: Vec<&str> =
+                sources_of(target).into_iter().filter(|s| !chosen.contains(*s)).map(String::as_str).collect();
+            candidates.entry(target.clone()).or_insert_with(|| Candidate {
+                queue: target.clone(),
+                dead_letters_of: (*source).clone(),
+                why: format!("it also receives dead letters of unselected queues: {}", others.join(", ")),
+            });
+        }
+        for target in route.candidates.iter().filter(|t| !chosen.contains(*t)) {
+            candidates.entry(target.clone()).or_insert_with(|| Candidate {
+                queue: target.clone(),
+                dead_letters_of: (*source).clone(),
+                why: route.unproven_because.clone().unwrap_or_default(),
+            });
+        }
+    }
+    (taken, candidates.into_values().collect())
+}
+
 /// AMQP topic matching: words separated by `.`; `*` matches exactly one word, `#` zero or more.
-pub fn topic_matches(pattern: &str, key: &str) -> bool {
+pub fn topic_matches<'a>(pattern: &'a str, key: &'a str) -> bool {
     fn matches(pattern: &[&str], key: &[&str]) -> bool {
         match pattern.split_first() {
             None => key.is_empty(),
@@ -202,8 +287,11 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
             }
         }
     }
-    let pattern: Vec<&str> = pattern.split('.').collect();
-    let key: Vec<&str> = if key.is_empty() { Vec::new() } else { key.split('.').collect() };
+    // An empty key or pattern has no words, as RabbitMQ splits them (`rabbit_exchange_type_topic`):
+    // the binding key "" matches the routing key "", and so does "#", but "*" does not.
+    let words =
+        |text: &'a str| -> Vec<&'a str> { if text.is_empty() { Vec::new() } else { text.split('.').collect() } };
+    let (pattern, key) = (words(pattern), words(key));
     matches(&pattern, &key)
 }
 
@@ -242,6 +330,47 @@ mod tests {
         assert!(topic_matches("#.dlq", "a.b.dlq"), "hash then word");
         assert!(!topic_matches("billing.#", "orders.created"), "other prefix");
         assert!(topic_matches("orders", "orders"), "plain word");
+        assert!(topic_matches("", ""), "empty binding key matches the empty routing key");
+        assert!(topic_matches("#", ""), "hash matches the empty routing key");
+        assert!(!topic_matches("*", ""), "star needs a word");
+    }
+
+    fn targets(list: &[(&str, &str, Option<&str>)]) -> BTreeMap<String, (String, Option<String>)> {
+        list.iter().map(|(q, x, k)| (q.to_string(), (x.to_string(), k.map(str::to_string)))).collect()
+    }
+
+    /// A dead-letter queue shared with unselected queues (a fanout DLX) is a candidate, not purged;
+    /// one that only selected queues feed is purged, transitively.
+    #[test]
+    fn shared_dead_letter_queues_are_not_taken() {
+        let topology = Topology::new(
+            vec![exchange("shared", "fanout"), exchange("own", "direct")],
+            vec![bind("shared", "all-dead", ""), bind("own", "orders-dlq", "orders"), bind("own", "dlq-of-dlq", "x")],
+        );
+        let dead_letters = targets(&[
+            ("orders", "own", Some("orders")),
+            ("orders-dlq", "own", Some("x")),
+            ("billing", "shared", None),
+            ("payments", "shared", None),
+        ]);
+        let (taken, candidates) = select_dead_letter_queues(&set(&["orders", "billing"]), &dead_letters, &topology);
+        let taken: Vec<&str> = taken.iter().map(|(q, _)| q.as_str()).collect();
+        assert_eq!(taken, ["orders-dlq", "dlq-of-dlq"], "only-ours dead-letter queues, transitively");
+        assert_eq!(candidates.len(), 1, "one candidate: {candidates:?}");
+        assert_eq!(candidates[0].queue, "all-dead", "the shared sink is left alone");
+        assert!(candidates[0].why.contains("payments"), "names the unselected feeder: {candidates:?}");
+        let (taken, _) = select_dead_letter_queues(&set(&["billing", "payments"]), &dead_letters, &topology);
+        assert_eq!(taken, [("all-dead".to_string(), "billing".to_string())], "taken once every feeder is selected");
+    }
+
+    /// Dead-lettering to the default exchange without a key sends messages to queues named by their
+    /// original keys: other queues of those names are only candidates.
+    #[test]
+    fn default_exchange_without_key_is_unproven() {
+        let topology = Topology::new(vec![exchange("work", "direct")], vec![bind("work", "orders", "billing")]);
+        let route = topology.route_dead_letters("orders", "", None);
+        assert!(route.reached.is_empty(), "nothing proven: {route:?}");
+        assert_eq!(route.candidates, set(&["billing"]), "the queue named like the binding key");
     }
 
     /// A shared topic dead-letter exchange with a known routing key reaches only the matching

@@ -265,6 +265,12 @@ fn sort_error(err: etcd_client::Error, what: &str) -> Attempt {
     match err {
         E::TransportError(_) | E::IoError(_) => transient_unreachable(err),
         E::GRpcStatus(ref status) => match status.code() {
+            // tonic reports its own request timeout as Cancelled "Timeout expired" (tonic `Status::from_error`):
+            // the member took the connection but did not answer in time, like DeadlineExceeded below.
+            Code::Cancelled if status.message().contains("Timeout expired") => Attempt::Transient(
+                anyhow::Error::new(err)
+                    .context(Classified::new(Kind::Deadline, format!("{what}: etcd did not answer in time"))),
+            ),
             Code::Unavailable | Code::Cancelled => transient_unreachable(err),
             // The member answered the connection but not the request in time: slow, not gone.
             Code::DeadlineExceeded => Attempt::Transient(

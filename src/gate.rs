@@ -33,8 +33,9 @@ const FORBIDDEN_GRACE: Duration = Duration::from_secs(20);
 const FIRST_PAUSE: Duration = Duration::from_millis(800);
 const MAX_PAUSE: Duration = Duration::from_secs(30);
 /// A watch that lasted this long ended normally (the server's window or an idle proxy), so it is
-/// re-established at once.
-const HEALTHY_WATCH: Duration = Duration::from_secs(60);
+/// re-established at once; shorter ones without events count as failures, as in client-go's
+/// reflector (a watch under a second with no items is treated as an error).
+const HEALTHY_WATCH: Duration = Duration::from_secs(1);
 /// How long one watch request lasts before the server ends it and the gate re-reads.
 const WATCH_WINDOW: Duration = Duration::from_secs(290);
 

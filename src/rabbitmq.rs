@@ -29,7 +29,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::{MissingQueue, RabbitConfig, RetryPolicy};
-use crate::dead_letters::{BindingInfo, ExchangeInfo, Topology};
+pub use crate::dead_letters::Candidate;
+use crate::dead_letters::{BindingInfo, ExchangeInfo, Topology, select_dead_letter_queues};
 use crate::exit::{Classified, Kind, classified};
 use crate::retry::{self, Attempt};
 
@@ -122,15 +123,6 @@ pub struct Selection {
     pub missing: Vec<String>,
     /// Queues behind a dead-letter exchange that no provable route reaches: named, never purged.
     pub dead_letter_candidates: Vec<Candidate>,
-}
-
-/// A queue that dead letters might reach but that is not purged, because the route is not proven.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Candidate {
-    pub queue: String,
-    /// The selected queue whose dead letters might go there.
-    pub dead_letters_of: String,
-    pub why: String,
 }
 
 /// What happened to one queue.
@@ -266,7 +258,8 @@ impl Management {
         let vhost = &self.vhost;
         let what = format!("listing exchanges and bindings of vhost {vhost:?}");
         let exchanges_url = self.url(&["exchanges", vhost], "columns=name,type");
-        let bindings_url = self.url(&["bindings", vhost], "");
+        // Only the columns routing needs: a shared vhost can have many bindings, and the Job has 128Mi.
+        let bindings_url = self.url(&["bindings", vhost], "columns=source,destination,destination_type,routing_key");
         let exchanges: Vec<ExchangeInfo> =
             retry::run(policy, deadline, &what, || self.get_json(exchanges_url.clone(), &what))
                 .await?
@@ -385,43 +378,31 @@ impl Management {
     }
 }
 
-/// Adds the queues the dead letters of selected queues certainly reach, transitively (a dead-letter
-/// queue's own dead letters are stale too), and records the unproven ones as candidates.
+/// Adds the dead-letter queues that only selected queues' dead letters reach, transitively, and
+/// records the others as candidates (see [`crate::dead_letters::select_dead_letter_queues`]).
 fn add_dead_letter_queues(
     selection: &mut Selection,
     all: &BTreeMap<String, QueueInfo>,
     topology: &Topology,
     chosen: &mut BTreeSet<String>,
 ) {
-    let mut next = 0;
-    let mut candidates = BTreeMap::new();
-    while next < selection.queues.len() {
-        let source = selection.queues[next].info.clone();
-        next += 1;
-        let Some((exchange, routing_key)) = source.dead_letter_target() else { continue };
-        if !topology.has_exchange(&exchange) {
-            warn!(queue = %source.name, exchange = %exchange, "dead-letter exchange does not exist");
-            continue;
+    let mut targets = BTreeMap::new();
+    for (name, info) in all {
+        let Some(target) = info.dead_letter_target() else { continue };
+        if chosen.contains(name) && !topology.has_exchange(&target.0) {
+            warn!(queue = %name, exchange = %target.0, "dead-letter exchange does not exist");
         }
-        let route = topology.route_dead_letters(&source.name, &exchange, routing_key.as_deref());
-        for target in &route.reached {
-            if let Some(info) = all.get(target)
-                && chosen.insert(target.clone())
-            {
-                selection
-                    .queues
-                    .push(Selected { info: info.clone(), reason: Reason::DeadLetterOf(source.name.clone()) });
-            }
-        }
-        for queue in route.candidates.into_iter().filter(|q| all.contains_key(q)) {
-            candidates.entry(queue.clone()).or_insert_with(|| Candidate {
-                queue,
-                dead_letters_of: source.name.clone(),
-                why: route.unproven_because.clone().unwrap_or_default(),
-            });
+        targets.insert(name.clone(), target);
+    }
+    let (taken, candidates) = select_dead_letter_queues(chosen, &targets, topology);
+    for (queue, source) in taken {
+        if let Some(info) = all.get(&queue)
+            && chosen.insert(queue.clone())
+        {
+            selection.queues.push(Selected { info: info.clone(), reason: Reason::DeadLetterOf(source) });
         }
     }
-    selection.dead_letter_candidates = candidates.into_values().filter(|c| !chosen.contains(&c.queue)).collect();
+    selection.dead_letter_candidates = candidates.into_iter().filter(|c| all.contains_key(&c.queue)).collect();
 }
 
 /// Connection problems are transient and mean "unreachable" if they last; anything else about the
