@@ -328,9 +328,10 @@ async fn gate_waits_across_an_api_restart() {
     assert!(!String::from_utf8_lossy(&output.stdout).contains(TOKEN), "no token in the output");
 }
 
-/// SIGTERM mid-run: 143, and no marker claiming success.
+/// SIGTERM mid-run: 143, and a failed attempt recorded with the reason, so gates do not wait out
+/// their timeout (a one-shot run: the failure is final).
 #[tokio::test]
-async fn sigterm_leaves_no_success_marker() {
+async fn sigterm_records_a_final_failed_attempt() {
     let api = Api::start().await;
     let silent = Proxy::for_url(&rabbit_url());
     silent.black_hole();
@@ -350,7 +351,10 @@ async fn sigterm_leaves_no_success_marker() {
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success(), "signal sent");
     let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(143), "143 on SIGTERM");
-    assert_ne!(api.marker().get("status"), Some(&json!("succeeded")), "no success claimed");
+    let marker = api.marker();
+    assert_eq!(marker["status"], json!("failed"), "the stopped attempt is recorded as failed: {marker:?}");
+    assert_eq!(marker["final"], json!("true"), "and final, so gates fail at once: {marker:?}");
+    assert!(marker["message"].as_str().unwrap_or("").contains("stopped by SIGTERM"), "says why: {marker:?}");
 }
 
 /// Two purges at once on both backends: both end well, the state is clean, the marker holds the
