@@ -196,7 +196,12 @@ async fn wait(kube: &KubeClient, settings: &MarkerConfig, forbidden_grace: Durat
                 if !err.is_transient() && !matches!(err.code(), Some(401) | Some(403)) {
                     return Err(anyhow::Error::new(err).context(format!("reading marker {namespace}/{name}")));
                 }
-                let pause = backoff.pause();
+                let mut pause = backoff.pause();
+                if let Some(since) = forbidden_since {
+                    // Look once more when the grace period ends, so a missing RoleBinding is reported
+                    // with its hint then, not hidden behind a long pause or the gate's timeout.
+                    pause = pause.min(forbidden_grace.saturating_sub(since.elapsed()));
+                }
                 warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "marker not readable yet, retrying");
                 tokio::time::sleep(pause).await;
             }
