@@ -372,12 +372,12 @@ pub struct ScaleStatus {
     pub selector: String,
 }
 
-/// A list of pods: their names and the list's `resourceVersion` to watch from.
+/// A list of pods, as the API sends them, and the list's `resourceVersion` to watch from.
 #[derive(Clone, Debug, Deserialize)]
 pub struct PodList {
     pub metadata: ListMeta,
     #[serde(default)]
-    pub items: Vec<PodItem>,
+    pub items: Vec<Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -385,11 +385,6 @@ pub struct PodList {
 pub struct ListMeta {
     #[serde(default)]
     pub resource_version: Option<String>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct PodItem {
-    pub metadata: ObjectMeta,
 }
 
 impl KubeClient {

@@ -24,7 +24,7 @@ use anyhow::{Result, anyhow};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::config::{QuiesceConfig, ResumeConfig, RetryPolicy, WorkloadRef};
+use crate::config::{QuiesceConfig, ResumeConfig, RetryPolicy, WorkloadKind, WorkloadRef};
 use crate::exit::{Classified, Exit, Kind, classified, exit_for};
 use crate::kube::{KubeClient, KubeError, ObjectMeta, Scale, ScaleSpec, Workload};
 use crate::retry::{self, Attempt};
@@ -205,6 +205,34 @@ fn parse_recorded(workload: &WorkloadRef, text: &str) -> Result<i32> {
 }
 
 /// Lists, then watches, the pods of one workload until none is left.
+fn pod_name(pod: &serde_json::Value) -> &str {
+    pod["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+/// Whether `pod` is one the workload runs and that has not finished: only those go away when the
+/// workload is scaled to 0. A pod that succeeded or failed (evicted, OOM-killed, a completed Job pod
+/// with the same labels) stays until garbage-collected, possibly for ever; a pod owned by something
+/// else (a Job, another ReplicaSet, our own purge pod matching a broad selector) is not stopped by
+/// this scale. Terminating pods (with a `deletionTimestamp`) still run their shutdown: they count.
+/// A Deployment's pods are owned by its ReplicaSets, named `<deployment>-<pod-template-hash>`.
+pub fn holds(pod: &serde_json::Value, workload: &WorkloadRef) -> bool {
+    if matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+        return false;
+    }
+    let owners = pod["metadata"]["ownerReferences"].as_array().map(Vec::as_slice).unwrap_or_default();
+    owners.iter().any(|owner| {
+        let name = owner["name"].as_str().unwrap_or_default();
+        match (workload.kind, owner["kind"].as_str()) {
+            (WorkloadKind::StatefulSet, Some("StatefulSet")) => name == workload.name,
+            (WorkloadKind::Deployment, Some("ReplicaSet")) => name
+                .strip_prefix(workload.name.as_str())
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|hash| !hash.is_empty() && hash.chars().all(|c| c.is_ascii_alphanumeric())),
+            _ => false,
+        }
+    })
+}
+
 async fn wait_gone(
     kube: &KubeClient,
     namespace: &str,
@@ -224,7 +252,8 @@ async fn wait_gone(
                 continue;
             }
         };
-        let mut pods: BTreeSet<String> = list.items.into_iter().map(|pod| pod.metadata.name).collect();
+        let mut pods: BTreeSet<String> =
+            list.items.iter().filter(|pod| holds(pod, workload)).map(|pod| pod_name(pod).to_string()).collect();
         progress.set_remaining(workload, &pods);
         if pods.is_empty() {
             info!(workload = %workload, "all pods gone");
@@ -253,10 +282,15 @@ async fn wait_gone(
                     break;
                 }
             };
-            let name = event.object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = pod_name(&event.object).to_string();
             match event.event_type.as_str() {
-                "ADDED" | "MODIFIED" => {
+                "ADDED" | "MODIFIED" if holds(&event.object, workload) => {
                     pods.insert(name);
+                }
+                // Finished (an evicted or completed pod stays until garbage-collected) or not the
+                // workload's own: nothing to wait for.
+                "ADDED" | "MODIFIED" => {
+                    pods.remove(&name);
                 }
                 "DELETED" => {
                     pods.remove(&name);
@@ -543,6 +577,27 @@ fn permanent(err: KubeError, workload: &WorkloadRef, doing: &str) -> anyhow::Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only running pods the workload owns are waited for: finished pods and pods of other owners
+    /// (a Job with the same labels, a Deployment whose name is a prefix) are not.
+    #[test]
+    fn only_the_workloads_running_pods_count() {
+        let pod = |owner_kind: &str, owner: &str, phase: &str| {
+            serde_json::json!({"metadata": {"name": "p", "ownerReferences": [{"kind": owner_kind, "name": owner}]},
+                               "status": {"phase": phase}})
+        };
+        let api = WorkloadRef { kind: WorkloadKind::Deployment, name: "api".into() };
+        let db = WorkloadRef { kind: WorkloadKind::StatefulSet, name: "db".into() };
+        assert!(holds(&pod("ReplicaSet", "api-5d8f7c9b6", "Running"), &api), "its ReplicaSet's pod");
+        assert!(holds(&pod("ReplicaSet", "api-5d8f7c9b6", "Pending"), &api), "a pending pod will start");
+        assert!(!holds(&pod("ReplicaSet", "api-5d8f7c9b6", "Failed"), &api), "an evicted pod never goes away");
+        assert!(!holds(&pod("ReplicaSet", "api-5d8f7c9b6", "Succeeded"), &api), "a completed pod is done");
+        assert!(!holds(&pod("ReplicaSet", "api-gateway-5d8f7c9b6", "Running"), &api), "another Deployment's");
+        assert!(!holds(&pod("Job", "shop-cleanslate-purge", "Running"), &api), "a Job's pod");
+        assert!(holds(&pod("StatefulSet", "db", "Running"), &db), "the StatefulSet's pod");
+        assert!(!holds(&pod("StatefulSet", "db-replica", "Running"), &db), "another StatefulSet's");
+        assert!(!holds(&serde_json::json!({"metadata": {"name": "bare"}}), &api), "a bare pod is not scaled");
+    }
     use crate::config::WorkloadKind;
 
     fn deployment(name: &str) -> WorkloadRef {

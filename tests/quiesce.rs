@@ -197,7 +197,7 @@ async fn quiesce_timeout_restores_and_names_the_pod() {
     env.api.hold_pods(NS, "shop-producer");
     let stuck = env.api.pods_of(NS, "shop-producer")[0]["metadata"]["name"].as_str().unwrap().to_string();
     let run =
-        cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[("CLEANSLATE_QUIESCE_TIMEOUT", "1s")])).await;
+        cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[("CLEANSLATE_QUIESCE_TIMEOUT", "3s")])).await;
     assert_eq!(run.code, 75, "a quiesce timeout is a deadline: {}", run.all_output());
     assert!(run.first_stderr_line().contains(&stuck), "the error names the pod {stuck}: {}", run.stderr);
     assert!(run.stderr.contains("CLEANSLATE_QUIESCE_TIMEOUT"), "and the setting: {}", run.stderr);
@@ -209,6 +209,27 @@ async fn quiesce_timeout_restores_and_names_the_pod() {
     assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "nothing purged");
     assert_eq!(count_keys(&mut env.etcd, &env.prefix).await, 5, "no key deleted");
     env.api.release_pods(NS, "shop-producer");
+    env.cleanup().await;
+}
+
+/// Pods that will never go away by a scale to 0 do not hold the quiesce up: an evicted pod of the
+/// workload (phase Failed, kept until garbage-collected) and a Job's pod with the same labels.
+#[tokio::test]
+async fn finished_and_foreign_pods_do_not_block_the_quiesce() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
+    env.seed().await;
+    let labels = env.api.pods_of(NS, "shop-producer")[0]["metadata"]["labels"].clone();
+    let owner = env.api.pods_of(NS, "shop-producer")[0]["metadata"]["ownerReferences"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.api.put_foreign_pod(NS, "shop-producer-evicted", labels.clone(), ("ReplicaSet", &owner), "Failed");
+    env.api.put_foreign_pod(NS, "shop-migrate-x1", labels, ("Job", "shop-migrate"), "Running");
+    let run =
+        cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[("CLEANSLATE_QUIESCE_TIMEOUT", "10s")])).await;
+    assert_eq!(run.code, 0, "the quiesce ends when the running pod is gone: {}", run.all_output());
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 0, "purged");
     env.cleanup().await;
 }
 

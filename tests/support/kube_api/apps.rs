@@ -348,12 +348,18 @@ fn reconcile(shared: &Arc<Shared>, store: &mut Store, resource: &'static str, na
     for _ in live.len()..desired {
         store.apps.counter += 1;
         let pod = format!("{name}-{:05x}", store.apps.counter);
-        let owner_kind = if resource == "deployments" { "ReplicaSet" } else { "StatefulSet" };
+        // A Deployment's pods belong to a ReplicaSet named after it and its pod template's hash.
+        let (owner_kind, owner_name) = if resource == "deployments" {
+            let hash = template.bytes().fold(5381u32, |h, b| h.wrapping_mul(33) ^ u32::from(b));
+            ("ReplicaSet", format!("{name}-{hash:x}"))
+        } else {
+            ("StatefulSet", name.to_string())
+        };
         let object = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod, "namespace": namespace, "uid": format!("uid-{pod}"),
                          "labels": workload["spec"]["template"]["metadata"]["labels"],
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner_kind, "name": name}]},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner_kind, "name": owner_name}]},
             "spec": workload["spec"]["template"]["spec"],
             "status": {"phase": "Running"}
         });
@@ -464,6 +470,19 @@ impl KubeApi {
             .collect();
         pods.sort_by_key(|p| p["metadata"]["name"].as_str().unwrap_or_default().to_string());
         pods
+    }
+
+    /// Adds a pod the workload controllers do not manage: a finished (`Failed`, evicted) pod that
+    /// stays until garbage-collected, or another owner's pod (a Job) whose labels match a selector.
+    pub fn put_foreign_pod(&self, namespace: &str, name: &str, labels: Value, owner: (&str, &str), phase: &str) {
+        let object = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "labels": labels,
+                         "ownerReferences": [{"apiVersion": "v1", "kind": owner.0, "name": owner.1}]},
+            "status": {"phase": phase}
+        });
+        let mut store = self.store();
+        commit(&self.shared, &mut store, "ADDED", "pods", namespace, name, object);
     }
 
     /// From now on the pods of workload `name` stay (terminating) until [`KubeApi::release_pods`].
