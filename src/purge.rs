@@ -281,6 +281,26 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
             error!(marker = %settings.name, namespace = %settings.namespace, error = %format!("{err:#}"), "marker not written");
             exit = exit.worst(exit_for(&err));
             if summary.failures.is_empty() && interrupted.is_none() {
+                // The run fails after all: put back what it stopped (unless the helm test run
+                // already did), or the apps stay at 0 while the Job retries and Helm gives up.
+                if let Some((kube, quiesce)) = &quiesce_target
+                    && !quiesce.resume_after_purge
+                    && !progress.stopped().is_empty()
+                {
+                    let report = quiesce::restore(
+                        kube,
+                        &quiesce.namespace,
+                        &progress.stopped(),
+                        Instant::now() + RESTORE_BUDGET,
+                    )
+                    .await;
+                    let mut lines = vec![report.describe_restored()];
+                    lines.extend(report.describe_failed());
+                    lines.retain(|line| !line.is_empty());
+                    if !lines.is_empty() {
+                        return Err(err.context(lines.join("; ")));
+                    }
+                }
                 return Err(err);
             }
         }

@@ -37,7 +37,7 @@ impl Env {
         rabbit.create_vhost(&vhost).await;
         rabbit.declare(&vhost, "monorepo", json!({})).await;
         let api = KubeApi::start().await;
-        api.grant(TOKEN, &["get", "update", "patch"], Some(&[MARKER]));
+        api.grant(TOKEN, &["get", "update"], Some(&[MARKER]));
         for resource in ["deployments", "deployments/scale", "statefulsets", "statefulsets/scale"] {
             api.grant_on(TOKEN, resource, &["get", "patch", "update"], Some(workloads));
         }
@@ -472,5 +472,21 @@ async fn sigterm_during_the_purge_restores_and_records_the_attempt() {
     assert_eq!(env.marker()["status"], json!("failed"), "a failed attempt is recorded");
     assert!(message.contains("restored deployment/shop-producer (1 replica)"), "{message}");
     hold.abort();
+    env.cleanup().await;
+}
+
+/// The purge succeeds but the marker cannot be written (here: it was deleted and the Role may not
+/// create it): the run fails, so the stopped workloads are put back rather than left at 0 while the
+/// Job retries and Helm gives up.
+#[tokio::test]
+async fn a_failed_marker_write_restores_the_workloads() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
+    env.seed().await;
+    env.api.delete(NS, MARKER);
+    let run = cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[])).await;
+    assert_eq!(run.code, 1, "the marker write fails the run: {}", run.all_output());
+    assert!(run.stderr.contains("restored deployment/shop-producer (2 replicas)"), "says so: {}", run.stderr);
+    assert_eq!(env.state("shop-producer"), (2, None), "back at 2, record removed");
     env.cleanup().await;
 }
