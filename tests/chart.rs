@@ -262,6 +262,16 @@ fn parent_chart_includes_the_gate() {
         assert_eq!(deployments, ["shop-api"], "only the parent's own Deployment, no demo apps ({alias:?})");
         let job = find(&docs, "Job", "shop-cleanslate-purge");
         assert_eq!(pod_spec(job)["containers"][0]["image"], gate["image"], "Job and gate run the same image");
+        assert_eq!(
+            env_value(&pod_spec(job)["containers"][0], "CLEANSLATE_QUIESCE").as_deref(),
+            Some("deployment/shop-api"),
+            "quiesce stops only what the parent lists, not demo apps it does not render ({alias:?})"
+        );
+        let role = find(&docs, "Role", "shop-cleanslate-purge");
+        assert!(
+            !role.to_string().contains("shop-producer") && !role.to_string().contains("shop-consumer"),
+            "no rights on demo apps that do not exist ({alias:?}): {role}"
+        );
 
         let scratch = tempfile::tempdir().expect("tempdir");
         let manifest = scratch.path().join("parent.yaml");

@@ -44,6 +44,13 @@ works there.
 {{- if contains "/charts/" .Template.BasePath -}}true{{- end -}}
 {{- end -}}
 
+{{/* True ("true") when this chart's demo apps are rendered: always on its own, and as a dependency only with renderAppsAsDependency. The gate binding and the quiesce list name only apps that exist. */}}
+{{- define "cleanslate.rendersApps" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- $dependency := or (include "cleanslate.isDependency" .) (include "cleanslate.dependencyKey" .) -}}
+{{- if or (not $dependency) $v.renderAppsAsDependency -}}true{{- end -}}
+{{- end -}}
+
 {{/* Chart name, truncated to 63 characters. */}}
 {{- define "cleanslate.name" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
@@ -111,7 +118,8 @@ Every ServiceAccount a gated pod runs as, comma-separated, for the gate's RoleBi
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- $gate := include "cleanslate.serviceAccountName" . -}}
 {{- $names := list $gate -}}
-{{- range $name, $app := $v.apps -}}
+{{- $apps := dict -}}{{- if include "cleanslate.rendersApps" . -}}{{- $apps = $v.apps -}}{{- end -}}
+{{- range $name, $app := $apps -}}
 {{- if and $app.enabled $app.gated -}}{{- $names = append $names (default $gate $app.serviceAccountName) -}}{{- end -}}
 {{- end -}}
 {{- join "," (uniq $names) -}}
@@ -260,7 +268,8 @@ argocd.argoproj.io/hook-delete-policy: {{ join "," (compact $policies) }}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- $list := list -}}
 {{- if and $v.cleanup.enabled $v.cleanup.quiesce.enabled -}}
-{{- range $name, $app := $v.apps -}}
+{{- $apps := dict -}}{{- if include "cleanslate.rendersApps" . -}}{{- $apps = $v.apps -}}{{- end -}}
+{{- range $name, $app := $apps -}}
 {{- if and $app.enabled $app.gated -}}
 {{- $list = append $list (printf "deployment/%s" (printf "%s-%s" $.Release.Name $name | trunc 63 | trimSuffix "-")) -}}
 {{- end -}}
