@@ -484,9 +484,10 @@ fn http_url(name: &str, text: &str) -> Result<Url> {
 
 /// The production rule of [`PurgeConfig::is_production`], for one environment name.
 pub fn is_production_name(environment: &str) -> bool {
-    environment
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .any(|word| ["prod", "prd", "production"].iter().any(|p| word.eq_ignore_ascii_case(p)))
+    environment.split(|c: char| !c.is_ascii_alphanumeric()).any(|word| {
+        let stem = word.trim_end_matches(|c: char| c.is_ascii_digit());
+        ["prod", "prd", "production"].iter().any(|p| stem.eq_ignore_ascii_case(p))
+    })
 }
 
 /// The log format to use when the configuration itself cannot be read, so that even that error
@@ -545,8 +546,9 @@ impl PurgeConfig {
     }
 
     /// True when the environment name says production: any of its words (split on everything
-    /// that is not a letter or digit) is `prod`, `prd` or `production`, in any case. So
-    /// `production-eu`, `eu-prod`, `PRD` and `prod` are production; `preprod` and `product` are not.
+    /// that is not a letter or digit) is `prod`, `prd` or `production`, optionally numbered, in any
+    /// case. So `production-eu`, `eu-prod`, `PRD`, `prod2` and `prd01` are production; `preprod` and
+    /// `product` are not.
     /// The chart's render-time guard applies the same rule.
     pub fn is_production(&self) -> bool {
         self.environment.as_deref().is_some_and(is_production_name)
@@ -1001,7 +1003,18 @@ mod tests {
     /// The production guard matches words of the environment name, not the whole name.
     #[test]
     fn production_is_a_word_match() {
-        for name in ["prod", "PROD", "prd", "production", "production-eu", "eu-prod", "eu_PRD_2", "Production.west"] {
+        for name in [
+            "prod",
+            "PROD",
+            "prd",
+            "production",
+            "production-eu",
+            "eu-prod",
+            "eu_PRD_2",
+            "Production.west",
+            "prod2",
+            "prd01",
+        ] {
             assert!(is_production_name(name), "{name} is production");
         }
         for name in ["dev", "staging", "preprod", "product-demo", "prodigy", ""] {

@@ -319,7 +319,7 @@ fn large_revisions_render_as_integers() {
 /// refused unless allowProduction; names that merely contain the letters are not.
 #[test]
 fn production_guard_matches_tokens() {
-    for environment in ["prod", "PROD", "prd", "production-eu", "eu-prod", "eu_Prd_2", "Production"] {
+    for environment in ["prod", "PROD", "prd", "production-eu", "eu-prod", "eu_Prd_2", "Production", "prod2", "prd01"] {
         let set = format!("cleanup.environment={environment}");
         let err = try_render("shop", "dev", &["--set", "cleanup.enabled=true", "--set", &set])
             .expect_err(&format!("{environment} refused"));
@@ -445,7 +445,8 @@ fn annotation<'a>(doc: &'a Value, key: &str) -> Option<&'a str> {
 fn argo_cd_runs_each_hook_once_in_one_phase() {
     for (args, phase) in [
         (vec![], "PreSync"),
-        (vec!["--set-json", r#"cleanup.hook.events=["post-install","post-upgrade"]"#], "PostSync"),
+        // Post-only events run in Sync, beside the manifests: PostSync would wait for the gated apps.
+        (vec!["--set-json", r#"cleanup.hook.events=["post-install","post-upgrade"]"#], "Sync"),
         (vec!["--set-json", r#"cleanup.hook.events=["pre-install","pre-upgrade"]"#], "PreSync"),
         (vec!["--set", "cleanup.hook.argocdPhase=Sync"], "Sync"),
     ] {
@@ -455,7 +456,9 @@ fn argo_cd_runs_each_hook_once_in_one_phase() {
         for hook in hooks {
             let what = format!("{} {} ({args:?})", kind(hook), name(hook));
             if hook_events(hook) == ["test"] {
-                assert_eq!(annotation(hook, "argocd.argoproj.io/hook"), None, "{what}: not run by Argo CD");
+                // Argo CD ignores helm.sh/hook once Argo CD hooks are present: Skip keeps it from
+                // applying the test Pod (and purging) on every sync.
+                assert_eq!(annotation(hook, "argocd.argoproj.io/hook"), Some("Skip"), "{what}: not run by Argo CD");
                 continue;
             }
             // The resume Job and its RBAC run after the new pods are healthy, whatever the purge's phase.
@@ -674,4 +677,22 @@ fn resume_job_hooks_and_defaults() {
     let err = try_render("shop", "dev", &["--set-json", r#"cleanup.quiesce.workloads=["daemonset/agent"]"#])
         .expect_err("only Deployments and StatefulSets");
     assert!(err.contains("daemonset/agent"), "names the entry: {err}");
+}
+
+/// Whole-number image tags from a values file render as integers (Helm reads them as floats), and a
+/// fractional one (`1.10`, read as 1.1) is refused by the schema instead of pulling the wrong tag.
+#[test]
+fn numeric_image_tags_render_as_written() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let values = scratch.path().join("tags.yaml");
+    std::fs::write(&values, "image:\n  tag: 20261122\napps:\n  producer:\n    image:\n      tag: 42\n").unwrap();
+    let docs = dev(&["-f", values.to_str().unwrap()]);
+    let job = find(&docs, "Job", "shop-cleanslate-purge");
+    assert_eq!(pod_spec(job)["containers"][0]["image"], json!("ghcr.io/cleanslate/cleanslate:20261122"), "image tag");
+    let producer = find(&docs, "Deployment", "shop-producer");
+    let app = pod_spec(producer)["containers"][0]["image"].as_str().unwrap();
+    assert!(app.ends_with(":42"), "app tag: {app}");
+    std::fs::write(&values, "image:\n  tag: 1.10\n").unwrap();
+    let err = try_render("shop", "dev", &["-f", values.to_str().unwrap()]).expect_err("1.10 is ambiguous");
+    assert!(err.contains("/image/tag"), "the schema names the value: {err}");
 }

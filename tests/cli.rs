@@ -184,7 +184,7 @@ async fn url_with_credentials_is_refused_without_echo() {
 #[tokio::test]
 async fn production_needs_explicit_permission() {
     let mut survivors = Survivors::seed().await;
-    for environment in ["production", "PROD", "Production", "prd", "production-eu", "eu-prod"] {
+    for environment in ["production", "PROD", "Production", "prd", "production-eu", "eu-prod", "prod2"] {
         let run = cleanslate(&["purge"], &with(survivors.vars(), &[("CLEANSLATE_ENVIRONMENT", environment)])).await;
         assert_eq!(run.code, 77, "{environment} refused: {}", run.all_output());
         assert!(

@@ -220,10 +220,8 @@ async fn finished_and_foreign_pods_do_not_block_the_quiesce() {
     env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
     env.seed().await;
     let labels = env.api.pods_of(NS, "shop-producer")[0]["metadata"]["labels"].clone();
-    let owner = env.api.pods_of(NS, "shop-producer")[0]["metadata"]["ownerReferences"][0]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let owner =
+        env.api.pods_of(NS, "shop-producer")[0]["metadata"]["ownerReferences"][0]["name"].as_str().unwrap().to_string();
     env.api.put_foreign_pod(NS, "shop-producer-evicted", labels.clone(), ("ReplicaSet", &owner), "Failed");
     env.api.put_foreign_pod(NS, "shop-migrate-x1", labels, ("Job", "shop-migrate"), "Running");
     let run =

@@ -128,12 +128,17 @@ Every ServiceAccount a gated pod runs as, comma-separated, for the gate's RoleBi
 {{/* The cleanslate image reference. */}}
 {{- define "cleanslate.image" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
-{{- $tag := $v.image.tag | toString -}}
+{{- $tag := include "cleanslate.toString" $v.image.tag -}}
 {{- if not $v.image.tag -}}{{- $tag = include "cleanslate.appVersion" . -}}{{- end -}}
 {{- printf "%s:%s" $v.image.repository $tag -}}
 {{- end -}}
 
 {{/* The revision a run or gate belongs to: cleanup.revision when set (helm template, Argo CD), else .Release.Revision. */}}
+{{/* A value as text; a whole number from a values file arrives as float64, which toString writes as 2.0261122e+07. */}}
+{{- define "cleanslate.toString" -}}
+{{- if kindIs "float64" . -}}{{- . | int64 | toString -}}{{- else -}}{{- . | toString -}}{{- end -}}
+{{- end -}}
+
 {{- define "cleanslate.revision" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- $revision := default .Release.Revision $v.cleanup.revision -}}
@@ -201,10 +206,11 @@ or the last retry is always killed. Derived when unset; a set value that is too 
 {{- define "cleanslate.validate" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- /* A token match, the binary's rule too: split on anything not a letter or digit; any token equal
-to prod, prd or production (any case) is production: prd, eu-prod, production-eu, PROD. */ -}}
+that is prod, prd or production, optionally numbered (any case), is production: prd, eu-prod,
+production-eu, PROD, prod2, prd01. */ -}}
 {{- $production := false -}}
 {{- range regexSplit "[^a-z0-9]+" (lower $v.cleanup.environment) -1 -}}
-{{- if has . (list "prod" "prd" "production") -}}{{- $production = true -}}{{- end -}}
+{{- if regexMatch "^(prod|prd|production)[0-9]*$" . -}}{{- $production = true -}}{{- end -}}
 {{- end -}}
 {{- if and $v.cleanup.enabled $production (not $v.cleanup.allowProduction) -}}
 {{- fail (printf "cleanslate: cleanup.enabled is true for environment %q; set cleanup.allowProduction=true if purging production is really intended" $v.cleanup.environment) -}}
@@ -242,9 +248,13 @@ helm.sh/hook-delete-policy: {{ .deletePolicy | quote }}
 helm.sh/hook-output-log-policy: {{ . | quote }}
 {{- end }}
 {{- if without .events "test" }}
+{{- /*
+Argo CD phase: PreSync when the Job runs on a pre-* event; otherwise Sync, not PostSync: PostSync waits
+for the gated Deployments to be healthy, which they never are before the purge (a deadlock).
+*/ -}}
 {{- $phase := .phase | default $v.cleanup.hook.argocdPhase -}}
 {{- if not $phase -}}
-{{- $phase = "PostSync" -}}
+{{- $phase = "Sync" -}}
 {{- range $v.cleanup.hook.events -}}{{- if hasPrefix "pre-" . -}}{{- $phase = "PreSync" -}}{{- end -}}{{- end -}}
 {{- end -}}
 {{- $policies := list -}}
@@ -254,6 +264,10 @@ helm.sh/hook-output-log-policy: {{ . | quote }}
 argocd.argoproj.io/hook: {{ $phase }}
 argocd.argoproj.io/sync-wave: {{ $weight | quote }}
 argocd.argoproj.io/hook-delete-policy: {{ join "," (compact $policies) }}
+{{- else }}
+{{- /* Once any resource has Argo CD hook annotations, Argo CD ignores helm.sh/hook on all of them:
+without Skip, the helm test Pod would be applied, and purge, on every sync. */}}
+argocd.argoproj.io/hook: Skip
 {{- end -}}
 {{- end -}}
 
