@@ -645,7 +645,11 @@ fn resume_job_hooks_and_defaults() {
     let docs = dev(&[]);
     let purge = find(&docs, "Job", "shop-cleanslate-purge");
     let resume = find(&docs, "Job", "shop-cleanslate-resume");
-    assert_eq!(hook_events(resume), ["post-install", "post-upgrade"], "after install and upgrade");
+    assert_eq!(
+        hook_events(resume),
+        ["post-install", "post-upgrade", "post-rollback"],
+        "after install and upgrade, and after a rollback (a failed upgrade rolled back by --atomic or by hand)"
+    );
     assert!(hook_weight(resume) > hook_weight(purge), "after the purge Job on post-install");
     assert_eq!(
         resume["metadata"]["annotations"]["helm.sh/hook-delete-policy"],
@@ -654,7 +658,11 @@ fn resume_job_hooks_and_defaults() {
     );
     for kind_ in ["ServiceAccount", "Role", "RoleBinding"] {
         let doc = find(&docs, kind_, "shop-cleanslate-resume");
-        assert_eq!(hook_events(doc), ["post-install", "post-upgrade"], "{kind_} on the resume Job's events");
+        assert_eq!(
+            hook_events(doc),
+            ["post-install", "post-upgrade", "post-rollback"],
+            "{kind_} on the resume Job's events"
+        );
         assert!(hook_weight(doc) < hook_weight(resume), "{kind_} before the resume Job");
         assert!(hook_weight(doc) > hook_weight(purge), "{kind_} after the purge Job (post-install order)");
     }
