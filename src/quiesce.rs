@@ -509,7 +509,12 @@ where
         async move {
             match attempt.await {
                 Ok(value) => Ok(value.into_option().map(Some)),
-                Err(err) if err.code() == Some(409) => Ok(Some(None)),
+                Err(err) if err.code() == Some(409) => {
+                    // The workload changed under us; controllers write its status on every pod
+                    // change, so pause a little (jittered) before the caller reads it again.
+                    tokio::time::sleep(Duration::from_millis(50 + fastrand::u64(0..200))).await;
+                    Ok(Some(None))
+                }
                 Err(err) if err.code() == Some(404) => Ok(None),
                 Err(err) => Err(sort(err, workload)),
             }
