@@ -16,7 +16,7 @@ use regex::Regex;
 use reqwest::Url;
 use serde::Deserialize;
 
-use crate::exit::{Kind, classified};
+use crate::error::{Kind, classified};
 
 /// Where Kubernetes mounts the pod's service-account credentials.
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -838,7 +838,7 @@ fn kube_target(env: &Env) -> Result<(String, KubeConfig)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::{Exit, exit_for};
+    use crate::error::{Kind as ErrorKind, kind_of};
 
     fn env(pairs: &[(&str, &str)]) -> Env {
         Env::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).expect("env builds")
@@ -907,7 +907,7 @@ mod tests {
         ];
         for (name, value) in cases {
             let err = error_of(&with(&[(name, value)]));
-            assert_eq!(exit_for(&err), Exit::Config, "{name}={value} must be a configuration error");
+            assert_eq!(kind_of(&err), ErrorKind::Config, "{name}={value} must be a configuration error");
             assert!(format!("{err:#}").contains(name), "{name}={value}: message must name it: {err:#}");
         }
     }
@@ -918,7 +918,7 @@ mod tests {
         let without = |name: &str| BASE.iter().filter(|(k, _)| *k != name).copied().collect::<Vec<_>>();
         for name in ["CLEANSLATE_ENVIRONMENT", "CLEANSLATE_RABBITMQ_URL", "CLEANSLATE_ETCD_PREFIXES"] {
             let err = error_of(&without(name));
-            assert_eq!(exit_for(&err), Exit::Config, "missing {name} is a configuration error");
+            assert_eq!(kind_of(&err), ErrorKind::Config, "missing {name} is a configuration error");
             assert!(format!("{err:#}").contains(name), "message names {name}: {err:#}");
         }
         let err = error_of(&with(&[("CLEANSLATE_ETCD_PREFIX", "monorepo/")]));
@@ -996,7 +996,7 @@ mod tests {
         assert!(config.rabbitmq.is_some(), "the rest of the configuration is read as usual");
         for (name, value) in [("CLEANSLATE_SERVICE_HOST", "rabbitmq"), ("CLEANSLATE_ETCD_PORT", "2379")] {
             let err = error_of(&with(&[(name, value)]));
-            assert_eq!(exit_for(&err), Exit::Config, "{name}={value} is not a service link");
+            assert_eq!(kind_of(&err), ErrorKind::Config, "{name}={value} is not a service link");
         }
     }
 
@@ -1090,7 +1090,7 @@ mod tests {
                 pairs.push(("CLEANSLATE_QUIESCE", "deployment/api"));
             }
             let err = error_of(&pairs);
-            assert_eq!(exit_for(&err), Exit::Config, "{name}={value} is a configuration error");
+            assert_eq!(kind_of(&err), ErrorKind::Config, "{name}={value} is a configuration error");
             assert!(format!("{err:#}").contains(name), "{name}={value}: names it: {err:#}");
         }
         let err = ResumeConfig::from_env(&env(&[("CLEANSLATE_NAMESPACE", "dev")])).expect_err("list required");

@@ -23,7 +23,7 @@ use etcd_client::{
 use tokio::time::Instant;
 
 use crate::config::{EtcdConfig, RetryPolicy};
-use crate::exit::{Classified, Kind, classified};
+use crate::error::{Classified, Kind, classified};
 use crate::retry::{self, Attempt};
 
 /// Keys no cleanup may reach unless an operator protects them explicitly.
@@ -383,7 +383,7 @@ pub struct Deletion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::{Exit, exit_for};
+    use crate::error::kind_of;
 
     fn range(start: &str, end: Option<&str>) -> KeyRange {
         KeyRange { start: start.as_bytes().to_vec(), end: end.map(|e| e.as_bytes().to_vec()) }
@@ -443,7 +443,7 @@ mod tests {
             (strings(&["/coreos.com"]), "/coreos.com/"),
         ] {
             let err = plan_ranges(&prefixes, &[]).expect_err("refused");
-            assert_eq!(exit_for(&err), Exit::Refused, "{prefixes:?} refused with 77");
+            assert_eq!(kind_of(&err), Kind::Refused, "{prefixes:?} refused with 77");
             assert!(err.to_string().contains(needle), "{prefixes:?}: message names {needle}: {err}");
         }
     }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{GateConfig, MarkerConfig, OnTimeout};
-use crate::exit::{Exit, Kind, classified};
+use crate::error::{Kind, classified};
 use crate::kube::{ConfigMap, KubeClient, KubeError, WatchEvent};
 use crate::marker::{self, Marker, Verdict};
 
@@ -47,8 +47,9 @@ struct Seen {
     last_error: Option<String>,
 }
 
-/// Waits for the marker; returns the exit status (0 pass, 1 failed marker, 75/69 on timeout).
-pub async fn run(config: &GateConfig) -> Result<Exit> {
+/// Waits for the marker: `Ok` when it allows this revision (or on timeout with `proceed`), an
+/// error of kind Failed for a final failed marker, Deadline or Unreachable on timeout.
+pub async fn run(config: &GateConfig) -> Result<()> {
     let settings = &config.marker;
     let kube = KubeClient::new(&settings.kube)?;
     let deadline = Instant::now() + config.timeout;
@@ -67,7 +68,7 @@ pub async fn run(config: &GateConfig) -> Result<Exit> {
     match outcome {
         Ok(Ok(())) => {
             info!(revision = settings.revision, waited_ms, marker = %marker::describe(seen.last_marker.as_ref()), "marker allows this revision, starting");
-            Ok(Exit::Success)
+            Ok(())
         }
         Ok(Err(err)) => Err(err),
         Err(_) => {
@@ -85,7 +86,7 @@ pub async fn run(config: &GateConfig) -> Result<Exit> {
             match config.on_timeout {
                 OnTimeout::Proceed => {
                     warn!(waited_ms, "{message}; starting anyway because CLEANSLATE_GATE_ON_TIMEOUT=proceed");
-                    Ok(Exit::Success)
+                    Ok(())
                 }
                 OnTimeout::Fail => {
                     let kind = if seen.reached_api { Kind::Deadline } else { Kind::Unreachable };

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::{KubeConfig, WorkloadRef};
-use crate::exit::{Kind, classified};
+use crate::error::{Kind, classified};
 
 /// A request to the API server that takes longer than this is stuck, not slow.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

@@ -11,7 +11,8 @@
 //! # Layout
 //!
 //! - [`config`]: `CLEANSLATE_*` variables → validated structs; secrets redacted.
-//! - [`exit`]: the sysexits-style exit codes and the error → code mapping.
+//! - [`error`]: the one typed error: the kind of a failure, carried through anyhow.
+//! - [`exit`]: the sysexits-style exit codes; only `main` maps kinds and signals to them.
 //! - [`telemetry`]: JSON or text logs on stdout, level from `RUST_LOG`.
 //! - [`retry`]: exponential backoff with jitter under a deadline.
 //! - [`rabbitmq`]: management API: list, dead-letter discovery, purge.
@@ -26,6 +27,7 @@
 
 pub mod config;
 pub mod dead_letters;
+pub mod error;
 pub mod etcd;
 pub mod exit;
 pub mod gate;

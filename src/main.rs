@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use cleanslate::config::{self, Env, GateConfig, Mode, PurgeConfig, ResumeConfig};
 use cleanslate::exit::{Exit, exit_for};
+use cleanslate::purge::Outcome;
 use cleanslate::shutdown::Shutdown;
 use cleanslate::{gate, purge, quiesce, telemetry};
 use tracing::error;
@@ -104,33 +105,35 @@ fn main() -> ExitCode {
         let mut shutdown = Shutdown::listen();
         if command == Command::Purge {
             // Purge handles the signal itself: it restores what it stopped and records the attempt.
-            let result = run(command, &env, shutdown).await;
-            if let Ok(exit @ (Exit::Terminated | Exit::Interrupted)) = result {
-                let signal = if exit == Exit::Terminated { "SIGTERM" } else { "SIGINT" };
-                eprintln!("cleanslate purge: stopped by {signal}");
-            }
-            return result;
+            return run(command, &env, shutdown).await;
         }
         // Nothing to undo in the other commands: stop at once.
         tokio::select! {
             result = run(command, &env, Shutdown::never()) => result,
             signal = shutdown.recv() => {
                 error!(signal = signal.name(), "stopped by signal before finishing");
-                eprintln!("cleanslate {}: stopped by {}", command.name(), signal.name());
-                Ok(signal.exit())
+                Ok(Outcome::Stopped(signal))
             }
         }
     });
-    exit.unwrap_or_else(|err| report(command, &err)).into()
+    match exit {
+        Ok(Outcome::Done) => Exit::Success,
+        Ok(Outcome::Stopped(signal)) => {
+            eprintln!("cleanslate {}: stopped by {}", command.name(), signal.name());
+            Exit::from(signal)
+        }
+        Err(err) => report(command, &err),
+    }
+    .into()
 }
 
 /// Runs one command; only `purge` takes the shutdown signal (the others are dropped on a signal).
-async fn run(command: Command, env: &Env, shutdown: Shutdown) -> Result<Exit> {
+async fn run(command: Command, env: &Env, shutdown: Shutdown) -> Result<Outcome> {
     match command {
         Command::Purge => purge::run(&PurgeConfig::from_env(env, Mode::Purge)?, Mode::Purge, shutdown).await,
         Command::Plan => purge::run(&PurgeConfig::from_env(env, Mode::Plan)?, Mode::Plan, shutdown).await,
-        Command::Gate => gate::run(&GateConfig::from_env(env)?).await,
-        Command::Resume => quiesce::run(&ResumeConfig::from_env(env)?).await,
+        Command::Gate => gate::run(&GateConfig::from_env(env)?).await.map(|()| Outcome::Done),
+        Command::Resume => quiesce::run(&ResumeConfig::from_env(env)?).await.map(|()| Outcome::Done),
     }
 }
 

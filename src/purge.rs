@@ -20,8 +20,8 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{MarkerConfig, MissingQueue, Mode, PurgeConfig, RabbitConfig, RetryPolicy};
+use crate::error::{Classified, Kind, classified, kind_of};
 use crate::etcd::{self, KeyRange, RangePlan};
-use crate::exit::{Classified, Exit, Kind, classified, exit_for};
 use crate::kube::{ConfigMap, KubeClient, KubeError};
 use crate::marker::{self, Marker, RunStatus};
 use crate::quiesce;
@@ -67,21 +67,31 @@ pub struct Summary {
     /// Queues dead letters might reach through an unproven route: left alone, named here.
     pub dead_letter_candidates: Vec<String>,
     pub failures: Vec<String>,
-    /// The run's exit status: success until something fails.
-    pub exit: Exit,
+    /// The most telling kind among the failures (meaningless while there are none).
+    pub kind: Kind,
 }
 
 impl Summary {
-    fn fail(&mut self, exit: Exit, message: String) {
-        self.exit = self.exit.worst(exit);
+    fn fail(&mut self, kind: Kind, message: String) {
+        self.kind = self.kind.worst(kind);
         self.failures.push(message);
     }
 }
 
-/// Runs `purge` (or `plan`) and returns the exit status; refusals and configuration problems come
-/// back as errors before anything is touched. On a signal from `shutdown` the run stops its work,
-/// restores what it stopped, records a failed attempt, and returns the signal's exit status.
-pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Result<Exit> {
+/// How a purge run ended when it did not fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran to the end.
+    Done,
+    /// A signal stopped it; what it stopped was restored and a failed attempt recorded.
+    Stopped(Signal),
+}
+
+/// Runs `purge` (or `plan`); a failure comes back as an error whose [`Kind`] says what went wrong,
+/// and refusals and configuration problems do so before anything is touched. On a signal from
+/// `shutdown` the run stops its work, restores what it stopped, records a failed attempt, and
+/// returns [`Outcome::Stopped`].
+pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Result<Outcome> {
     let dry_run = mode == Mode::Plan || config.dry_run;
     if mode == Mode::Purge && config.is_production() && !config.allow_production {
         return Err(classified(
@@ -177,11 +187,11 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         _ => Summary::default(),
     };
     if let Some(err) = quiesce_failure {
-        summary.fail(exit_for(&err), format!("{err:#}; nothing was purged"));
+        summary.fail(kind_of(&err), format!("{err:#}; nothing was purged"));
     }
     if let Some(signal) = interrupted {
         // Whatever finished before the signal is not known for sure: the marker says failed.
-        summary.fail(signal.exit(), format!("stopped by {} before the purge finished", signal.name()));
+        summary.fail(Kind::Failed, format!("stopped by {} before the purge finished", signal.name()));
     }
 
     // Put the workloads back: after a failure the previous version keeps running; in the helm
@@ -199,7 +209,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
                     summary.failures.push(restored);
                 }
                 for line in report.describe_failed() {
-                    summary.fail(Exit::Failed.worst(report.exit), line);
+                    summary.fail(report.kind, line);
                 }
             } else {
                 if !restored.is_empty() {
@@ -207,14 +217,14 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
                 }
                 resume_failures = report.describe_failed();
                 if !resume_failures.is_empty() {
-                    summary.exit = summary.exit.worst(Exit::Failed.worst(report.exit));
+                    summary.kind = summary.kind.worst(report.kind);
                 }
             }
         }
     }
 
     let duration_ms = clock.elapsed().as_millis() as u64;
-    let mut exit = summary.exit;
+    let mut kind = summary.kind;
     let with_consumers = summary.queues_with_consumers.join(", ");
     let candidates = summary.dead_letter_candidates.join(", ");
     if summary.failures.is_empty() {
@@ -233,7 +243,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     } else {
         error!(
             status = "failed",
-            exit_code = exit.code(),
+            failure_kind = ?kind,
             dry_run,
             queues_purged = summary.queues_purged,
             queues_failed = summary.queues_failed,
@@ -279,7 +289,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         };
         if let Err(err) = written {
             error!(marker = %settings.name, namespace = %settings.namespace, error = %format!("{err:#}"), "marker not written");
-            exit = exit.worst(exit_for(&err));
+            kind = kind.worst(kind_of(&err));
             if summary.failures.is_empty() && interrupted.is_none() {
                 // The run fails after all: put back what it stopped (unless the helm test run
                 // already did), or the apps stay at 0 while the Job retries and Helm gives up.
@@ -307,17 +317,17 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     }
     if let Some(signal) = interrupted {
         error!(signal = signal.name(), failures = %summary.failures.join("; "), "stopped by signal");
-        return Ok(signal.exit());
+        return Ok(Outcome::Stopped(signal));
     }
     if !resume_failures.is_empty() {
-        return Err(classified(Kind::for_exit(exit), resume_failures.join("; ")));
+        return Err(classified(kind, resume_failures.join("; ")));
     }
     if summary.failures.is_empty() {
-        Ok(exit)
+        Ok(Outcome::Done)
     } else {
         // Reported once more by main on stderr, so the first line of a failed Job's output says
         // what failed, whatever the log format.
-        Err(classified(Kind::for_exit(exit), summary.failures.join("; ")))
+        Err(classified(kind, summary.failures.join("; ")))
     }
 }
 
@@ -399,7 +409,7 @@ fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdRepor
     let mut summary = Summary::default();
     match rabbit {
         None => {}
-        Some(Err(err)) => summary.fail(exit_for(&err), format!("rabbitmq: {err:#}")),
+        Some(Err(err)) => summary.fail(kind_of(&err), format!("rabbitmq: {err:#}")),
         Some(Ok(report)) => {
             summary.dead_letter_candidates =
                 report.selection.dead_letter_candidates.iter().map(|c| c.queue.clone()).collect();
@@ -417,7 +427,7 @@ fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdRepor
                     QueueOutcome::Failed(message) => {
                         summary.queues_failed += 1;
                         not_purged.push(queue.info.name.as_str());
-                        summary.fail(Exit::Failed, format!("queue {:?}: {message}", queue.info.name));
+                        summary.fail(Kind::Failed, format!("queue {:?}: {message}", queue.info.name));
                     }
                 }
             }
@@ -436,7 +446,7 @@ fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdRepor
     }
     match etcd {
         None => {}
-        Some(Err(err)) => summary.fail(exit_for(&err), format!("etcd: {err:#}")),
+        Some(Err(err)) => summary.fail(kind_of(&err), format!("etcd: {err:#}")),
         Some(Ok(report)) if !dry_run => {
             // Committed transactions stay committed: their keys are reported even on failure.
             summary.keys_deleted = report.counts.iter().take(report.plan.ranges.len()).sum();
@@ -447,7 +457,7 @@ fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdRepor
                     report.plan.ranges.len(),
                     summary.keys_deleted
                 );
-                summary.fail(exit_for(&err), line);
+                summary.fail(kind_of(&err), line);
             }
         }
         Some(Ok(_)) => {}

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{QuiesceConfig, ResumeConfig, RetryPolicy, WorkloadKind, WorkloadRef};
-use crate::exit::{Classified, Exit, Kind, classified, exit_for};
+use crate::error::{Classified, Kind, classified, kind_of};
 use crate::kube::{KubeClient, KubeError, ObjectMeta, Scale, ScaleSpec, Workload};
 use crate::retry::{self, Attempt};
 
@@ -395,8 +395,8 @@ pub struct Restore {
     pub restored: Vec<(WorkloadRef, i32)>,
     /// Workloads that could not be restored, with why.
     pub failed: Vec<(WorkloadRef, String)>,
-    /// The worst exit status among the failures.
-    pub exit: Exit,
+    /// The most telling kind among the failures.
+    pub kind: Kind,
 }
 
 impl Restore {
@@ -434,12 +434,12 @@ pub async fn restore(kube: &KubeClient, namespace: &str, workloads: &[WorkloadRe
             }
             Ok(Err(err)) => {
                 error!(workload = %workload, error = %format!("{err:#}"), "workload not restored");
-                report.exit = report.exit.worst(exit_for(&err));
+                report.kind = report.kind.worst(kind_of(&err));
                 report.failed.push((workload.clone(), format!("{err:#}")));
             }
             Err(_) => {
                 error!(workload = %workload, "workload not restored before the deadline");
-                report.exit = report.exit.worst(Exit::Deadline);
+                report.kind = report.kind.worst(Kind::Deadline);
                 report.failed.push((workload.clone(), "deadline reached".into()));
             }
         }
@@ -449,7 +449,7 @@ pub async fn restore(kube: &KubeClient, namespace: &str, workloads: &[WorkloadRe
 
 /// `cleanslate resume`: every listed workload still at 0 with the annotation goes back to its
 /// recorded count, and the annotation is removed. Exit 0 when there is nothing to do.
-pub async fn run(config: &ResumeConfig) -> Result<Exit> {
+pub async fn run(config: &ResumeConfig) -> Result<()> {
     let settings = &config.quiesce;
     let kube = KubeClient::new(&settings.kube)?;
     let deadline = Instant::now() + config.timeout;
@@ -457,7 +457,7 @@ pub async fn run(config: &ResumeConfig) -> Result<Exit> {
     info!(namespace = %settings.namespace, workloads = settings.workloads.len(), "resume started");
     let mut resumed = Vec::new();
     let mut failures = Vec::new();
-    let mut exit = Exit::Success;
+    let mut kind = Kind::Failed;
     for workload in &settings.workloads {
         let outcome =
             tokio::time::timeout_at(deadline, resume_one(&kube, &settings.namespace, workload, deadline)).await;
@@ -472,11 +472,11 @@ pub async fn run(config: &ResumeConfig) -> Result<Exit> {
             Ok(Ok(Resumed::NotStopped)) => info!(workload = %workload, "not stopped by cleanslate, nothing to do"),
             Ok(Ok(Resumed::Missing)) => info!(workload = %workload, "workload not found, nothing to do"),
             Ok(Err(err)) => {
-                exit = exit.worst(exit_for(&err));
+                kind = kind.worst(kind_of(&err));
                 failures.push(format!("{workload}: {err:#}"));
             }
             Err(_) => {
-                exit = exit.worst(Exit::Deadline);
+                kind = kind.worst(Kind::Deadline);
                 failures.push(format!("{workload}: deadline reached (CLEANSLATE_TIMEOUT)"));
             }
         }
@@ -484,10 +484,10 @@ pub async fn run(config: &ResumeConfig) -> Result<Exit> {
     let duration_ms = started.elapsed().as_millis() as u64;
     if failures.is_empty() {
         info!(resumed = %resumed.join(", "), duration_ms, "resume finished");
-        Ok(Exit::Success)
+        Ok(())
     } else {
         error!(resumed = %resumed.join(", "), failures = %failures.join("; "), duration_ms, "resume failed");
-        Err(classified(Kind::for_exit(exit), failures.join("; ")))
+        Err(classified(kind, failures.join("; ")))
     }
 }
 
@@ -619,7 +619,7 @@ mod tests {
         let text = format!("{err:#}");
         assert!(text.contains("deployment/api: api-7d9f-x"), "names the pod: {text}");
         assert!(!text.contains("deployment/web"), "a workload without pods is not named: {text}");
-        assert_eq!(exit_for(&err), Exit::Deadline, "a quiesce timeout is a deadline (75)");
+        assert_eq!(kind_of(&err), Kind::Deadline, "a quiesce timeout is a deadline (75)");
     }
 
     /// A workload is remembered once, in the order it was stopped.

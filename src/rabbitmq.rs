@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use crate::config::{MissingQueue, RabbitConfig, RetryPolicy};
 pub use crate::dead_letters::Candidate;
 use crate::dead_letters::{BindingInfo, ExchangeInfo, Topology, select_dead_letter_queues};
-use crate::exit::{Classified, Kind, classified};
+use crate::error::{Classified, Kind, classified};
 use crate::retry::{self, Attempt};
 
 /// RFC 3986 unreserved characters stay; everything else in a segment is encoded, `/` above all.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::config::RetryPolicy;
-use crate::exit::{Classified, Exit, Kind, classified, exit_for};
+use crate::error::{Classified, Kind, classified, kind_of};
 
 /// One attempt's failure, sorted by whether trying again can help.
 #[derive(Debug)]
@@ -75,7 +75,7 @@ where
 /// else is unfinished work (75).
 fn past_deadline(last: Option<Error>, what: &str) -> Error {
     match last {
-        Some(err) if exit_for(&err) == Exit::Unavailable => err.context("not reachable before the deadline"),
+        Some(err) if kind_of(&err) == Kind::Unreachable => err.context("not reachable before the deadline"),
         Some(err) => err.context(Classified::new(Kind::Deadline, "deadline reached before it succeeded")),
         None => classified(Kind::Deadline, format!("{what}: deadline reached while it was running")),
     }
@@ -151,7 +151,7 @@ mod tests {
         .await
         .expect_err("never succeeds");
         assert!(Instant::now() <= deadline, "stopped before the deadline");
-        assert_eq!(exit_for(&err), Exit::Unavailable, "still 69: {err:#}");
+        assert_eq!(kind_of(&err), Kind::Unreachable, "still 69: {err:#}");
     }
 
     /// An attempt still running at the deadline is cut off with exit 75.
@@ -164,6 +164,6 @@ mod tests {
         })
         .await
         .expect_err("cut off");
-        assert_eq!(exit_for(&err), Exit::Deadline, "75 for unfinished work: {err:#}");
+        assert_eq!(kind_of(&err), Kind::Deadline, "75 for unfinished work: {err:#}");
     }
 }

@@ -8,8 +8,6 @@
 
 use tokio::sync::watch;
 
-use crate::exit::Exit;
-
 /// Which signal asked the process to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
@@ -23,14 +21,6 @@ impl Signal {
         match self {
             Signal::Term => "SIGTERM",
             Signal::Int => "SIGINT",
-        }
-    }
-
-    /// The exit status after stopping for this signal (128 + its number).
-    pub fn exit(self) -> Exit {
-        match self {
-            Signal::Term => Exit::Terminated,
-            Signal::Int => Exit::Interrupted,
         }
     }
 }
