@@ -6,7 +6,14 @@
 //! This module does not decide whether a run is *safe* (production, system prefixes): that is
 //! [`crate::purge`]'s and [`crate::etcd`]'s job, because it needs the planned ranges.
 
-use std::collections::HashMap;
+//!
+//! Layout: [`env`] holds the raw environment (what is set, service links told apart from typos);
+//! `parse` turns one variable's text into a value; this file owns the validated structs and how
+//! each subcommand's configuration is put together.
+
+mod env;
+mod parse;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,166 +21,16 @@ use std::time::Duration;
 use anyhow::Result;
 use regex::Regex;
 use reqwest::Url;
-use serde::Deserialize;
 
-use crate::error::{Kind, classified};
+pub use env::Env;
+use env::RawEnv;
+use parse::{
+    config_error, existing_file, http_url, non_empty_list, parse_bool, parse_choice, parse_count, parse_duration,
+    password, present, required, split_list,
+};
 
 /// Where Kubernetes mounts the pod's service-account credentials.
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-/// The variables exactly as the environment gives them. Unknown `CLEANSLATE_*` names are rejected,
-/// because a misspelt variable silently falling back to a default is how a prefix gets ignored.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawEnv {
-    environment: Option<String>,
-    allow_production: Option<String>,
-    targets: Option<String>,
-    timeout: Option<String>,
-    retry_attempts: Option<String>,
-    retry_backoff: Option<String>,
-    concurrency: Option<String>,
-    dry_run: Option<String>,
-    log_format: Option<String>,
-    rabbitmq_url: Option<String>,
-    rabbitmq_username: Option<String>,
-    rabbitmq_password: Option<String>,
-    rabbitmq_password_file: Option<String>,
-    rabbitmq_vhost: Option<String>,
-    rabbitmq_queues: Option<String>,
-    rabbitmq_queue_pattern: Option<String>,
-    rabbitmq_dead_letters: Option<String>,
-    rabbitmq_missing: Option<String>,
-    rabbitmq_ca_file: Option<String>,
-    etcd_endpoints: Option<String>,
-    etcd_prefixes: Option<String>,
-    etcd_protected_prefixes: Option<String>,
-    etcd_username: Option<String>,
-    etcd_password: Option<String>,
-    etcd_password_file: Option<String>,
-    etcd_ca_file: Option<String>,
-    etcd_cert_file: Option<String>,
-    etcd_key_file: Option<String>,
-    marker: Option<String>,
-    namespace: Option<String>,
-    revision: Option<String>,
-    release: Option<String>,
-    pod_name: Option<String>,
-    job_attempts: Option<String>,
-    kube_api: Option<String>,
-    kube_token_file: Option<String>,
-    kube_ca_file: Option<String>,
-    gate_timeout: Option<String>,
-    gate_on_timeout: Option<String>,
-    quiesce: Option<String>,
-    quiesce_timeout: Option<String>,
-    quiesce_resume: Option<String>,
-}
-
-/// The process environment, captured once. Tests build it from key/value lists instead of mutating
-/// the real environment.
-pub struct Env {
-    raw: RawEnv,
-    others: HashMap<String, String>,
-}
-
-impl Env {
-    /// Reads the real process environment. A `CLEANSLATE_*` value that is not UTF-8 is a
-    /// configuration error naming it; any other variable that is not UTF-8 is none of ours and is
-    /// skipped (`std::env::vars` would panic on it).
-    pub fn from_process() -> Result<Env> {
-        let mut pairs = Vec::new();
-        for (name, value) in std::env::vars_os() {
-            match (name.into_string(), value.into_string()) {
-                (Ok(name), Ok(value)) => pairs.push((name, value)),
-                (Ok(name), Err(_)) if name.starts_with("CLEANSLATE_") => {
-                    return Err(config_error(format!("{name} is not valid UTF-8")));
-                }
-                _ => {}
-            }
-        }
-        Env::from_pairs(pairs)
-    }
-
-    /// Builds the environment from pairs; `CLEANSLATE_*` names must be known.
-    pub fn from_pairs<I, K, V>(pairs: I) -> Result<Env>
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        let all: Vec<(String, String)> = pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-        let ours = all.iter().filter(|(k, v)| !is_service_link(k, v)).cloned();
-        let raw = envy::prefixed("CLEANSLATE_").from_iter::<_, RawEnv>(ours).map_err(|err| {
-            // envy reports names in lowercase without the prefix; give the operator the real name.
-            let text = err.to_string();
-            let text = match text.split('`').nth(1) {
-                Some(field) if text.starts_with("unknown field") => format!(
-                    "unknown variable CLEANSLATE_{} (a typo? see the README's table of variables)",
-                    field.to_uppercase()
-                ),
-                _ => text,
-            };
-            classified(Kind::Config, format!("reading CLEANSLATE_* variables: {text}"))
-        })?;
-        let others = all.into_iter().filter(|(k, _)| !k.starts_with("CLEANSLATE_")).collect();
-        Ok(Env { raw, others })
-    }
-
-    fn other(&self, name: &str) -> Option<&str> {
-        self.others.get(name).map(String::as_str).filter(|v| !v.is_empty())
-    }
-}
-
-/// Whether a variable is one the kubelet injects for a Service in the pod's namespace
-/// (`enableServiceLinks`, on by default): a Service named `cleanslate-web` gives every pod
-/// `CLEANSLATE_WEB_SERVICE_HOST`, `CLEANSLATE_WEB_PORT_80_TCP_ADDR` and so on, which must not be
-/// taken for misspelt settings. Names and values must both have the kubelet's shapes
-/// (kubernetes `pkg/kubelet/envvars/envvars.go`; <https://kubernetes.io/docs/concepts/services-networking/service/#environment-variables>),
-/// so a real typo such as `CLEANSLATE_ETCD_PREFIX` is still refused.
-fn is_service_link(name: &str, value: &str) -> bool {
-    /// The name shapes, each with the value shape the kubelet gives it.
-    enum Value {
-        Ip,
-        Port,
-        Proto,
-        Url,
-    }
-    static SHAPES: std::sync::LazyLock<Vec<(Regex, Value)>> = std::sync::LazyLock::new(|| {
-        [
-            (r"_SERVICE_HOST$", Value::Ip),
-            (r"_SERVICE_PORT(?:_[A-Z0-9_]+)?$", Value::Port),
-            (r"_PORT$", Value::Url),
-            (r"_PORT_[0-9]+_(?:TCP|UDP|SCTP)$", Value::Url),
-            (r"_PORT_[0-9]+_(?:TCP|UDP|SCTP)_PROTO$", Value::Proto),
-            (r"_PORT_[0-9]+_(?:TCP|UDP|SCTP)_PORT$", Value::Port),
-            (r"_PORT_[0-9]+_(?:TCP|UDP|SCTP)_ADDR$", Value::Ip),
-        ]
-        .into_iter()
-        .map(|(suffix, value)| (Regex::new(&format!("^[A-Z0-9_]+{suffix}")).expect("valid shape"), value))
-        .collect()
-    });
-    let is_ip = |v: &str| v.parse::<std::net::IpAddr>().is_ok();
-    let is_port = |v: &str| v.parse::<u16>().is_ok();
-    let is_proto = |v: &str| matches!(v, "tcp" | "udp" | "sctp");
-    // `tcp://10.0.0.11:6379` or `tcp://[fd00::b]:6379`
-    let is_url = |v: &str| {
-        v.split_once("://").is_some_and(|(proto, rest)| {
-            is_proto(proto)
-                && rest.rsplit_once(':').is_some_and(|(host, port)| {
-                    is_port(port) && is_ip(host.trim_start_matches('[').trim_end_matches(']'))
-                })
-        })
-    };
-    // A name can fit several shapes (a Service named `web-service` gives `WEB_SERVICE_PORT`, which
-    // is also `{WEB}_SERVICE_PORT`): it is a service link when any shape it fits has the value's shape.
-    SHAPES.iter().filter(|(shape, _)| shape.is_match(name)).any(|(_, expected)| match expected {
-        Value::Ip => is_ip(value),
-        Value::Port => is_port(value),
-        Value::Proto => is_proto(value),
-        Value::Url => is_url(value),
-    })
-}
 
 /// A value that must never reach a log line, an error message or the marker.
 #[derive(Clone, PartialEq, Eq)]
@@ -381,105 +238,6 @@ pub struct GateConfig {
 pub enum Mode {
     Purge,
     Plan,
-}
-
-fn config_error(message: impl Into<String>) -> anyhow::Error {
-    classified(Kind::Config, message)
-}
-
-/// A present, non-empty value.
-fn present(value: &Option<String>) -> Option<&str> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
-
-fn required<'a>(name: &str, value: &'a Option<String>, what: &str) -> Result<&'a str> {
-    present(value).ok_or_else(|| config_error(format!("{name} is required: {what}")))
-}
-
-fn parse_bool(name: &str, value: &Option<String>, default: bool) -> Result<bool> {
-    match present(value).map(str::to_ascii_lowercase).as_deref() {
-        None => Ok(default),
-        Some("true") => Ok(true),
-        Some("false") => Ok(false),
-        Some(other) => Err(config_error(format!("{name} must be true or false, not {other:?}"))),
-    }
-}
-
-fn parse_duration(name: &str, value: &Option<String>, default: Duration) -> Result<Duration> {
-    let Some(text) = present(value) else { return Ok(default) };
-    let duration = humantime::parse_duration(text).map_err(|err| {
-        config_error(format!("{name} must be a duration such as 30s, 2m or 1h30m, not {text:?} ({err})"))
-    })?;
-    if duration.is_zero() {
-        return Err(config_error(format!("{name} must be longer than zero")));
-    }
-    Ok(duration)
-}
-
-fn parse_count(name: &str, value: &Option<String>, default: u64, max: u64) -> Result<u64> {
-    let Some(text) = present(value) else { return Ok(default) };
-    match text.parse::<u64>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(config_error(format!("{name} must be a whole number from 1 to {max}, not {text:?}"))),
-    }
-}
-
-fn parse_choice<T: Copy>(name: &str, value: &Option<String>, default: T, choices: &[(&str, T)]) -> Result<T> {
-    let Some(text) = present(value) else { return Ok(default) };
-    let lower = text.to_ascii_lowercase();
-    choices.iter().find(|(word, _)| *word == lower).map(|(_, v)| *v).ok_or_else(|| {
-        let words: Vec<&str> = choices.iter().map(|(w, _)| *w).collect();
-        config_error(format!("{name} must be one of {}, not {text:?}", words.join(", ")))
-    })
-}
-
-/// Comma-separated list; entries trimmed; empty entries kept only where the caller wants to see them.
-fn split_list(value: &str) -> Vec<String> {
-    value.split(',').map(|item| item.trim().to_string()).collect()
-}
-
-fn non_empty_list(value: &str) -> Vec<String> {
-    split_list(value).into_iter().filter(|s| !s.is_empty()).collect()
-}
-
-/// A password from `NAME` or `NAME_FILE`, never both. Only the trailing newline of a file is dropped.
-fn password(name: &str, value: &Option<String>, file: &Option<String>) -> Result<Option<Secret>> {
-    match (value.as_deref().filter(|v| !v.is_empty()), present(file)) {
-        (Some(_), Some(_)) => Err(config_error(format!("set {name} or {name}_FILE, not both"))),
-        (Some(v), None) => Ok(Some(Secret::new(v))),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|err| config_error(format!("{name}_FILE: cannot read {path}: {err}")))?;
-            Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
-fn existing_file(name: &str, value: &Option<String>) -> Result<Option<PathBuf>> {
-    let Some(path) = present(value) else { return Ok(None) };
-    let path = PathBuf::from(path);
-    if !path.is_file() {
-        return Err(config_error(format!("{name}: {} is not a readable file", path.display())));
-    }
-    Ok(Some(path))
-}
-
-/// Parses a URL without ever echoing it: it may carry a password in its userinfo.
-fn http_url(name: &str, text: &str) -> Result<Url> {
-    let url = Url::parse(text).map_err(|err| config_error(format!("{name} is not a valid URL ({err})")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(config_error(format!("{name} must start with http:// or https://")));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(config_error(format!(
-            "{name} must not contain credentials; use the _USERNAME and _PASSWORD variables"
-        )));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(config_error(format!("{name} has no host")));
-    }
-    Ok(url)
 }
 
 /// The production rule of [`PurgeConfig::is_production`], for one environment name.
