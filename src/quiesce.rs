@@ -158,18 +158,7 @@ async fn stop_one(
             // Someone changed the workload since it was read (or it was deleted): read again.
             continue;
         };
-        let scale = Scale {
-            api_version: "autoscaling/v1".into(),
-            kind: "Scale".into(),
-            metadata: ObjectMeta {
-                name: workload.name.clone(),
-                namespace: Some(namespace.to_string()),
-                resource_version: annotated.metadata.resource_version.clone(),
-                ..Default::default()
-            },
-            spec: ScaleSpec { replicas: 0 },
-            status: None,
-        };
+        let scale = scale_to(namespace, workload, 0, annotated.metadata.resource_version.clone());
         let scaled = call(&format!("scaling {workload} to 0"), workload, deadline, || {
             kube.replace_scale(namespace, workload, &scale)
         })
@@ -182,6 +171,22 @@ async fn stop_one(
             // Changed between our two writes: read again; the annotation we wrote is seen then.
             _ => continue,
         }
+    }
+}
+
+/// The `Scale` to PUT for `replicas`, conditional on `resource_version`: a concurrent change gets 409.
+fn scale_to(namespace: &str, workload: &WorkloadRef, replicas: i32, resource_version: Option<String>) -> Scale {
+    Scale {
+        api_version: "autoscaling/v1".into(),
+        kind: "Scale".into(),
+        metadata: ObjectMeta {
+            name: workload.name.clone(),
+            namespace: Some(namespace.to_string()),
+            resource_version,
+            ..Default::default()
+        },
+        spec: ScaleSpec { replicas },
+        status: None,
     }
 }
 
@@ -347,18 +352,7 @@ pub async fn resume_one(
         let replicas = current.spec.replicas.unwrap_or(1);
         let mut resource_version = current.metadata.resource_version.clone();
         if replicas == 0 && recorded > 0 {
-            let scale = Scale {
-                api_version: "autoscaling/v1".into(),
-                kind: "Scale".into(),
-                metadata: ObjectMeta {
-                    name: workload.name.clone(),
-                    namespace: Some(namespace.to_string()),
-                    resource_version: resource_version.clone(),
-                    ..Default::default()
-                },
-                spec: ScaleSpec { replicas: recorded },
-                status: None,
-            };
+            let scale = scale_to(namespace, workload, recorded, resource_version.clone());
             let scaled = call(&format!("scaling {workload} to {recorded}"), workload, deadline, || {
                 kube.replace_scale(namespace, workload, &scale)
             })

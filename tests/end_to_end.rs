@@ -61,24 +61,8 @@ impl World {
 
     /// The release values a user would pass for this environment (on top of values-dev.yaml).
     fn values(&self, extra: &[String]) -> Vec<String> {
-        let mut args = vec![
-            "-f".to_string(),
-            repo_root().join("chart/values-dev.yaml").to_str().unwrap().to_string(),
-            "--set".into(),
-            format!("cleanup.rabbitmq.url={}", rabbit_url()),
-            "--set-string".into(),
-            format!("cleanup.rabbitmq.vhost={}", self.vhost),
-            "--set-string".into(),
-            format!("cleanup.rabbitmq.username={}", rabbit_user()),
-            "--set-string".into(),
-            format!("cleanup.rabbitmq.password={}", rabbit_password()),
-            "--set-json".into(),
-            format!("cleanup.etcd.endpoints=[\"{}\"]", etcd_endpoint()),
-            "--set-json".into(),
-            format!("cleanup.etcd.prefixes=[\"{}\"]", self.prefix),
-            "--set".into(),
-            "cleanup.retry.backoff=200ms".into(),
-        ];
+        let mut args = service_values(&self.vhost);
+        args.extend(["--set-json".into(), format!("cleanup.etcd.prefixes=[\"{}\"]", self.prefix)]);
         args.extend(extra.iter().cloned());
         args
     }
@@ -97,6 +81,27 @@ impl World {
 struct GatePod {
     deployment: String,
     child: tokio::process::Child,
+}
+
+/// values-dev.yaml plus what points the release at the test's RabbitMQ (vhost `vhost`) and etcd,
+/// with short retries.
+fn service_values(vhost: &str) -> Vec<String> {
+    vec![
+        "-f".to_string(),
+        repo_root().join("chart/values-dev.yaml").to_str().unwrap().to_string(),
+        "--set".into(),
+        format!("cleanup.rabbitmq.url={}", rabbit_url()),
+        "--set-string".into(),
+        format!("cleanup.rabbitmq.vhost={vhost}"),
+        "--set-string".into(),
+        format!("cleanup.rabbitmq.username={}", rabbit_user()),
+        "--set-string".into(),
+        format!("cleanup.rabbitmq.password={}", rabbit_password()),
+        "--set-json".into(),
+        format!("cleanup.etcd.endpoints=[\"{}\"]", etcd_endpoint()),
+        "--set".into(),
+        "cleanup.retry.backoff=200ms".into(),
+    ]
 }
 
 fn start_gates(cluster: &FakeCluster, docs: &[Value], suffix: &str) -> Vec<GatePod> {
@@ -402,24 +407,8 @@ async fn preview_environments_clean_only_their_own() {
         ),
     )
     .unwrap();
-    let args = [
-        "-f".to_string(),
-        repo_root().join("chart/values-dev.yaml").to_str().unwrap().to_string(),
-        "-f".into(),
-        preview.to_str().unwrap().to_string(),
-        "--set".into(),
-        format!("cleanup.rabbitmq.url={}", rabbit_url()),
-        "--set-string".into(),
-        format!("cleanup.rabbitmq.vhost={vhost}"),
-        "--set-string".into(),
-        format!("cleanup.rabbitmq.username={}", rabbit_user()),
-        "--set-string".into(),
-        format!("cleanup.rabbitmq.password={}", rabbit_password()),
-        "--set-json".into(),
-        format!("cleanup.etcd.endpoints=[\"{}\"]", etcd_endpoint()),
-        "--set".into(),
-        "cleanup.retry.backoff=200ms".into(),
-    ];
+    let mut args = service_values(&vhost);
+    args.extend(["-f".into(), preview.to_str().unwrap().to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
     for (done, namespace) in namespaces.iter().enumerate() {

@@ -12,6 +12,7 @@ use serde_json::json;
 use support::kube_api::{KubeApi, PodCredentials};
 use support::proxy::Proxy;
 use support::*;
+use tokio::io::AsyncBufReadExt;
 
 const NAMESPACE: &str = "dev";
 const MARKER: &str = "faults-marker";
@@ -139,16 +140,35 @@ async fn rabbitmq_stopping_mid_run_is_reported_and_the_next_run_finishes() {
         &[("CLEANSLATE_CONCURRENCY", "1"), ("CLEANSLATE_RETRY_ATTEMPTS", "2"), ("CLEANSLATE_RETRY_BACKOFF", "100ms")],
     );
     settings.extend(api.vars(3));
-    let purge = tokio::spawn({
-        let settings = settings.clone();
-        async move { cleanslate(&["purge"], &settings).await }
-    });
-    // Queues are purged one at a time in name order, each through the delaying proxy: once the
-    // broker's statistics show the third one empty, most are still to come. (The statistics, not
-    // `count`, which fetches with requeue and so holds messages unacknowledged, out of a purge's reach.)
-    rabbit.wait_for_stats(&vhost, &names[2], 0).await;
+    let mut child = tokio::process::Command::new(binary())
+        .arg("purge")
+        .env_clear()
+        .envs(support::pod_env("cleanslate-test-pod"))
+        .envs(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Queues are purged one at a time in name order, each through the delaying proxy: the broker
+    // goes away right after the purge's own log says the third one is done, with most still to come.
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    let third = format!(r#""message":"purged queue","vhost":"{vhost}","queue":"{}""#, names[2]);
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), stdout.next_line()).await.unwrap().unwrap() {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(&third) {
+            break;
+        }
+    }
     proxy.down();
-    let run = purge.await.unwrap();
+    while let Some(line) = stdout.next_line().await.unwrap() {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    let mut run = finish(child).await;
+    run.stdout = seen;
     assert_eq!(run.code, 1, "partial work fails the run: {}", run.all_output());
     let marker = api.marker();
     let message = marker["message"].as_str().unwrap().to_string();
