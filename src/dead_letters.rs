@@ -231,41 +231,70 @@ pub fn select_dead_letter_queues(
         .filter(|(_, (exchange, _))| topology.has_exchange(exchange))
         .map(|(queue, (exchange, key))| (queue, topology.route_dead_letters(queue, exchange, key.as_deref())))
         .collect();
-    let sources_of = |target: &str| -> Vec<&String> {
-        routes.iter().filter(|(_, route)| route.reached.contains(target)).map(|(source, _)| *source).collect()
+    // Every queue whose dead letters may reach `target` (proven or not), itself aside: a DLQ that
+    // has the same dead-letter policy as its source (`set_policy DLX ".*"`) routes to itself.
+    let feeders = |target: &str| -> Vec<&String> {
+        routes
+            .iter()
+            .filter(|(source, route)| {
+                source.as_str() != target && (route.reached.contains(target) || route.candidates.contains(target))
+            })
+            .map(|(source, _)| *source)
+            .collect()
     };
-    let mut chosen = selected.clone();
-    let mut taken = Vec::new();
-    loop {
-        let mut added = false;
-        for (source, route) in &routes {
-            if !chosen.contains(*source) {
-                continue;
+    // The most that could be ours: everything the selection's dead letters provably reach,
+    // transitively, in the order found.
+    let mut found: Vec<(String, String)> = Vec::new();
+    let mut queue: std::collections::VecDeque<String> = selected.iter().cloned().collect();
+    while let Some(source) = queue.pop_front() {
+        let Some(route) = routes.get(&source) else { continue };
+        for target in &route.reached {
+            if !selected.contains(target) && !found.iter().any(|(t, _)| t == target) {
+                found.push((target.clone(), source.clone()));
+                queue.push_back(target.clone());
             }
-            for target in &route.reached {
-                if !chosen.contains(target) && sources_of(target).iter().all(|s| chosen.contains(*s)) {
-                    chosen.insert(target.clone());
-                    taken.push((target.clone(), (*source).clone()));
-                    added = true;
-                }
-            }
-        }
-        if !added {
-            break;
         }
     }
-    let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
-    for (source, route) in routes.iter().filter(|(source, _)| chosen.contains(**source)) {
-        for target in route.reached.iter().filter(|t| !chosen.contains(*t)) {
-            let others: Vec<&str> =
-                sources_of(target).into_iter().filter(|s| !chosen.contains(*s)).map(String::as_str).collect();
-            candidates.entry(target.clone()).or_insert_with(|| Candidate {
-                queue: target.clone(),
-                dead_letters_of: (*source).clone(),
-                why: format!("it also receives dead letters of unselected queues: {}", others.join(", ")),
-            });
+    // Then drop, until nothing changes, every queue that a queue neither selected nor kept may also
+    // feed: its messages are not all ours. (A greatest fixpoint: cycles among kept queues stay.)
+    let mut kept: BTreeSet<String> = found.iter().map(|(t, _)| t.clone()).collect();
+    let mut dropped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    loop {
+        let outsiders: Vec<(String, Vec<String>)> = kept
+            .iter()
+            .map(|target| {
+                let outside = feeders(target)
+                    .into_iter()
+                    .filter(|s| !selected.contains(*s) && !kept.contains(*s))
+                    .cloned()
+                    .collect::<Vec<_>>();
+                (target.clone(), outside)
+            })
+            .filter(|(_, outside)| !outside.is_empty())
+            .collect();
+        if outsiders.is_empty() {
+            break;
         }
-        for target in route.candidates.iter().filter(|t| !chosen.contains(*t)) {
+        for (target, outside) in outsiders {
+            kept.remove(&target);
+            dropped.insert(target, outside);
+        }
+    }
+    let taken: Vec<(String, String)> = found.iter().filter(|(t, _)| kept.contains(t)).cloned().collect();
+    let mut candidates: BTreeMap<String, Candidate> = BTreeMap::new();
+    for (target, source) in found.iter().filter(|(t, _)| dropped.contains_key(t)) {
+        candidates.insert(
+            target.clone(),
+            Candidate {
+                queue: target.clone(),
+                dead_letters_of: source.clone(),
+                why: format!("it may also receive dead letters of unselected queues: {}", dropped[target].join(", ")),
+            },
+        );
+    }
+    let ours = |q: &String| selected.contains(q) || kept.contains(q);
+    for (source, route) in routes.iter().filter(|(source, _)| ours(source)) {
+        for target in route.candidates.iter().filter(|t| !ours(t)) {
             candidates.entry(target.clone()).or_insert_with(|| Candidate {
                 queue: target.clone(),
                 dead_letters_of: (*source).clone(),
@@ -361,6 +390,31 @@ mod tests {
         assert!(candidates[0].why.contains("payments"), "names the unselected feeder: {candidates:?}");
         let (taken, _) = select_dead_letter_queues(&set(&["billing", "payments"]), &dead_letters, &topology);
         assert_eq!(taken, [("all-dead".to_string(), "billing".to_string())], "taken once every feeder is selected");
+    }
+
+    /// A dead-letter queue that carries the same dead-letter policy as its source (RabbitMQ's own
+    /// `set_policy DLX ".*"` example) routes to itself; that does not make it shared.
+    #[test]
+    fn a_dead_letter_queue_feeding_itself_is_still_ours() {
+        let topology = Topology::new(vec![exchange("my-dlx", "direct")], vec![bind("my-dlx", "orders-dlq", "orders")]);
+        let dead_letters = targets(&[("orders", "my-dlx", None), ("orders-dlq", "my-dlx", None)]);
+        let (taken, candidates) = select_dead_letter_queues(&set(&["orders"]), &dead_letters, &topology);
+        assert_eq!(taken, [("orders-dlq".to_string(), "orders".to_string())], "purged: {candidates:?}");
+    }
+
+    /// An unselected queue that might dead-letter into a queue (an open key set, a headers DLX)
+    /// keeps that queue from being purged.
+    #[test]
+    fn a_possible_outside_feeder_keeps_a_queue_out() {
+        let topology = Topology::new(
+            vec![exchange("events", "fanout"), exchange("dlx", "direct")],
+            vec![bind("events", "billing", ""), bind("dlx", "orders-dlq", "orders")],
+        );
+        let dead_letters = targets(&[("orders", "dlx", Some("orders")), ("billing", "dlx", None)]);
+        let (taken, candidates) = select_dead_letter_queues(&set(&["orders"]), &dead_letters, &topology);
+        assert!(taken.is_empty(), "billing may dead-letter there with any key: {taken:?}");
+        assert_eq!(candidates.len(), 1, "named instead: {candidates:?}");
+        assert!(candidates[0].why.contains("billing"), "names the feeder: {candidates:?}");
     }
 
     /// Dead-lettering to the default exchange without a key sends messages to queues named by their

@@ -685,10 +685,7 @@ fn resume_job_hooks_and_defaults() {
     let err = try_render("shop", "dev", &["--set-json", r#"cleanup.quiesce.workloads=["daemonset/agent"]"#])
         .expect_err("only Deployments and StatefulSets");
     // Helm 4 quotes the value; Helm 3 names the entry by its position.
-    assert!(
-        err.contains("daemonset/agent") || err.contains("cleanup.quiesce.workloads.0"),
-        "names the entry: {err}"
-    );
+    assert!(err.contains("daemonset/agent") || err.contains("cleanup.quiesce.workloads.0"), "names the entry: {err}");
 }
 
 /// Whole-number image tags from a values file render as integers (Helm reads them as floats), and a
