@@ -149,6 +149,7 @@ async fn wait(kube: &KubeClient, settings: &MarkerConfig, forbidden_grace: Durat
     loop {
         let started = Instant::now();
         let mut progressed = false;
+        let mut ended_by_error = false;
         let outcome = async {
             let current = kube.get(namespace, name).await?;
             seen.reached_api = true;
@@ -161,7 +162,10 @@ async fn wait(kube: &KubeClient, settings: &MarkerConfig, forbidden_grace: Durat
                 match handle_event(event, settings, seen) {
                     Some(Step::Done(result)) => return Ok(Some(result)),
                     Some(Step::Continue) => progressed = true,
-                    None => break,
+                    None => {
+                        ended_by_error = true;
+                        break;
+                    }
                 }
             }
             Ok::<_, KubeError>(None)
@@ -171,7 +175,9 @@ async fn wait(kube: &KubeClient, settings: &MarkerConfig, forbidden_grace: Durat
             Ok(Some(result)) => return result,
             Ok(None) => {
                 forbidden_since = None;
-                if started.elapsed() >= HEALTHY_WATCH {
+                // An ERROR event (410 Gone, a server error) goes through the backoff whatever the
+                // watch's length, as in client-go; a watch that simply ran its course does not.
+                if started.elapsed() >= HEALTHY_WATCH && !ended_by_error {
                     // The watch ran its course: read again at once.
                     backoff.reset();
                     continue;
@@ -191,7 +197,9 @@ async fn wait(kube: &KubeClient, settings: &MarkerConfig, forbidden_grace: Durat
                     if since.elapsed() >= forbidden_grace {
                         return Err(classified(Kind::Failed, rbac_hint(&err, settings)));
                     }
-                } else {
+                } else if !err.is_transient() {
+                    // A transient error between two 403s (a timeout, a 503) does not restart the
+                    // grace period; anything else ends it.
                     forbidden_since = None;
                 }
                 if !err.is_transient() && !matches!(err.code(), Some(401) | Some(403)) {

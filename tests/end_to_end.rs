@@ -154,12 +154,18 @@ async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Ve
                     break;
                 }
             }
-            // The template renders the marker on upgrade only when `lookup` finds none; `helm
-            // template` cannot look it up, so the harness does what a real `helm upgrade` would.
+            // The template renders the marker on upgrade only when `lookup` finds none, or finds
+            // one ahead of this revision (a leftover); `helm template` cannot look it up, so the
+            // harness does what a real `helm upgrade` would.
             "ConfigMap"
-                if event.ends_with("-upgrade")
-                    && name(hook).ends_with("-marker")
-                    && cluster.api.object(&cluster.namespace, name(hook)).is_some() => {}
+                if event.ends_with("-upgrade") && name(hook).ends_with("-marker") && {
+                    let revision = rendered_revision(docs);
+                    cluster.api.object(&cluster.namespace, name(hook)).is_some_and(|found| {
+                        let number = |key: &str| found["data"][key].as_str().and_then(|v| v.parse::<u64>().ok());
+                        number("revision").unwrap_or(0) <= revision
+                            && number("lastSucceededRevision").unwrap_or(0) <= revision
+                    })
+                } => {}
             _ => cluster.apply(hook),
         }
     }
@@ -174,6 +180,16 @@ async fn install_resources(cluster: &mut FakeCluster, docs: &[Value]) {
     for resource in release_resources(docs) {
         cluster.apply(resource);
     }
+}
+
+/// The release revision the rendered gates and Job carry.
+fn rendered_revision(docs: &[Value]) -> u64 {
+    let job = docs.iter().find(|d| kind(d) == "Job" && name(d).ends_with("-purge")).expect("a purge Job");
+    pod_spec(job)["containers"][0]["env"]
+        .as_array()
+        .and_then(|env| env.iter().find(|e| e["name"] == "CLEANSLATE_REVISION"))
+        .and_then(|e| e["value"].as_str()?.parse().ok())
+        .expect("CLEANSLATE_REVISION")
 }
 
 /// The run of the Job or Pod `job` among `runs`.
@@ -591,5 +607,29 @@ async fn failed_upgrade_restores_the_old_workloads() {
         let run = finish(gate.child).await;
         assert_eq!(run.code, 1, "{}: a pod of the failed revision 2 fails: {}", gate.deployment, run.all_output());
     }
+    world.cleanup().await;
+}
+
+/// Uninstall, reinstall with cleanup off, then an upgrade that turns it on: the marker left over from
+/// the first installation (revision 7) is found on upgrade, but it is ahead of revision 2, so it is
+/// reset and the gates wait for this upgrade's Job instead of passing on the leftover.
+#[tokio::test]
+async fn a_leftover_marker_ahead_of_the_release_is_reset_on_upgrade() {
+    let mut world = World::new().await;
+    world.seed().await;
+    let mut cluster = FakeCluster::start(NAMESPACE).await;
+    let leftover = [("revision", "7"), ("status", "succeeded"), ("lastSucceededRevision", "7")];
+    cluster.api.put(
+        NAMESPACE,
+        "shop-cleanslate-marker",
+        leftover.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    );
+    let upgrade = world.render(&["--is-upgrade".into(), "--set".into(), "cleanup.revision=2".into()]);
+    let runs = run_hooks(&mut cluster, &upgrade, "pre-upgrade").await;
+    all_succeeded(&runs, "upgrade");
+    let data = marker(&cluster);
+    assert_eq!(data["revision"], json!("2"), "the leftover was replaced and this run recorded: {data:?}");
+    assert_eq!(data["lastSucceededRevision"], json!("2"), "no success carried over from the leftover");
+    world.assert_clean("after the upgrade's purge").await;
     world.cleanup().await;
 }
