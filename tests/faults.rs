@@ -140,16 +140,7 @@ async fn rabbitmq_stopping_mid_run_is_reported_and_the_next_run_finishes() {
         &[("CLEANSLATE_CONCURRENCY", "1"), ("CLEANSLATE_RETRY_ATTEMPTS", "2"), ("CLEANSLATE_RETRY_BACKOFF", "100ms")],
     );
     settings.extend(api.vars(3));
-    let mut child = tokio::process::Command::new(binary())
-        .arg("purge")
-        .env_clear()
-        .envs(support::pod_env("cleanslate-test-pod"))
-        .envs(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["purge"], &settings);
     // Queues are purged one at a time in name order, each through the delaying proxy: the broker
     // goes away right after the purge's own log says the third one is done, with most still to come.
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
@@ -324,16 +315,7 @@ async fn marker_write_survives_5xx_and_conflicts() {
 async fn gate_waits_across_an_api_restart() {
     let api = Api::start().await;
     let settings = with(api.vars(5), &[("CLEANSLATE_GATE_TIMEOUT", "30s")]);
-    let mut gate = tokio::process::Command::new(binary())
-        .arg("gate")
-        .env_clear()
-        .envs(support::pod_env("cleanslate-test-pod"))
-        .envs(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut gate = spawn(&["gate"], &settings);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let Api { api: server, credentials } = api;
     let server = server.restart(Duration::from_millis(1500)).await;
@@ -357,15 +339,7 @@ async fn sigterm_records_a_final_failed_attempt() {
     silent.black_hole();
     let mut settings = rabbit_vars(&silent.url(), "/", &[]);
     settings.extend(api.vars(6));
-    let mut child = tokio::process::Command::new(binary())
-        .arg("purge")
-        .env_clear()
-        .envs(support::pod_env("cleanslate-test-pod"))
-        .envs(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["purge"], &settings);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success(), "signal sent");

@@ -78,16 +78,7 @@ impl Cluster {
 }
 
 fn spawn_gate(settings: &[(String, String)]) -> tokio::process::Child {
-    tokio::process::Command::new(binary())
-        .arg("gate")
-        .env_clear()
-        .envs(support::pod_env("cleanslate-test-pod"))
-        .envs(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("gate starts")
+    spawn(&["gate"], settings)
 }
 
 /// A marker that already allows this revision lets the gate pass at once.

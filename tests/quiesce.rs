@@ -335,15 +335,7 @@ async fn another_deployments_scale_is_forbidden() {
 async fn signalled_during_quiesce(env: &Env, signal: &str) -> Run {
     env.api.hold_pods(NS, "shop-producer");
     let vars = env.vars("deployment/shop-producer", &[("CLEANSLATE_QUIESCE_TIMEOUT", "30s")]);
-    let child = tokio::process::Command::new(binary())
-        .arg("purge")
-        .env_clear()
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = spawn(&["purge"], &vars);
     for _ in 0..100 {
         if env.state("shop-producer").0 == 0 {
             break;
@@ -444,15 +436,7 @@ async fn sigterm_during_the_purge_restores_and_records_the_attempt() {
     });
     let vars =
         env.vars("deployment/shop-producer", &[("CLEANSLATE_RABBITMQ_URL", &silent), ("CLEANSLATE_TIMEOUT", "60s")]);
-    let child = tokio::process::Command::new(binary())
-        .arg("purge")
-        .env_clear()
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = spawn(&["purge"], &vars);
     for _ in 0..100 {
         if env.state("shop-producer").0 == 0 && env.api.pods_of(NS, "shop-producer").is_empty() {
             break;

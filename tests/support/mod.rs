@@ -353,6 +353,22 @@ pub async fn cleanslate(args: &[&str], vars: &[(String, String)]) -> Run {
     Run::from_output(output)
 }
 
+/// Starts the built binary with `vars` on top of a real pod's environment ([`pod_env`]), output
+/// piped (collect it with [`finish`]), killed if the test drops it.
+pub fn spawn(args: &[&str], vars: &[(String, String)]) -> tokio::process::Child {
+    tokio::process::Command::new(binary())
+        .args(args)
+        .env_clear()
+        .envs(pod_env("cleanslate-test-7d9f8-abcde"))
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cleanslate starts")
+}
+
 /// Waits for a spawned binary (with piped output) and collects its outcome, failing the test
 /// instead of hanging after a minute.
 pub async fn finish(child: tokio::process::Child) -> Run {
