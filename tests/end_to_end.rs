@@ -182,6 +182,17 @@ async fn install_resources(cluster: &mut FakeCluster, docs: &[Value]) {
     }
 }
 
+/// A marker left over from an uninstalled installation whose revisions went up to 7 (hooks survive
+/// `helm uninstall`).
+fn put_leftover_marker(cluster: &FakeCluster) {
+    let leftover = [("revision", "7"), ("status", "succeeded"), ("lastSucceededRevision", "7")];
+    cluster.api.put(
+        NAMESPACE,
+        "shop-cleanslate-marker",
+        leftover.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    );
+}
+
 /// The release revision the rendered gates and Job carry.
 fn rendered_revision(docs: &[Value]) -> u64 {
     let job = docs.iter().find(|d| kind(d) == "Job" && name(d).ends_with("-purge")).expect("a purge Job");
@@ -232,12 +243,7 @@ async fn install_upgrade_and_helm_test() {
 
     // A marker left over from an uninstalled release (hooks survive `helm uninstall`), from a time
     // when the revisions went up to 7: it must not let revision 1's pods through.
-    let leftover = [("revision", "7"), ("status", "succeeded"), ("lastSucceededRevision", "7")];
-    cluster.api.put(
-        NAMESPACE,
-        "shop-cleanslate-marker",
-        leftover.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-    );
+    put_leftover_marker(&cluster);
 
     // helm install (revision 1): pre-install hooks (the marker reset), then the release resources,
     // so the gates start and wait.
@@ -618,12 +624,7 @@ async fn a_leftover_marker_ahead_of_the_release_is_reset_on_upgrade() {
     let mut world = World::new().await;
     world.seed().await;
     let mut cluster = FakeCluster::start(NAMESPACE).await;
-    let leftover = [("revision", "7"), ("status", "succeeded"), ("lastSucceededRevision", "7")];
-    cluster.api.put(
-        NAMESPACE,
-        "shop-cleanslate-marker",
-        leftover.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-    );
+    put_leftover_marker(&cluster);
     let upgrade = world.render(&["--is-upgrade".into(), "--set".into(), "cleanup.revision=2".into()]);
     let runs = run_hooks(&mut cluster, &upgrade, "pre-upgrade").await;
     all_succeeded(&runs, "upgrade");
