@@ -4,20 +4,25 @@
 //!
 //! A dead letter is republished to the queue's dead-letter exchange with the dead-letter routing
 //! key when one is set, else with the message's original routing keys
-//! (<https://www.rabbitmq.com/docs/dlx#routing>). So:
-//! - with a known key, the exchange routes it as it routes any message: `direct` by equal key,
-//!   `topic` by pattern (`*` one word, `#` zero or more), `fanout` to every binding, the default
-//!   exchange to the queue of that name, exchange-to-exchange bindings followed with the same key;
-//! - without one, the original keys are the queue's name (the default exchange) and the keys of the
-//!   queue's own direct bindings; a queue also bound through `fanout`, `headers` or a wildcard topic
-//!   binding can receive messages with any key, so routes beyond those keys cannot be proven;
+//! (<https://www.rabbitmq.com/docs/dlx#routing>). The rule errs only towards not purging:
+//! - **proven** routes are purged: a `direct` or `topic` binding whose literal key equals the
+//!   dead-letter key, the default exchange naming the queue, every binding of a `fanout` exchange
+//!   (the usual dedicated `x.dlx` → `x.dlq`), exchange-to-exchange bindings followed with the same key;
+//! - a queue reached only through a **wildcard** topic binding (`*`, `#`) is a candidate: topic
+//!   exchanges with wildcard bindings are how applications publish and subscribe, and the API cannot
+//!   tell a shared application exchange that doubles as a dead-letter exchange from a dedicated one.
+//!   `CLEANSLATE_RABBITMQ_DEAD_LETTERS=reachable` ([`Topology::wildcard_routes_proven`]) takes them;
+//! - without a dead-letter key, the original keys are the queue's name (the default exchange) and
+//!   the keys of the queue's own literal bindings; a queue also bound through `fanout`, `headers` or a
+//!   wildcard topic binding can receive messages with any key, so routes beyond those keys are unproven;
 //! - `headers` exchanges (and plugin exchange types) route on what the message carries, which is
 //!   not known here.
 //!
 //! What a route cannot prove is never purged: it is returned as a candidate, named in the plan and
-//! the summary, because a shared dead-letter exchange often has other teams' queues behind it.
-//! Alternate exchanges of a dead-letter exchange are not followed (messages reach them only when
-//! nothing else matched), so their queues are not selected.
+//! the summary, because a shared dead-letter exchange often has other teams' queues behind it. And a
+//! proven target is still left alone when any queue *outside* the selection may also dead-letter
+//! into it ([`select_dead_letter_queues`]). Alternate exchanges of a dead-letter exchange are not
+//! followed (messages reach them only when nothing else matched), so their queues are not selected.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -47,6 +52,11 @@ pub struct Topology {
     /// Exchange name → type.
     pub exchanges: BTreeMap<String, String>,
     pub bindings: Vec<BindingInfo>,
+    /// Whether a wildcard topic binding (`*`, `#`) that matches the dead-letter key proves a route
+    /// (`CLEANSLATE_RABBITMQ_DEAD_LETTERS=reachable`). By default it does not: an application's
+    /// topic exchange that doubles as a dead-letter exchange has other teams' queues bound with
+    /// `orders.#` or `#`, and the API cannot tell such an exchange from a dedicated one.
+    pub wildcard_routes_proven: bool,
 }
 
 /// Where one queue's dead letters go.
@@ -70,7 +80,17 @@ enum Keys {
 
 impl Topology {
     pub fn new(exchanges: Vec<ExchangeInfo>, bindings: Vec<BindingInfo>) -> Topology {
-        Topology { exchanges: exchanges.into_iter().map(|e| (e.name, e.exchange_type)).collect(), bindings }
+        Topology {
+            exchanges: exchanges.into_iter().map(|e| (e.name, e.exchange_type)).collect(),
+            bindings,
+            wildcard_routes_proven: false,
+        }
+    }
+
+    /// The same topology, with wildcard topic bindings taken as proof (or not).
+    pub fn with_wildcard_routes_proven(mut self, proven: bool) -> Topology {
+        self.wildcard_routes_proven = proven;
+        self
     }
 
     fn bindings_from<'a>(&'a self, exchange: &'a str) -> impl Iterator<Item = &'a BindingInfo> + 'a {
@@ -168,26 +188,15 @@ impl Topology {
         }
         let kind = self.exchanges.get(exchange).map(String::as_str).unwrap_or("");
         for binding in self.bindings_from(exchange) {
-            let matches = match (kind, key) {
-                ("fanout", _) => Some(true),
-                ("direct", Some(key)) => Some(binding.routing_key == key),
-                ("topic", Some(key)) => Some(topic_matches(&binding.routing_key, key)),
-                (_, None) => Some(true),
-                // headers and plugin types route on what the message carries.
-                _ => None,
-            };
-            match matches {
-                Some(false) => {}
-                Some(true) if binding.destination_type == "exchange" => {
+            match self.binding_match(exchange, kind, binding, key) {
+                Match::No => {}
+                Match::Proven if binding.destination_type == "exchange" => {
                     self.route(&binding.destination, key, visited, route);
                 }
-                Some(true) if key.is_some() || kind == "fanout" => {
+                Match::Proven => {
                     route.reached.insert(binding.destination.clone());
                 }
-                Some(true) => {
-                    route.candidates.insert(binding.destination.clone());
-                }
-                None => {
+                Match::Unproven(why) => {
                     if binding.destination_type == "exchange" {
                         let mut behind = Route::default();
                         self.route(&binding.destination, None, visited, &mut behind);
@@ -195,13 +204,53 @@ impl Topology {
                     } else {
                         route.candidates.insert(binding.destination.clone());
                     }
-                    route.unproven_because.get_or_insert_with(|| {
-                        format!("{kind} exchange {exchange:?} routes on message contents, which are not known here")
-                    });
+                    if let Some(why) = why {
+                        route.unproven_because.get_or_insert(why);
+                    }
                 }
             }
         }
     }
+
+    /// Whether a message with `key` (`None`: any key) sent to `exchange` follows `binding`, and
+    /// whether that is proven.
+    fn binding_match(&self, exchange: &str, kind: &str, binding: &BindingInfo, key: Option<&str>) -> Match {
+        let wildcard = binding.routing_key.split('.').any(|word| word == "*" || word == "#");
+        match (kind, key) {
+            ("fanout", _) => Match::Proven,
+            ("direct", Some(key)) if binding.routing_key == key => Match::Proven,
+            ("topic", Some(key)) if !wildcard && binding.routing_key == key => Match::Proven,
+            ("topic", Some(key)) if wildcard && topic_matches(&binding.routing_key, key) => {
+                if self.wildcard_routes_proven {
+                    Match::Proven
+                } else {
+                    Match::Unproven(Some(format!(
+                        "topic exchange {exchange:?} reaches it only through the wildcard binding {:?}, which is how \
+                         applications subscribe, not proof of a dead-letter queue \
+                         (CLEANSLATE_RABBITMQ_DEAD_LETTERS=reachable takes such queues)",
+                        binding.routing_key
+                    )))
+                }
+            }
+            ("direct" | "topic", Some(_)) => Match::No,
+            // Any key at all: whatever is bound may be reached; the caller says why.
+            (_, None) => Match::Unproven(None),
+            // headers and plugin types route on what the message carries.
+            _ => Match::Unproven(Some(format!(
+                "{kind} exchange {exchange:?} routes on message contents, which are not known here"
+            ))),
+        }
+    }
+}
+
+/// How one binding relates to one dead letter.
+enum Match {
+    /// The dead letter does not follow it.
+    No,
+    /// It certainly does.
+    Proven,
+    /// It may, and why that is not proven (when there is more to say than the caller knows).
+    Unproven(Option<String>),
 }
 
 /// A queue that dead letters might reach but that is not purged.
@@ -427,17 +476,65 @@ mod tests {
         assert_eq!(route.candidates, set(&["billing"]), "the queue named like the binding key");
     }
 
-    /// A shared topic dead-letter exchange with a known routing key reaches only the matching
-    /// queues; other teams' dead-letter queues behind it are left alone.
+    /// A topic dead-letter exchange with wildcard bindings proves nothing by default; with
+    /// `reachable` it reaches only the matching queues, and other teams' queues stay out.
     #[test]
-    fn shared_topic_exchange_with_a_key_reaches_only_matches() {
+    fn wildcard_topic_bindings_are_candidates_unless_reachable() {
         let topology = Topology::new(
             vec![exchange("dlx", "topic")],
             vec![bind("dlx", "orders-dlq", "orders.#"), bind("dlx", "billing-dlq", "billing.#")],
         );
         let route = topology.route_dead_letters("orders", "dlx", Some("orders.dead"));
-        assert_eq!(route.reached, set(&["orders-dlq"]), "only the matching queue");
-        assert!(route.candidates.is_empty(), "nothing unproven: {route:?}");
+        assert!(route.reached.is_empty(), "a wildcard binding proves nothing: {route:?}");
+        assert_eq!(route.candidates, set(&["orders-dlq"]), "named instead");
+        assert!(route.unproven_because.as_deref().is_some_and(|w| w.contains("wildcard")), "says why: {route:?}");
+        let route = topology.with_wildcard_routes_proven(true).route_dead_letters("orders", "dlx", Some("orders.dead"));
+        assert_eq!(route.reached, set(&["orders-dlq"]), "reachable: only the matching queue");
+        assert!(route.candidates.is_empty(), "billing-dlq is not reached: {route:?}");
+    }
+
+    /// The case that lost another team's data: a shared application topic exchange (everybody
+    /// publishes there, subscribers bind `orders.#` and `#`) that is also the dead-letter exchange
+    /// of a selected queue, with a dead-letter routing key. Only the queue bound with that literal
+    /// key is purged; every subscriber's queue keeps its messages and is named.
+    #[test]
+    fn shared_application_exchange_doubling_as_dead_letter_exchange() {
+        let topology = Topology::new(
+            vec![exchange("app.events", "topic"), exchange("amq.topic", "topic")],
+            vec![
+                bind("app.events", "orders-dlq", "orders.dead"),
+                bind("app.events", "audit", "#"),
+                bind("app.events", "order-history", "orders.#"),
+                bind("app.events", "order-notifier", "orders.*"),
+                bind("app.events", "billing", "billing.#"),
+            ],
+        );
+        let dead_letters = targets(&[("orders", "app.events", Some("orders.dead"))]);
+        let (taken, candidates) = select_dead_letter_queues(&set(&["orders"]), &dead_letters, &topology);
+        assert_eq!(taken, [("orders-dlq".to_string(), "orders".to_string())], "the literal route only");
+        let named: Vec<&str> = candidates.iter().map(|c| c.queue.as_str()).collect();
+        assert_eq!(named, ["audit", "order-history", "order-notifier"], "subscribers named, not purged");
+        assert!(candidates.iter().all(|c| c.why.contains("wildcard")), "says why: {candidates:?}");
+        // Without the literal binding nothing at all is taken.
+        let topology = Topology::new(
+            topology.exchanges.iter().map(|(n, t)| exchange(n, t)).collect(),
+            topology.bindings.iter().filter(|b| b.destination != "orders-dlq").cloned().collect(),
+        );
+        let (taken, candidates) = select_dead_letter_queues(&set(&["orders"]), &dead_letters, &topology);
+        assert!(taken.is_empty(), "no proven route, nothing purged: {taken:?}");
+        assert_eq!(candidates.len(), 3, "all named: {candidates:?}");
+        // An operator who knows the exchange is dedicated opts in, and the fixpoint still keeps out
+        // a queue that an unselected queue dead-letters into.
+        let topology = topology.with_wildcard_routes_proven(true);
+        let dead_letters =
+            targets(&[("orders", "app.events", Some("orders.dead")), ("billing", "app.events", Some("x"))]);
+        let (taken, _) = select_dead_letter_queues(&set(&["orders"]), &dead_letters, &topology);
+        let taken: Vec<&str> = taken.iter().map(|(q, _)| q.as_str()).collect();
+        assert_eq!(
+            taken,
+            ["order-history", "order-notifier"],
+            "reachable takes wildcard routes; audit also gets billing's: {taken:?}"
+        );
     }
 
     /// Without a dead-letter key, a queue fed only by the default exchange keeps its own name as
@@ -462,7 +559,8 @@ mod tests {
             vec![bind("events", "orders", ""), bind("dlx", "orders-dlq", "orders"), bind("dlx", "team-b-dlq", "#")],
         );
         let route = topology.route_dead_letters("orders", "dlx", None);
-        assert_eq!(route.reached, set(&["orders-dlq", "team-b-dlq"]), "what the known key reaches");
+        assert_eq!(route.reached, set(&["orders-dlq"]), "what the known key provably reaches");
+        assert_eq!(route.candidates, set(&["team-b-dlq"]), "a # binding and any other key: unproven");
         let topology = Topology::new(
             vec![exchange("events", "fanout"), exchange("dlx", "direct")],
             vec![bind("events", "orders", ""), bind("dlx", "orders-dlq", "orders"), bind("dlx", "team-b-dlq", "b")],

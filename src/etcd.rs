@@ -3,8 +3,9 @@
 //! A prefix `p` is the key range `[p, prefix_end(p))`, as `etcdctl del --prefix` sends it. Target
 //! ranges are merged, protected ranges are cut out, and what remains is deleted by `DeleteRange`
 //! operations in one transaction (etcd's `--max-txn-ops` limits operations, not keys: etcd PR #7976),
-//! so a purge costs the same few round trips for ten keys or a million. More than 128 ranges (many
-//! protected prefixes) take one transaction per 128: each is atomic, the whole is not, and the
+//! so a purge costs the same few round trips for ten keys or a million. More ranges than the server's
+//! `--max-txn-ops` (128 unless lowered: `CLEANSLATE_ETCD_MAX_TXN_OPS`) take one transaction per that
+//! many: each is atomic, the whole is not, and the
 //! keys deleted by transactions that committed are reported even when a later one fails. `prev_kv` stays off: it
 //! would send every deleted key back and can overflow the gRPC message limit on large prefixes.
 //!
@@ -25,11 +26,13 @@ use tokio::time::Instant;
 use crate::config::{EtcdConfig, RetryPolicy};
 use crate::error::{Classified, Kind, classified};
 use crate::retry::{self, Attempt};
+use crate::tally::Tally;
 
 /// Keys no cleanup may reach unless an operator protects them explicitly.
 pub const SYSTEM_PREFIXES: &[&str] = &["/registry/", "/coreos.com/"];
 
-/// etcd's default `--max-txn-ops`: operations per transaction.
+/// etcd's default `--max-txn-ops`: operations per transaction (`CLEANSLATE_ETCD_MAX_TXN_OPS`
+/// follows a server whose operator lowered it).
 pub const MAX_TXN_OPS: usize = 128;
 
 /// Connecting to etcd on the cluster network takes milliseconds; five seconds means it is not there.
@@ -170,7 +173,15 @@ pub fn plan_ranges(prefixes: &[String], protected: &[String]) -> Result<RangePla
 /// Connects to one endpoint, authenticates if configured, verifies the server with the given CA,
 /// and asks for its status, so that a dead member is found here rather than by the first delete.
 async fn connect_one(config: &EtcdConfig, endpoint: &str, request_timeout: Duration) -> Result<Client, Attempt> {
-    let mut options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT).with_timeout(request_timeout);
+    // require_leader: a member cut off from the leader fails the request at once instead of
+    // waiting out the timeout; auto token refresh: an auth token that expired between requests
+    // (the simple token's TTL, a restarted member) is renewed and the request sent again, as
+    // etcdctl does, instead of being reported as a wrong password.
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(request_timeout)
+        .with_require_leader(true)
+        .with_auto_token_refresh(true);
     if let Some((user, password)) = &config.auth {
         options = options.with_user(user.clone(), password.expose().to_string());
     }
@@ -280,6 +291,11 @@ fn sort_error(err: etcd_client::Error, what: &str) -> Attempt {
             Code::ResourceExhausted | Code::Aborted | Code::Internal | Code::Unknown => {
                 Attempt::Transient(anyhow!("{what}: etcd answered {}: {}", code_name(status.code()), status.message()))
             }
+            // An expired or revoked token (its TTL passed, the member restarted): etcd-client renews
+            // it once by itself; if that raced, a fresh connection authenticates again.
+            Code::InvalidArgument | Code::Unauthenticated if status.message().contains("invalid auth token") => {
+                Attempt::Transient(anyhow!("{what}: etcd answered {}: {}", code_name(status.code()), status.message()))
+            }
             Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
                 if status.message().contains("auth") || status.message().contains("permission") =>
             {
@@ -299,7 +315,8 @@ fn code_name(code: tonic::Code) -> String {
 }
 
 impl Session<'_> {
-    /// Runs `ops` in transactions of at most [`MAX_TXN_OPS`] operations and returns the responses of
+    /// Runs `ops` in transactions of at most `max_txn_ops` operations (the server's
+    /// `--max-txn-ops`, [`MAX_TXN_OPS`] unless configured) and returns the responses of
     /// the transactions that committed, in order, and the error that stopped the rest, if any. Each
     /// transaction is retried on its own (they are idempotent), so a retry never redoes, or loses
     /// the counts of, a transaction that already succeeded. Only each transaction is atomic: when
@@ -310,9 +327,10 @@ impl Session<'_> {
         what: &str,
         policy: &RetryPolicy,
         deadline: Instant,
+        tally: Option<&Tally>,
     ) -> (Vec<TxnOpResponse>, Option<anyhow::Error>) {
         let mut responses = Vec::with_capacity(ops.len());
-        for chunk in ops.chunks(MAX_TXN_OPS) {
+        for chunk in ops.chunks(self.config.max_txn_ops.max(1)) {
             let response = retry::run(policy, deadline, what, || async {
                 let mut kv = self.client().await?.kv_client();
                 kv.txn(Txn::new().and_then(chunk.to_vec())).await.map_err(|err| {
@@ -325,7 +343,13 @@ impl Session<'_> {
             })
             .await;
             match response {
-                Ok(response) => responses.extend(response.op_responses()),
+                Ok(response) => {
+                    let committed = response.op_responses();
+                    if let Some(tally) = tally {
+                        tally.keys_deleted(committed.iter().map(deleted_keys).sum());
+                    }
+                    responses.extend(committed);
+                }
                 Err(err) => return (responses, Some(err)),
             }
         }
@@ -338,7 +362,7 @@ impl Session<'_> {
             .iter()
             .map(|r| TxnOp::get(r.start.clone(), Some(GetOptions::new().with_range(r.end_bytes()).with_count_only())))
             .collect();
-        let (responses, failure) = self.in_transactions(ops, "counting etcd keys", policy, deadline).await;
+        let (responses, failure) = self.in_transactions(ops, "counting etcd keys", policy, deadline, None).await;
         if let Some(err) = failure {
             return Err(err);
         }
@@ -351,24 +375,32 @@ impl Session<'_> {
             .collect())
     }
 
-    /// Deletes every range, one transaction per [`MAX_TXN_OPS`] ranges, and reports keys deleted per
-    /// committed range, as the server counted them, even when a later transaction failed. A
-    /// transaction retried after a lost answer reports zero for the keys its first attempt already
-    /// deleted.
-    pub async fn delete(&self, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Deletion {
+    /// Deletes every range, one transaction per `max_txn_ops` ranges, and reports keys deleted per
+    /// committed range, as the server counted them, even when a later transaction failed (and in
+    /// `tally` as each commits, for a run a signal stops). A transaction retried after a lost answer
+    /// reports zero for the keys its first attempt already deleted.
+    pub async fn delete(
+        &self,
+        ranges: &[KeyRange],
+        policy: &RetryPolicy,
+        deadline: Instant,
+        tally: &Tally,
+    ) -> Deletion {
         let ops = ranges
             .iter()
             .map(|r| TxnOp::delete(r.start.clone(), Some(DeleteOptions::new().with_range(r.end_bytes()))))
             .collect();
-        let (responses, failure) = self.in_transactions(ops, "deleting etcd ranges", policy, deadline).await;
-        let committed = responses
-            .into_iter()
-            .map(|op| match op {
-                TxnOpResponse::Delete(del) => del.deleted().max(0) as u64,
-                _ => 0,
-            })
-            .collect();
-        Deletion { committed, failure }
+        let (responses, failure) =
+            self.in_transactions(ops, "deleting etcd ranges", policy, deadline, Some(tally)).await;
+        Deletion { committed: responses.iter().map(deleted_keys).collect(), failure }
+    }
+}
+
+/// Keys a delete operation removed (0 for anything else).
+fn deleted_keys(op: &TxnOpResponse) -> u64 {
+    match op {
+        TxnOpResponse::Delete(del) => del.deleted().max(0) as u64,
+        _ => 0,
     }
 }
 
@@ -461,5 +493,18 @@ mod tests {
     #[test]
     fn unbounded_end_is_nul() {
         assert_eq!(KeyRange::prefix(b"\xff").end_bytes(), vec![0], "etcd's 'to the end' marker");
+    }
+
+    /// An expired token is retried (a new connection authenticates again); a wrong password is not.
+    #[test]
+    fn expired_tokens_are_transient_and_bad_passwords_are_not() {
+        let status = |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
+        let expired = sort_error(status(tonic::Code::Unauthenticated, "etcdserver: invalid auth token"), "deleting");
+        assert!(matches!(expired, Attempt::Transient(_)), "expired token: {expired:?}");
+        let refused = sort_error(
+            status(tonic::Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password"),
+            "connecting",
+        );
+        assert!(matches!(refused, Attempt::Permanent(_)), "wrong password: {refused:?}");
     }
 }

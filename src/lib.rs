@@ -17,11 +17,13 @@
 //! - [`retry`]: exponential backoff with jitter under a deadline.
 //! - [`rabbitmq`]: management API: list, dead-letter discovery, purge.
 //! - [`dead_letters`]: which queues dead letters provably reach (pure routing rules).
+//! - [`policies`]: which policy applies to a queue, for listings without policy columns.
 //! - [`etcd`]: key ranges, protected prefixes, the delete transaction.
 //! - [`kube`]: the Kubernetes API: the marker ConfigMap, a workload's annotations and scale, pods.
 //! - [`marker`]: the marker's data and the gate's rules (pure).
 //! - [`quiesce`]: stop the listed workloads before a purge, wait for their pods, put them back.
 //! - [`purge`]: the purge and plan runs.
+//! - [`tally`]: what a run has committed so far, kept when a signal stops it.
 //! - [`shutdown`]: SIGTERM/SIGINT, handed to the runs that must clean up before exiting.
 //! - [`gate`]: read, then watch, until the marker allows this revision.
 
@@ -33,9 +35,11 @@ pub mod exit;
 pub mod gate;
 pub mod kube;
 pub mod marker;
+pub mod policies;
 pub mod purge;
 pub mod quiesce;
 pub mod rabbitmq;
 pub mod retry;
 pub mod shutdown;
+pub mod tally;
 pub mod telemetry;

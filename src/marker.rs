@@ -53,8 +53,12 @@ pub struct Marker {
     pub finished_at: String,
     pub duration_ms: u64,
     pub queues_purged: u64,
-    /// Approximate: RabbitMQ's message counts are sampled statistics.
+    /// Approximate: RabbitMQ's message counts are sampled statistics; only queues whose count the
+    /// broker gave.
     pub messages_purged: u64,
+    /// Purged queues whose count the broker did not give (statistics off): `messagesPurged` says
+    /// "unknown" when no purged queue had a count.
+    pub queues_with_unknown_counts: u64,
     pub keys_deleted: u64,
     /// The error summary of a failed run; empty on success.
     pub message: String,
@@ -93,7 +97,8 @@ impl Marker {
             ("finishedAt", self.finished_at.clone()),
             ("durationMs", self.duration_ms.to_string()),
             ("queuesPurged", self.queues_purged.to_string()),
-            ("messagesPurged", self.messages_purged.to_string()),
+            ("messagesPurged", self.messages_text()),
+            ("queuesWithUnknownCounts", self.queues_with_unknown_counts.to_string()),
             ("keysDeleted", self.keys_deleted.to_string()),
             ("message", message),
             ("job", self.job.clone()),
@@ -105,6 +110,15 @@ impl Marker {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect()
+    }
+
+    /// `messagesPurged` as written: a count, or "unknown" when every purged queue's count was.
+    fn messages_text(&self) -> String {
+        if self.queues_with_unknown_counts > 0 && self.queues_with_unknown_counts >= self.queues_purged {
+            "unknown".to_string()
+        } else {
+            self.messages_purged.to_string()
+        }
     }
 
     /// Reads a marker back; `None` for the chart's empty placeholder or anything without a valid
@@ -138,6 +152,7 @@ impl Marker {
             duration_ms: number("durationMs"),
             queues_purged: number("queuesPurged"),
             messages_purged: number("messagesPurged"),
+            queues_with_unknown_counts: number("queuesWithUnknownCounts"),
             keys_deleted: number("keysDeleted"),
             message: text("message"),
             job: text("job"),
@@ -239,6 +254,7 @@ mod tests {
             duration_ms: 1000,
             queues_purged: 2,
             messages_purged: 40,
+            queues_with_unknown_counts: 0,
             keys_deleted: 10,
             message: String::new(),
             job: "cleanslate-purge-abc".into(),
@@ -247,6 +263,24 @@ mod tests {
             last_succeeded_revision: (status == RunStatus::Succeeded).then_some(revision),
             last_succeeded_at: String::new(),
         }
+    }
+
+    /// Counts the broker did not give are written as unknown, never as 0.
+    #[test]
+    fn unknown_message_counts_say_so() {
+        let mut m = marker(7, RunStatus::Succeeded);
+        m.queues_purged = 2;
+        m.messages_purged = 0;
+        m.queues_with_unknown_counts = 2;
+        assert_eq!(m.to_data()["messagesPurged"], "unknown", "no count known");
+        m.messages_purged = 5;
+        m.queues_with_unknown_counts = 1;
+        let data = m.to_data();
+        assert_eq!(
+            (data["messagesPurged"].as_str(), data["queuesWithUnknownCounts"].as_str()),
+            ("5", "1"),
+            "partly known"
+        );
     }
 
     /// The data has exactly the documented keys, all strings, and reads back to the same marker.
@@ -270,6 +304,7 @@ mod tests {
                 "message",
                 "messagesPurged",
                 "queuesPurged",
+                "queuesWithUnknownCounts",
                 "revision",
                 "startedAt",
                 "status"

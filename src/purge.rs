@@ -60,10 +60,16 @@ struct EtcdReport {
 pub struct Summary {
     pub queues_purged: u64,
     pub queues_failed: u64,
+    /// Ready messages of the purged queues whose count the broker gave (sampled statistics).
     pub messages_purged: u64,
+    /// Purged queues whose count the broker did not give (statistics off): unknown, never 0.
+    pub queues_with_unknown_counts: u64,
     pub keys_deleted: u64,
     /// Purged queues that had consumers: messages those hold unacknowledged survive the purge.
     pub queues_with_consumers: Vec<String>,
+    /// Discovered queues (pattern, dead letters) that cannot be purged (streams, exclusive
+    /// queues): warned about and named, not a failure.
+    pub queues_skipped: Vec<String>,
     /// Queues dead letters might reach through an unproven route: left alone, named here.
     pub dead_letter_candidates: Vec<String>,
     pub failures: Vec<String>,
@@ -154,20 +160,21 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
             signal = shutdown.recv() => interrupted = Some(signal),
         }
     }
+    let tally = crate::tally::Tally::default();
 
     // CLEANSLATE_TIMEOUT bounds the purge itself; the quiesce has its own timeout.
     let deadline = Instant::now() + config.timeout;
 
     let rabbit_side = async {
         match &rabbit {
-            Some((client, settings)) => Some(clean_rabbitmq(client, settings, config, dry_run, deadline).await),
+            Some((client, settings)) => Some(clean_rabbitmq(client, settings, config, dry_run, deadline, &tally).await),
             None => None,
         }
     };
     let etcd_side = async {
         match (&config.etcd, etcd_plan) {
             (Some(settings), Some(plan)) => {
-                Some(clean_etcd(settings, plan, &config.retry, request_timeout, dry_run, deadline).await)
+                Some(clean_etcd(settings, plan, &config.retry, request_timeout, dry_run, deadline, &tally).await)
             }
             _ => None,
         }
@@ -180,7 +187,15 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
                 (rabbit_result, etcd_result) = purging => summarize(rabbit_result, etcd_result, dry_run),
                 signal = shutdown.recv() => {
                     interrupted = Some(signal);
-                    Summary::default()
+                    // What committed before the signal stays committed: the marker says so.
+                    let counts = tally.counts();
+                    Summary {
+                        queues_purged: counts.queues_purged,
+                        messages_purged: counts.messages_purged,
+                        queues_with_unknown_counts: counts.queues_with_unknown_counts,
+                        keys_deleted: counts.keys_deleted,
+                        ..Summary::default()
+                    }
                 }
             }
         }
@@ -227,15 +242,18 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     let mut kind = summary.kind;
     let with_consumers = summary.queues_with_consumers.join(", ");
     let candidates = summary.dead_letter_candidates.join(", ");
+    let skipped = summary.queues_skipped.join("; ");
     if summary.failures.is_empty() {
         info!(
             status = "succeeded",
             dry_run,
             queues_purged = summary.queues_purged,
             messages_purged_approx = summary.messages_purged,
+            queues_with_unknown_counts = summary.queues_with_unknown_counts,
             keys_deleted = summary.keys_deleted,
             queues_with_consumers = %with_consumers,
             dead_letter_candidates_not_purged = %candidates,
+            queues_skipped = %skipped,
             duration_ms,
             "{}",
             if dry_run { "plan finished, nothing changed" } else { "purge finished" }
@@ -248,9 +266,11 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
             queues_purged = summary.queues_purged,
             queues_failed = summary.queues_failed,
             messages_purged_approx = summary.messages_purged,
+            queues_with_unknown_counts = summary.queues_with_unknown_counts,
             keys_deleted = summary.keys_deleted,
             queues_with_consumers = %with_consumers,
             dead_letter_candidates_not_purged = %candidates,
+            queues_skipped = %skipped,
             duration_ms,
             failures = %summary.failures.join("; "),
             "purge failed"
@@ -259,6 +279,9 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
 
     if !with_consumers.is_empty() {
         warn!(queues = %with_consumers, "these queues had consumers: messages they hold unacknowledged survived the purge");
+    }
+    if !skipped.is_empty() {
+        warn!(queues = %skipped, "these queues were found by the pattern or as dead-letter queues but cannot be purged; not a failure");
     }
 
     if let Some((kube, settings)) = marker_target {
@@ -271,6 +294,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
             duration_ms,
             queues_purged: summary.queues_purged,
             messages_purged: summary.messages_purged,
+            queues_with_unknown_counts: summary.queues_with_unknown_counts,
             keys_deleted: summary.keys_deleted,
             message: summary.failures.join("; "),
             job: settings.pod_name.clone().unwrap_or_default(),
@@ -337,19 +361,26 @@ async fn clean_rabbitmq(
     config: &PurgeConfig,
     dry_run: bool,
     deadline: Instant,
+    tally: &crate::tally::Tally,
 ) -> Result<RabbitReport> {
     let selection = client.select(settings, &config.retry, deadline).await?;
     if dry_run {
+        let unknown = || "unknown".to_string();
         for queue in &selection.queues {
-            info!(
-                vhost = %settings.vhost,
-                queue = %queue.info.name,
-                reason = %queue.reason,
-                queue_type = queue.info.queue_type.as_deref().unwrap_or("classic"),
-                approx_messages = queue.info.messages.unwrap_or(0),
-                consumers = queue.info.consumers.unwrap_or(0),
-                "would purge queue"
-            );
+            let info = &queue.info;
+            let consumers = info.consumers.map_or_else(unknown, |n| n.to_string());
+            let unacknowledged = info.messages_unacknowledged.map_or_else(unknown, |n| n.to_string());
+            match info.messages_ready {
+                Some(approx_messages) => info!(
+                    vhost = %settings.vhost, queue = %info.name, reason = %queue.reason, queue_type = info.kind(),
+                    approx_messages, unacknowledged = %unacknowledged, consumers = %consumers, "would purge queue"
+                ),
+                None => info!(
+                    vhost = %settings.vhost, queue = %info.name, reason = %queue.reason, queue_type = info.kind(),
+                    approx_messages = "unknown", unacknowledged = %unacknowledged, consumers = %consumers,
+                    "would purge queue"
+                ),
+            }
         }
     }
     if settings.missing == MissingQueue::Fail && !selection.missing.is_empty() {
@@ -363,7 +394,7 @@ async fn clean_rabbitmq(
     if dry_run {
         return Ok(RabbitReport { selection, outcomes: Vec::new() });
     }
-    let outcomes = client.purge_all(&selection.queues, config.concurrency, &config.retry, deadline).await;
+    let outcomes = client.purge_all(&selection, config.concurrency, &config.retry, deadline, tally).await;
     Ok(RabbitReport { selection, outcomes })
 }
 
@@ -374,6 +405,7 @@ async fn clean_etcd(
     request_timeout: Duration,
     dry_run: bool,
     deadline: Instant,
+    tally: &crate::tally::Tally,
 ) -> Result<EtcdReport> {
     let started = std::time::Instant::now();
     let session = etcd::Session::new(settings, request_timeout);
@@ -391,7 +423,7 @@ async fn clean_etcd(
         }
         return Ok(EtcdReport { plan, counts, failure: None });
     }
-    let deletion = session.delete(&plan.ranges, policy, deadline).await;
+    let deletion = session.delete(&plan.ranges, policy, deadline, tally).await;
     let duration_ms = started.elapsed().as_millis() as u64;
     for (range, keys) in plan.ranges.iter().zip(&deletion.committed) {
         info!(range = %range, keys_deleted = keys, duration_ms, "deleted key range");
@@ -416,14 +448,18 @@ fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdRepor
             let mut not_purged = Vec::new();
             for (queue, outcome) in report.selection.queues.iter().zip(&report.outcomes) {
                 match outcome {
-                    QueueOutcome::Purged { approx_messages } => {
+                    QueueOutcome::Purged { approx_ready } => {
                         summary.queues_purged += 1;
-                        summary.messages_purged += approx_messages;
-                        if queue.info.consumers.unwrap_or(0) > 0 {
+                        match approx_ready {
+                            Some(count) => summary.messages_purged += count,
+                            None => summary.queues_with_unknown_counts += 1,
+                        }
+                        if queue.info.unacknowledged_survive() == Some(true) {
                             summary.queues_with_consumers.push(queue.info.name.clone());
                         }
                     }
                     QueueOutcome::Vanished => {}
+                    QueueOutcome::Skipped(why) => summary.queues_skipped.push(format!("{} ({why})", queue.info.name)),
                     QueueOutcome::Failed(message) => {
                         summary.queues_failed += 1;
                         not_purged.push(queue.info.name.as_str());

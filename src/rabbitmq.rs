@@ -1,52 +1,58 @@
 //! RabbitMQ through the management HTTP API: list queues, find dead-letter queues, purge.
 //!
-//! Six endpoints are all this needs, so they are written here over reqwest rather than through the
+//! Eight endpoints are all this needs, so they are written here over reqwest rather than through the
 //! `rabbitmq_http_client` crate: that crate would bring a second reqwest major (0.13, with aws-lc)
 //! and its own error type, while the exit code depends on the exact status (401/403 at once,
 //! 429/5xx retried, 400 reported with RabbitMQ's reason).
 //!
-//! What the API does that surprises (rabbitmq-server `deps/rabbitmq_management`):
+//! What the API does that surprises (rabbitmq-server `deps/rabbitmq_management`; REFERENCES §6.3):
 //! - every path segment must be percent-encoded, the default vhost `/` included (`%2F`);
 //! - the list endpoint's `name` filter is a case-insensitive substring or regex, so exact and
-//!   whole-name matching is done here; pages hold at most 500 items (`MAX_PAGE_SIZE`);
+//!   whole-name matching is done here; and its pages shift while queues come and go (a page past
+//!   the end answers 400), so the listing is one unpaginated request: one consistent snapshot;
 //! - a purge answers 204 with no count, so counts come from the listing and are approximate
-//!   (message counts are sampled statistics);
-//! - streams cannot be purged (400 `not_implemented`), nor exclusive queues of another connection;
-//! - messages held unacknowledged by live consumers survive a purge.
+//!   (message counts are sampled statistics), and absent with statistics off: *unknown*, never 0;
+//! - a purge answers 404 both for a deleted queue and for one that exists but is unavailable (its
+//!   node down, crashed, a quorum leader moving): the queue is read again to tell them apart;
+//! - with `management.disable_stats` the listing has no policy or consumer columns: dead-letter
+//!   settings then come from the policies themselves ([`crate::policies`]);
+//! - 3.12+ answers a failed login with 401 `Not_Authorized`, the same status as a missing
+//!   permission: `/api/whoami` tells them apart;
+//! - streams cannot be purged (400), nor exclusive queues of another connection; messages held
+//!   unacknowledged by live consumers survive a purge.
 //!
 //! This module does not decide what the run's exit code is; it reports per-queue outcomes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use futures_util::stream::{self, StreamExt};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::{MissingQueue, RabbitConfig, RetryPolicy};
+use crate::config::{DeadLetters, MissingQueue, RabbitConfig, RetryPolicy, is_dot_segment};
 pub use crate::dead_letters::Candidate;
 use crate::dead_letters::{BindingInfo, ExchangeInfo, Topology, select_dead_letter_queues};
 use crate::error::{Classified, Kind, classified};
+use crate::policies::{Policies, PolicyInfo};
 use crate::retry::{self, Attempt};
+use crate::tally::Tally;
 
 /// RFC 3986 unreserved characters stay; everything else in a segment is encoded, `/` above all.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
-/// The management API's own maximum page size (`rabbit_mgmt_util`, `MAX_PAGE_SIZE`).
-const PAGE_SIZE: usize = 500;
+/// The columns the listing asks for: what selection, dead-letter routing and the counts need, so
+/// that tens of thousands of queues stay a few megabytes (the Job has 128Mi).
+const QUEUE_COLUMNS: &str =
+    "name,type,exclusive,policy,messages_ready,messages_unacknowledged,consumers,arguments,effective_policy_definition";
 
 /// Connecting to a broker on the cluster network takes milliseconds; five seconds means it is not there.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Whether a name is `.` or `..`, which URL normalisation removes from a path whatever its encoding.
-pub fn is_dot_segment(name: &str) -> bool {
-    matches!(name, "." | "..")
-}
 
 /// Percent-encodes one path segment.
 pub fn encode_segment(segment: &str) -> String {
@@ -59,36 +65,64 @@ pub struct QueueInfo {
     pub name: String,
     #[serde(rename = "type", default)]
     pub queue_type: Option<String>,
-    /// Sampled by the broker's statistics; absent until the first sample.
     #[serde(default)]
-    pub messages: Option<u64>,
+    pub exclusive: Option<bool>,
+    /// The name of the policy that applies (a string, or empty/absent).
+    #[serde(default)]
+    pub policy: Option<Value>,
+    /// Sampled by the broker's statistics; absent until the first sample, or with statistics off.
+    #[serde(default)]
+    pub messages_ready: Option<u64>,
+    #[serde(default)]
+    pub messages_unacknowledged: Option<u64>,
+    /// Absent with statistics off.
     #[serde(default)]
     pub consumers: Option<u64>,
     #[serde(default)]
     pub arguments: Value,
-    /// An object, or `[]` when no policy applies (an empty Erlang proplist).
+    /// An object, or `[]` when no policy applies (an empty Erlang proplist); absent (`None`) with
+    /// statistics off.
     #[serde(default)]
-    pub effective_policy_definition: Value,
+    pub effective_policy_definition: Option<Value>,
 }
 
 impl QueueInfo {
+    /// `classic`, `quorum` or `stream`.
+    pub fn kind(&self) -> &str {
+        self.queue_type.as_deref().unwrap_or("classic")
+    }
+
+    /// Why a purge of this queue cannot work, from the listing alone.
+    fn unpurgeable(&self) -> Option<&'static str> {
+        if self.kind() == "stream" {
+            Some("a stream cannot be purged (RabbitMQ answers 400 not_implemented)")
+        } else if self.exclusive == Some(true) {
+            Some("an exclusive queue belongs to one AMQP connection and cannot be purged by another")
+        } else {
+            None
+        }
+    }
+
+    /// Whether messages held unacknowledged by consumers survive the purge: from the
+    /// unacknowledged count, else from the consumer count; `None` when neither is known.
+    pub fn unacknowledged_survive(&self) -> Option<bool> {
+        self.messages_unacknowledged.map(|n| n > 0).or(self.consumers.map(|n| n > 0))
+    }
+
     /// The dead-letter exchange and routing key, from queue arguments first, then the policy
     /// (arguments win over policies in RabbitMQ: <https://www.rabbitmq.com/docs/dlx>).
-    pub fn dead_letter_target(&self) -> Option<(String, Option<String>)> {
-        let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
-        let exchange = text(&self.arguments, "x-dead-letter-exchange")
-            .or_else(|| text(&self.effective_policy_definition, "dead-letter-exchange"))?;
-        let routing_key = text(&self.arguments, "x-dead-letter-routing-key")
-            .or_else(|| text(&self.effective_policy_definition, "dead-letter-routing-key"));
+    pub fn dead_letter_target(&self, policy: &Map<String, Value>) -> Option<(String, Option<String>)> {
+        let argument = |key: &str| self.arguments.get(key).and_then(Value::as_str).map(str::to_string);
+        let policy_key = |key: &str| policy.get(key).and_then(Value::as_str).map(str::to_string);
+        let exchange = argument("x-dead-letter-exchange").or_else(|| policy_key("dead-letter-exchange"))?;
+        let routing_key = argument("x-dead-letter-routing-key").or_else(|| policy_key("dead-letter-routing-key"));
         Some((exchange, routing_key))
     }
-}
 
-#[derive(Deserialize)]
-struct Page {
-    items: Vec<QueueInfo>,
-    #[serde(default)]
-    page_count: usize,
+    /// The policy definition the listing gives, or `None` when it does not say (statistics off).
+    fn listed_policy(&self) -> Option<Map<String, Value>> {
+        self.effective_policy_definition.as_ref().map(|v| v.as_object().cloned().unwrap_or_default())
+    }
 }
 
 /// Why a queue was selected; shown in plans and logs.
@@ -123,17 +157,29 @@ pub struct Selection {
     pub missing: Vec<String>,
     /// Queues behind a dead-letter exchange that no provable route reaches: named, never purged.
     pub dead_letter_candidates: Vec<Candidate>,
+    /// Selected queues that dead letters of other selected queues reach: purged after their
+    /// sources and once more at the end, so what those dead-lettered meanwhile is gone too.
+    pub dead_letter_targets: BTreeSet<String>,
 }
 
 /// What happened to one queue.
 #[derive(Clone, Debug)]
 pub enum QueueOutcome {
-    /// Purged; the count is the broker's last sample before the purge.
-    Purged { approx_messages: u64 },
-    /// It vanished between listing and purging.
+    /// Purged; the count is the broker's last sample of ready messages, when it gave one.
+    Purged { approx_ready: Option<u64> },
+    /// It was deleted between listing and purging.
     Vanished,
+    /// Found by a pattern or as a dead-letter queue, but of a kind that cannot be purged: warned
+    /// about and named, not a failure (a *named* one is).
+    Skipped(String),
     /// It could not be purged; RabbitMQ's reason, or the last error after retries.
     Failed(String),
+}
+
+/// A non-error answer: the response, or a 404 with RabbitMQ's reason.
+enum Reply {
+    Found(reqwest::Response),
+    NotFound(String),
 }
 
 /// A management API client for one vhost.
@@ -146,22 +192,31 @@ pub struct Management {
 }
 
 impl Management {
-    /// Builds the client; an unreadable CA file is a configuration error.
+    /// Builds the client (the CA file was checked with the configuration).
     pub fn new(config: &RabbitConfig, request_timeout: Duration) -> Result<Management> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(request_timeout)
+            // A redirect (an ingress's ssl-redirect, a moved path) would turn a DELETE into a GET
+            // or drop the credentials; it is reported instead, naming where it points.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cleanslate/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path)
                 .map_err(|err| classified(Kind::Config, format!("CLEANSLATE_RABBITMQ_CA_FILE: {err}")))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|err| {
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
                 classified(Kind::Config, format!("CLEANSLATE_RABBITMQ_CA_FILE is not a PEM certificate: {err}"))
-            })?;
-            builder = builder.add_root_certificate(cert);
+            })? {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         Ok(Management {
-            http: builder.build().context("building the RabbitMQ HTTP client")?,
+            http: builder.build().map_err(|err| {
+                classified(
+                    Kind::Config,
+                    format!("building the RabbitMQ HTTP client (CLEANSLATE_RABBITMQ_CA_FILE?): {err}"),
+                )
+            })?,
             base: config.url.clone(),
             username: config.username.clone(),
             password: config.password.clone(),
@@ -179,9 +234,8 @@ impl Management {
         url
     }
 
-    /// Sends one request and sorts failures into transient and permanent.
-    /// Returns `None` for 404, which callers interpret.
-    async fn send(&self, method: Method, url: Url, what: &str) -> Result<Option<reqwest::Response>, Attempt> {
+    /// Sends one request; transport failures and redirects are errors, every status is returned.
+    async fn request(&self, method: Method, url: Url, what: &str) -> Result<reqwest::Response, Attempt> {
         let response = self
             .http
             .request(method, url)
@@ -190,27 +244,43 @@ impl Management {
             .await
             .map_err(|err| transport_error(err, what))?;
         let status = response.status();
-        if status.is_success() {
-            return Ok(Some(response));
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(without_userinfo)
+                .unwrap_or_else(|| "nowhere (no Location header)".into());
+            return Err(Attempt::Permanent(classified(
+                Kind::Config,
+                format!(
+                    "{what}: the management API answered {status} redirecting to {location}; redirects are not \
+                     followed (a DELETE would not survive one): set CLEANSLATE_RABBITMQ_URL to where it points"
+                ),
+            )));
         }
-        if status == StatusCode::NOT_FOUND {
-            return Ok(None);
+        Ok(response)
+    }
+
+    /// Sends one request and sorts failures into transient and permanent; a 404 is returned with
+    /// its reason for the caller to interpret.
+    async fn send(&self, method: Method, url: Url, what: &str) -> Result<Reply, Attempt> {
+        let response = self.request(method, url, what).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Reply::Found(response));
         }
         let reason = response_reason(response).await;
         Err(match status {
-            // RabbitMQ answers 401 both for a failed login ("Login failed") and for a user without
-            // access to the vhost or queue ("not authorised to access virtual host", "Access
-            // refused."), so the reason decides which hint is right.
-            StatusCode::UNAUTHORIZED if reason.contains("Login failed") => Attempt::Permanent(anyhow!(
-                "{what}: RabbitMQ rejected the login of user {:?} (401{reason}); check CLEANSLATE_RABBITMQ_USERNAME and the password",
-                self.username
-            )),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Attempt::Permanent(anyhow!(
-                "{what}: user {:?} lacks permission ({}{reason}); it needs the management tag, access to vhost {:?} and read permission on the queues",
-                self.username,
-                status.as_u16(),
-                self.vhost
-            )),
+            StatusCode::NOT_FOUND => return Ok(Reply::NotFound(reason)),
+            // RabbitMQ answers 401 both for a failed login ("Login failed" up to 3.11,
+            // "Not_Authorized" since 3.12) and for a user without access to the vhost or queue:
+            // whether the same credentials may ask who they are tells which.
+            StatusCode::UNAUTHORIZED => self.unauthorized(what, &reason).await,
+            StatusCode::FORBIDDEN => Attempt::Permanent(self.permission_error(what, status, &reason)),
+            StatusCode::BAD_REQUEST if transient_bad_request(&reason) => {
+                Attempt::Transient(anyhow!("{what}: RabbitMQ answered {status}{reason} (a node or quorum unavailable)"))
+            }
             s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
                 Attempt::Transient(anyhow!("{what}: RabbitMQ answered {s}{reason}"))
             }
@@ -218,10 +288,47 @@ impl Management {
         })
     }
 
+    /// Tells a refused login from a missing permission after a 401, by asking `/api/whoami`.
+    async fn unauthorized(&self, what: &str, reason: &str) -> Attempt {
+        let whoami = self.request(Method::GET, self.url(&["whoami"], ""), what).await;
+        let login_error = |detail: &str| {
+            Attempt::Permanent(anyhow!(
+                "{what}: RabbitMQ rejected the login of user {:?} (401{detail}); check CLEANSLATE_RABBITMQ_USERNAME and the password",
+                self.username
+            ))
+        };
+        match whoami {
+            Ok(response) if response.status().is_success() => {
+                Attempt::Permanent(self.permission_error(what, StatusCode::UNAUTHORIZED, reason))
+            }
+            Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                let whoami_reason = response_reason(response).await;
+                if whoami_reason.to_ascii_lowercase().contains("management user") {
+                    Attempt::Permanent(anyhow!(
+                        "{what}: user {:?} may log in but not use the management API (401{whoami_reason}); give it the management tag",
+                        self.username
+                    ))
+                } else {
+                    login_error(if reason.is_empty() { &whoami_reason } else { reason })
+                }
+            }
+            _ => login_error(reason),
+        }
+    }
+
+    fn permission_error(&self, what: &str, status: StatusCode, reason: &str) -> anyhow::Error {
+        anyhow!(
+            "{what}: user {:?} lacks permission ({}{reason}); it needs the management tag, access to vhost {:?} and read permission on the queues",
+            self.username,
+            status.as_u16(),
+            self.vhost
+        )
+    }
+
     async fn get_json<T: for<'de> Deserialize<'de>>(&self, url: Url, what: &str) -> Result<Option<T>, Attempt> {
         match self.send(Method::GET, url, what).await? {
-            None => Ok(None),
-            Some(response) => response
+            Reply::NotFound(_) => Ok(None),
+            Reply::Found(response) => response
                 .json::<T>()
                 .await
                 .map(Some)
@@ -229,28 +336,53 @@ impl Management {
         }
     }
 
-    /// Every queue in the vhost, page by page.
+    /// Every queue in the vhost, in one request: pages would shift under queues created or
+    /// deleted meanwhile (skipping some, or answering 400 past a shrunken end).
     pub async fn list_queues(&self, policy: &RetryPolicy, deadline: Instant) -> Result<Vec<QueueInfo>> {
         let vhost = self.vhost.clone();
-        let mut queues = Vec::new();
-        let mut page = 1;
-        loop {
-            let query = format!(
-                "page={page}&page_size={PAGE_SIZE}&columns=name,type,messages,consumers,arguments,effective_policy_definition"
-            );
-            let url = self.url(&["queues", &vhost], &query);
-            let what = format!("listing queues of vhost {vhost:?}");
-            let result: Option<Page> =
-                retry::run(policy, deadline, &what, || self.get_json(url.clone(), &what)).await?;
-            let Some(result) = result else {
-                return Err(anyhow!("{what}: vhost {vhost:?} does not exist (404)"));
-            };
-            queues.extend(result.items);
-            if page >= result.page_count {
-                return Ok(queues);
+        let url = self.url(&["queues", &vhost], &format!("columns={QUEUE_COLUMNS}"));
+        let what = format!("listing queues of vhost {vhost:?}");
+        let queues: Option<Vec<QueueInfo>> =
+            retry::run(policy, deadline, &what, || self.get_json(url.clone(), &what)).await?;
+        queues.ok_or_else(|| anyhow!("{what}: vhost {vhost:?} does not exist (404)"))
+    }
+
+    /// The vhost's policies and operator policies, for listings without policy columns. A user
+    /// that may not read them (policies need the policymaker tag, operator policies administrator)
+    /// gets `Err` with the reason: the dead-letter settings are then unknown.
+    async fn policies(&self, policy: &RetryPolicy, deadline: Instant) -> Result<Result<Policies, String>> {
+        let mut lists = Vec::new();
+        for (path, needs) in [("policies", "the policymaker tag"), ("operator-policies", "the administrator tag")] {
+            let what = format!("listing {path} of vhost {:?}", self.vhost);
+            let url = self.url(&[path, &self.vhost], "");
+            let listed = retry::run(policy, deadline, &what, || async {
+                let response = self.request(Method::GET, url.clone(), &what).await?;
+                match response.status() {
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(None),
+                    s if s.is_success() => response
+                        .json::<Vec<PolicyInfo>>()
+                        .await
+                        .map(Some)
+                        .map_err(|err| Attempt::Transient(anyhow!("{what}: reading the answer: {err}"))),
+                    s => Err(Attempt::Transient(anyhow!("{what}: RabbitMQ answered {s}"))),
+                }
+            })
+            .await?;
+            match listed {
+                Some(list) => lists.push(list),
+                // Operator policies cannot set dead-letter keys: not reading them loses nothing here.
+                None if path == "operator-policies" => lists.push(Vec::new()),
+                None => {
+                    return Ok(Err(format!(
+                        "the listing has no policy columns (statistics off) and user {:?} may not read {path} (it needs {needs})",
+                        self.username
+                    )));
+                }
             }
-            page += 1;
         }
+        let operator = lists.pop().unwrap_or_default();
+        let user = lists.pop().unwrap_or_default();
+        Ok(Ok(Policies::new(user, operator)))
     }
 
     /// The exchanges and bindings of the vhost: what dead-letter routing is decided on.
@@ -293,17 +425,26 @@ impl Management {
                 }
             }
         }
-        if config.dead_letters && selection.queues.iter().any(|q| q.info.dead_letter_target().is_some()) {
-            let topology = self.topology(policy, deadline).await?;
-            add_dead_letter_queues(&mut selection, &all, &topology, &mut chosen);
-            for candidate in &selection.dead_letter_candidates {
-                warn!(
-                    vhost = %self.vhost,
-                    queue = %candidate.queue,
-                    dead_letters_of = %candidate.dead_letters_of,
-                    why = %candidate.why,
-                    "dead letters might reach this queue but the route is not proven; not purged"
-                );
+        if config.dead_letters != DeadLetters::Off {
+            let settings = self.dead_letter_settings(&all, policy, deadline).await?;
+            if let Some(why) = &settings.unknown {
+                warn!(vhost = %self.vhost, why = %why, "dead-letter settings set by policy cannot be known; no dead-letter queue is purged");
+            }
+            if chosen.iter().any(|name| settings.targets.contains_key(name)) {
+                let topology = self
+                    .topology(policy, deadline)
+                    .await?
+                    .with_wildcard_routes_proven(config.dead_letters == DeadLetters::Reachable);
+                add_dead_letter_queues(&mut selection, &all, &settings, &topology, &mut chosen);
+                for candidate in &selection.dead_letter_candidates {
+                    warn!(
+                        vhost = %self.vhost,
+                        queue = %candidate.queue,
+                        dead_letters_of = %candidate.dead_letters_of,
+                        why = %candidate.why,
+                        "dead letters might reach this queue but the route is not proven; not purged"
+                    );
+                }
             }
         }
         for name in &selection.missing {
@@ -317,7 +458,48 @@ impl Management {
         Ok(selection)
     }
 
-    /// Purges one queue, retrying transient failures.
+    /// Every queue's dead-letter exchange and key: from the listing, or, when it has no policy
+    /// columns (statistics off), from arguments and the policies resolved here.
+    async fn dead_letter_settings(
+        &self,
+        all: &BTreeMap<String, QueueInfo>,
+        policy: &RetryPolicy,
+        deadline: Instant,
+    ) -> Result<DeadLetterSettings> {
+        let mut settings = DeadLetterSettings::default();
+        let policies = if all.values().any(|q| q.effective_policy_definition.is_none()) {
+            Some(self.policies(policy, deadline).await?)
+        } else {
+            None
+        };
+        for (name, info) in all {
+            let definition = match (info.listed_policy(), &policies) {
+                (Some(listed), _) => listed,
+                (None, Some(Ok(policies))) => {
+                    let named = info.policy.as_ref().and_then(Value::as_str);
+                    match policies.effective(name, info.kind(), named) {
+                        Ok(definition) => definition,
+                        Err(unknown) => {
+                            settings.unknown.get_or_insert(unknown.0);
+                            Map::new()
+                        }
+                    }
+                }
+                (None, Some(Err(why))) => {
+                    settings.unknown.get_or_insert(why.clone());
+                    Map::new()
+                }
+                (None, None) => Map::new(),
+            };
+            if let Some(target) = info.dead_letter_target(&definition) {
+                settings.targets.insert(name.clone(), target);
+            }
+        }
+        Ok(settings)
+    }
+
+    /// Purges one queue, retrying transient failures. A 404 is checked: only a queue that is
+    /// really gone has vanished; one that still exists is unavailable, and that is a failure.
     pub async fn purge_one(&self, queue: &Selected, policy: &RetryPolicy, deadline: Instant) -> QueueOutcome {
         let name = &queue.info.name;
         if is_dot_segment(name) {
@@ -330,26 +512,53 @@ impl Management {
             warn!(vhost = %self.vhost, queue = %name, "queue not purged: name is a URL dot segment");
             return QueueOutcome::Failed(message);
         }
+        if queue.reason != Reason::Named
+            && let Some(why) = queue.info.unpurgeable()
+        {
+            warn!(vhost = %self.vhost, queue = %name, reason = %queue.reason, why, "queue cannot be purged; skipped (name it to make this a failure)");
+            return QueueOutcome::Skipped(why.to_string());
+        }
         let what = format!("purging queue {:?} in vhost {:?}", name, self.vhost);
         let url = self.url(&["queues", &self.vhost, name, "contents"], "");
+        let queue_url = self.url(&["queues", &self.vhost, name], "columns=name");
         let started = std::time::Instant::now();
         let result = retry::run(policy, deadline, &what, || async {
-            self.send(Method::DELETE, url.clone(), &what).await.map(|r| r.is_some())
+            let reason = match self.send(Method::DELETE, url.clone(), &what).await? {
+                Reply::Found(_) => return Ok(true),
+                Reply::NotFound(reason) => reason,
+            };
+            match self.send(Method::GET, queue_url.clone(), &what).await? {
+                Reply::NotFound(_) => Ok(false),
+                Reply::Found(_) => Err(Attempt::Transient(anyhow!(
+                    "{what}: RabbitMQ answered 404{reason}, but the queue exists: it is unavailable (its node down, \
+                     crashed, or its leader moving), and its messages are still there"
+                ))),
+            }
         })
         .await;
         let duration_ms = started.elapsed().as_millis() as u64;
-        let consumers = queue.info.consumers.unwrap_or(0);
         match result {
             Ok(true) => {
-                let approx_messages = queue.info.messages.unwrap_or(0);
-                info!(vhost = %self.vhost, queue = %name, reason = %queue.reason, approx_messages, consumers, duration_ms, "purged queue");
-                if consumers > 0 {
-                    warn!(vhost = %self.vhost, queue = %name, consumers, "queue has consumers: messages they hold unacknowledged survive the purge");
+                match queue.info.messages_ready {
+                    Some(approx_messages) => {
+                        info!(vhost = %self.vhost, queue = %name, reason = %queue.reason, approx_messages, duration_ms, "purged queue")
+                    }
+                    None => {
+                        info!(vhost = %self.vhost, queue = %name, reason = %queue.reason, approx_messages = "unknown", duration_ms, "purged queue")
+                    }
                 }
-                QueueOutcome::Purged { approx_messages }
+                if queue.info.unacknowledged_survive() == Some(true) {
+                    warn!(
+                        vhost = %self.vhost,
+                        queue = %name,
+                        unacknowledged = queue.info.messages_unacknowledged.map(|n| n.to_string()).unwrap_or_else(|| "unknown".into()),
+                        "queue has consumers: messages they hold unacknowledged survive the purge"
+                    );
+                }
+                QueueOutcome::Purged { approx_ready: queue.info.messages_ready }
             }
             Ok(false) => {
-                warn!(vhost = %self.vhost, queue = %name, "queue vanished before it was purged");
+                warn!(vhost = %self.vhost, queue = %name, "queue was deleted before it was purged");
                 QueueOutcome::Vanished
             }
             Err(err) => {
@@ -360,49 +569,127 @@ impl Management {
         }
     }
 
-    /// Purges every selected queue, at most `concurrency` at a time, in selection order of results.
+    /// Purges every selected queue, at most `concurrency` at a time, results in selection order.
+    /// Sources go before the dead-letter queues they feed, and those are purged once more at the
+    /// end (a bounded second pass, cycles included): what sources dead-lettered while they were
+    /// being purged (rejects, expiries, a retry loop through a TTL queue) is gone too.
     pub async fn purge_all(
         &self,
-        queues: &[Selected],
+        selection: &Selection,
         concurrency: usize,
         policy: &RetryPolicy,
         deadline: Instant,
+        tally: &Tally,
     ) -> Vec<QueueOutcome> {
-        let mut indexed: Vec<(usize, QueueOutcome)> = stream::iter(queues.iter().enumerate())
-            .map(|(i, q)| async move { (i, self.purge_one(q, policy, deadline).await) })
+        let is_target = |q: &Selected| selection.dead_letter_targets.contains(&q.info.name);
+        let mut outcomes: Vec<Option<QueueOutcome>> = vec![None; selection.queues.len()];
+        for phase in [false, true] {
+            let indexes = (0..selection.queues.len()).filter(|&i| is_target(&selection.queues[i]) == phase);
+            for (i, outcome) in self.purge_some(selection, indexes.collect(), concurrency, policy, deadline).await {
+                if let QueueOutcome::Purged { approx_ready } = &outcome {
+                    tally.queue_purged(*approx_ready);
+                }
+                outcomes[i] = Some(outcome);
+            }
+        }
+        let again: Vec<usize> = (0..selection.queues.len())
+            .filter(|&i| is_target(&selection.queues[i]) && matches!(outcomes[i], Some(QueueOutcome::Purged { .. })))
+            .collect();
+        if !again.is_empty() {
+            info!(vhost = %self.vhost, queues = again.len(), "second pass over dead-letter queues");
+        }
+        for (i, outcome) in self.purge_some(selection, again, concurrency, policy, deadline).await {
+            if let QueueOutcome::Failed(message) = outcome {
+                outcomes[i] = Some(QueueOutcome::Failed(format!("purged once, but not in the second pass: {message}")));
+            }
+        }
+        outcomes.into_iter().map(|o| o.expect("every queue has an outcome")).collect()
+    }
+
+    async fn purge_some(
+        &self,
+        selection: &Selection,
+        indexes: Vec<usize>,
+        concurrency: usize,
+        policy: &RetryPolicy,
+        deadline: Instant,
+    ) -> Vec<(usize, QueueOutcome)> {
+        stream::iter(indexes)
+            .map(|i| async move { (i, self.purge_one(&selection.queues[i], policy, deadline).await) })
             .buffer_unordered(concurrency)
             .collect()
-            .await;
-        indexed.sort_by_key(|(i, _)| *i);
-        indexed.into_iter().map(|(_, outcome)| outcome).collect()
+            .await
+    }
+}
+
+/// Every queue's dead-letter target, and why some cannot be known.
+#[derive(Debug, Default)]
+struct DeadLetterSettings {
+    targets: BTreeMap<String, (String, Option<String>)>,
+    /// Set when some queue's settings come from policies that cannot be read or evaluated: any
+    /// queue may then dead-letter anywhere, so no dead-letter queue is provably ours.
+    unknown: Option<String>,
+}
+
+/// A 400 that says a node or a quorum is unavailable for now (the purge goes through an internal
+/// AMQP channel, whose errors the management API passes on as 400 with their reason).
+fn transient_bad_request(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    ["nodedown", "could not be contacted", "down or inaccessible", "timeout", "noproc", "majority", "unavailable"]
+        .iter()
+        .any(|word| reason.contains(word))
+}
+
+/// A Location header as it may be shown: without userinfo.
+fn without_userinfo(location: &str) -> String {
+    match Url::parse(location) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Err(_) => location.to_string(),
     }
 }
 
 /// Adds the dead-letter queues that only selected queues' dead letters reach, transitively, and
-/// records the others as candidates (see [`crate::dead_letters::select_dead_letter_queues`]).
+/// records the others as candidates (see [`crate::dead_letters::select_dead_letter_queues`]); then
+/// notes which selected queues other selected queues dead-letter into (for the second pass).
 fn add_dead_letter_queues(
     selection: &mut Selection,
     all: &BTreeMap<String, QueueInfo>,
+    settings: &DeadLetterSettings,
     topology: &Topology,
     chosen: &mut BTreeSet<String>,
 ) {
-    let mut targets = BTreeMap::new();
-    for (name, info) in all {
-        let Some(target) = info.dead_letter_target() else { continue };
+    for (name, target) in &settings.targets {
         if chosen.contains(name) && !topology.has_exchange(&target.0) {
             warn!(queue = %name, exchange = %target.0, "dead-letter exchange does not exist");
         }
-        targets.insert(name.clone(), target);
     }
-    let (taken, candidates) = select_dead_letter_queues(chosen, &targets, topology);
+    let (taken, mut candidates) = select_dead_letter_queues(chosen, &settings.targets, topology);
     for (queue, source) in taken {
-        if let Some(info) = all.get(&queue)
-            && chosen.insert(queue.clone())
-        {
-            selection.queues.push(Selected { info: info.clone(), reason: Reason::DeadLetterOf(source) });
+        match &settings.unknown {
+            // Some queue's dead-letter settings are unknown: it may feed this one too.
+            Some(why) => candidates.push(Candidate { queue, dead_letters_of: source, why: why.clone() }),
+            None => {
+                if let Some(info) = all.get(&queue)
+                    && chosen.insert(queue.clone())
+                {
+                    selection.queues.push(Selected { info: info.clone(), reason: Reason::DeadLetterOf(source) });
+                }
+            }
         }
     }
+    candidates.sort_by(|a, b| a.queue.cmp(&b.queue));
     selection.dead_letter_candidates = candidates.into_iter().filter(|c| all.contains_key(&c.queue)).collect();
+    for source in chosen.iter() {
+        let Some((exchange, key)) = settings.targets.get(source) else { continue };
+        let route = topology.route_dead_letters(source, exchange, key.as_deref());
+        selection
+            .dead_letter_targets
+            .extend(route.reached.into_iter().filter(|target| target != source && chosen.contains(target)));
+    }
 }
 
 /// Connection problems are transient and mean "unreachable" if they last; anything else about the
@@ -466,7 +753,7 @@ mod tests {
             vhost: "/".into(),
             queues: vec![],
             pattern: None,
-            dead_letters: true,
+            dead_letters: DeadLetters::Exact,
             missing: MissingQueue::Ignore,
             ca_file: None,
         };
@@ -475,26 +762,53 @@ mod tests {
         assert_eq!(url.as_str(), "https://mq.example/rabbit/api/queues/%2F/a%2Fb%20c/contents", "encoded URL");
     }
 
-    /// Dead-letter settings come from arguments first, then from the policy; `[]` means no policy.
-    #[test]
-    fn dead_letter_target_prefers_arguments() {
-        let info = |arguments: Value, policy: Value| QueueInfo {
+    fn queue(arguments: Value, policy: Option<Value>) -> QueueInfo {
+        QueueInfo {
             name: "q".into(),
             queue_type: None,
-            messages: None,
+            exclusive: None,
+            policy: None,
+            messages_ready: None,
+            messages_unacknowledged: None,
             consumers: None,
             arguments,
             effective_policy_definition: policy,
-        };
-        let both = info(
+        }
+    }
+
+    /// Dead-letter settings come from arguments first, then from the policy; `[]` means no policy.
+    #[test]
+    fn dead_letter_target_prefers_arguments() {
+        let target = |info: QueueInfo| info.dead_letter_target(&info.listed_policy().unwrap_or_default());
+        let both = queue(
             json!({"x-dead-letter-exchange": "dlx-arg"}),
-            json!({"dead-letter-exchange": "dlx-pol", "dead-letter-routing-key": "rk"}),
+            Some(json!({"dead-letter-exchange": "dlx-pol", "dead-letter-routing-key": "rk"})),
         );
-        assert_eq!(both.dead_letter_target(), Some(("dlx-arg".into(), Some("rk".into()))), "argument wins");
-        let none = info(json!({}), json!([]));
-        assert_eq!(none.dead_letter_target(), None, "no dead-lettering");
+        assert_eq!(target(both), Some(("dlx-arg".into(), Some("rk".into()))), "argument wins");
+        assert_eq!(target(queue(json!({}), Some(json!([])))), None, "no dead-lettering");
         let default_exchange =
-            info(json!({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "q-dlq"}), json!([]));
-        assert_eq!(default_exchange.dead_letter_target(), Some(("".into(), Some("q-dlq".into()))), "default exchange");
+            queue(json!({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "q-dlq"}), Some(json!([])));
+        assert_eq!(target(default_exchange), Some(("".into(), Some("q-dlq".into()))), "default exchange");
+        assert!(queue(json!({}), None).listed_policy().is_none(), "statistics off: the listing does not say");
+    }
+
+    /// Only what says a node or a quorum is away is worth retrying; anything else is RabbitMQ's
+    /// final word (a stream, an exclusive queue).
+    #[test]
+    fn unavailable_nodes_are_transient() {
+        assert!(transient_bad_request(
+            ": NOT_FOUND - home node 'rabbit@b' of durable queue 'q' in vhost '/' is down or inaccessible"
+        ));
+        assert!(transient_bad_request(": {nodedown,'rabbit@b'}"));
+        assert!(transient_bad_request(": timeout waiting for a quorum majority"));
+        assert!(!transient_bad_request(": NOT_IMPLEMENTED - queue.purge not supported by stream queues"));
+        assert!(!transient_bad_request(": RESOURCE_LOCKED - cannot obtain exclusive access to locked queue"));
+    }
+
+    /// A redirect's target is named without the credentials it might carry.
+    #[test]
+    fn redirect_targets_lose_their_userinfo() {
+        assert_eq!(without_userinfo("https://user:pw@mq.example/api/"), "https://mq.example/api/");
+        assert_eq!(without_userinfo("/moved/api/"), "/moved/api/", "relative locations as they are");
     }
 }

@@ -289,6 +289,7 @@ async fn purge_writes_the_marker_after_success() {
             "message",
             "messagesPurged",
             "queuesPurged",
+            "queuesWithUnknownCounts",
             "revision",
             "startedAt",
             "status"

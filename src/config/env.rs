@@ -45,6 +45,7 @@ pub(super) struct RawEnv {
     pub(super) etcd_ca_file: Option<String>,
     pub(super) etcd_cert_file: Option<String>,
     pub(super) etcd_key_file: Option<String>,
+    pub(super) etcd_max_txn_ops: Option<String>,
     pub(super) marker: Option<String>,
     pub(super) namespace: Option<String>,
     pub(super) revision: Option<String>,

@@ -24,9 +24,10 @@ use reqwest::Url;
 
 pub use env::Env;
 use env::RawEnv;
+pub use parse::is_dot_segment;
 use parse::{
-    config_error, existing_file, http_url, non_empty_list, parse_bool, parse_choice, parse_count, parse_duration,
-    password, present, required, split_list,
+    ca_bundle, config_error, existing_file, http_url, non_empty_list, parse_bool, parse_choice, parse_count,
+    parse_duration, password, present, required, split_list,
 };
 
 /// Where Kubernetes mounts the pod's service-account credentials.
@@ -70,6 +71,19 @@ pub enum MissingQueue {
     Fail,
 }
 
+/// Which dead-letter queues of the selected queues are purged with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadLetters {
+    /// None: only the named and pattern-matched queues.
+    Off,
+    /// Those reached by a route that proves where dead letters go: a literal binding key equal to
+    /// the dead-letter routing key, the default exchange naming the queue, or a fanout exchange.
+    Exact,
+    /// Also those reached through wildcard topic bindings (`*`, `#`): for users whose dead-letter
+    /// exchanges are dedicated, which the API cannot tell from an application's topic exchange.
+    Reachable,
+}
+
 /// What the gate does when its deadline passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnTimeout {
@@ -100,7 +114,7 @@ pub struct RabbitConfig {
     pub queues: Vec<String>,
     /// Queues whose whole name matches; anchored here so `orders` never matches `preorders`.
     pub pattern: Option<Regex>,
-    pub dead_letters: bool,
+    pub dead_letters: DeadLetters,
     pub missing: MissingQueue,
     pub ca_file: Option<PathBuf>,
 }
@@ -114,6 +128,8 @@ pub struct EtcdConfig {
     pub protected_prefixes: Vec<String>,
     pub auth: Option<(String, Secret)>,
     pub tls: Option<EtcdTls>,
+    /// Operations per transaction: the server's `--max-txn-ops` (128 unless an operator lowered it).
+    pub max_txn_ops: usize,
 }
 
 /// Files for etcd over TLS; a client certificate makes it mutual TLS.
@@ -454,7 +470,7 @@ fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig> {
     }
     // The vhost is not trimmed away when it is just "/": present() trims, so read it directly.
     let vhost = raw.rabbitmq_vhost.clone().filter(|v| !v.is_empty()).unwrap_or_else(|| "/".to_string());
-    if crate::rabbitmq::is_dot_segment(&vhost) {
+    if is_dot_segment(&vhost) {
         // `api/queues/.` would be normalised to `api/queues`, the queues of every vhost.
         return Err(config_error(format!(
             "CLEANSLATE_RABBITMQ_VHOST {vhost:?} cannot be addressed through the management HTTP API (URL dot segment)"
@@ -467,14 +483,24 @@ fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig> {
         vhost,
         queues,
         pattern,
-        dead_letters: parse_bool("CLEANSLATE_RABBITMQ_DEAD_LETTERS", &raw.rabbitmq_dead_letters, true)?,
+        dead_letters: parse_choice(
+            "CLEANSLATE_RABBITMQ_DEAD_LETTERS",
+            &raw.rabbitmq_dead_letters,
+            DeadLetters::Exact,
+            &[
+                ("true", DeadLetters::Exact),
+                ("exact", DeadLetters::Exact),
+                ("false", DeadLetters::Off),
+                ("reachable", DeadLetters::Reachable),
+            ],
+        )?,
         missing: parse_choice(
             "CLEANSLATE_RABBITMQ_MISSING",
             &raw.rabbitmq_missing,
             MissingQueue::Ignore,
             &[("ignore", MissingQueue::Ignore), ("fail", MissingQueue::Fail)],
         )?,
-        ca_file: existing_file("CLEANSLATE_RABBITMQ_CA_FILE", &raw.rabbitmq_ca_file)?,
+        ca_file: ca_bundle("CLEANSLATE_RABBITMQ_CA_FILE", &raw.rabbitmq_ca_file)?,
     })
 }
 
@@ -506,7 +532,7 @@ fn etcd_config(raw: &RawEnv) -> Result<EtcdConfig> {
         (Some(_), None) => return Err(config_error("CLEANSLATE_ETCD_USERNAME is set without a password")),
         (None, Some(_)) => return Err(config_error("an etcd password is set without CLEANSLATE_ETCD_USERNAME")),
     };
-    let ca_file = existing_file("CLEANSLATE_ETCD_CA_FILE", &raw.etcd_ca_file)?;
+    let ca_file = ca_bundle("CLEANSLATE_ETCD_CA_FILE", &raw.etcd_ca_file)?;
     let client = match (
         existing_file("CLEANSLATE_ETCD_CERT_FILE", &raw.etcd_cert_file)?,
         existing_file("CLEANSLATE_ETCD_KEY_FILE", &raw.etcd_key_file)?,
@@ -525,7 +551,14 @@ fn etcd_config(raw: &RawEnv) -> Result<EtcdConfig> {
         }
         (false, _) => None,
     };
-    Ok(EtcdConfig { endpoints, prefixes, protected_prefixes, auth, tls })
+    let max_txn_ops = parse_count(
+        "CLEANSLATE_ETCD_MAX_TXN_OPS",
+        &raw.etcd_max_txn_ops,
+        crate::etcd::MAX_TXN_OPS as u64,
+        // etcd refuses more than this many ops whatever its flag says (the gRPC message limit).
+        100_000,
+    )? as usize;
+    Ok(EtcdConfig { endpoints, prefixes, protected_prefixes, auth, tls, max_txn_ops })
 }
 
 fn marker_config(env: &Env, required_by_gate: bool) -> Result<Option<MarkerConfig>> {
@@ -636,10 +669,29 @@ mod tests {
         let rabbit = config.rabbitmq.expect("rabbitmq on by default");
         assert_eq!(rabbit.vhost, "/", "vhost default");
         assert_eq!(rabbit.queues, vec!["monorepo", "monorepo-dlq"], "queues trimmed");
-        assert!(rabbit.dead_letters, "dead letters on by default");
+        assert_eq!(rabbit.dead_letters, DeadLetters::Exact, "proven dead-letter routes by default");
         assert_eq!(rabbit.missing, MissingQueue::Ignore, "missing queues ignored by default");
-        assert!(config.etcd.is_some(), "etcd on by default");
+        let etcd = config.etcd.expect("etcd on by default");
+        assert_eq!(etcd.max_txn_ops, 128, "etcd's own default --max-txn-ops");
         assert!(config.marker.is_none(), "no marker without CLEANSLATE_MARKER");
+    }
+
+    /// The dead-letter modes, and the etcd transaction size a lowered server needs.
+    #[test]
+    fn dead_letter_modes_and_transaction_size() {
+        for (text, mode) in [
+            ("true", DeadLetters::Exact),
+            ("exact", DeadLetters::Exact),
+            ("false", DeadLetters::Off),
+            ("Reachable", DeadLetters::Reachable),
+        ] {
+            let config = PurgeConfig::from_env(&env(&with(&[("CLEANSLATE_RABBITMQ_DEAD_LETTERS", text)])), Mode::Purge)
+                .expect("valid config");
+            assert_eq!(config.rabbitmq.expect("rabbitmq").dead_letters, mode, "{text}");
+        }
+        let config =
+            PurgeConfig::from_env(&env(&with(&[("CLEANSLATE_ETCD_MAX_TXN_OPS", "16")])), Mode::Purge).expect("valid");
+        assert_eq!(config.etcd.expect("etcd").max_txn_ops, 16, "configured");
     }
 
     /// Each malformed variable is a configuration error that names it.
@@ -659,6 +711,8 @@ mod tests {
             ("CLEANSLATE_RABBITMQ_MISSING", "skip"),
             ("CLEANSLATE_RABBITMQ_DEAD_LETTERS", "1"),
             ("CLEANSLATE_RABBITMQ_CA_FILE", "/nonexistent/ca.pem"),
+            ("CLEANSLATE_RABBITMQ_CA_FILE", "/etc/hostname"),
+            ("CLEANSLATE_ETCD_MAX_TXN_OPS", "0"),
             ("CLEANSLATE_ETCD_ENDPOINTS", "etcd:2379"),
             ("CLEANSLATE_RABBITMQ_VHOST", "."),
             ("CLEANSLATE_RABBITMQ_VHOST", ".."),

@@ -97,6 +97,38 @@ pub(super) fn existing_file(name: &str, value: &Option<String>) -> Result<Option
     Ok(Some(path))
 }
 
+/// A CA bundle file: it must hold at least one certificate that parses, or a TLS connection would
+/// later fail with a puzzling handshake error (or, with no certificate at all, fall back to the
+/// built-in roots without a word).
+pub(super) fn ca_bundle(name: &str, value: &Option<String>) -> Result<Option<PathBuf>> {
+    let Some(path) = existing_file(name, value)? else { return Ok(None) };
+    let pem =
+        std::fs::read(&path).map_err(|err| config_error(format!("{name}: cannot read {}: {err}", path.display())))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|err| config_error(format!("{name}: {} is not a PEM certificate bundle ({err})", path.display())))?;
+    if certificates.is_empty() {
+        return Err(config_error(format!(
+            "{name}: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    // rustls parses the certificates themselves only when a client is built.
+    let mut builder = reqwest::Client::builder();
+    for certificate in certificates {
+        builder = builder.add_root_certificate(certificate);
+    }
+    builder.build().map_err(|err| {
+        config_error(format!("{name}: {} holds a certificate that does not parse ({err})", path.display()))
+    })?;
+    Ok(Some(path))
+}
+
+/// Whether a name is `.` or `..`, which URL normalisation removes from a path whatever its
+/// encoding (WHATWG URL, "single-dot path segment"): such a vhost or queue cannot be addressed.
+pub fn is_dot_segment(name: &str) -> bool {
+    matches!(name, "." | "..")
+}
+
 /// Parses a URL without ever echoing it: it may carry a password in its userinfo.
 pub(super) fn http_url(name: &str, text: &str) -> Result<Url> {
     let url = Url::parse(text).map_err(|err| config_error(format!("{name} is not a valid URL ({err})")))?;
