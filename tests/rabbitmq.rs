@@ -373,7 +373,7 @@ connection.close()
 }
 
 /// A shared topic dead-letter exchange purges only the dead-letter queues our dead letters reach
-/// (by the dead-letter routing key); behind a direct DLX without a key, a queue fed through a
+/// (the dead-letter routing key equal to a binding's literal key); behind a direct DLX without a key, a queue fed through a
 /// fanout exchange proves only its own name, so another team's queue there is named, not purged.
 #[tokio::test]
 async fn shared_dead_letter_exchanges_purge_only_what_is_reached() {
@@ -385,7 +385,7 @@ async fn shared_dead_letter_exchanges_purge_only_what_is_reached() {
     for queue in ["orders-dlq", "billing-dlq", "audit-dlq", "other-team-dlq"] {
         rabbit.declare(&vhost, queue, json!({})).await;
     }
-    rabbit.bind(&vhost, "shared-dlx", "orders-dlq", "orders.#").await;
+    rabbit.bind(&vhost, "shared-dlx", "orders-dlq", "orders.dead").await;
     rabbit.bind(&vhost, "shared-dlx", "billing-dlq", "billing.#").await;
     rabbit.bind(&vhost, "team-dlx", "audit-dlq", "audit").await;
     rabbit.bind(&vhost, "team-dlx", "other-team-dlq", "other").await;
@@ -421,5 +421,169 @@ async fn shared_dead_letter_exchanges_purge_only_what_is_reached() {
         "the summary names the candidate: {}",
         run.stdout
     );
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// The case that lost another team's data: the dead-letter exchange of a selected queue is the
+/// shared application topic exchange everybody publishes to, with a dead-letter routing key. The
+/// subscribers' queues bound with `#` and `orders.#` keep every message and are named; only the
+/// queue bound with the literal key is purged. `CLEANSLATE_RABBITMQ_DEAD_LETTERS=reachable` is the
+/// opt-in for exchanges known to be dedicated.
+#[tokio::test]
+async fn shared_application_exchange_keeps_other_teams_queues() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "app-exchange").await;
+    rabbit.declare_exchange(&vhost, "app.events", "topic").await;
+    for (queue, key) in [("orders-dlq", "orders.dead"), ("audit", "#"), ("order-history", "orders.#")] {
+        rabbit.declare(&vhost, queue, json!({})).await;
+        rabbit.bind(&vhost, "app.events", queue, key).await;
+    }
+    rabbit
+        .declare(
+            &vhost,
+            "orders",
+            json!({"x-dead-letter-exchange": "app.events", "x-dead-letter-routing-key": "orders.dead"}),
+        )
+        .await;
+    for queue in ["orders", "orders-dlq", "audit", "order-history"] {
+        rabbit.publish(&vhost, queue, 3).await;
+    }
+    let vars = purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders")]);
+    let run = cleanslate(&["purge"], &vars).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    for queue in ["orders", "orders-dlq"] {
+        assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue} purged");
+    }
+    for queue in ["audit", "order-history"] {
+        assert_eq!(rabbit.count(&vhost, queue).await, 3, "{queue}, another team's, keeps every message");
+    }
+    assert!(
+        run.stdout.contains(r#""dead_letter_candidates_not_purged":"audit, order-history""#),
+        "the summary names both: {}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("wildcard binding"), "and says why: {}", run.stdout);
+
+    let opted_in = with(vars, &[("CLEANSLATE_RABBITMQ_DEAD_LETTERS", "reachable")]);
+    let run = cleanslate(&["purge"], &opted_in).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    for queue in ["audit", "order-history"] {
+        assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue} purged once the user opted in");
+    }
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// Streams found by the pattern or as a dead-letter queue (a stream archiving a queue's dead
+/// letters is a supported setup) cannot be purged: warned about and named, and the run succeeds.
+#[tokio::test]
+async fn discovered_streams_are_skipped_and_named() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "found-stream").await;
+    rabbit.declare_exchange(&vhost, "archive", "fanout").await;
+    rabbit.declare(&vhost, "orders-archive", json!({"x-queue-type": "stream"})).await;
+    rabbit.bind(&vhost, "archive", "orders-archive", "").await;
+    rabbit.declare(&vhost, "orders", json!({"x-dead-letter-exchange": "archive"})).await;
+    rabbit.declare(&vhost, "ev-stream", json!({"x-queue-type": "stream"})).await;
+    rabbit.declare(&vhost, "ev-jobs", json!({})).await;
+    for queue in ["orders", "ev-jobs"] {
+        rabbit.publish(&vhost, queue, 2).await;
+    }
+
+    let run = cleanslate(
+        &["purge"],
+        &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders"), ("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "ev-.*")]),
+    )
+    .await;
+
+    assert_eq!(run.code, 0, "queues nobody named do not fail the run: {}", run.all_output());
+    for queue in ["orders", "ev-jobs"] {
+        assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue} purged");
+    }
+    let summary = run.stdout.lines().find(|l| l.contains(r#""message":"purge finished""#)).expect("summary line");
+    assert!(
+        summary.contains("ev-stream (a stream cannot be purged") && summary.contains("orders-archive (a stream"),
+        "the summary names both streams: {summary}"
+    );
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// A management URL that redirects (an ingress's ssl-redirect, a moved path) is a configuration
+/// error naming where it points, without the credentials the Location might carry; nothing is
+/// purged and nothing is retried.
+#[tokio::test]
+async fn redirects_are_refused_naming_the_target() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "redirect").await;
+    rabbit.declare(&vhost, "q", json!({})).await;
+    rabbit.publish(&vhost, "q", 2).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer = "HTTP/1.1 301 Moved Permanently\r\nLocation: https://ingress-user:Ingress-Pw-3@mq.example/rabbit/api/queues\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    let run = cleanslate(
+        &["purge"],
+        &purge_vars(
+            &vhost,
+            &[("CLEANSLATE_RABBITMQ_QUEUES", "q"), ("CLEANSLATE_RABBITMQ_URL", &format!("http://127.0.0.1:{port}"))],
+        ),
+    )
+    .await;
+    assert_eq!(run.code, 78, "a URL that redirects is a configuration error: {}", run.all_output());
+    assert!(
+        run.first_stderr_line().contains("redirecting to https://mq.example/rabbit/api/queues"),
+        "names where it points: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("CLEANSLATE_RABBITMQ_URL"), "and what to change: {}", run.stderr);
+    run.assert_no_secret(&["Ingress-Pw-3", "ingress-user", &rabbit_password()]);
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 1, "asked once, not retried");
+    assert_eq!(rabbit.count(&vhost, "q").await, 2, "nothing purged");
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// A CA file with no certificate, or one that does not parse, is a configuration error naming the
+/// variable (78), before anything is touched.
+#[tokio::test]
+async fn bad_ca_files_are_configuration_errors() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "bad-ca").await;
+    rabbit.declare(&vhost, "q", json!({})).await;
+    rabbit.publish(&vhost, "q", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let not_base64 = "-----BEGIN CERTIFICATE-----\nthis is not base64 at all!\n-----END CERTIFICATE-----\n";
+    let not_a_certificate = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    for (name, contents) in [
+        ("empty.pem", ""),
+        ("key-only.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+        ("not-base64.pem", not_base64),
+        ("not-a-certificate.pem", not_a_certificate),
+    ] {
+        let path = write_file(dir.path(), name, contents);
+        let run = cleanslate(
+            &["purge"],
+            &purge_vars(
+                &vhost,
+                &[
+                    ("CLEANSLATE_RABBITMQ_QUEUES", "q"),
+                    ("CLEANSLATE_RABBITMQ_URL", &rabbit_tls_url()),
+                    ("CLEANSLATE_RABBITMQ_CA_FILE", &path),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(run.code, 78, "{name}: a configuration error: {}", run.all_output());
+        assert!(run.first_stderr_line().contains("CLEANSLATE_RABBITMQ_CA_FILE"), "{name}: names it: {}", run.stderr);
+    }
+    assert_eq!(rabbit.count(&vhost, "q").await, 2, "nothing purged");
     rabbit.delete_vhost(&vhost).await;
 }
