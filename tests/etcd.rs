@@ -280,3 +280,26 @@ async fn committed_transactions_are_counted_when_a_later_one_fails() {
     assert!(run.stderr.contains("deleted 128 of 131 key ranges"), "the error says how far it got: {}", run.stderr);
     run.assert_no_secret(&[user_password, "Etcd-Root-Pw-9c2"]);
 }
+
+/// A server whose operator lowered `--max-txn-ops` refuses etcd's default transaction size;
+/// `CLEANSLATE_ETCD_MAX_TXN_OPS` follows it, and every range is deleted.
+#[tokio::test]
+async fn a_lowered_max_txn_ops_is_followed() {
+    let server = EtcdServer::start(false, &["--max-txn-ops".into(), "4".into()]).await;
+    let mut etcd = etcd_at(std::slice::from_ref(&server.endpoint)).await;
+    let prefixes: Vec<String> = (0..6).map(|i| format!("small/p{i}/")).collect();
+    for prefix in &prefixes {
+        put_keys(&mut etcd, prefix, 2).await;
+    }
+    let vars = purge_vars(&prefixes.join(","), &[("CLEANSLATE_ETCD_ENDPOINTS", &server.endpoint)]);
+
+    let refused = cleanslate(&["purge"], &vars).await;
+    assert_eq!(refused.code, 1, "six operations in one transaction are refused: {}", refused.all_output());
+    assert!(refused.stderr.contains("too many operations"), "etcd's reason: {}", refused.stderr);
+    assert_eq!(count_keys(&mut etcd, "small/").await, 12, "nothing deleted by the refused transaction");
+
+    let run = cleanslate(&["purge"], &with(vars, &[("CLEANSLATE_ETCD_MAX_TXN_OPS", "4")])).await;
+    assert_eq!(run.code, 0, "two transactions of at most four: {}", run.all_output());
+    assert_eq!(count_keys(&mut etcd, "small/").await, 0, "every range deleted");
+    assert!(run.stdout.contains(r#""keys_deleted":12"#), "counted: {}", run.stdout);
+}

@@ -379,3 +379,35 @@ async fn two_purges_at_once() {
     assert_no_secrets(&second, &api);
     rabbit.delete_vhost(&vhost).await;
 }
+
+/// SIGTERM after etcd's transaction committed, while RabbitMQ still hangs: the marker records the
+/// keys that are really gone, not 0.
+#[tokio::test]
+async fn sigterm_keeps_the_counts_committed_before_it() {
+    let api = Api::start().await;
+    let silent = Proxy::for_url(&rabbit_url());
+    silent.black_hole();
+    let mut etcd = etcd().await;
+    let prefix = format!("{}/term/", unique("/f"));
+    put_keys(&mut etcd, &prefix, 7).await;
+    let mut settings = with(
+        rabbit_vars(&silent.url(), "/", &[]),
+        &[("CLEANSLATE_TARGETS", "rabbitmq,etcd"), ("CLEANSLATE_ETCD_PREFIXES", &prefix)],
+    );
+    settings.extend(api.vars(9));
+    let mut child = spawn(&["purge"], &settings);
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), stdout.next_line()).await.unwrap().unwrap() {
+        if line.contains("deleted key range") {
+            break;
+        }
+    }
+    assert_eq!(count_keys(&mut etcd, &prefix).await, 0, "etcd's side is done");
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success(), "signal sent");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(143), "143 on SIGTERM");
+    let marker = api.marker();
+    assert_eq!(marker["status"], json!("failed"), "a stopped run failed: {marker:?}");
+    assert_eq!(marker["keysDeleted"], json!("7"), "the committed deletion is recorded: {marker:?}");
+}

@@ -491,7 +491,10 @@ async fn discovered_streams_are_skipped_and_named() {
 
     let run = cleanslate(
         &["purge"],
-        &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders"), ("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "ev-.*")]),
+        &purge_vars(
+            &vhost,
+            &[("CLEANSLATE_RABBITMQ_QUEUES", "orders"), ("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "ev-.*")],
+        ),
     )
     .await;
 

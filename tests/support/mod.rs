@@ -282,8 +282,11 @@ impl Run {
     }
 }
 
+/// The binary under test: this build's, or `CSTEST_BINARY` (to show that a new test fails
+/// against an older build).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_cleanslate")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| std::env::var("CSTEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cleanslate").into()))
 }
 
 /// The variables the kubelet injects for a Service named `service` (with `enableServiceLinks`, the
