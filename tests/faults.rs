@@ -9,38 +9,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::kube_api::{KubeApi, PodCredentials};
+
 use support::proxy::Proxy;
 use support::*;
 use tokio::io::AsyncBufReadExt;
 
-const NAMESPACE: &str = "dev";
-const MARKER: &str = "faults-marker";
-const TOKEN: &str = "faults-Token-Secret-99";
-
-/// The API stand-in with a marker placeholder and the Job's rights on it.
-struct Api {
-    api: KubeApi,
-    credentials: PodCredentials,
-}
-
-impl Api {
-    async fn start() -> Api {
-        let api = KubeApi::start().await;
-        api.grant(TOKEN, &["get", "update", "watch"], Some(&[MARKER]));
-        api.put(NAMESPACE, MARKER, BTreeMap::new());
-        let credentials = api.credentials();
-        Api { api, credentials }
-    }
-
-    fn vars(&self, revision: u64) -> Vec<(String, String)> {
-        self.credentials.marker_vars(TOKEN, NAMESPACE, MARKER, revision)
-    }
-
-    fn marker(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.api.object(NAMESPACE, MARKER).expect("marker")["data"].as_object().cloned().unwrap_or_default()
-    }
-}
+use support::marker_api::{MARKER, MarkerApi as Api, NAMESPACE, TOKEN};
 
 fn secrets() -> Vec<String> {
     vec![rabbit_password(), TOKEN.to_string()]

@@ -590,3 +590,35 @@ async fn bad_ca_files_are_configuration_errors() {
     assert_eq!(rabbit.count(&vhost, "q").await, 2, "nothing purged");
     rabbit.delete_vhost(&vhost).await;
 }
+
+/// A wrong password on RabbitMQ 3.12+ (`Not_Authorized`, the same 401 as a missing permission)
+/// gets the login hint; a user that logs in but may not use the vhost gets the permission hint.
+#[tokio::test]
+async fn login_and_permission_are_told_apart() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = unique("who");
+    rabbit.create_vhost(&vhost).await;
+    rabbit.declare(&vhost, "q", json!({})).await;
+    rabbit.publish(&vhost, "q", 2).await;
+    let base = purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "q")]);
+
+    let wrong = cleanslate(&["purge"], &with(base.clone(), &[("CLEANSLATE_RABBITMQ_PASSWORD", "Wrong-Pw-4x")])).await;
+    assert_eq!(wrong.code, 1, "fails: {}", wrong.all_output());
+    assert!(wrong.first_stderr_line().contains("rejected the login"), "login hint: {}", wrong.stderr);
+    assert!(!wrong.stderr.contains("lacks permission"), "not the permission hint: {}", wrong.stderr);
+
+    let user = unique("outsider");
+    // A management user with access to another vhost only.
+    rabbit.create_user(&user, "Outsider-Pw-8", "management", "/", ".*").await;
+    let outsider = cleanslate(
+        &["purge"],
+        &with(base, &[("CLEANSLATE_RABBITMQ_USERNAME", &user), ("CLEANSLATE_RABBITMQ_PASSWORD", "Outsider-Pw-8")]),
+    )
+    .await;
+    assert_eq!(outsider.code, 1, "fails: {}", outsider.all_output());
+    assert!(outsider.stderr.contains("lacks permission"), "permission hint: {}", outsider.stderr);
+    outsider.assert_no_secret(&["Outsider-Pw-8", "Wrong-Pw-4x", &rabbit_password()]);
+    assert_eq!(rabbit.count(&vhost, "q").await, 2, "nothing purged");
+    rabbit.delete_user(&user).await;
+    rabbit.delete_vhost(&vhost).await;
+}

@@ -9,6 +9,7 @@
 
 pub mod chart;
 pub mod kube_api;
+pub mod marker_api;
 pub mod proxy;
 pub mod pss;
 
@@ -100,6 +101,11 @@ impl Rabbit {
         Rabbit { http: reqwest::Client::new(), url: rabbit_url(), user: user.into(), password: password.into() }
     }
 
+    /// The test admin on another node (the statistics-off node, a cluster member).
+    pub fn at(url: &str) -> Rabbit {
+        Rabbit { url: url.trim_end_matches('/').into(), ..Rabbit::as_user(&rabbit_user(), &rabbit_password()) }
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::Response {
         let mut request = self
             .http
@@ -157,8 +163,17 @@ impl Rabbit {
 
     /// Publishes `count` messages to `queue` through the default exchange.
     pub async fn publish(&self, vhost: &str, queue: &str, count: usize) {
+        self.publish_with(vhost, queue, count, json!({})).await;
+    }
+
+    /// Publishes `count` persistent messages: they survive their node's restart.
+    pub async fn publish_persistent(&self, vhost: &str, queue: &str, count: usize) {
+        self.publish_with(vhost, queue, count, json!({"delivery_mode": 2})).await;
+    }
+
+    async fn publish_with(&self, vhost: &str, queue: &str, count: usize, properties: Value) {
         for i in 0..count {
-            let body = json!({"properties": {}, "routing_key": queue, "payload": format!("m{i}"), "payload_encoding": "string"});
+            let body = json!({"properties": properties, "routing_key": queue, "payload": format!("m{i}"), "payload_encoding": "string"});
             let response = self
                 .call(reqwest::Method::POST, &format!("exchanges/{}/amq.default/publish", seg(vhost)), Some(body))
                 .await;

@@ -1,0 +1,146 @@
+//! RabbitMQ 4 as users run it, against the servers `hack/services.sh up next` starts: a node with
+//! statistics off (`management.disable_stats`, what RabbitMQ recommends with Prometheus) and a
+//! three-node cluster with a node down. Only the second-generation run of `hack/test.sh` has them;
+//! without them every test here fails with how to start them.
+
+mod support;
+
+use serde_json::json;
+use support::marker_api::MarkerApi;
+use support::*;
+
+const START_NEXT: &str = "start them with `hack/services.sh up next` and `eval \"$(hack/services.sh env next)\"`";
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; {START_NEXT}"))
+}
+
+/// Variables for a RabbitMQ-only purge of `vhost` through the management API at `url`.
+fn purge_vars(url: &str, vhost: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let base = with(
+        service_vars(),
+        &[("CLEANSLATE_TARGETS", "rabbitmq"), ("CLEANSLATE_RABBITMQ_URL", url), ("CLEANSLATE_RABBITMQ_VHOST", vhost)],
+    );
+    with(base, extra)
+}
+
+/// Statistics off: the listing has no policy or consumer columns. Dead-letter queues set by policy
+/// are still found (from the policies), an unselected queue that dead-letters there by policy still
+/// keeps that queue out, and consumer counts are unknown, never 0.
+#[tokio::test]
+async fn policy_dead_lettering_with_statistics_off() {
+    let url = required_env("CSTEST_RABBITMQ_NOSTATS_URL");
+    let rabbit = Rabbit::at(&url);
+    let vhost = unique("nostats");
+    rabbit.create_vhost(&vhost).await;
+    rabbit.declare_exchange(&vhost, "dlx", "direct").await;
+    for queue in ["orders", "orders-dlq", "billing"] {
+        rabbit.declare(&vhost, queue, json!({})).await;
+    }
+    rabbit.bind(&vhost, "dlx", "orders-dlq", "orders").await;
+    rabbit
+        .set_policy(&vhost, "orders-dl", "^orders$", json!({"dead-letter-exchange": "dlx", "dead-letter-routing-key": "orders"}))
+        .await;
+    rabbit.wait_for_policy(&vhost, "orders", "orders-dl").await;
+    for queue in ["orders", "orders-dlq", "billing"] {
+        rabbit.publish(&vhost, queue, 2).await;
+    }
+    let vars = purge_vars(&url, &vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders")]);
+
+    let plan = cleanslate(&["plan"], &vars).await;
+    assert_eq!(plan.code, 0, "plan succeeds: {}", plan.all_output());
+    let dlq_line = plan.stdout.lines().find(|l| l.contains("would purge queue") && l.contains(r#""queue":"orders-dlq""#));
+    let dlq_line = dlq_line.unwrap_or_else(|| panic!("the policy's dead-letter queue is found: {}", plan.stdout));
+    assert!(dlq_line.contains(r#""reason":"dead letters of orders""#), "and why: {dlq_line}");
+    assert!(dlq_line.contains(r#""consumers":"unknown""#), "consumers unknown, not 0: {dlq_line}");
+
+    let run = cleanslate(&["purge"], &vars).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    for queue in ["orders", "orders-dlq"] {
+        assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue} purged");
+    }
+    assert_eq!(rabbit.count(&vhost, "billing").await, 2, "an unselected queue survives");
+
+    // billing now dead-letters into the same queue by policy: orders-dlq is shared, not ours.
+    rabbit
+        .set_policy(&vhost, "billing-dl", "^billing$", json!({"dead-letter-exchange": "dlx", "dead-letter-routing-key": "orders"}))
+        .await;
+    rabbit.wait_for_policy(&vhost, "billing", "billing-dl").await;
+    for queue in ["orders", "orders-dlq"] {
+        rabbit.publish(&vhost, queue, 2).await;
+    }
+    let run = cleanslate(&["purge"], &vars).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert_eq!(rabbit.count(&vhost, "orders").await, 0, "orders purged");
+    assert_eq!(rabbit.count(&vhost, "orders-dlq").await, 2, "a queue billing feeds by policy is left alone");
+    assert!(
+        run.stdout.contains(r#""dead_letter_candidates_not_purged":"orders-dlq""#),
+        "and named: {}",
+        run.stdout
+    );
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// A classic queue whose node is down answers 404 to a purge, like a deleted one. It is not
+/// "vanished": the run fails (exit 1), the marker says failed and names it, and its messages are
+/// there again when the node is back. The queue on a live node is purged and counted.
+#[tokio::test]
+async fn a_queue_on_a_stopped_node_is_not_reported_as_purged() {
+    let urls: Vec<String> = required_env("CSTEST_RABBITMQ_CLUSTER_URLS").split(',').map(String::from).collect();
+    let nodes: Vec<String> = required_env("CSTEST_RABBITMQ_CLUSTER_NODES").split(',').map(String::from).collect();
+    let (first, second) = (Rabbit::at(&urls[0]), Rabbit::at(&urls[1]));
+    let vhost = unique("node-down");
+    first.create_vhost(&vhost).await;
+    first.declare(&vhost, "on-a", json!({"x-queue-type": "classic"})).await;
+    // Declared through the second node's API, the classic queue lives on the second node.
+    second.declare(&vhost, "on-b", json!({"x-queue-type": "classic"})).await;
+    first.publish_persistent(&vhost, "on-a", 2).await;
+    second.publish_persistent(&vhost, "on-b", 3).await;
+    let home = reqwest::Client::new()
+        .get(format!("{}/api/queues/{}/on-b", urls[0], seg(&vhost)))
+        .basic_auth(rabbit_user(), Some(rabbit_password()))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(home["node"], json!(nodes[1]), "on-b lives on the second node: {home}");
+
+    cluster(&["stop", "2"]).await;
+    let api = MarkerApi::start().await;
+    let mut vars = purge_vars(
+        &urls[0],
+        &vhost,
+        &[
+            ("CLEANSLATE_RABBITMQ_QUEUES", "on-a,on-b"),
+            ("CLEANSLATE_RETRY_ATTEMPTS", "2"),
+            ("CLEANSLATE_RETRY_BACKOFF", "200ms"),
+        ],
+    );
+    vars.extend(api.vars(4));
+    let run = cleanslate(&["purge"], &vars).await;
+    cluster(&["start", "2"]).await;
+
+    assert_eq!(run.code, 1, "an unavailable queue fails the run: {}", run.all_output());
+    assert!(run.stderr.contains("not purged: on-b"), "names it: {}", run.stderr);
+    assert!(run.stderr.contains("the queue exists: it is unavailable"), "says why: {}", run.stderr);
+    let marker = api.marker();
+    assert_eq!(marker["status"], json!("failed"), "the marker says failed: {marker:?}");
+    assert_eq!(marker["queuesPurged"], json!("1"), "only on-a counts as purged: {marker:?}");
+    assert!(marker["message"].as_str().unwrap_or("").contains("on-b"), "and names on-b: {marker:?}");
+    assert_eq!(first.count(&vhost, "on-a").await, 0, "the live node's queue is purged");
+    assert_eq!(first.count(&vhost, "on-b").await, 3, "on-b's messages are still there");
+    first.delete_vhost(&vhost).await;
+}
+
+/// Runs `hack/services.sh cluster ARGS`, which returns once the node is down or back.
+async fn cluster(args: &[&str]) {
+    let output = tokio::process::Command::new(repo_root().join("hack/services.sh"))
+        .arg("cluster")
+        .args(args)
+        .output()
+        .await
+        .expect("hack/services.sh runs");
+    assert!(output.status.success(), "cluster {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
