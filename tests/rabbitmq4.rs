@@ -1,7 +1,8 @@
 //! RabbitMQ 4 as users run it, against the servers `hack/services.sh up next` starts: a node with
 //! statistics off (`management.disable_stats`, what RabbitMQ recommends with Prometheus) and a
-//! three-node cluster with a node down. Only the second-generation run of `hack/test.sh` has them;
-//! without them every test here fails with how to start them.
+//! three-node cluster with a node down. Only the second-generation run of `hack/test.sh` has them,
+//! so the tests are `#[ignore]`d (shown as ignored, never as passed) in the first and run there with
+//! `--include-ignored`; without the servers every test here fails with how to start them.
 
 mod support;
 
@@ -28,6 +29,7 @@ fn purge_vars(url: &str, vhost: &str, extra: &[(&str, &str)]) -> Vec<(String, St
 /// are still found (from the policies), an unselected queue that dead-letters there by policy still
 /// keeps that queue out, and consumer counts are unknown, never 0.
 #[tokio::test]
+#[ignore = "needs hack/services.sh up next (hack/test.sh runs it)"]
 async fn policy_dead_lettering_with_statistics_off() {
     let url = required_env("CSTEST_RABBITMQ_NOSTATS_URL");
     let rabbit = Rabbit::at(&url);
@@ -85,6 +87,7 @@ async fn policy_dead_lettering_with_statistics_off() {
 /// "vanished": the run fails (exit 1), the marker says failed and names it, and its messages are
 /// there again when the node is back. The queue on a live node is purged and counted.
 #[tokio::test]
+#[ignore = "needs hack/services.sh up next (hack/test.sh runs it)"]
 async fn a_queue_on_a_stopped_node_is_not_reported_as_purged() {
     let urls: Vec<String> = required_env("CSTEST_RABBITMQ_CLUSTER_URLS").split(',').map(String::from).collect();
     let nodes: Vec<String> = required_env("CSTEST_RABBITMQ_CLUSTER_NODES").split(',').map(String::from).collect();
