@@ -622,3 +622,58 @@ async fn login_and_permission_are_told_apart() {
     rabbit.delete_user(&user).await;
     rabbit.delete_vhost(&vhost).await;
 }
+
+/// Sources are purged before the dead-letter queues they feed, and those (a retry loop through a
+/// TTL queue included) get a second pass at the end, so what was dead-lettered during the run is
+/// gone too.
+#[tokio::test]
+async fn dead_letter_queues_go_after_their_sources_and_twice() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "order").await;
+    rabbit.declare_exchange(&vhost, "orders.dlx", "fanout").await;
+    // A retry loop: orders dead-letters to orders-retry, whose expired messages go back to orders.
+    rabbit
+        .declare(
+            &vhost,
+            "orders-retry",
+            json!({"x-message-ttl": 600000, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "orders"}),
+        )
+        .await;
+    rabbit.bind(&vhost, "orders.dlx", "orders-retry", "").await;
+    rabbit.declare(&vhost, "orders", json!({"x-dead-letter-exchange": "orders.dlx"})).await;
+    rabbit.declare(&vhost, "audit", json!({"x-dead-letter-exchange": "orders.dlx"})).await;
+    rabbit.declare(&vhost, "parcels", json!({})).await;
+    for queue in ["orders", "orders-retry", "audit", "parcels"] {
+        rabbit.publish(&vhost, queue, 2).await;
+    }
+    let run = cleanslate(
+        &["purge"],
+        &purge_vars(
+            &vhost,
+            &[("CLEANSLATE_RABBITMQ_QUEUES", "audit,parcels,orders,orders-retry"), ("CLEANSLATE_CONCURRENCY", "1")],
+        ),
+    )
+    .await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    let purged: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains(r#""message":"purged queue""#))
+        .map(|l| l.split(r#""queue":""#).nth(1).unwrap().split('"').next().unwrap())
+        .collect();
+    // audit and parcels feed nothing selected but orders-retry's loop; orders and orders-retry
+    // feed each other, so both come after the plain sources, and both come again at the end.
+    assert_eq!(purged.len(), 6, "four queues, two of them twice: {purged:?}");
+    let (sources, loop_queues) = purged.split_at(2);
+    assert_eq!(sources, ["audit", "parcels"], "sources first: {purged:?}");
+    for queue in ["orders", "orders-retry"] {
+        assert_eq!(loop_queues.iter().filter(|q| **q == queue).count(), 2, "{queue} purged twice: {purged:?}");
+    }
+    assert!(run.stdout.contains("second pass over dead-letter queues"), "says so: {}", run.stdout);
+    for queue in ["orders", "orders-retry", "audit", "parcels"] {
+        assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue} empty");
+    }
+    let summary = run.stdout.lines().find(|l| l.contains(r#""message":"purge finished""#)).expect("summary");
+    assert!(summary.contains(r#""queues_purged":4"#), "each queue counted once: {summary}");
+    rabbit.delete_vhost(&vhost).await;
+}

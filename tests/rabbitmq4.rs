@@ -41,7 +41,12 @@ async fn policy_dead_lettering_with_statistics_off() {
     }
     rabbit.bind(&vhost, "dlx", "orders-dlq", "orders").await;
     rabbit
-        .set_policy(&vhost, "orders-dl", "^orders$", json!({"dead-letter-exchange": "dlx", "dead-letter-routing-key": "orders"}))
+        .set_policy(
+            &vhost,
+            "orders-dl",
+            "^orders$",
+            json!({"dead-letter-exchange": "dlx", "dead-letter-routing-key": "orders"}),
+        )
         .await;
     rabbit.wait_for_policy(&vhost, "orders", "orders-dl").await;
     for queue in ["orders", "orders-dlq", "billing"] {
@@ -51,7 +56,8 @@ async fn policy_dead_lettering_with_statistics_off() {
 
     let plan = cleanslate(&["plan"], &vars).await;
     assert_eq!(plan.code, 0, "plan succeeds: {}", plan.all_output());
-    let dlq_line = plan.stdout.lines().find(|l| l.contains("would purge queue") && l.contains(r#""queue":"orders-dlq""#));
+    let dlq_line =
+        plan.stdout.lines().find(|l| l.contains("would purge queue") && l.contains(r#""queue":"orders-dlq""#));
     let dlq_line = dlq_line.unwrap_or_else(|| panic!("the policy's dead-letter queue is found: {}", plan.stdout));
     assert!(dlq_line.contains(r#""reason":"dead letters of orders""#), "and why: {dlq_line}");
     assert!(dlq_line.contains(r#""consumers":"unknown""#), "consumers unknown, not 0: {dlq_line}");
@@ -65,7 +71,12 @@ async fn policy_dead_lettering_with_statistics_off() {
 
     // billing now dead-letters into the same queue by policy: orders-dlq is shared, not ours.
     rabbit
-        .set_policy(&vhost, "billing-dl", "^billing$", json!({"dead-letter-exchange": "dlx", "dead-letter-routing-key": "orders"}))
+        .set_policy(
+            &vhost,
+            "billing-dl",
+            "^billing$",
+            json!({"dead-letter-exchange": "dlx", "dead-letter-routing-key": "orders"}),
+        )
         .await;
     rabbit.wait_for_policy(&vhost, "billing", "billing-dl").await;
     for queue in ["orders", "orders-dlq"] {
@@ -75,11 +86,7 @@ async fn policy_dead_lettering_with_statistics_off() {
     assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
     assert_eq!(rabbit.count(&vhost, "orders").await, 0, "orders purged");
     assert_eq!(rabbit.count(&vhost, "orders-dlq").await, 2, "a queue billing feeds by policy is left alone");
-    assert!(
-        run.stdout.contains(r#""dead_letter_candidates_not_purged":"orders-dlq""#),
-        "and named: {}",
-        run.stdout
-    );
+    assert!(run.stdout.contains(r#""dead_letter_candidates_not_purged":"orders-dlq""#), "and named: {}", run.stdout);
     rabbit.delete_vhost(&vhost).await;
 }
 
