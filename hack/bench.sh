@@ -3,6 +3,11 @@
 # one run on this machine, and writes the results to BENCHMARKS.md (or, with --smoke, a tiny run
 # to .scratch/bench-smoke.md so CI proves the script still works).
 #
+#   hack/bench.sh [--smoke] [--gen current|next]
+#
+# --gen next runs against the next generation of hack/services.sh (RabbitMQ 4.0, etcd 3.5) and writes
+# BENCHMARKS-next.md (or .scratch/bench-smoke-next.md); current (RabbitMQ 3.10, etcd 3.4) is the default.
+#
 # Contenders, each on freshly seeded data, median of several runs:
 #   cleanslate purge | rabbitmqadmin purge queue per queue + etcdctl del --prefix |
 #   a curl loop (sequential, and xargs -P 8) + etcdctl del --prefix |
@@ -13,12 +18,28 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-mode="${1:-full}"
+mode=full gen=current
+while (($#)); do
+  case "$1" in
+    --smoke) mode=--smoke ;;
+    --gen) gen="${2:-}"; shift ;;
+    --gen=*) gen="${1#--gen=}" ;;
+    *) echo "usage: $0 [--smoke] [--gen current|next]" >&2; exit 64 ;;
+  esac
+  shift
+done
+case "$gen" in
+  current) rabbitmqctl=(hack/services.sh ctl) suffix="" ;;
+  next) rabbitmqctl=(hack/services.sh ctl4) suffix="-next" ;;
+  *) echo "bench: --gen is current or next, not '$gen'" >&2; exit 64 ;;
+esac
 hack/setup.sh >/dev/null
 export PATH="$root/.tools/bin:$PATH"
-hack/services.sh up >/dev/null
-eval "$(hack/services.sh env)"
+hack/services.sh up "$gen" >/dev/null
+eval "$(hack/services.sh env "$gen")"
 export CSTEST_AMQP_PORT CSTEST_RABBITMQ_USERNAME CSTEST_RABBITMQ_PASSWORD CSTEST_ETCD_ENDPOINT
+# The generation's own etcdctl (3.4 or 3.5), by path: PATH keeps the usual cargo and tools.
+etcdctl="$CSTEST_ETCD_BIN_DIR/etcdctl"
 hack/build-release.sh >/dev/null
 bin="$root/target/x86_64-unknown-linux-gnu/release/cleanslate"
 CLEANSLATE_BINARY="$bin" hack/image.sh >/dev/null
@@ -30,12 +51,12 @@ curl -fsS -u "$CSTEST_RABBITMQ_USERNAME:$CSTEST_RABBITMQ_PASSWORD" "$CSTEST_RABB
 
 if [[ "$mode" == "--smoke" ]]; then
   sizes=("smoke 2 200 100 1 1")
-  output="$root/.scratch/bench-smoke.md"
+  output="$root/.scratch/bench-smoke$suffix.md"
   gate_runs=5 poll_runs=1
 else
   # name queues messages keys runs runs-of-the-slow-manual-contenders
   sizes=("typical 20 20000 10000 5 3" "large 1000 1000000 200000 3 1")
-  output="$root/BENCHMARKS.md"
+  output="$root/BENCHMARKS$suffix.md"
   gate_runs=100 poll_runs=10
 fi
 
@@ -50,7 +71,7 @@ etcd_count() { # keys under a prefix, counted by the server
     "$py" -c 'import json,sys; print(json.load(sys.stdin).get("count", "0"))'
 }
 
-queue_counts() { hack/services.sh ctl list_queues -q name messages | awk '$1 ~ /^bench-/'; }
+queue_counts() { "${rabbitmqctl[@]}" list_queues -q name messages | awk '$1 ~ /^bench-/'; }
 
 verify() { # everything selected gone; survivors intact
   local label="$1" keep_before="$2"
@@ -67,9 +88,9 @@ verify() { # everything selected gone; survivors intact
 contender_cmd() { # the shell command of one contender; queue names in $work/queues
   case "$1" in
     cleanslate) echo "env CLEANSLATE_ENVIRONMENT=dev CLEANSLATE_RABBITMQ_URL=$CSTEST_RABBITMQ_URL CLEANSLATE_RABBITMQ_USERNAME=$CSTEST_RABBITMQ_USERNAME CLEANSLATE_RABBITMQ_PASSWORD=$CSTEST_RABBITMQ_PASSWORD CLEANSLATE_RABBITMQ_QUEUE_PATTERN='bench-q[0-9]+' CLEANSLATE_ETCD_ENDPOINTS=$CSTEST_ETCD_ENDPOINT CLEANSLATE_ETCD_PREFIXES=bench/monorepo/ CLEANSLATE_TIMEOUT=5m RUST_LOG=warn $bin purge" ;;
-    rabbitmqadmin) echo "while read -r q; do python3 $work/rabbitmqadmin -H 127.0.0.1 -P ${CSTEST_RABBITMQ_URL##*:} -u $CSTEST_RABBITMQ_USERNAME -p $CSTEST_RABBITMQ_PASSWORD purge queue name=\$q >/dev/null; done < $work/queues; ETCDCTL_API=3 etcdctl --endpoints $CSTEST_ETCD_ENDPOINT del --prefix bench/monorepo/ >/dev/null" ;;
-    curl-seq) echo "while read -r q; do curl -fsS -o /dev/null -u $auth -X DELETE $mgmt/queues/%2F/\$q/contents; done < $work/queues; ETCDCTL_API=3 etcdctl --endpoints $CSTEST_ETCD_ENDPOINT del --prefix bench/monorepo/ >/dev/null" ;;
-    curl-p8) echo "xargs -P 8 -I{} curl -fsS -o /dev/null -u $auth -X DELETE $mgmt/queues/%2F/{}/contents < $work/queues; ETCDCTL_API=3 etcdctl --endpoints $CSTEST_ETCD_ENDPOINT del --prefix bench/monorepo/ >/dev/null" ;;
+    rabbitmqadmin) echo "while read -r q; do python3 $work/rabbitmqadmin -H 127.0.0.1 -P ${CSTEST_RABBITMQ_URL##*:} -u $CSTEST_RABBITMQ_USERNAME -p $CSTEST_RABBITMQ_PASSWORD purge queue name=\$q >/dev/null; done < $work/queues; ETCDCTL_API=3 $etcdctl --endpoints $CSTEST_ETCD_ENDPOINT del --prefix bench/monorepo/ >/dev/null" ;;
+    curl-seq) echo "while read -r q; do curl -fsS -o /dev/null -u $auth -X DELETE $mgmt/queues/%2F/\$q/contents; done < $work/queues; ETCDCTL_API=3 $etcdctl --endpoints $CSTEST_ETCD_ENDPOINT del --prefix bench/monorepo/ >/dev/null" ;;
+    curl-p8) echo "xargs -P 8 -I{} curl -fsS -o /dev/null -u $auth -X DELETE $mgmt/queues/%2F/{}/contents < $work/queues; ETCDCTL_API=3 $etcdctl --endpoints $CSTEST_ETCD_ENDPOINT del --prefix bench/monorepo/ >/dev/null" ;;
   esac
 }
 
@@ -130,13 +151,15 @@ gate_table="$(CSBENCH_GATE_RUNS=$gate_runs CSBENCH_POLL_RUNS=$poll_runs cargo be
 {
   echo "# Benchmarks"
   echo
-  echo "Reproduce with \`hack/bench.sh\` (about 15 minutes; \`hack/bench.sh --smoke\` is the tiny run CI does)."
+  flag=""
+  [[ "$gen" == current ]] || flag=" --gen $gen"
+  echo "Reproduce with \`hack/bench.sh$flag\` (about 15 minutes; \`hack/bench.sh --smoke$flag\` is the tiny run CI does)."
   echo "Every contender runs on freshly seeded data; after every run the script checks that all selected"
   echo "messages and keys are gone and that the survivors (queue \`bench-keep\`, keys under"
   echo "\`bench/monorepo-keep/\` and \`/registry/bench/\`) are untouched."
   echo
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r);"
-  echo "RabbitMQ $(hack/services.sh ctl version 2>/dev/null | tail -1), etcd $(etcd --version | awk 'NR == 1 {print $3}'), all on loopback; run on $(date -u +%Y-%m-%d)."
+  echo "RabbitMQ $CSTEST_RABBITMQ_VERSION, etcd $("$CSTEST_ETCD_BIN_DIR/etcd" --version | awk 'NR == 1 {print $3}'), all on loopback; run on $(date -u +%Y-%m-%d)."
   echo "Release binary: $(stat -c %s "$bin" | awk '{printf "%.1f MB", $1 / 1e6}') (static, stripped)."
   echo "Image (\`hack/image.sh\`, OCI archive with one gzip layer holding only the binary): $(stat -c %s "$image" | awk '{printf "%.1f MB", $1 / 1e6}') to pull, $(stat -c %s "$bin" | awk '{printf "%.1f MB", $1 / 1e6}') unpacked."
   echo

@@ -8,8 +8,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
 mkdir -p "$tools/bin"
 
-# buildah builds the image daemonless (hack/image.sh).
-apt_packages=(protobuf-compiler libprotobuf-dev rabbitmq-server etcd-server etcd-client shellcheck curl python3-venv buildah)
+# buildah builds the image daemonless (hack/image.sh). debootstrap makes the trixie root that
+# `hack/services.sh up next` runs RabbitMQ 4.0 and etcd 3.5 from (bookworm has neither).
+apt_packages=(protobuf-compiler libprotobuf-dev rabbitmq-server etcd-server etcd-client shellcheck curl python3-venv buildah debootstrap)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
