@@ -6,8 +6,10 @@
 # Generations (hack/services.sh): "current" is RabbitMQ 3.10 + etcd 3.4 (Debian bookworm), "next"
 # is RabbitMQ 4.0 + etcd 3.5 (Debian trixie, run from a debootstrap root), with a RabbitMQ 4 node
 # with statistics off and a three-node cluster. Every test runs against the first; the store tests
-# (RabbitMQ, etcd, faults, command line) and tests/rabbitmq4.rs run again against the second, side
-# by side with the Helm 3 chart run. Each phase prints how long it took.
+# (RabbitMQ, etcd, faults, command line) and tests/rabbitmq4.rs run again against the second (after
+# the Helm 3 chart run, not beside it: the fault tests hold deadlines within 10%). The second
+# generation starts in the background while the first one's checks run. Each phase prints how long
+# it took.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +27,18 @@ export PATH="$root/.tools/bin:$PATH"
 
 phase "services (the second generation starts in the background: its first start makes a trixie root)"
 scratch_logs="$(mktemp -d)"
-trap 'rm -rf "$scratch_logs"' EXIT
+services_next=""
+cleanup() {
+  # A failure anywhere must not leave the background start (debootstrap, RabbitMQ nodes) running
+  # unseen: stop it and show what it said.
+  if [[ -n "$services_next" ]] && kill -0 "$services_next" 2>/dev/null; then
+    kill "$services_next" 2>/dev/null || true
+    echo "test: stopped the background start of the second generation; its log:" >&2
+    cat "$scratch_logs/services-next.log" >&2 || true
+  fi
+  rm -rf "$scratch_logs"
+}
+trap cleanup EXIT
 hack/services.sh up next >"$scratch_logs/services-next.log" 2>&1 &
 services_next=$!
 hack/services.sh up current
@@ -52,32 +65,28 @@ test_log="$scratch_logs/tests.log"
 # with Helm 3 (CSTEST_HELM), so both majors render and install the chart in every CI run.
 cargo test --locked 2>&1 | tee "$test_log"
 
+phase "chart and end-to-end tests with Helm 3 ($("$root/.tools/bin/helm3" version --template '{{.Version}}'))"
+CSTEST_HELM="$root/.tools/bin/helm3" cargo test --locked --test chart --test end_to_end 2>&1 | tee -a "$test_log"
+
 phase "second generation up"
-if ! wait "$services_next"; then
-  cat "$scratch_logs/services-next.log" >&2
-  echo "test: hack/services.sh up next failed" >&2
+next_status=0
+wait "$services_next" || next_status=$?
+services_next=""
+cat "$scratch_logs/services-next.log"
+if ((next_status)); then
+  echo "test: hack/services.sh up next failed (exit $next_status)" >&2
   exit 1
 fi
-cat "$scratch_logs/services-next.log"
+next_env="$(hack/services.sh env next)"
 
-phase "store tests against the second generation, side by side with the chart and end-to-end tests with Helm 3"
+phase "store tests against the second generation"
 (
-  eval "$(hack/services.sh env next)"
+  eval "$next_env"
   # Throwaway etcd servers in the tests run the generation's own etcd from PATH.
   export PATH="$CSTEST_ETCD_BIN_DIR:$PATH"
-  echo "== store tests against RabbitMQ $CSTEST_RABBITMQ_VERSION and etcd $(etcd --version | awk 'NR == 1 {print $3}')"
+  echo "against RabbitMQ $CSTEST_RABBITMQ_VERSION and etcd $(etcd --version | awk 'NR == 1 {print $3}')"
   cargo test --locked --test rabbitmq --test rabbitmq4 --test etcd --test faults --test cli -- --include-ignored
-) >"$scratch_logs/next.log" 2>&1 &
-next_tests=$!
-echo "== chart and end-to-end tests with Helm 3 ($("$root/.tools/bin/helm3" version --template '{{.Version}}'))"
-CSTEST_HELM="$root/.tools/bin/helm3" cargo test --locked --test chart --test end_to_end 2>&1 | tee -a "$test_log"
-next_status=0
-wait "$next_tests" || next_status=$?
-tee -a "$test_log" <"$scratch_logs/next.log"
-if ((next_status)); then
-  echo "test: the second generation's store tests failed (exit $next_status)" >&2
-  exit "$next_status"
-fi
+) 2>&1 | tee -a "$test_log"
 
 if [[ -x hack/bench.sh ]]; then
   phase "benchmark smoke run, both generations"
@@ -86,4 +95,5 @@ if [[ -x hack/bench.sh ]]; then
 fi
 phase "all checks passed"
 # One closing line with the totals of every test binary (cargo's last line is the doc-test run).
-awk '/^test result:/ {passed += $4; failed += $6; ignored += $8} END {printf "tests: %d passed, %d failed, %d ignored in the first pass and run in the second\n", passed, failed, ignored}' "$test_log"
+# (tests/rabbitmq4.rs counts once as ignored, in the first pass, and once as passed, in the second.)
+awk '/^test result:/ {passed += $4; failed += $6} END {printf "tests: %d passed, %d failed\n", passed, failed}' "$test_log"

@@ -52,6 +52,9 @@ pub struct Topology {
     /// Exchange name → type.
     pub exchanges: BTreeMap<String, String>,
     pub bindings: Vec<BindingInfo>,
+    /// Exchange name → its alternate exchange (argument or policy), which receives what the
+    /// exchange routes nowhere: whatever is behind it is reachable, never proven.
+    pub alternates: BTreeMap<String, String>,
     /// Whether a wildcard topic binding (`*`, `#`) that matches the dead-letter key proves a route
     /// (`CLEANSLATE_RABBITMQ_DEAD_LETTERS=reachable`). By default it does not: an application's
     /// topic exchange that doubles as a dead-letter exchange has other teams' queues bound with
@@ -68,6 +71,9 @@ pub struct Route {
     pub candidates: BTreeSet<String>,
     /// Why candidates exist, for the plan and the summary.
     pub unproven_because: Option<String>,
+    /// The dead letters may reach any queue of the vhost (the default exchange with keys that are
+    /// not known): for the outside-feeder check.
+    pub any_queue: bool,
 }
 
 /// The routing keys a dead letter can carry.
@@ -83,8 +89,15 @@ impl Topology {
         Topology {
             exchanges: exchanges.into_iter().map(|e| (e.name, e.exchange_type)).collect(),
             bindings,
+            alternates: BTreeMap::new(),
             wildcard_routes_proven: false,
         }
+    }
+
+    /// The same topology, with the alternate exchanges of its exchanges.
+    pub fn with_alternates(mut self, alternates: BTreeMap<String, String>) -> Topology {
+        self.alternates = alternates;
+        self
     }
 
     /// The same topology, with wildcard topic bindings taken as proof (or not).
@@ -138,7 +151,13 @@ impl Topology {
             // The default exchange routes the original keys to queues of those names: the source
             // itself (a cycle RabbitMQ drops) or other queues that merely share a binding key's name.
             let mut route = Route::default();
-            let (Keys::Known(keys) | Keys::Open(keys, _)) = self.original_keys(source_queue);
+            let keys = match self.original_keys(source_queue) {
+                Keys::Known(keys) => keys,
+                Keys::Open(keys, _) => {
+                    route.any_queue = true;
+                    keys
+                }
+            };
             route.candidates = keys.into_iter().filter(|k| k != source_queue).collect();
             if !route.candidates.is_empty() {
                 route.unproven_because = Some(format!(
@@ -210,6 +229,30 @@ impl Topology {
                 }
             }
         }
+        if let Some(alternate) = self.alternates.get(exchange) {
+            // Only what nothing else matched goes there; taken as possible, never as proof.
+            let mut behind = Route::default();
+            self.route(alternate, None, visited, &mut behind);
+            route.candidates.extend(behind.reached.into_iter().chain(behind.candidates));
+            route.any_queue |= behind.any_queue || alternate.is_empty();
+            route.unproven_because.get_or_insert_with(|| {
+                format!(
+                    "exchange {exchange:?} has the alternate exchange {alternate:?}, which gets what it routes nowhere"
+                )
+            });
+        }
+    }
+
+    /// Where dead letters of an unselected queue may go, as widely as possible: without a
+    /// dead-letter routing key they carry their original keys, including any CC/BCC header keys
+    /// (<https://www.rabbitmq.com/docs/dlx#routing>), so any key at all.
+    pub fn route_any_key(&self, source_queue: &str, exchange: &str, routing_key: Option<&str>) -> Route {
+        if routing_key.is_some() {
+            return self.route_dead_letters(source_queue, exchange, routing_key);
+        }
+        let mut route = Route { any_queue: exchange.is_empty(), ..Route::default() };
+        self.route(exchange, None, &mut BTreeSet::new(), &mut route);
+        route
     }
 
     /// Whether a message with `key` (`None`: any key) sent to `exchange` follows `binding`, and
@@ -280,13 +323,20 @@ pub fn select_dead_letter_queues(
         .filter(|(_, (exchange, _))| topology.has_exchange(exchange))
         .map(|(queue, (exchange, key))| (queue, topology.route_dead_letters(queue, exchange, key.as_deref())))
         .collect();
-    // Every queue whose dead letters may reach `target` (proven or not), itself aside: a DLQ that
-    // has the same dead-letter policy as its source (`set_policy DLX ".*"`) routes to itself.
+    // Where each queue's dead letters may go at the widest, for telling outsiders from insiders.
+    let widest: BTreeMap<&String, Route> = dead_letter_targets
+        .iter()
+        .filter(|(_, (exchange, _))| topology.has_exchange(exchange))
+        .map(|(queue, (exchange, key))| (queue, topology.route_any_key(queue, exchange, key.as_deref())))
+        .collect();
+    // Every queue whose dead letters may reach `target` (proven or not, any key), itself aside: a
+    // DLQ that has the same dead-letter policy as its source (`set_policy DLX ".*"`) routes to itself.
     let feeders = |target: &str| -> Vec<&String> {
-        routes
+        widest
             .iter()
             .filter(|(source, route)| {
-                source.as_str() != target && (route.reached.contains(target) || route.candidates.contains(target))
+                source.as_str() != target
+                    && (route.any_queue || route.reached.contains(target) || route.candidates.contains(target))
             })
             .map(|(source, _)| *source)
             .collect()
@@ -605,5 +655,58 @@ mod tests {
         let topology = Topology::default();
         let route = topology.route_dead_letters("orders", "", Some("orders-dlq"));
         assert_eq!(route.reached, set(&["orders-dlq"]), "queue named by the key");
+    }
+
+    /// An unselected queue without a dead-letter routing key dead-letters with its messages'
+    /// original keys, CC/BCC header keys included: any key. It may feed every queue behind its
+    /// dead-letter exchange, so those are not ours; a key of its own makes the route provable.
+    #[test]
+    fn unselected_queues_without_a_key_may_carry_any_key() {
+        let topology = Topology::new(
+            vec![exchange("dlx", "direct")],
+            vec![bind("dlx", "orders-dlq", "orders"), bind("dlx", "billing-dlq", "billing")],
+        );
+        let keyless = targets(&[("orders", "dlx", None), ("billing", "dlx", None)]);
+        let (taken, candidates) = select_dead_letter_queues(&set(&["orders"]), &keyless, &topology);
+        assert!(taken.is_empty(), "billing's CC keys may reach orders-dlq: {taken:?}");
+        assert!(
+            candidates.iter().any(|c| c.queue == "orders-dlq" && c.why.contains("billing")),
+            "named: {candidates:?}"
+        );
+        let keyed = targets(&[("orders", "dlx", None), ("billing", "dlx", Some("billing"))]);
+        let (taken, _) = select_dead_letter_queues(&set(&["orders"]), &keyed, &topology);
+        assert_eq!(taken, [("orders-dlq".to_string(), "orders".to_string())], "billing's own key proves it elsewhere");
+    }
+
+    /// What an exchange routes nowhere goes to its alternate exchange: an unselected queue's dead
+    /// letters may arrive that way, and queues behind it are never proven.
+    #[test]
+    fn alternate_exchanges_are_possible_routes() {
+        let topology = Topology::new(
+            vec![exchange("dlx", "direct"), exchange("billing-dlx", "direct")],
+            vec![bind("dlx", "orders-dlq", "orders"), bind("billing-dlx", "billing-dlq", "billing")],
+        )
+        .with_alternates(BTreeMap::from([("billing-dlx".to_string(), "dlx".to_string())]));
+        let dead_letters = targets(&[("orders", "dlx", Some("orders")), ("billing", "billing-dlx", Some("orders"))]);
+        let (taken, candidates) = select_dead_letter_queues(&set(&["orders"]), &dead_letters, &topology);
+        assert!(taken.is_empty(), "billing's unrouted dead letters fall through to orders-dlq: {taken:?}");
+        assert!(candidates.iter().any(|c| c.queue == "orders-dlq"), "named: {candidates:?}");
+        let route = topology.route_dead_letters("billing", "billing-dlx", Some("billing"));
+        assert_eq!(route.reached, set(&["billing-dlq"]), "the bound route is proven");
+        assert_eq!(route.candidates, set(&["orders-dlq"]), "the alternate one is not");
+    }
+
+    /// An unselected queue fed with any key that dead-letters to the default exchange without a
+    /// key may reach any queue of the vhost: nothing is provably ours.
+    #[test]
+    fn the_default_exchange_with_unknown_keys_may_reach_any_queue() {
+        let topology = Topology::new(
+            vec![exchange("events", "fanout"), exchange("dlx", "fanout")],
+            vec![bind("events", "subscriber", ""), bind("dlx", "orders-dlq", "")],
+        );
+        let dead_letters = targets(&[("orders", "dlx", None), ("subscriber", "", None)]);
+        let (taken, candidates) = select_dead_letter_queues(&set(&["orders"]), &dead_letters, &topology);
+        assert!(taken.is_empty(), "subscriber may dead-letter into any queue: {taken:?}");
+        assert!(candidates.iter().any(|c| c.why.contains("subscriber")), "named: {candidates:?}");
     }
 }

@@ -291,9 +291,13 @@ fn sort_error(err: etcd_client::Error, what: &str) -> Attempt {
             Code::ResourceExhausted | Code::Aborted | Code::Internal | Code::Unknown => {
                 Attempt::Transient(anyhow!("{what}: etcd answered {}: {}", code_name(status.code()), status.message()))
             }
-            // An expired or revoked token (its TTL passed, the member restarted): etcd-client renews
-            // it once by itself; if that raced, a fresh connection authenticates again.
-            Code::InvalidArgument | Code::Unauthenticated if status.message().contains("invalid auth token") => {
+            // An expired or revoked token (its TTL passed, the member restarted), or a token older
+            // than the auth store (a user or role changed meanwhile): etcd-client renews an expired
+            // one by itself; otherwise a fresh connection authenticates again, as etcd's own client does.
+            Code::InvalidArgument | Code::Unauthenticated | Code::FailedPrecondition
+                if status.message().contains("invalid auth token")
+                    || status.message().contains("revision of auth store is old") =>
+            {
                 Attempt::Transient(anyhow!("{what}: etcd answered {}: {}", code_name(status.code()), status.message()))
             }
             Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
@@ -501,6 +505,9 @@ mod tests {
         let status = |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
         let expired = sort_error(status(tonic::Code::Unauthenticated, "etcdserver: invalid auth token"), "deleting");
         assert!(matches!(expired, Attempt::Transient(_)), "expired token: {expired:?}");
+        let old =
+            sort_error(status(tonic::Code::InvalidArgument, "etcdserver: revision of auth store is old"), "deleting");
+        assert!(matches!(old, Attempt::Transient(_)), "stale auth revision: {old:?}");
         let refused = sort_error(
             status(tonic::Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password"),
             "connecting",

@@ -7,13 +7,16 @@
 //! RabbitMQ's rules (`rabbit_policy`, <https://www.rabbitmq.com/docs/policies>): a policy's
 //! `pattern` is a regular expression searched anywhere in the name (not anchored); `apply-to` limits
 //! it to `queues` (any type), `classic_queues`, `quorum_queues`, `streams`, `exchanges` or `all`; of
-//! the matching policies the one with the highest `priority` applies (ties are not specified: here
-//! the first by name). Operator policies are merged on top, but they may not set dead-lettering keys,
-//! so for this purpose they only add keys the user policy lacks.
+//! the matching policies the one with the highest `priority` applies. Ties are not specified (and
+//! priority 0 everywhere is common): when tied policies disagree on the keys asked about, the answer
+//! is *unknown*, never a guess. Operator policies are merged on top, but they may not set
+//! dead-lettering keys, so for this purpose they only add keys the user policy lacks. Patterns are
+//! compiled without Unicode classes, as Erlang's `re` reads them without its `unicode` option; one
+//! this dialect cannot read makes the answer unknown.
 //!
 //! Pure functions over what `/api/policies/{vhost}` and `/api/operator-policies/{vhost}` list.
 
-use regex::Regex;
+use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -56,22 +59,34 @@ impl Policies {
     pub fn new(mut user: Vec<PolicyInfo>, mut operator: Vec<PolicyInfo>) -> Policies {
         user.sort_by(|a, b| a.name.cmp(&b.name));
         operator.sort_by(|a, b| a.name.cmp(&b.name));
-        let compile = |info: PolicyInfo| Compiled { pattern: Regex::new(&info.pattern).ok(), info };
+        let compile =
+            |info: PolicyInfo| Compiled { pattern: RegexBuilder::new(&info.pattern).unicode(false).build().ok(), info };
         Policies {
             user: user.into_iter().map(compile).collect(),
             operator: operator.into_iter().map(compile).collect(),
         }
     }
 
-    /// The definition that applies to queue `name` of `queue_type` (`classic`, `quorum`, `stream`).
-    /// `named` is the policy the listing says applies, when it says so.
-    pub fn effective(&self, name: &str, queue_type: &str, named: Option<&str>) -> Result<Map<String, Value>, Unknown> {
-        let user = match named.filter(|n| !n.is_empty()) {
-            Some(policy) => self.user.iter().find(|p| p.info.name == policy).map(|p| &p.info),
-            None => pick(&self.user, name, queue_type)?,
+    /// The definition that applies to `name`, a queue of `kind` (`classic`, `quorum`, `stream`) or
+    /// an exchange (`exchange`), as far as `keys` go. `named` is what the listing says applies:
+    /// `Some("")` is no user policy, `Some(name)` that policy, `None` not said.
+    pub fn effective(
+        &self,
+        name: &str,
+        kind: &str,
+        named: Option<&str>,
+        keys: &[&str],
+    ) -> Result<Map<String, Value>, Unknown> {
+        let user = match named {
+            Some("") => None,
+            Some(policy) => match self.user.iter().find(|p| p.info.name == policy) {
+                Some(found) => Some(&found.info),
+                None => return Err(Unknown(format!("policy {policy:?} applies to {name:?} but is not listed"))),
+            },
+            None => pick(&self.user, name, kind, keys)?,
         };
         let mut definition = user.and_then(|p| p.definition.as_object().cloned()).unwrap_or_default();
-        if let Some(operator) = pick(&self.operator, name, queue_type)?
+        if let Some(operator) = pick(&self.operator, name, kind, keys)?
             && let Some(extra) = operator.definition.as_object()
         {
             for (key, value) in extra {
@@ -82,12 +97,27 @@ impl Policies {
     }
 }
 
-/// The highest-priority policy among `policies` that applies to the queue.
-fn pick<'a>(policies: &'a [Compiled], name: &str, queue_type: &str) -> Result<Option<&'a PolicyInfo>, Unknown> {
-    let mut best: Option<&PolicyInfo> = None;
-    for policy in policies.iter().filter(|p| applies_to(&p.info.apply_to, queue_type)) {
+/// The highest-priority policy among `policies` that applies to `name`; unknown when tied ones
+/// disagree on `keys`.
+fn pick<'a>(
+    policies: &'a [Compiled],
+    name: &str,
+    kind: &str,
+    keys: &[&str],
+) -> Result<Option<&'a PolicyInfo>, Unknown> {
+    let mut best: Vec<&PolicyInfo> = Vec::new();
+    for policy in policies {
+        let applies = applies_to(&policy.info.apply_to, kind).ok_or_else(|| {
+            Unknown(format!(
+                "policy {:?} applies to {:?}, which this tool does not know",
+                policy.info.name, policy.info.apply_to
+            ))
+        })?;
+        if !applies {
+            continue;
+        }
         let matches = match &policy.pattern {
-            Some(pattern) => pattern.is_match(name),
+            Some(pattern) => pattern.is_match(name.as_bytes()),
             None => {
                 return Err(Unknown(format!(
                     "policy {:?} has a pattern this tool cannot evaluate ({:?})",
@@ -95,27 +125,49 @@ fn pick<'a>(policies: &'a [Compiled], name: &str, queue_type: &str) -> Result<Op
                 )));
             }
         };
-        if matches && best.is_none_or(|b| policy.info.priority > b.priority) {
-            best = Some(&policy.info);
+        if !matches {
+            continue;
+        }
+        match best.first() {
+            Some(top) if policy.info.priority < top.priority => {}
+            Some(top) if policy.info.priority == top.priority => best.push(&policy.info),
+            _ => best = vec![&policy.info],
         }
     }
-    Ok(best)
+    let value = |p: &PolicyInfo, key: &str| p.definition.get(key).cloned();
+    if let Some((first, rest)) = best.split_first()
+        && let Some(other) = rest.iter().find(|p| keys.iter().any(|k| value(p, k) != value(first, k)))
+    {
+        return Err(Unknown(format!(
+            "policies {:?} and {:?} both match {name:?} at priority {} and disagree on {}: RabbitMQ applies either",
+            first.name,
+            other.name,
+            first.priority,
+            keys.join(", ")
+        )));
+    }
+    Ok(best.first().copied())
 }
 
-fn applies_to(apply_to: &str, queue_type: &str) -> bool {
-    match apply_to {
-        "all" | "queues" => true,
-        "classic_queues" => queue_type == "classic",
-        "quorum_queues" => queue_type == "quorum",
-        "streams" => queue_type == "stream",
-        _ => false,
-    }
+/// Whether `apply-to` covers `kind`; `None` for a value this tool does not know.
+fn applies_to(apply_to: &str, kind: &str) -> Option<bool> {
+    Some(match apply_to {
+        "all" => true,
+        "queues" => kind != "exchange",
+        "classic_queues" => kind == "classic",
+        "quorum_queues" => kind == "quorum",
+        "streams" => kind == "stream",
+        "exchanges" => kind == "exchange",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    const KEYS: &[&str] = &["dead-letter-exchange", "dead-letter-routing-key"];
 
     fn policy(name: &str, pattern: &str, apply_to: &str, priority: i64, definition: Value) -> PolicyInfo {
         PolicyInfo { name: name.into(), pattern: pattern.into(), apply_to: apply_to.into(), definition, priority }
@@ -133,14 +185,15 @@ mod tests {
             ],
             vec![],
         );
-        let dlx =
-            |name: &str, kind: &str| policies.effective(name, kind, None).unwrap().get("dead-letter-exchange").cloned();
+        let dlx = |name: &str, kind: &str| {
+            policies.effective(name, kind, None, KEYS).unwrap().get("dead-letter-exchange").cloned()
+        };
         assert_eq!(dlx("orders", "classic"), Some(json!("high-dlx")), "priority wins");
         assert_eq!(dlx("preorders-v2", "classic"), Some(json!("low-dlx")), "pattern not anchored");
         assert_eq!(dlx("orders", "quorum"), Some(json!("q-dlx")), "apply-to by queue type");
         assert_eq!(dlx("billing", "classic"), None, "no policy applies");
         assert_eq!(
-            policies.effective("orders", "classic", Some("low")).unwrap().get("dead-letter-exchange"),
+            policies.effective("orders", "classic", Some("low"), KEYS).unwrap().get("dead-letter-exchange"),
             Some(&json!("low-dlx")),
             "the listing's own policy name wins"
         );
@@ -154,10 +207,38 @@ mod tests {
             vec![policy("dlx", ".", "all", 0, json!({"dead-letter-exchange": "dlx"}))],
             vec![policy("limits", ".", "queues", 0, json!({"max-length": 10, "dead-letter-exchange": "op"}))],
         );
-        let effective = policies.effective("q", "classic", None).unwrap();
+        let effective = policies.effective("q", "classic", None, KEYS).unwrap();
         assert_eq!(effective.get("dead-letter-exchange"), Some(&json!("dlx")), "user policy kept");
         assert_eq!(effective.get("max-length"), Some(&json!(10)), "operator key added");
         let odd = Policies::new(vec![policy("pcre", "(?<=x)y", "queues", 0, json!({}))], vec![]);
-        assert!(odd.effective("q", "classic", None).is_err(), "lookbehind is PCRE only: unknown");
+        assert!(odd.effective("q", "classic", None, KEYS).is_err(), "lookbehind is PCRE only: unknown");
+    }
+
+    /// Tied priorities that disagree are unknown; the listing's "no policy" and a policy that is
+    /// not listed any more are taken as they are.
+    #[test]
+    fn ties_and_named_policies() {
+        let policies = Policies::new(
+            vec![
+                policy("a-limits", "^orders-b", "queues", 0, json!({"max-length": 5})),
+                policy("orders-dl", "^orders", "queues", 0, json!({"dead-letter-exchange": "dlx"})),
+                policy("same-a", "^same", "queues", 0, json!({"dead-letter-exchange": "x", "max-length": 1})),
+                policy("same-b", "^same", "queues", 0, json!({"dead-letter-exchange": "x"})),
+            ],
+            vec![],
+        );
+        let tie = policies.effective("orders-billing", "classic", None, KEYS).expect_err("tie");
+        assert!(tie.0.contains("disagree"), "says why: {tie:?}");
+        assert!(policies.effective("same-q", "classic", None, KEYS).is_ok(), "ties that agree on the keys are fine");
+        assert!(policies.effective("orders", "classic", Some(""), KEYS).unwrap().is_empty(), "no policy applies");
+        assert!(policies.effective("orders", "classic", Some("gone"), KEYS).is_err(), "unlisted policy: unknown");
+        let exchange =
+            Policies::new(vec![policy("ae", "^app$", "exchanges", 0, json!({"alternate-exchange": "ae"}))], vec![]);
+        assert_eq!(
+            exchange.effective("app", "exchange", None, &["alternate-exchange"]).unwrap().get("alternate-exchange"),
+            Some(&json!("ae")),
+            "exchanges too"
+        );
+        assert!(exchange.effective("app", "classic", None, KEYS).unwrap().is_empty(), "not to queues");
     }
 }

@@ -243,12 +243,16 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     let with_consumers = summary.queues_with_consumers.join(", ");
     let candidates = summary.dead_letter_candidates.join(", ");
     let skipped = summary.queues_skipped.join("; ");
+    // Left out of the log line when no purged queue had a count: unknown, never 0.
+    let messages_known = (summary.queues_with_unknown_counts == 0
+        || summary.queues_with_unknown_counts < summary.queues_purged)
+        .then_some(summary.messages_purged);
     if summary.failures.is_empty() {
         info!(
             status = "succeeded",
             dry_run,
             queues_purged = summary.queues_purged,
-            messages_purged_approx = summary.messages_purged,
+            messages_purged_approx = messages_known,
             queues_with_unknown_counts = summary.queues_with_unknown_counts,
             keys_deleted = summary.keys_deleted,
             queues_with_consumers = %with_consumers,
@@ -265,7 +269,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
             dry_run,
             queues_purged = summary.queues_purged,
             queues_failed = summary.queues_failed,
-            messages_purged_approx = summary.messages_purged,
+            messages_purged_approx = messages_known,
             queues_with_unknown_counts = summary.queues_with_unknown_counts,
             keys_deleted = summary.keys_deleted,
             queues_with_consumers = %with_consumers,

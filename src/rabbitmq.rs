@@ -103,10 +103,14 @@ impl QueueInfo {
         }
     }
 
-    /// Whether messages held unacknowledged by consumers survive the purge: from the
-    /// unacknowledged count, else from the consumer count; `None` when neither is known.
+    /// Whether messages held unacknowledged by consumers may survive the purge: some were
+    /// unacknowledged, or the queue has consumers; `None` when neither is known.
     pub fn unacknowledged_survive(&self) -> Option<bool> {
-        self.messages_unacknowledged.map(|n| n > 0).or(self.consumers.map(|n| n > 0))
+        match (self.messages_unacknowledged, self.consumers) {
+            (None, None) => None,
+            // Consumers count even with no unacknowledged message sampled: prefetch refills.
+            (unacknowledged, consumers) => Some(unacknowledged.unwrap_or(0) > 0 || consumers.unwrap_or(0) > 0),
+        }
     }
 
     /// The dead-letter exchange and routing key, from queue arguments first, then the policy
@@ -117,6 +121,28 @@ impl QueueInfo {
         let exchange = argument("x-dead-letter-exchange").or_else(|| policy_key("dead-letter-exchange"))?;
         let routing_key = argument("x-dead-letter-routing-key").or_else(|| policy_key("dead-letter-routing-key"));
         Some((exchange, routing_key))
+    }
+
+    /// Whether the listing lacks what the queue record has (not sampled by the statistics yet).
+    fn unsampled(&self) -> bool {
+        self.arguments.is_null() || (self.effective_policy_definition.is_none() && self.policy.is_none())
+    }
+
+    /// Fills what an unsampled queue's listing lacks from its record.
+    fn fill_from(&mut self, record: &QueueInfo) {
+        if self.arguments.is_null() {
+            self.arguments = record.arguments.clone();
+        }
+        self.queue_type = self.queue_type.take().or_else(|| record.queue_type.clone());
+        self.exclusive = self.exclusive.or(record.exclusive);
+        self.policy = self.policy.take().or_else(|| record.policy.clone());
+        self.messages_ready = self.messages_ready.or(record.messages_ready);
+        self.messages_unacknowledged = self.messages_unacknowledged.or(record.messages_unacknowledged);
+    }
+
+    /// The name of the policy the listing says applies (`""`: none), when it says.
+    pub fn policy_name(&self) -> Option<&str> {
+        self.policy.as_ref().and_then(Value::as_str)
     }
 
     /// The policy definition the listing gives, or `None` when it does not say (statistics off).
@@ -236,20 +262,29 @@ impl Management {
 
     /// Sends one request; transport failures and redirects are errors, every status is returned.
     async fn request(&self, method: Method, url: Url, what: &str) -> Result<reqwest::Response, Attempt> {
-        let response = self
-            .http
-            .request(method, url)
-            .basic_auth(&self.username, Some(self.password.expose()))
-            .send()
-            .await
-            .map_err(|err| transport_error(err, what))?;
+        self.request_within(method, url, what, None).await
+    }
+
+    /// [`Self::request`] with its own timeout instead of the client's per-request one.
+    async fn request_within(
+        &self,
+        method: Method,
+        url: Url,
+        what: &str,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, Attempt> {
+        let mut request = self.http.request(method, url).basic_auth(&self.username, Some(self.password.expose()));
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let response = request.send().await.map_err(|err| transport_error(err, what))?;
         let status = response.status();
         if status.is_redirection() {
             let location = response
                 .headers()
                 .get(reqwest::header::LOCATION)
                 .and_then(|v| v.to_str().ok())
-                .map(without_userinfo)
+                .map(|location| shown_location(response.url(), location))
                 .unwrap_or_else(|| "nowhere (no Location header)".into());
             return Err(Attempt::Permanent(classified(
                 Kind::Config,
@@ -265,7 +300,17 @@ impl Management {
     /// Sends one request and sorts failures into transient and permanent; a 404 is returned with
     /// its reason for the caller to interpret.
     async fn send(&self, method: Method, url: Url, what: &str) -> Result<Reply, Attempt> {
-        let response = self.request(method, url, what).await?;
+        self.send_within(method, url, what, None).await
+    }
+
+    async fn send_within(
+        &self,
+        method: Method,
+        url: Url,
+        what: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, Attempt> {
+        let response = self.request_within(method, url, what, timeout).await?;
         let status = response.status();
         if status.is_success() {
             return Ok(Reply::Found(response));
@@ -312,7 +357,20 @@ impl Management {
                     login_error(if reason.is_empty() { &whoami_reason } else { reason })
                 }
             }
-            _ => login_error(reason),
+            Ok(response) => Attempt::Permanent(anyhow!(
+                "{what}: RabbitMQ answered 401{reason}: a bad login or a missing permission, and /api/whoami could not tell ({}); \
+                 check CLEANSLATE_RABBITMQ_USERNAME, the password, and the user's access to vhost {:?}",
+                response.status(),
+                self.vhost
+            )),
+            Err(err) => Attempt::Permanent(anyhow!(
+                "{what}: RabbitMQ answered 401{reason}: a bad login or a missing permission, and /api/whoami could not tell ({:#}); \
+                 check CLEANSLATE_RABBITMQ_USERNAME, the password, and the user's access to vhost {:?}",
+                match err {
+                    Attempt::Transient(e) | Attempt::Permanent(e) => e,
+                },
+                self.vhost
+            )),
         }
     }
 
@@ -326,7 +384,16 @@ impl Management {
     }
 
     async fn get_json<T: for<'de> Deserialize<'de>>(&self, url: Url, what: &str) -> Result<Option<T>, Attempt> {
-        match self.send(Method::GET, url, what).await? {
+        self.get_json_within(url, what, None).await
+    }
+
+    async fn get_json_within<T: for<'de> Deserialize<'de>>(
+        &self,
+        url: Url,
+        what: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Option<T>, Attempt> {
+        match self.send_within(Method::GET, url, what, timeout).await? {
             Reply::NotFound(_) => Ok(None),
             Reply::Found(response) => response
                 .json::<T>()
@@ -338,21 +405,50 @@ impl Management {
 
     /// Every queue in the vhost, in one request: pages would shift under queues created or
     /// deleted meanwhile (skipping some, or answering 400 past a shrunken end).
+    ///
+    /// A queue the statistics have not sampled yet (declared seconds ago) is listed without its
+    /// policy and counts, and finding its dead-letter policy would mean resolving every policy by
+    /// pattern. The policy's name is filled in from a second listing without statistics
+    /// (`disable_stats=true&enable_queue_totals=true`, which answers from the queue records), so the
+    /// policy that RabbitMQ really applied is used, and a queue without one needs none.
     pub async fn list_queues(&self, policy: &RetryPolicy, deadline: Instant) -> Result<Vec<QueueInfo>> {
+        let mut queues = self.list_queues_with(policy, deadline, "").await?;
+        if queues.iter().any(QueueInfo::unsampled) {
+            let records: BTreeMap<String, QueueInfo> = self
+                .list_queues_with(policy, deadline, "disable_stats=true&enable_queue_totals=true&")
+                .await?
+                .into_iter()
+                .map(|q| (q.name.clone(), q))
+                .collect();
+            for queue in queues.iter_mut().filter(|q| q.unsampled()) {
+                if let Some(record) = records.get(&queue.name) {
+                    queue.fill_from(record);
+                }
+            }
+        }
+        Ok(queues)
+    }
+
+    async fn list_queues_with(&self, policy: &RetryPolicy, deadline: Instant, options: &str) -> Result<Vec<QueueInfo>> {
         let vhost = self.vhost.clone();
-        let url = self.url(&["queues", &vhost], &format!("columns={QUEUE_COLUMNS}"));
+        let url = self.url(&["queues", &vhost], &format!("{options}columns={QUEUE_COLUMNS}"));
         let what = format!("listing queues of vhost {vhost:?}");
-        let queues: Option<Vec<QueueInfo>> =
-            retry::run(policy, deadline, &what, || self.get_json(url.clone(), &what)).await?;
+        // One request for the whole vhost may take longer than the per-request timeout (tens of
+        // thousands of queues on 3.x): it may use what is left of the deadline.
+        let queues: Option<Vec<QueueInfo>> = retry::run(policy, deadline, &what, || {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+            self.get_json_within(url.clone(), &what, Some(left))
+        })
+        .await?;
         queues.ok_or_else(|| anyhow!("{what}: vhost {vhost:?} does not exist (404)"))
     }
 
-    /// The vhost's policies and operator policies, for listings without policy columns. A user
-    /// that may not read them (policies need the policymaker tag, operator policies administrator)
-    /// gets `Err` with the reason: the dead-letter settings are then unknown.
+    /// The vhost's policies and operator policies, for listings without policy columns (any
+    /// management user with access to the vhost may list them). When they cannot be read, `Err`
+    /// with the reason: the dead-letter settings are then unknown.
     async fn policies(&self, policy: &RetryPolicy, deadline: Instant) -> Result<Result<Policies, String>> {
         let mut lists = Vec::new();
-        for (path, needs) in [("policies", "the policymaker tag"), ("operator-policies", "the administrator tag")] {
+        for path in ["policies", "operator-policies"] {
             let what = format!("listing {path} of vhost {:?}", self.vhost);
             let url = self.url(&[path, &self.vhost], "");
             let listed = retry::run(policy, deadline, &what, || async {
@@ -374,7 +470,8 @@ impl Management {
                 None if path == "operator-policies" => lists.push(Vec::new()),
                 None => {
                     return Ok(Err(format!(
-                        "the listing has no policy columns (statistics off) and user {:?} may not read {path} (it needs {needs})",
+                        "the listing does not say which policies apply (statistics off, or queues not sampled yet) \
+                         and user {:?} may not read {path} (it needs access to the vhost)",
                         self.username
                     )));
                 }
@@ -385,22 +482,70 @@ impl Management {
         Ok(Ok(Policies::new(user, operator)))
     }
 
-    /// The exchanges and bindings of the vhost: what dead-letter routing is decided on.
-    async fn topology(&self, policy: &RetryPolicy, deadline: Instant) -> Result<Topology> {
+    /// The exchanges, their alternate exchanges and the bindings of the vhost: what dead-letter
+    /// routing is decided on. An alternate exchange set by a policy needs the policies; when they
+    /// cannot be read, `settings.unknown` says so.
+    async fn topology(
+        &self,
+        policy: &RetryPolicy,
+        deadline: Instant,
+        settings: &mut DeadLetterSettings,
+    ) -> Result<Topology> {
+        #[derive(Deserialize)]
+        struct Listed {
+            name: String,
+            #[serde(rename = "type")]
+            exchange_type: String,
+            #[serde(default)]
+            arguments: Value,
+            #[serde(default)]
+            policy: Option<Value>,
+        }
         let vhost = &self.vhost;
         let what = format!("listing exchanges and bindings of vhost {vhost:?}");
-        let exchanges_url = self.url(&["exchanges", vhost], "columns=name,type");
+        let exchanges_url = self.url(&["exchanges", vhost], "columns=name,type,arguments,policy");
         // Only the columns routing needs: a shared vhost can have many bindings, and the Job has 128Mi.
         let bindings_url = self.url(&["bindings", vhost], "columns=source,destination,destination_type,routing_key");
-        let exchanges: Vec<ExchangeInfo> =
-            retry::run(policy, deadline, &what, || self.get_json(exchanges_url.clone(), &what))
-                .await?
-                .unwrap_or_default();
+        let listed: Vec<Listed> = retry::run(policy, deadline, &what, || self.get_json(exchanges_url.clone(), &what))
+            .await?
+            .unwrap_or_default();
         let bindings: Vec<BindingInfo> =
             retry::run(policy, deadline, &what, || self.get_json(bindings_url.clone(), &what))
                 .await?
                 .unwrap_or_default();
-        Ok(Topology::new(exchanges, bindings))
+        let mut alternates = BTreeMap::new();
+        for exchange in &listed {
+            // An argument wins over a policy, as for queues.
+            if let Some(alternate) = exchange.arguments.get("alternate-exchange").and_then(Value::as_str) {
+                alternates.insert(exchange.name.clone(), alternate.to_string());
+                continue;
+            }
+            let Some(named) = exchange.policy.as_ref().and_then(Value::as_str).filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            if settings.policies.is_none() {
+                settings.policies = Some(self.policies(policy, deadline).await?);
+            }
+            let resolved = match settings.policies.as_ref().expect("fetched above") {
+                Ok(policies) => policies
+                    .effective(&exchange.name, "exchange", Some(named), &["alternate-exchange"])
+                    .map_err(|unknown| unknown.0),
+                Err(why) => Err(why.clone()),
+            };
+            match resolved {
+                Ok(definition) => {
+                    if let Some(alternate) = definition.get("alternate-exchange").and_then(Value::as_str) {
+                        alternates.insert(exchange.name.clone(), alternate.to_string());
+                    }
+                }
+                Err(why) => {
+                    settings.unknown.get_or_insert(why);
+                }
+            }
+        }
+        let exchanges =
+            listed.into_iter().map(|e| ExchangeInfo { name: e.name, exchange_type: e.exchange_type }).collect();
+        Ok(Topology::new(exchanges, bindings).with_alternates(alternates))
     }
 
     /// Named queues ∪ whole-name pattern matches ∪ (optionally) their dead-letter queues.
@@ -426,15 +571,15 @@ impl Management {
             }
         }
         if config.dead_letters != DeadLetters::Off {
-            let settings = self.dead_letter_settings(&all, policy, deadline).await?;
-            if let Some(why) = &settings.unknown {
-                warn!(vhost = %self.vhost, why = %why, "dead-letter settings set by policy cannot be known; no dead-letter queue is purged");
-            }
+            let mut settings = self.dead_letter_settings(&all, policy, deadline).await?;
             if chosen.iter().any(|name| settings.targets.contains_key(name)) {
                 let topology = self
-                    .topology(policy, deadline)
+                    .topology(policy, deadline, &mut settings)
                     .await?
                     .with_wildcard_routes_proven(config.dead_letters == DeadLetters::Reachable);
+                if let Some(why) = &settings.unknown {
+                    warn!(vhost = %self.vhost, why = %why, "where dead letters go cannot be known; no dead-letter queue is purged");
+                }
                 add_dead_letter_queues(&mut selection, &all, &settings, &topology, &mut chosen);
                 for candidate in &selection.dead_letter_candidates {
                     warn!(
@@ -467,17 +612,18 @@ impl Management {
         deadline: Instant,
     ) -> Result<DeadLetterSettings> {
         let mut settings = DeadLetterSettings::default();
-        let policies = if all.values().any(|q| q.effective_policy_definition.is_none()) {
-            Some(self.policies(policy, deadline).await?)
-        } else {
-            None
-        };
+        // Statistics off, or queues not sampled yet: the listing does not give the definition.
+        // Only a queue that has a policy (or does not say) needs the policies themselves.
+        if all.values().any(|q| q.effective_policy_definition.is_none() && q.policy_name() != Some("")) {
+            settings.policies = Some(self.policies(policy, deadline).await?);
+        }
         for (name, info) in all {
-            let definition = match (info.listed_policy(), &policies) {
+            let definition = match (info.listed_policy(), &settings.policies) {
                 (Some(listed), _) => listed,
+                (None, _) if info.policy_name() == Some("") => Map::new(),
                 (None, Some(Ok(policies))) => {
-                    let named = info.policy.as_ref().and_then(Value::as_str);
-                    match policies.effective(name, info.kind(), named) {
+                    let named = info.policy_name();
+                    match policies.effective(name, info.kind(), named, DEAD_LETTER_KEYS) {
                         Ok(definition) => definition,
                         Err(unknown) => {
                             settings.unknown.get_or_insert(unknown.0);
@@ -585,10 +731,9 @@ impl Management {
         let mut outcomes: Vec<Option<QueueOutcome>> = vec![None; selection.queues.len()];
         for phase in [false, true] {
             let indexes = (0..selection.queues.len()).filter(|&i| is_target(&selection.queues[i]) == phase);
-            for (i, outcome) in self.purge_some(selection, indexes.collect(), concurrency, policy, deadline).await {
-                if let QueueOutcome::Purged { approx_ready } = &outcome {
-                    tally.queue_purged(*approx_ready);
-                }
+            for (i, outcome) in
+                self.purge_some(selection, indexes.collect(), concurrency, policy, deadline, Some(tally)).await
+            {
                 outcomes[i] = Some(outcome);
             }
         }
@@ -598,14 +743,22 @@ impl Management {
         if !again.is_empty() {
             info!(vhost = %self.vhost, queues = again.len(), "second pass over dead-letter queues");
         }
-        for (i, outcome) in self.purge_some(selection, again, concurrency, policy, deadline).await {
+        for (i, outcome) in self.purge_some(selection, again, concurrency, policy, deadline, None).await {
             if let QueueOutcome::Failed(message) = outcome {
-                outcomes[i] = Some(QueueOutcome::Failed(format!("purged once, but not in the second pass: {message}")));
+                // The queue was purged; only what arrived during the run may be left.
+                warn!(
+                    vhost = %self.vhost,
+                    queue = %selection.queues[i].info.name,
+                    error = %message,
+                    "second pass failed: dead letters that arrived during the run may be left"
+                );
             }
         }
         outcomes.into_iter().map(|o| o.expect("every queue has an outcome")).collect()
     }
 
+    /// Purges the queues at `indexes`, counting each in `tally` as it is purged (so a signal that
+    /// stops the run loses no count).
     async fn purge_some(
         &self,
         selection: &Selection,
@@ -613,19 +766,31 @@ impl Management {
         concurrency: usize,
         policy: &RetryPolicy,
         deadline: Instant,
+        tally: Option<&Tally>,
     ) -> Vec<(usize, QueueOutcome)> {
         stream::iter(indexes)
-            .map(|i| async move { (i, self.purge_one(&selection.queues[i], policy, deadline).await) })
+            .map(|i| async move {
+                let outcome = self.purge_one(&selection.queues[i], policy, deadline).await;
+                if let (Some(tally), QueueOutcome::Purged { approx_ready }) = (tally, &outcome) {
+                    tally.queue_purged(*approx_ready);
+                }
+                (i, outcome)
+            })
             .buffer_unordered(concurrency)
             .collect()
             .await
     }
 }
 
+/// The policy keys that decide where a queue's dead letters go.
+const DEAD_LETTER_KEYS: &[&str] = &["dead-letter-exchange", "dead-letter-routing-key"];
+
 /// Every queue's dead-letter target, and why some cannot be known.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct DeadLetterSettings {
     targets: BTreeMap<String, (String, Option<String>)>,
+    /// The vhost's policies, once they were needed: or why they cannot be read.
+    policies: Option<Result<Policies, String>>,
     /// Set when some queue's settings come from policies that cannot be read or evaluated: any
     /// queue may then dead-letter anywhere, so no dead-letter queue is provably ours.
     unknown: Option<String>,
@@ -640,15 +805,18 @@ fn transient_bad_request(reason: &str) -> bool {
         .any(|word| reason.contains(word))
 }
 
-/// A Location header as it may be shown: without userinfo.
-fn without_userinfo(location: &str) -> String {
-    match Url::parse(location) {
+/// A Location header as it may be shown: resolved against the request (relative and
+/// scheme-relative ones too), without userinfo or query (an SSO redirect may carry a token).
+fn shown_location(request: &Url, location: &str) -> String {
+    match request.join(location) {
         Ok(mut url) => {
             let _ = url.set_username("");
             let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
             url.to_string()
         }
-        Err(_) => location.to_string(),
+        Err(_) => "a Location that is not a URL".to_string(),
     }
 }
 
@@ -805,10 +973,13 @@ mod tests {
         assert!(!transient_bad_request(": RESOURCE_LOCKED - cannot obtain exclusive access to locked queue"));
     }
 
-    /// A redirect's target is named without the credentials it might carry.
+    /// A redirect's target is named without the credentials or tokens it might carry.
     #[test]
-    fn redirect_targets_lose_their_userinfo() {
-        assert_eq!(without_userinfo("https://user:pw@mq.example/api/"), "https://mq.example/api/");
-        assert_eq!(without_userinfo("/moved/api/"), "/moved/api/", "relative locations as they are");
+    fn redirect_targets_lose_their_secrets() {
+        let request = Url::parse("http://rabbitmq:15672/api/queues/%2F").unwrap();
+        let shown = |location| shown_location(&request, location);
+        assert_eq!(shown("https://user:pw@mq.example/api/?token=t"), "https://mq.example/api/", "absolute");
+        assert_eq!(shown("//user:pw@other/x"), "http://other/x", "scheme-relative");
+        assert_eq!(shown("/moved/api/"), "http://rabbitmq:15672/moved/api/", "relative, resolved");
     }
 }

@@ -708,3 +708,23 @@ fn numeric_image_tags_render_as_written() {
     // Helm 4 writes `/image/tag`, Helm 3 `image.tag`.
     assert!(err.contains("/image/tag") || err.contains("image.tag"), "the schema names the value: {err}");
 }
+
+/// `cleanup.rabbitmq.deadLetters` takes the binary's modes: a boolean, `exact` or `reachable`
+/// (the opt-in for dedicated topic dead-letter exchanges), and nothing else.
+#[test]
+fn dead_letter_modes_reach_the_job() {
+    for (value, expected) in [("true", "true"), ("false", "false"), ("reachable", "reachable"), ("exact", "exact")] {
+        let docs = dev(&["--set", &format!("cleanup.rabbitmq.deadLetters={value}")]);
+        let job = find(&docs, "Job", "shop-cleanslate-purge");
+        let env = pod_spec(job)["containers"][0]["env"].as_array().unwrap();
+        let mode = env.iter().find(|e| e["name"] == "CLEANSLATE_RABBITMQ_DEAD_LETTERS").expect("set");
+        assert_eq!(mode["value"].as_str(), Some(expected), "{value}");
+    }
+    let err = try_render(
+        "shop",
+        "dev",
+        &["-f", &values_file("values-dev.yaml"), "--set", "cleanup.rabbitmq.deadLetters=all"],
+    )
+    .expect_err("unknown mode rejected");
+    assert!(err.contains("deadLetters"), "names the key: {err}");
+}

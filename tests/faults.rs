@@ -354,34 +354,50 @@ async fn two_purges_at_once() {
     rabbit.delete_vhost(&vhost).await;
 }
 
-/// SIGTERM after etcd's transaction committed, while RabbitMQ still hangs: the marker records the
-/// keys that are really gone, not 0.
+/// SIGTERM after etcd's transaction committed and some queues were purged, while the other queues
+/// still wait on a slow broker: the marker records the keys and queues that are really gone, not 0.
 #[tokio::test]
 async fn sigterm_keeps_the_counts_committed_before_it() {
     let api = Api::start().await;
-    let silent = Proxy::for_url(&rabbit_url());
-    silent.black_hole();
+    let rabbit = Rabbit::connect().await;
+    let (vhost, names) = queues(&rabbit, 6).await;
+    let slow = Proxy::for_url(&rabbit_url());
+    slow.forward(Duration::from_millis(300));
     let mut etcd = etcd().await;
     let prefix = format!("{}/term/", unique("/f"));
     put_keys(&mut etcd, &prefix, 7).await;
     let mut settings = with(
-        rabbit_vars(&silent.url(), "/", &[]),
+        rabbit_vars(&slow.url(), &vhost, &[("CLEANSLATE_CONCURRENCY", "1")]),
         &[("CLEANSLATE_TARGETS", "rabbitmq,etcd"), ("CLEANSLATE_ETCD_PREFIXES", &prefix)],
     );
     settings.extend(api.vars(9));
     let mut child = spawn(&["purge"], &settings);
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut keys_done, mut queues_done) = (false, 0);
     while let Some(line) = tokio::time::timeout(Duration::from_secs(20), stdout.next_line()).await.unwrap().unwrap() {
-        if line.contains("deleted key range") {
+        keys_done |= line.contains("deleted key range");
+        queues_done += usize::from(line.contains(r#""message":"purged queue""#));
+        if keys_done && queues_done > 0 {
             break;
         }
     }
-    assert_eq!(count_keys(&mut etcd, &prefix).await, 0, "etcd's side is done");
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success(), "signal sent");
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(143), "143 on SIGTERM");
+    assert_eq!(count_keys(&mut etcd, &prefix).await, 0, "etcd's side was done");
     let marker = api.marker();
     assert_eq!(marker["status"], json!("failed"), "a stopped run failed: {marker:?}");
     assert_eq!(marker["keysDeleted"], json!("7"), "the committed deletion is recorded: {marker:?}");
+    let recorded: usize = marker["queuesPurged"].as_str().unwrap().parse().unwrap();
+    let mut emptied = 0;
+    for name in &names {
+        emptied += usize::from(rabbit.count(&vhost, name).await == 0);
+    }
+    assert!(
+        recorded >= queues_done && recorded <= emptied && emptied < names.len(),
+        "purged queues are recorded: {recorded} recorded, {queues_done} logged, {emptied} of {} empty",
+        names.len()
+    );
+    rabbit.delete_vhost(&vhost).await;
 }

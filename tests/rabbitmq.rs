@@ -677,3 +677,64 @@ async fn dead_letter_queues_go_after_their_sources_and_twice() {
     assert!(summary.contains(r#""queues_purged":4"#), "each queue counted once: {summary}");
     rabbit.delete_vhost(&vhost).await;
 }
+
+/// A queue declared a moment ago is listed by name only until the statistics sample it: its
+/// dead-letter arguments still count. An unselected queue declared just before the run that
+/// dead-letters into our dead-letter exchange keeps the dead-letter queue from being purged.
+#[tokio::test]
+async fn queues_not_sampled_yet_still_count_as_feeders() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "young").await;
+    rabbit.declare_exchange(&vhost, "dlx", "fanout").await;
+    rabbit.declare(&vhost, "orders-dlq", json!({})).await;
+    rabbit.bind(&vhost, "dlx", "orders-dlq", "").await;
+    rabbit.declare(&vhost, "orders", json!({"x-dead-letter-exchange": "dlx"})).await;
+    rabbit.publish(&vhost, "orders-dlq", 2).await;
+    rabbit.declare(&vhost, "billing", json!({"x-dead-letter-exchange": "dlx"})).await;
+    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders")])).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert_eq!(rabbit.count(&vhost, "orders-dlq").await, 2, "billing's dead letters may be there too");
+    assert!(
+        run.stdout.contains(r#""dead_letter_candidates_not_purged":"orders-dlq""#),
+        "named instead: {}",
+        run.stdout
+    );
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// A user with only the management tag (it may not list policies) still finds the dead-letter
+/// queues of queues declared a moment ago, which the statistics have not sampled yet: their
+/// policy (none) comes from the queue records, so the policies are not needed.
+#[tokio::test]
+async fn a_management_user_finds_dead_letter_queues_of_new_queues() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "mgmt-user").await;
+    let user = unique("mgmt");
+    rabbit.create_user(&user, "Mgmt-Pw-21", "management", &vhost, ".*").await;
+    rabbit.declare_exchange(&vhost, "dlx", "fanout").await;
+    rabbit.declare(&vhost, "orders-dlq", json!({})).await;
+    rabbit.bind(&vhost, "dlx", "orders-dlq", "").await;
+    rabbit.declare(&vhost, "orders", json!({"x-dead-letter-exchange": "dlx"})).await;
+    for queue in ["orders", "orders-dlq"] {
+        rabbit.publish(&vhost, queue, 2).await;
+    }
+    let run = cleanslate(
+        &["purge"],
+        &purge_vars(
+            &vhost,
+            &[
+                ("CLEANSLATE_RABBITMQ_QUEUES", "orders"),
+                ("CLEANSLATE_RABBITMQ_USERNAME", &user),
+                ("CLEANSLATE_RABBITMQ_PASSWORD", "Mgmt-Pw-21"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    for queue in ["orders", "orders-dlq"] {
+        assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue} purged");
+    }
+    run.assert_no_secret(&["Mgmt-Pw-21"]);
+    rabbit.delete_user(&user).await;
+    rabbit.delete_vhost(&vhost).await;
+}
