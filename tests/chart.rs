@@ -728,3 +728,40 @@ fn dead_letter_modes_reach_the_job() {
     .expect_err("unknown mode rejected");
     assert!(err.contains("deadLetters"), "names the key: {err}");
 }
+
+/// Every rendered name fits its limit for the longest release name Helm accepts (53 characters):
+/// 63 for anything that becomes a label value or a DNS label (a Job's name becomes its pods'
+/// `job-name` label, so the API server refuses a longer one). Names stay distinct per kind, and
+/// the names the binary is given (marker, quiesced workloads) are the rendered ones.
+#[test]
+fn names_fit_for_the_longest_release_name() {
+    let release = "feature-jira-12345-make-the-checkout-faster-for-users";
+    assert_eq!(release.len(), 53, "Helm's limit");
+    for values in ["values-dev.yaml", "values-staging.yaml"] {
+        let docs = render(release, "dev", &["-f", &values_file(values)]);
+        let mut seen = std::collections::BTreeSet::new();
+        for doc in &docs {
+            let name = name(doc);
+            assert!(name.len() <= 63, "{values}: {} {name} is {} characters", kind(doc), name.len());
+            assert!(seen.insert((kind(doc).to_string(), name.to_string())), "{values}: {} {name} twice", kind(doc));
+            for labels in [&doc["metadata"]["labels"], &doc["spec"]["template"]["metadata"]["labels"]] {
+                for (key, value) in labels.as_object().into_iter().flatten() {
+                    let value = value.as_str().unwrap_or_default();
+                    assert!(value.len() <= 63, "{values}: {name}: label {key}={value} is too long");
+                }
+            }
+        }
+        let marker = docs.iter().find(|d| kind(d) == "ConfigMap" && name(d).ends_with("-marker")).expect("marker");
+        let job = docs.iter().find(|d| kind(d) == "Job" && name(d).ends_with("-purge")).expect("purge Job");
+        let env = pod_spec(job)["containers"][0]["env"].as_array().unwrap();
+        let value = |variable: &str| env.iter().find(|e| e["name"] == variable).and_then(|e| e["value"].as_str());
+        assert_eq!(value("CLEANSLATE_MARKER"), Some(name(marker)), "{values}: the Job writes the rendered marker");
+        for workload in value("CLEANSLATE_QUIESCE").unwrap_or_default().split(',').filter(|w| !w.is_empty()) {
+            let deployment = workload.strip_prefix("deployment/").expect("deployments");
+            assert!(
+                docs.iter().any(|d| kind(d) == "Deployment" && name(d) == deployment),
+                "{values}: quiesced {deployment} is rendered"
+            );
+        }
+    }
+}

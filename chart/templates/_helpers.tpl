@@ -72,6 +72,25 @@ works there.
 {{- end -}}
 {{- end -}}
 
+{{/*
+BASE-SUFFIX in at most 63 characters, the limit of anything that becomes a label value (a Job's name
+becomes its pods' job-name label) or a DNS label. When it would be longer, BASE is cut and a stable
+hash of the whole of it keeps the names of different releases, and of the different suffixes, apart:
+plain truncation made `<fullname>-marker`, `-purge` and `-resume` all equal for long release names.
+Call with (list BASE SUFFIX).
+*/}}
+{{- define "cleanslate.suffixed" -}}
+{{- $base := index . 0 | trimSuffix "-" -}}
+{{- $suffix := index . 1 -}}
+{{- $full := printf "%s-%s" $base $suffix -}}
+{{- if le (len $full) 63 -}}
+{{- $full -}}
+{{- else -}}
+{{- $keep := sub 63 (add (len $suffix) 10) -}}
+{{- printf "%s-%s-%s" (trunc (int $keep) $base | trimSuffix "-") (sha256sum $base | trunc 8) $suffix -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Standard labels. */}}
 {{- define "cleanslate.labels" -}}
 helm.sh/chart: {{ printf "cleanslate-%s" (.Chart.Version | replace "+" "_") | quote }}
@@ -89,12 +108,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The marker ConfigMap's name. */}}
 {{- define "cleanslate.markerName" -}}
-{{- printf "%s-marker" (include "cleanslate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- include "cleanslate.suffixed" (list (include "cleanslate.fullname" .) "marker") -}}
 {{- end -}}
 
-{{/* ServiceAccount of the purge Job and the test Pod. */}}
+{{/* ServiceAccount of the purge Job and the test Pod; also the name of the Job. */}}
 {{- define "cleanslate.purgeServiceAccountName" -}}
-{{- printf "%s-purge" (include "cleanslate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- include "cleanslate.suffixed" (list (include "cleanslate.fullname" .) "purge") -}}
 {{- end -}}
 
 {{/*
@@ -104,7 +123,7 @@ named in gate.serviceAccount.name, else the namespace's `default` (what such pod
 {{- define "cleanslate.serviceAccountName" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- if $v.gate.serviceAccount.create -}}
-{{- default (printf "%s-gate" (include "cleanslate.fullname" .) | trunc 63 | trimSuffix "-") $v.gate.serviceAccount.name -}}
+{{- default (include "cleanslate.suffixed" (list (include "cleanslate.fullname" .) "gate")) $v.gate.serviceAccount.name -}}
 {{- else -}}
 {{- default "default" $v.gate.serviceAccount.name -}}
 {{- end -}}
@@ -285,7 +304,7 @@ argocd.argoproj.io/hook: Skip
 {{- $apps := dict -}}{{- if include "cleanslate.rendersApps" . -}}{{- $apps = $v.apps -}}{{- end -}}
 {{- range $name, $app := $apps -}}
 {{- if and $app.enabled $app.gated -}}
-{{- $list = append $list (printf "deployment/%s" (printf "%s-%s" $.Release.Name $name | trunc 63 | trimSuffix "-")) -}}
+{{- $list = append $list (printf "deployment/%s" (include "cleanslate.suffixed" (list $.Release.Name $name))) -}}
 {{- end -}}
 {{- end -}}
 {{- range $v.cleanup.quiesce.workloads -}}
@@ -319,7 +338,7 @@ argocd.argoproj.io/hook: Skip
 
 {{/* ServiceAccount of the resume Job. */}}
 {{- define "cleanslate.resumeServiceAccountName" -}}
-{{- printf "%s-resume" (include "cleanslate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- include "cleanslate.suffixed" (list (include "cleanslate.fullname" .) "resume") -}}
 {{- end -}}
 
 {{/* Hardened container security context. */}}
@@ -371,12 +390,12 @@ every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" 
 - name: CLEANSLATE_RABBITMQ_USERNAME
   valueFrom:
     secretKeyRef:
-      name: {{ default (printf "%s-credentials" $fullname) $c.rabbitmq.existingSecret }}
+      name: {{ default (include "cleanslate.suffixed" (list $fullname "credentials")) $c.rabbitmq.existingSecret }}
       key: {{ $c.rabbitmq.usernameKey }}
 - name: CLEANSLATE_RABBITMQ_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ default (printf "%s-credentials" $fullname) $c.rabbitmq.existingSecret }}
+      name: {{ default (include "cleanslate.suffixed" (list $fullname "credentials")) $c.rabbitmq.existingSecret }}
       key: {{ $c.rabbitmq.passwordKey }}
 - name: CLEANSLATE_RABBITMQ_VHOST
   value: {{ tpl $c.rabbitmq.vhost . | quote }}
@@ -404,12 +423,12 @@ every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" 
 - name: CLEANSLATE_ETCD_USERNAME
   valueFrom:
     secretKeyRef:
-      name: {{ default (printf "%s-credentials" $fullname) $c.etcd.existingSecret }}
+      name: {{ default (include "cleanslate.suffixed" (list $fullname "credentials")) $c.etcd.existingSecret }}
       key: {{ $c.etcd.usernameKey }}
 - name: CLEANSLATE_ETCD_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ default (printf "%s-credentials" $fullname) $c.etcd.existingSecret }}
+      name: {{ default (include "cleanslate.suffixed" (list $fullname "credentials")) $c.etcd.existingSecret }}
       key: {{ $c.etcd.passwordKey }}
 {{- end }}
 {{- end }}
