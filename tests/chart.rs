@@ -765,3 +765,27 @@ fn names_fit_for_the_longest_release_name() {
         }
     }
 }
+
+/// NOTES.txt warns about Helm's wait for `post-upgrade` exactly as for `post-install`: a gated pod
+/// never becomes ready before a post-* Job, so `--wait` deadlocks either way.
+#[test]
+fn notes_warn_about_waiting_on_post_hooks() {
+    // Helm 3's `install --dry-run` asks a cluster for its version; NOTES.txt renders the same in
+    // both majors, so this reads it with Helm 4 (hack/setup.sh installs both).
+    let helm4 = if helm_major() >= 4 { helm() } else { repo_root().join(".tools/bin/helm") };
+    let notes = |events: &str| {
+        let output = std::process::Command::new(&helm4)
+            .args(["install", "shop", repo_root().join("chart").to_str().unwrap(), "--dry-run=client", "-n", "dev"])
+            .args(["-f", &values_file("values-dev.yaml"), "--set", &format!("cleanup.hook.events={{{events}}}")])
+            .output()
+            .expect("helm runs");
+        assert!(output.status.success(), "{events}: {}", String::from_utf8_lossy(&output.stderr));
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.split("NOTES:").nth(1).unwrap_or_default().to_string()
+    };
+    let upgrade = notes("pre-install,post-upgrade");
+    assert!(upgrade.contains("WARNING: the Job runs post-upgrade") && upgrade.contains("--wait"), "{upgrade}");
+    let both = notes("post-install,post-upgrade");
+    assert!(both.contains("runs post-install and post-upgrade. Do not install or upgrade with --wait"), "{both}");
+    assert!(!notes("pre-install,pre-upgrade").contains("WARNING: the Job runs"), "no warning for pre-* hooks");
+}
