@@ -606,21 +606,26 @@ fn quiesce_rbac_names_exactly_the_workloads() {
         "--set",
         "apps.consumer.gated=false",
     ]);
-    let deployments = json!({"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale"],
-                             "resourceNames": ["shop-producer", "api"], "verbs": ["get", "patch", "update"]});
-    let statefulsets = json!({"apiGroups": ["apps"], "resources": ["statefulsets", "statefulsets/scale"],
-                              "resourceNames": ["worker"], "verbs": ["get", "patch", "update"]});
+    let rule = |resource: &str, names: &[&str], verbs: &[&str]| json!({"apiGroups": ["apps"], "resources": [resource], "resourceNames": names, "verbs": verbs});
+    let deployments = [
+        rule("deployments", &["shop-producer", "api"], &["get", "patch"]),
+        rule("deployments/scale", &["shop-producer", "api"], &["get", "update"]),
+    ];
+    let statefulsets = [
+        rule("statefulsets", &["worker"], &["get", "patch"]),
+        rule("statefulsets/scale", &["worker"], &["get", "update"]),
+    ];
     let marker = json!({"apiGroups": [""], "resources": ["configmaps"],
                         "resourceNames": ["shop-cleanslate-marker"], "verbs": ["get", "update"]});
     let pods = json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]});
     assert_eq!(
         find(&docs, "Role", "shop-cleanslate-purge")["rules"],
-        json!([marker, deployments, statefulsets, pods]),
+        json!([marker, deployments[0], deployments[1], statefulsets[0], statefulsets[1], pods]),
         "purge Role: the marker, exactly the named workloads and their scale, read-only pods"
     );
     assert_eq!(
         find(&docs, "Role", "shop-cleanslate-resume")["rules"],
-        json!([deployments, statefulsets]),
+        json!([deployments[0], deployments[1], statefulsets[0], statefulsets[1]]),
         "resume Role: the same named workload rights and nothing else"
     );
     let job = find(&docs, "Job", "shop-cleanslate-purge");

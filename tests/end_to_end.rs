@@ -308,6 +308,9 @@ async fn install_upgrade_and_helm_test() {
     }
     assert_eq!(marker(&cluster)["revision"], json!("2"), "helm test rewrites the same revision");
     assert_eq!(marker(&cluster)["job"], json!("shop-cleanslate-test-purge-x7k2p"), "written by the test Pod");
+    // The gate's Role grants exactly what the gates used: a read, and a watch while they waited.
+    let token = FakeCluster::token_of("shop-cleanslate-gate");
+    assert_eq!(cluster.api.granted(&token), cluster.api.used(&token), "the gate: granted = used");
     world.cleanup().await;
 }
 
@@ -565,6 +568,17 @@ async fn upgrade_stops_the_old_writer_and_leaves_nothing_it_wrote() {
     assert_eq!(cluster.api.pods_of(NAMESPACE, "shop-producer").len(), 1, "one new producer pod");
     world.assert_clean("after the upgrade").await;
     assert_eq!(marker(&cluster)["revision"], json!("2"), "marker at revision 2");
+    // The rendered Roles grant exactly what the Jobs used: nothing missing (they succeeded) and
+    // nothing unused (a verb the code does not call is a grant nobody needs).
+    // Reading a scale happens only when an earlier run left a workload stopped (quiesce.rs), a
+    // path this flow does not take.
+    let rare = [("deployments/scale".to_string(), "get".to_string())];
+    for account in ["shop-cleanslate-purge", "shop-cleanslate-resume"] {
+        let token = FakeCluster::token_of(account);
+        let mut used = cluster.api.used(&token);
+        used.extend(rare.iter().cloned());
+        assert_eq!(cluster.api.granted(&token), used, "{account}: granted = used");
+    }
     world.cleanup().await;
 }
 

@@ -322,17 +322,28 @@ argocd.argoproj.io/hook: Skip
 {{- if hasPrefix "deployment/" . }}{{ $deployments = append $deployments (trimPrefix "deployment/" .) }}{{ end -}}
 {{- if hasPrefix "statefulset/" . }}{{ $statefulsets = append $statefulsets (trimPrefix "statefulset/" .) }}{{ end -}}
 {{- end -}}
+{{- /* Exactly what src/quiesce.rs calls: read the workload and patch its annotation (a merge
+patch of metadata.annotations only), read and replace (update) its scale. No update on the whole
+workload: that would let this identity rewrite its pod template. */ -}}
 {{- if $deployments }}
 - apiGroups: [apps]
-  resources: [deployments, deployments/scale]
+  resources: [deployments]
   resourceNames: {{ toJson $deployments }}
-  verbs: [get, patch, update]
+  verbs: [get, patch]
+- apiGroups: [apps]
+  resources: [deployments/scale]
+  resourceNames: {{ toJson $deployments }}
+  verbs: [get, update]
 {{- end }}
 {{- if $statefulsets }}
 - apiGroups: [apps]
-  resources: [statefulsets, statefulsets/scale]
+  resources: [statefulsets]
   resourceNames: {{ toJson $statefulsets }}
-  verbs: [get, patch, update]
+  verbs: [get, patch]
+- apiGroups: [apps]
+  resources: [statefulsets/scale]
+  resourceNames: {{ toJson $statefulsets }}
+  verbs: [get, update]
 {{- end }}
 {{- end -}}
 

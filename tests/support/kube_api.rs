@@ -53,6 +53,9 @@ pub struct Seen {
     pub path: String,
     pub query: String,
     pub token: String,
+    /// The RBAC resource and verb the request was authorised as (`deployments/scale`, `update`).
+    pub resource: String,
+    pub verb: String,
 }
 
 #[derive(Clone, Debug)]
@@ -204,6 +207,23 @@ impl KubeApi {
     /// Ends every open watch stream, as an API server restart or a load balancer would.
     pub fn close_watches(&self) {
         let _ = self.shared.events.send(None);
+    }
+
+    /// Every (resource, verb) `token` was granted.
+    pub fn granted(&self, token: &str) -> std::collections::BTreeSet<(String, String)> {
+        let store = self.store();
+        let grants = store.tokens.get(token).cloned().unwrap_or_default();
+        grants.iter().flat_map(|g| g.verbs.iter().map(move |v| (g.resource.clone(), v.clone()))).collect()
+    }
+
+    /// Every (resource, verb) `token` used so far.
+    pub fn used(&self, token: &str) -> std::collections::BTreeSet<(String, String)> {
+        self.store()
+            .requests
+            .iter()
+            .filter(|r| r.token == token)
+            .map(|r| (r.resource.clone(), r.verb.clone()))
+            .collect()
     }
 
     /// Every request so far.
@@ -361,6 +381,8 @@ fn admit(
         path: path.into(),
         query: query.into(),
         token: token.clone(),
+        resource: resource.into(),
+        verb: verb.into(),
     });
     if !store.fail_next.is_empty() {
         let code = store.fail_next.remove(0);
