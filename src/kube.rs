@@ -335,6 +335,9 @@ pub struct WorkloadSpec {
     /// Defaulted to 1 by the API server when the manifest leaves it out.
     #[serde(default)]
     pub replicas: Option<i32>,
+    /// A StatefulSet's `persistentVolumeClaimRetentionPolicy` (`whenScaled`, `whenDeleted`).
+    #[serde(default, rename = "persistentVolumeClaimRetentionPolicy")]
+    pub pvc_retention: Option<serde_json::Value>,
 }
 
 impl Workload {

@@ -100,6 +100,7 @@ impl Progress {
 pub async fn stop(kube: &KubeClient, config: &QuiesceConfig, progress: &Progress) -> Result<()> {
     // The retry budget of one call; the caller's timeout is the real bound.
     let deadline = Instant::now() + config.timeout;
+    refuse_volume_loss(kube, config, deadline).await?;
     let mut waits = Vec::new();
     for workload in &config.workloads {
         if let Some(selector) = stop_one(kube, &config.namespace, workload, deadline, progress).await? {
@@ -108,6 +109,34 @@ pub async fn stop(kube: &KubeClient, config: &QuiesceConfig, progress: &Progress
     }
     // Every workload is scaled down before waiting, so their pods shut down side by side.
     futures_util::future::try_join_all(waits).await?;
+    Ok(())
+}
+
+/// Refuses, before anything is stopped, a StatefulSet whose claims a scale-down deletes
+/// (`persistentVolumeClaimRetentionPolicy.whenScaled: Delete`,
+/// <https://kubernetes.io/docs/concepts/workloads/controllers/statefulset/#persistentvolumeclaim-retention>):
+/// every quiesce would delete its volumes, which is not a cleanup anyone asked for.
+async fn refuse_volume_loss(kube: &KubeClient, config: &QuiesceConfig, deadline: Instant) -> Result<()> {
+    for workload in config.workloads.iter().filter(|w| w.kind == WorkloadKind::StatefulSet) {
+        let what = format!("reading {workload}");
+        let Some(Some(current)) =
+            call(&what, workload, deadline, || kube.get_workload(&config.namespace, workload)).await?
+        else {
+            continue;
+        };
+        let when_scaled =
+            current.spec.pvc_retention.as_ref().and_then(|p| p.get("whenScaled")).and_then(|v| v.as_str());
+        if when_scaled == Some("Delete") {
+            return Err(classified(
+                Kind::Refused,
+                format!(
+                    "{workload} has spec.persistentVolumeClaimRetentionPolicy.whenScaled: Delete, so scaling it to 0 \
+                     would delete its PersistentVolumeClaims and their data; nothing was stopped or purged. Set \
+                     whenScaled: Retain, or leave it out of CLEANSLATE_QUIESCE (cleanup.quiesce)"
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -472,3 +472,38 @@ async fn a_failed_marker_write_restores_the_workloads() {
     assert_eq!(env.state("shop-producer"), (2, None), "back at 2, record removed");
     env.cleanup().await;
 }
+
+/// A StatefulSet whose claims a scale-down deletes (`whenScaled: Delete`) is refused before
+/// anything is stopped or purged: exit 77 naming it and the field; the marker says why.
+#[tokio::test]
+async fn statefulsets_that_delete_their_volumes_on_scale_are_refused() {
+    let mut env = Env::start(&["shop-producer", "db"]).await;
+    env.seed().await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
+    let mut db = deployment("db", Some(2));
+    db["kind"] = json!("StatefulSet");
+    db["spec"]["persistentVolumeClaimRetentionPolicy"] = json!({"whenDeleted": "Retain", "whenScaled": "Delete"});
+    env.api.apply_workload(NS, &db);
+    let run = cleanslate(&["purge"], &env.vars("deployment/shop-producer,statefulset/db", &[])).await;
+    assert_eq!(run.code, 77, "refused: {}", run.all_output());
+    assert!(
+        run.first_stderr_line().contains("statefulset/db")
+            && run.stderr.contains("persistentVolumeClaimRetentionPolicy.whenScaled: Delete"),
+        "names it and the field: {}",
+        run.stderr
+    );
+    assert_eq!(env.state("shop-producer"), (1, None), "nothing stopped");
+    assert_eq!(env.scale_writes("shop-producer") + env.scale_writes("db"), 0, "no scale written");
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "nothing purged");
+    assert_eq!(count_keys(&mut env.etcd, &env.prefix).await, 5, "no key deleted");
+    let marker = env.marker();
+    assert_eq!(marker["status"], json!("failed"), "the marker says failed: {marker:?}");
+    assert!(marker["message"].as_str().unwrap_or("").contains("whenScaled"), "and why: {marker:?}");
+
+    db["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] = json!("Retain");
+    env.api.apply_workload(NS, &db);
+    let run = cleanslate(&["purge"], &env.vars("deployment/shop-producer,statefulset/db", &[])).await;
+    assert_eq!(run.code, 0, "Retain is fine: {}", run.all_output());
+    assert_eq!(env.api.replicas_and_annotation(NS, "statefulsets", "db"), (0, Some("2".into())), "db stopped");
+    env.cleanup().await;
+}
