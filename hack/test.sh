@@ -32,14 +32,15 @@ cleanup() {
   # A failure anywhere must not leave the background start (debootstrap, RabbitMQ nodes) running
   # unseen: stop it and show what it said.
   if [[ -n "$services_next" ]] && kill -0 "$services_next" 2>/dev/null; then
-    kill "$services_next" 2>/dev/null || true
+    # Its own process group (setsid): debootstrap and the node starts go with it.
+    kill -- "-$services_next" 2>/dev/null || kill "$services_next" 2>/dev/null || true
     echo "test: stopped the background start of the second generation; its log:" >&2
     cat "$scratch_logs/services-next.log" >&2 || true
   fi
   rm -rf "$scratch_logs"
 }
 trap cleanup EXIT
-hack/services.sh up next >"$scratch_logs/services-next.log" 2>&1 &
+setsid hack/services.sh up next >"$scratch_logs/services-next.log" 2>&1 &
 services_next=$!
 hack/services.sh up current
 eval "$(hack/services.sh env current)"

@@ -55,6 +55,11 @@ pub struct Topology {
     /// Exchange name → its alternate exchange (argument or policy), which receives what the
     /// exchange routes nowhere: whatever is behind it is reachable, never proven.
     pub alternates: BTreeMap<String, String>,
+    /// Exchanges that also carry the ordinary traffic of selected queues (a selected queue that is
+    /// no dead-letter target is bound to them): application exchanges, not dedicated dead-letter
+    /// exchanges, so nothing routed through them is proven (a retry loop that dead-letters back
+    /// into the exchange its queue consumes from reaches every other subscriber of that key).
+    pub application: BTreeMap<String, String>,
     /// Whether a wildcard topic binding (`*`, `#`) that matches the dead-letter key proves a route
     /// (`CLEANSLATE_RABBITMQ_DEAD_LETTERS=reachable`). By default it does not: an application's
     /// topic exchange that doubles as a dead-letter exchange has other teams' queues bound with
@@ -90,6 +95,7 @@ impl Topology {
             exchanges: exchanges.into_iter().map(|e| (e.name, e.exchange_type)).collect(),
             bindings,
             alternates: BTreeMap::new(),
+            application: BTreeMap::new(),
             wildcard_routes_proven: false,
         }
     }
@@ -207,7 +213,13 @@ impl Topology {
         }
         let kind = self.exchanges.get(exchange).map(String::as_str).unwrap_or("");
         for binding in self.bindings_from(exchange) {
-            match self.binding_match(exchange, kind, binding, key) {
+            let matched = match (self.binding_match(exchange, kind, binding, key), self.application.get(exchange)) {
+                (Match::Proven, Some(queue)) => Match::Unproven(Some(format!(
+                    "exchange {exchange:?} also carries the ordinary messages of {queue:?}: an application exchange, not a dedicated dead-letter exchange"
+                ))),
+                (matched, _) => matched,
+            };
+            match matched {
                 Match::No => {}
                 Match::Proven if binding.destination_type == "exchange" => {
                     self.route(&binding.destination, key, visited, route);
@@ -220,6 +232,7 @@ impl Topology {
                         let mut behind = Route::default();
                         self.route(&binding.destination, None, visited, &mut behind);
                         route.candidates.extend(behind.reached.into_iter().chain(behind.candidates));
+                        route.any_queue |= behind.any_queue;
                     } else {
                         route.candidates.insert(binding.destination.clone());
                     }
@@ -318,6 +331,27 @@ pub fn select_dead_letter_queues(
     dead_letter_targets: &BTreeMap<String, (String, Option<String>)>,
     topology: &Topology,
 ) -> (Vec<(String, String)>, Vec<Candidate>) {
+    // Selected queues that no selected queue's dead letters reach take ordinary traffic: the
+    // exchanges bound to them are application exchanges.
+    let dead_letter_targets_of_selection: BTreeSet<String> = dead_letter_targets
+        .iter()
+        .filter(|(queue, (exchange, _))| selected.contains(*queue) && topology.has_exchange(exchange))
+        .flat_map(|(queue, (exchange, key))| {
+            let reached = topology.route_dead_letters(queue, exchange, key.as_deref()).reached;
+            reached.into_iter().filter(move |target| target != queue)
+        })
+        .collect();
+    let mut topology = topology.clone();
+    for binding in &topology.bindings {
+        if binding.destination_type == "queue"
+            && !binding.source.is_empty()
+            && selected.contains(&binding.destination)
+            && !dead_letter_targets_of_selection.contains(&binding.destination)
+        {
+            topology.application.entry(binding.source.clone()).or_insert_with(|| binding.destination.clone());
+        }
+    }
+    let topology = &topology;
     let routes: BTreeMap<&String, Route> = dead_letter_targets
         .iter()
         .filter(|(_, (exchange, _))| topology.has_exchange(exchange))
@@ -387,7 +421,11 @@ pub fn select_dead_letter_queues(
             Candidate {
                 queue: target.clone(),
                 dead_letters_of: source.clone(),
-                why: format!("it may also receive dead letters of unselected queues: {}", dropped[target].join(", ")),
+                why: format!(
+                    "it may also receive dead letters of unselected queues: {} (one without a dead-letter routing key \
+                     may carry any key: setting one makes its route provable)",
+                    dropped[target].join(", ")
+                ),
             },
         );
     }
@@ -708,5 +746,50 @@ mod tests {
         let (taken, candidates) = select_dead_letter_queues(&set(&["orders"]), &dead_letters, &topology);
         assert!(taken.is_empty(), "subscriber may dead-letter into any queue: {taken:?}");
         assert!(candidates.iter().any(|c| c.why.contains("subscriber")), "named: {candidates:?}");
+    }
+
+    /// A retry loop that dead-letters back into the application exchange its queue consumes from
+    /// (no dead-letter routing key: the original key) reaches every other subscriber of that key:
+    /// the exchange carries ordinary traffic, so nothing behind it is proven, topic or fanout.
+    #[test]
+    fn dead_letters_back_into_an_application_exchange_prove_nothing() {
+        for kind in ["topic", "fanout"] {
+            let topology = Topology::new(
+                vec![exchange("app.events", kind), exchange("orders.retry", "direct")],
+                vec![
+                    bind("app.events", "orders", "orders.created"),
+                    bind("app.events", "notifier", "orders.created"),
+                    bind("orders.retry", "orders.wait", "orders.created"),
+                ],
+            );
+            let dead_letters =
+                targets(&[("orders", "orders.retry", Some("orders.created")), ("orders.wait", "app.events", None)]);
+            let (taken, candidates) = select_dead_letter_queues(&set(&["orders"]), &dead_letters, &topology);
+            assert_eq!(taken, [("orders.wait".to_string(), "orders".to_string())], "{kind}: the dedicated retry queue");
+            assert!(
+                candidates.iter().any(|c| c.queue == "notifier" && c.why.contains("application exchange")),
+                "{kind}: the other subscriber is named, not purged: {candidates:?}"
+            );
+        }
+    }
+
+    /// The dedicated setups stay provable: a fanout dead-letter exchange per queue, with keyless
+    /// unselected neighbours on their own fanouts; and a shared direct exchange where every queue
+    /// sets its own dead-letter routing key.
+    #[test]
+    fn dedicated_dead_letter_exchanges_stay_provable() {
+        let topology = Topology::new(
+            vec![exchange("orders.dlx", "fanout"), exchange("billing.dlx", "fanout"), exchange("app", "topic")],
+            vec![
+                bind("app", "orders", "orders.*"),
+                bind("app", "billing", "billing.*"),
+                bind("orders.dlx", "orders-dlq", ""),
+                bind("billing.dlx", "billing-dlq", ""),
+            ],
+        );
+        let dead_letters = targets(&[("orders", "orders.dlx", None), ("billing", "billing.dlx", None)]);
+        let (taken, candidates) = select_dead_letter_queues(&set(&["orders"]), &dead_letters, &topology);
+        assert_eq!(taken, [("orders-dlq".to_string(), "orders".to_string())], "ours: {candidates:?}");
+        assert!(candidates.is_empty(), "nothing unproven: {candidates:?}");
     }
 }

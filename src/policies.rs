@@ -86,7 +86,12 @@ impl Policies {
             None => pick(&self.user, name, kind, keys)?,
         };
         let mut definition = user.and_then(|p| p.definition.as_object().cloned()).unwrap_or_default();
-        if let Some(operator) = pick(&self.operator, name, kind, keys)?
+        // Operator policies may not set these keys (RabbitMQ refuses them there): only one that
+        // somehow does is looked at, so an operator policy RabbitMQ's own docs write with a
+        // lookahead (`^(?!amq\.).*`) does not make every answer unknown.
+        let relevant: Vec<&Compiled> =
+            self.operator.iter().filter(|p| keys.iter().any(|k| p.info.definition.get(*k).is_some())).collect();
+        if let Some(operator) = pick(&relevant, name, kind, keys)?
             && let Some(extra) = operator.definition.as_object()
         {
             for (key, value) in extra {
@@ -99,14 +104,15 @@ impl Policies {
 
 /// The highest-priority policy among `policies` that applies to `name`; unknown when tied ones
 /// disagree on `keys`.
-fn pick<'a>(
-    policies: &'a [Compiled],
+fn pick<'a, P: std::borrow::Borrow<Compiled>>(
+    policies: &'a [P],
     name: &str,
     kind: &str,
     keys: &[&str],
 ) -> Result<Option<&'a PolicyInfo>, Unknown> {
     let mut best: Vec<&PolicyInfo> = Vec::new();
-    for policy in policies {
+    let mut all: Vec<&PolicyInfo> = Vec::new();
+    for policy in policies.iter().map(std::borrow::Borrow::borrow) {
         let applies = applies_to(&policy.info.apply_to, kind).ok_or_else(|| {
             Unknown(format!(
                 "policy {:?} applies to {:?}, which this tool does not know",
@@ -128,6 +134,7 @@ fn pick<'a>(
         if !matches {
             continue;
         }
+        all.push(&policy.info);
         match best.first() {
             Some(top) if policy.info.priority < top.priority => {}
             Some(top) if policy.info.priority == top.priority => best.push(&policy.info),
@@ -135,14 +142,17 @@ fn pick<'a>(
         }
     }
     let value = |p: &PolicyInfo, key: &str| p.definition.get(key).cloned();
-    if let Some((first, rest)) = best.split_first()
+    // A quorum queue or a stream skips a policy whose keys its type cannot use
+    // (`rabbit_policy:matches` → `is_applicable`), so a lower priority may apply: any
+    // disagreement among the matching policies makes the answer unknown for those types.
+    let contenders = if matches!(kind, "classic" | "exchange") { &best } else { &all };
+    if let Some((first, rest)) = contenders.split_first()
         && let Some(other) = rest.iter().find(|p| keys.iter().any(|k| value(p, k) != value(first, k)))
     {
         return Err(Unknown(format!(
-            "policies {:?} and {:?} both match {name:?} at priority {} and disagree on {}: RabbitMQ applies either",
+            "policies {:?} and {:?} both match {name:?} ({kind}) and disagree on {}: RabbitMQ may apply either",
             first.name,
             other.name,
-            first.priority,
             keys.join(", ")
         )));
     }
@@ -181,7 +191,7 @@ mod tests {
                 policy("low", "orders", "queues", 0, json!({"dead-letter-exchange": "low-dlx"})),
                 policy("high", "^orders$", "queues", 5, json!({"dead-letter-exchange": "high-dlx"})),
                 policy("exchanges-only", ".*", "exchanges", 9, json!({"alternate-exchange": "ae"})),
-                policy("quorum", "orders", "quorum_queues", 7, json!({"dead-letter-exchange": "q-dlx"})),
+                policy("quorum", "^qq", "quorum_queues", 7, json!({"dead-letter-exchange": "q-dlx"})),
             ],
             vec![],
         );
@@ -190,7 +200,9 @@ mod tests {
         };
         assert_eq!(dlx("orders", "classic"), Some(json!("high-dlx")), "priority wins");
         assert_eq!(dlx("preorders-v2", "classic"), Some(json!("low-dlx")), "pattern not anchored");
-        assert_eq!(dlx("orders", "quorum"), Some(json!("q-dlx")), "apply-to by queue type");
+        assert_eq!(dlx("qq1", "quorum"), Some(json!("q-dlx")), "apply-to by queue type");
+        assert_eq!(dlx("qq1", "classic"), None, "not for classic queues");
+        assert!(policies.effective("orders", "quorum", None, KEYS).is_err(), "disagreeing matches: unknown for quorum");
         assert_eq!(dlx("billing", "classic"), None, "no policy applies");
         assert_eq!(
             policies.effective("orders", "classic", Some("low"), KEYS).unwrap().get("dead-letter-exchange"),
@@ -240,5 +252,17 @@ mod tests {
             "exchanges too"
         );
         assert!(exchange.effective("app", "classic", None, KEYS).unwrap().is_empty(), "not to queues");
+        let layered = Policies::new(
+            vec![
+                policy("ha", "^q", "queues", 5, json!({"ha-mode": "all"})),
+                policy("dl", "^q", "queues", 0, json!({"dead-letter-exchange": "dlx"})),
+            ],
+            vec![policy("lookahead", "^(?!amq\\.).*", "queues", 0, json!({"max-length": 10}))],
+        );
+        assert!(
+            layered.effective("q", "classic", None, KEYS).unwrap().get("dead-letter-exchange").is_none(),
+            "ha wins"
+        );
+        assert!(layered.effective("q", "quorum", None, KEYS).is_err(), "a quorum queue may skip ha: unknown");
     }
 }

@@ -414,12 +414,18 @@ impl Management {
     pub async fn list_queues(&self, policy: &RetryPolicy, deadline: Instant) -> Result<Vec<QueueInfo>> {
         let mut queues = self.list_queues_with(policy, deadline, "").await?;
         if queues.iter().any(QueueInfo::unsampled) {
-            let records: BTreeMap<String, QueueInfo> = self
+            // Only an aid: when it fails, those queues stay as listed, which makes their policy
+            // unknown or resolved by pattern, never guessed.
+            let records: BTreeMap<String, QueueInfo> = match self
                 .list_queues_with(policy, deadline, "disable_stats=true&enable_queue_totals=true&")
-                .await?
-                .into_iter()
-                .map(|q| (q.name.clone(), q))
-                .collect();
+                .await
+            {
+                Ok(records) => records.into_iter().map(|q| (q.name.clone(), q)).collect(),
+                Err(err) => {
+                    warn!(vhost = %self.vhost, error = %format!("{err:#}"), "the queue records could not be listed; queues not sampled yet stay as listed");
+                    BTreeMap::new()
+                }
+            };
             for queue in queues.iter_mut().filter(|q| q.unsampled()) {
                 if let Some(record) = records.get(&queue.name) {
                     queue.fill_from(record);
@@ -463,7 +469,13 @@ impl Management {
                     s => Err(Attempt::Transient(anyhow!("{what}: RabbitMQ answered {s}"))),
                 }
             })
-            .await?;
+            .await;
+            // Policies only inform dead-letter discovery: when they cannot be read, it is unknown,
+            // and the run goes on without purging dead-letter queues.
+            let listed = match listed {
+                Ok(listed) => listed,
+                Err(err) => return Ok(Err(format!("{err:#}"))),
+            };
             match listed {
                 Some(list) => lists.push(list),
                 // Operator policies cannot set dead-letter keys: not reading them loses nothing here.

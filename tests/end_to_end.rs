@@ -257,6 +257,16 @@ async fn install_upgrade_and_helm_test() {
     for gate in &mut gates {
         assert!(gate.child.try_wait().expect("status").is_none(), "{} waits for the marker", gate.deployment);
     }
+    // The gates are watching before the Job runs (the RBAC check at the end counts on it).
+    let gate_token = FakeCluster::token_of("shop-cleanslate-gate");
+    let watching = ("configmaps".to_string(), "watch".to_string());
+    for _ in 0..100 {
+        if cluster.api.used(&gate_token).contains(&watching) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cluster.api.used(&gate_token).contains(&watching), "the gates watch the marker");
     let runs = run_hooks(&mut cluster, &install, "post-install").await;
     all_succeeded(&runs, "install");
     let job = job_run(&runs, "shop-cleanslate-purge");
@@ -309,8 +319,7 @@ async fn install_upgrade_and_helm_test() {
     assert_eq!(marker(&cluster)["revision"], json!("2"), "helm test rewrites the same revision");
     assert_eq!(marker(&cluster)["job"], json!("shop-cleanslate-test-purge-x7k2p"), "written by the test Pod");
     // The gate's Role grants exactly what the gates used: a read, and a watch while they waited.
-    let token = FakeCluster::token_of("shop-cleanslate-gate");
-    assert_eq!(cluster.api.granted(&token), cluster.api.used(&token), "the gate: granted = used");
+    assert_eq!(cluster.api.granted(&gate_token), cluster.api.used(&gate_token), "the gate: granted = used");
     world.cleanup().await;
 }
 

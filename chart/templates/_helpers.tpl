@@ -87,6 +87,9 @@ Call with (list BASE SUFFIX).
 {{- $full -}}
 {{- else -}}
 {{- $keep := sub 63 (add (len $suffix) 10) -}}
+{{- if lt $keep 1 -}}
+{{- fail (printf "cleanslate: the name suffix %q is too long to fit a 63-character name" $suffix) -}}
+{{- end -}}
 {{- printf "%s-%s-%s" (trunc (int $keep) $base | trimSuffix "-") (sha256sum $base | trunc 8) $suffix -}}
 {{- end -}}
 {{- end -}}
