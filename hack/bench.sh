@@ -154,6 +154,11 @@ gate_table="$(CSBENCH_GATE_RUNS=$gate_runs CSBENCH_POLL_RUNS=$poll_runs cargo be
   flag=""
   [[ "$gen" == current ]] || flag=" --gen $gen"
   echo "Reproduce with \`hack/bench.sh$flag\` (about 15 minutes; \`hack/bench.sh --smoke$flag\` is the tiny run CI does)."
+  if [[ "$gen" == current ]]; then
+    echo "The same benchmark against RabbitMQ 4.0 and etcd 3.5: [BENCHMARKS-next.md](BENCHMARKS-next.md) (\`hack/bench.sh --gen next\`)."
+  else
+    echo "The same benchmark against RabbitMQ 3.10 and etcd 3.4: [BENCHMARKS.md](BENCHMARKS.md)."
+  fi
   echo "Every contender runs on freshly seeded data; after every run the script checks that all selected"
   echo "messages and keys are gone and that the survivors (queue \`bench-keep\`, keys under"
   echo "\`bench/monorepo-keep/\` and \`/registry/bench/\`) are untouched."
