@@ -41,7 +41,7 @@ export CSTEST_AMQP_PORT CSTEST_RABBITMQ_USERNAME CSTEST_RABBITMQ_PASSWORD CSTEST
 # The generation's own etcdctl (3.4 or 3.5), by path: PATH keeps the usual cargo and tools.
 etcdctl="$CSTEST_ETCD_BIN_DIR/etcdctl"
 hack/build-release.sh >/dev/null
-bin="$root/target/x86_64-unknown-linux-gnu/release/cleanslate"
+bin="$(hack/build-release.sh --path)"
 CLEANSLATE_BINARY="$bin" hack/image.sh >/dev/null
 image="$root/target/image/cleanslate.tar"
 py="$root/.tools/venv/bin/python"

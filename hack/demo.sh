@@ -15,8 +15,8 @@ if ! hack/setup.sh >"$setup_log" 2>&1; then
 fi
 hack/services.sh up
 eval "$(hack/services.sh env)"
-cargo build --release --locked --quiet
-bin="$root/target/release/cleanslate"
+hack/build-release.sh >/dev/null
+bin="$(hack/build-release.sh --path)"
 
 api="$CSTEST_RABBITMQ_URL/api"
 auth="$CSTEST_RABBITMQ_USERNAME:$CSTEST_RABBITMQ_PASSWORD"

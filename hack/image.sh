@@ -13,7 +13,7 @@ cd "$root"
 binary="${CLEANSLATE_BINARY:-}"
 if [[ -z "$binary" ]]; then
   hack/build-release.sh >&2
-  binary="target/x86_64-unknown-linux-gnu/release/cleanslate"
+  binary="$(hack/build-release.sh --path)"
 fi
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
 revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"

@@ -58,7 +58,7 @@ phase "release build (the Dockerfile's command)"
 hack/build-release.sh
 
 phase "image (the Dockerfile's final stage, with buildah; tests/image.rs runs it)"
-CLEANSLATE_BINARY=target/x86_64-unknown-linux-gnu/release/cleanslate hack/image.sh
+CLEANSLATE_BINARY="$(hack/build-release.sh --path)" hack/image.sh
 
 phase "tests against RabbitMQ $CSTEST_RABBITMQ_VERSION and etcd $("$CSTEST_ETCD_BIN_DIR/etcd" --version | awk 'NR == 1 {print $3}')"
 test_log="$scratch_logs/tests.log"
