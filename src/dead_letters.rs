@@ -309,6 +309,23 @@ enum Match {
     Unproven(Option<String>),
 }
 
+/// The queues of `sources` that another one's dead letters provably reach (a queue's dead letters
+/// back into itself aside).
+pub fn reached_by_one_another(
+    sources: &BTreeSet<String>,
+    dead_letter_targets: &BTreeMap<String, (String, Option<String>)>,
+    topology: &Topology,
+) -> BTreeSet<String> {
+    dead_letter_targets
+        .iter()
+        .filter(|(queue, (exchange, _))| sources.contains(*queue) && topology.has_exchange(exchange))
+        .flat_map(|(queue, (exchange, key))| {
+            let reached = topology.route_dead_letters(queue, exchange, key.as_deref()).reached;
+            reached.into_iter().filter(move |target| target != queue && sources.contains(target))
+        })
+        .collect()
+}
+
 /// A queue that dead letters might reach but that is not purged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
@@ -333,14 +350,7 @@ pub fn select_dead_letter_queues(
 ) -> (Vec<(String, String)>, Vec<Candidate>) {
     // Selected queues that no selected queue's dead letters reach take ordinary traffic: the
     // exchanges bound to them are application exchanges.
-    let dead_letter_targets_of_selection: BTreeSet<String> = dead_letter_targets
-        .iter()
-        .filter(|(queue, (exchange, _))| selected.contains(*queue) && topology.has_exchange(exchange))
-        .flat_map(|(queue, (exchange, key))| {
-            let reached = topology.route_dead_letters(queue, exchange, key.as_deref()).reached;
-            reached.into_iter().filter(move |target| target != queue)
-        })
-        .collect();
+    let dead_letter_targets_of_selection = reached_by_one_another(selected, dead_letter_targets, topology);
     let mut topology = topology.clone();
     for binding in &topology.bindings {
         if binding.destination_type == "queue"

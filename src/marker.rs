@@ -114,11 +114,8 @@ impl Marker {
 
     /// `messagesPurged` as written: a count, or "unknown" when every purged queue's count was.
     fn messages_text(&self) -> String {
-        if self.queues_with_unknown_counts > 0 && self.queues_with_unknown_counts >= self.queues_purged {
-            "unknown".to_string()
-        } else {
-            self.messages_purged.to_string()
-        }
+        crate::tally::known_messages(self.queues_purged, self.messages_purged, self.queues_with_unknown_counts)
+            .map_or_else(|| "unknown".to_string(), |count| count.to_string())
     }
 
     /// Reads a marker back; `None` for the chart's empty placeholder or anything without a valid

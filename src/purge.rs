@@ -244,9 +244,11 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     let candidates = summary.dead_letter_candidates.join(", ");
     let skipped = summary.queues_skipped.join("; ");
     // Left out of the log line when no purged queue had a count: unknown, never 0.
-    let messages_known = (summary.queues_with_unknown_counts == 0
-        || summary.queues_with_unknown_counts < summary.queues_purged)
-        .then_some(summary.messages_purged);
+    let messages_known = crate::tally::known_messages(
+        summary.queues_purged,
+        summary.messages_purged,
+        summary.queues_with_unknown_counts,
+    );
     if summary.failures.is_empty() {
         info!(
             status = "succeeded",

@@ -37,7 +37,7 @@ use tracing::{info, warn};
 
 use crate::config::{DeadLetters, MissingQueue, RabbitConfig, RetryPolicy, is_dot_segment};
 pub use crate::dead_letters::Candidate;
-use crate::dead_letters::{BindingInfo, ExchangeInfo, Topology, select_dead_letter_queues};
+use crate::dead_letters::{BindingInfo, ExchangeInfo, Topology, reached_by_one_another, select_dead_letter_queues};
 use crate::error::{Classified, Kind, classified};
 use crate::policies::{Policies, PolicyInfo};
 use crate::retry::{self, Attempt};
@@ -863,13 +863,7 @@ fn add_dead_letter_queues(
     }
     candidates.sort_by(|a, b| a.queue.cmp(&b.queue));
     selection.dead_letter_candidates = candidates.into_iter().filter(|c| all.contains_key(&c.queue)).collect();
-    for source in chosen.iter() {
-        let Some((exchange, key)) = settings.targets.get(source) else { continue };
-        let route = topology.route_dead_letters(source, exchange, key.as_deref());
-        selection
-            .dead_letter_targets
-            .extend(route.reached.into_iter().filter(|target| target != source && chosen.contains(target)));
-    }
+    selection.dead_letter_targets = reached_by_one_another(chosen, &settings.targets, topology);
 }
 
 /// Connection problems are transient and mean "unreachable" if they last; anything else about the

@@ -24,6 +24,12 @@ pub struct Counts {
     pub keys_deleted: u64,
 }
 
+/// The purged messages as far as they are known: `None` when no purged queue had a count (the
+/// broker's statistics were off), so nobody reads an unknown as 0.
+pub fn known_messages(queues_purged: u64, messages_purged: u64, queues_with_unknown_counts: u64) -> Option<u64> {
+    (queues_with_unknown_counts == 0 || queues_with_unknown_counts < queues_purged).then_some(messages_purged)
+}
+
 impl Tally {
     /// One queue purged, with its ready-message count when known.
     pub fn queue_purged(&self, ready_messages: Option<u64>) {

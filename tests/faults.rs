@@ -41,16 +41,7 @@ async fn queues(rabbit: &Rabbit, count: usize) -> (String, Vec<String>) {
 }
 
 fn rabbit_vars(url: &str, vhost: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let base = with(
-        service_vars(),
-        &[
-            ("CLEANSLATE_TARGETS", "rabbitmq"),
-            ("CLEANSLATE_RABBITMQ_URL", url),
-            ("CLEANSLATE_RABBITMQ_VHOST", vhost),
-            ("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "q[0-9]+"),
-        ],
-    );
-    with(base, extra)
+    with(rabbit_purge_vars(url, vhost, &[("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "q[0-9]+")]), extra)
 }
 
 /// RabbitMQ not up when the purge starts, but up within the retry window: the purge succeeds.

@@ -16,15 +16,6 @@ fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; {START_NEXT}"))
 }
 
-/// Variables for a RabbitMQ-only purge of `vhost` through the management API at `url`.
-fn purge_vars(url: &str, vhost: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let base = with(
-        service_vars(),
-        &[("CLEANSLATE_TARGETS", "rabbitmq"), ("CLEANSLATE_RABBITMQ_URL", url), ("CLEANSLATE_RABBITMQ_VHOST", vhost)],
-    );
-    with(base, extra)
-}
-
 /// Statistics off: the listing has no policy or consumer columns. Dead-letter queues set by policy
 /// are still found (from the policies), an unselected queue that dead-letters there by policy still
 /// keeps that queue out, and consumer counts are unknown, never 0.
@@ -52,7 +43,7 @@ async fn policy_dead_lettering_with_statistics_off() {
     for queue in ["orders", "orders-dlq", "billing"] {
         rabbit.publish(&vhost, queue, 2).await;
     }
-    let vars = purge_vars(&url, &vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders")]);
+    let vars = rabbit_purge_vars(&url, &vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders")]);
 
     let plan = cleanslate(&["plan"], &vars).await;
     assert_eq!(plan.code, 0, "plan succeeds: {}", plan.all_output());
@@ -119,7 +110,7 @@ async fn a_queue_on_a_stopped_node_is_not_reported_as_purged() {
 
     cluster(&["stop", "2"]).await;
     let api = MarkerApi::start().await;
-    let mut vars = purge_vars(
+    let mut vars = rabbit_purge_vars(
         &urls[0],
         &vhost,
         &[

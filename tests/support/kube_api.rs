@@ -53,7 +53,10 @@ pub struct Seen {
     pub path: String,
     pub query: String,
     pub token: String,
-    /// The RBAC resource and verb the request was authorised as (`deployments/scale`, `update`).
+    /// The RBAC resource and verb the request was authorised as (`deployments/scale`, `update`), as
+    /// the API server's authorizer derives them from the method, path and `watch` parameter
+    /// (<https://kubernetes.io/docs/reference/access-authn-authz/authorization/#determine-the-request-verb>):
+    /// recorded by `admit`, which makes that decision; the tests compare it with the Roles' rules.
     pub resource: String,
     pub verb: String,
 }

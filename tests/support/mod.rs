@@ -424,6 +424,15 @@ pub fn with(mut base: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(Str
     base
 }
 
+/// Variables for a RabbitMQ-only purge of `vhost` through the management API at `url`.
+pub fn rabbit_purge_vars(url: &str, vhost: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let base = with(
+        service_vars(),
+        &[("CLEANSLATE_TARGETS", "rabbitmq"), ("CLEANSLATE_RABBITMQ_URL", url), ("CLEANSLATE_RABBITMQ_VHOST", vhost)],
+    );
+    with(base, extra)
+}
+
 pub fn without(mut base: Vec<(String, String)>, names: &[&str]) -> Vec<(String, String)> {
     base.retain(|(name, _)| !names.contains(&name.as_str()));
     base
