@@ -1,11 +1,11 @@
 //! The gate: wait until the marker allows this revision, then let the pod start.
 //!
-//! Read the marker once; if that does not decide, watch that one ConfigMap from the read's
-//! `resourceVersion` (or, when it does not exist yet, from "now", which replays the current object
-//! as ADDED so a creation between read and watch is not missed). Every event is judged as it
-//! arrives, so the gate reacts within milliseconds of the write instead of on a polling interval.
-//! A closed stream or `410 Gone` (the watch's resourceVersion is too old) means: read again, after a
-//! jittered pause that grows while watches keep ending early (as client-go's reflector does).
+//! kube-rs's watcher follows that one ConfigMap: a list (by `fieldSelector=metadata.name=…`, which
+//! RBAC `resourceNames` allow), then a watch from the list's `resourceVersion` with bookmarks, a
+//! relist on 410 Gone, and a reconnect when the watch stays silent past its timeout (a connection a
+//! load balancer dropped). Every event is judged as it arrives, so the gate reacts within
+//! milliseconds of the write instead of on a polling interval. Failed requests are retried after a
+//! jittered pause that grows while they keep failing (client-go's reflector settings).
 //!
 //! After install, the gate's RoleBinding can take a moment to become effective, so 401/403 are
 //! retried for a short grace period before failing with a hint naming what is missing. An API that
@@ -19,7 +19,10 @@ use tracing::{error, info, warn};
 
 use crate::config::{GateConfig, MarkerConfig, OnTimeout};
 use crate::error::{Kind, classified};
-use crate::kube::{ConfigMap, KubeClient, KubeError, WatchEvent};
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use crate::kube::{Change, KubeClient, KubeError, data_of};
 use crate::marker::{self, Marker, Verdict};
 
 /// How long 401/403 are taken for "RBAC not effective yet" before they are taken at their word:
@@ -32,13 +35,6 @@ const FORBIDDEN_GRACE: Duration = Duration::from_secs(20);
 /// at once must not be met with a tight GET+WATCH loop from all of them.
 const FIRST_PAUSE: Duration = Duration::from_millis(800);
 const MAX_PAUSE: Duration = Duration::from_secs(30);
-/// A watch that lasted this long ended normally (the server's window or an idle proxy), so it is
-/// re-established at once; shorter ones without events count as failures, as in client-go's
-/// reflector (a watch under a second with no items is treated as an error).
-const HEALTHY_WATCH: Duration = Duration::from_secs(1);
-/// How long one watch request lasts before the server ends it and the gate re-reads.
-const WATCH_WINDOW: Duration = Duration::from_secs(290);
-
 /// What the gate last knew, kept outside the waiting future so the timeout message can use it.
 #[derive(Default)]
 struct Seen {
@@ -51,7 +47,7 @@ struct Seen {
 /// error of kind Failed for a final failed marker, Deadline or Unreachable on timeout.
 pub async fn run(config: &GateConfig) -> Result<()> {
     let settings = &config.marker;
-    let kube = KubeClient::new(&settings.kube)?;
+    let kube = KubeClient::new(&settings.kube).await?;
     let deadline = Instant::now() + config.timeout;
     info!(
         marker = %settings.name,
@@ -105,7 +101,7 @@ enum Step {
 }
 
 fn judge(object: Option<&ConfigMap>, settings: &MarkerConfig, seen: &mut Seen) -> Step {
-    let found = object.and_then(|cm| Marker::from_data(&cm.data));
+    let found = object.and_then(|cm| Marker::from_data(&data_of(cm)));
     let verdict = marker::verdict(found.as_ref(), settings.revision);
     if found != seen.last_marker {
         info!(marker = %marker::describe(found.as_ref()), expected_revision = settings.revision, "marker seen");
@@ -140,109 +136,65 @@ impl Backoff {
     }
 }
 
-/// Reads and watches until a decision; never returns on its own otherwise (the caller's deadline
-/// ends it).
+/// Watches until a decision; never returns on its own otherwise (the caller's deadline ends it).
 async fn wait(kube: &KubeClient, settings: &MarkerConfig, forbidden_grace: Duration, seen: &mut Seen) -> Result<()> {
     let (namespace, name) = (settings.namespace.as_str(), settings.name.as_str());
     let mut backoff = Backoff::new();
     let mut forbidden_since: Option<Instant> = None;
-    loop {
-        let started = Instant::now();
-        let mut progressed = false;
-        let mut ended_by_error = false;
-        let outcome = async {
-            let current = kube.get(namespace, name).await?;
-            seen.reached_api = true;
-            if let Step::Done(result) = judge(current.as_ref(), settings, seen) {
-                return Ok(Some(result));
-            }
-            let resource_version = current.as_ref().and_then(|cm| cm.metadata.resource_version.clone());
-            let mut watch = kube.watch(namespace, name, resource_version.as_deref(), WATCH_WINDOW).await?;
-            while let Some(event) = watch.next().await? {
-                match handle_event(event, settings, seen) {
-                    Some(Step::Done(result)) => return Ok(Some(result)),
-                    Some(Step::Continue) => progressed = true,
-                    None => {
-                        ended_by_error = true;
-                        break;
-                    }
-                }
-            }
-            Ok::<_, KubeError>(None)
-        }
-        .await;
-        match outcome {
-            Ok(Some(result)) => return result,
-            Ok(None) => {
+    let mut changes = std::pin::pin!(kube.watch_config_map(namespace, name));
+    while let Some(change) = changes.next().await {
+        let err = match change {
+            Ok(change) => {
+                seen.reached_api = true;
                 forbidden_since = None;
-                // An ERROR event (410 Gone, a server error) goes through the backoff whatever the
-                // watch's length, as in client-go; a watch that simply ran its course does not.
-                if started.elapsed() >= HEALTHY_WATCH && !ended_by_error {
-                    // The watch ran its course: read again at once.
-                    backoff.reset();
-                    continue;
+                backoff.reset();
+                let step = match change {
+                    Change::Listed(objects) => judge(objects.iter().find(|cm| is_named(cm, name)), settings, seen),
+                    Change::Applied(object) => judge(Some(&object), settings, seen),
+                    // The chart deletes the marker before each install/upgrade (before-hook-creation).
+                    Change::Deleted(_) => judge(None, settings, seen),
+                };
+                match step {
+                    Step::Done(result) => return result,
+                    Step::Continue => continue,
                 }
-                if progressed {
-                    backoff.reset();
-                }
-                let pause = backoff.pause();
-                info!(retry_in_ms = pause.as_millis() as u64, "watch ended early, reading again after a pause");
-                tokio::time::sleep(pause).await;
             }
-            Err(err) => {
-                seen.last_error = Some(err.to_string());
-                seen.reached_api |= err.code().is_some();
-                if matches!(err.code(), Some(401) | Some(403)) {
-                    let since = *forbidden_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= forbidden_grace {
-                        return Err(classified(Kind::Failed, rbac_hint(&err, settings)));
-                    }
-                } else if !err.is_transient() {
-                    // A transient error between two 403s (a timeout, a 503) does not restart the
-                    // grace period; anything else ends it.
-                    forbidden_since = None;
-                }
-                if !err.is_transient() && !matches!(err.code(), Some(401) | Some(403)) {
-                    return Err(anyhow::Error::new(err).context(format!("reading marker {namespace}/{name}")));
-                }
-                let mut pause = backoff.pause();
-                if let Some(since) = forbidden_since {
-                    // Look once more when the grace period ends, so a missing RoleBinding is reported
-                    // with its hint then, not hidden behind a long pause or the gate's timeout.
-                    pause = pause.min(forbidden_grace.saturating_sub(since.elapsed()));
-                }
-                warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "marker not readable yet, retrying");
-                tokio::time::sleep(pause).await;
-            }
+            Err(err) => err,
+        };
+        seen.last_error = Some(err.to_string());
+        seen.reached_api |= err.code().is_some();
+        if err.code() == Some(410) {
+            // The watch's resourceVersion is too old; the watcher lists again.
+            info!("watch expired (410 Gone), listing again");
+            continue;
         }
+        if matches!(err.code(), Some(401) | Some(403)) {
+            let since = *forbidden_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= forbidden_grace {
+                return Err(classified(Kind::Failed, rbac_hint(&err, settings)));
+            }
+        } else if !err.is_transient() {
+            return Err(anyhow::Error::new(err).context(format!("reading marker {namespace}/{name}")));
+        }
+        let mut pause = backoff.pause();
+        if let Some(since) = forbidden_since {
+            // Look once more when the grace period ends, so a missing RoleBinding is reported
+            // with its hint then, not hidden behind a long pause or the gate's timeout.
+            pause = pause.min(forbidden_grace.saturating_sub(since.elapsed()));
+        }
+        warn!(error = %err, retry_in_ms = pause.as_millis() as u64, "marker not readable yet, retrying");
+        tokio::time::sleep(pause).await;
     }
+    Err(anyhow::anyhow!("the watch of marker {namespace}/{name} ended"))
 }
 
-/// Judges one watch event; `None` means the stream must be re-established from a fresh read.
-fn handle_event(event: WatchEvent, settings: &MarkerConfig, seen: &mut Seen) -> Option<Step> {
-    match event.event_type.as_str() {
-        "ADDED" | "MODIFIED" => match serde_json::from_value::<ConfigMap>(event.object) {
-            Ok(object) => Some(judge(Some(&object), settings, seen)),
-            Err(err) => {
-                warn!(error = %err, "unreadable watch event, reading again");
-                None
-            }
-        },
-        // The chart deletes the marker before each install/upgrade (before-hook-creation): wait on.
-        "DELETED" => Some(judge(None, settings, seen)),
-        "BOOKMARK" => Some(Step::Continue),
-        _ => {
-            // ERROR carries a Status; 410 Gone means the resourceVersion is too old to watch from.
-            let status: crate::kube::Status = serde_json::from_value(event.object).unwrap_or_default();
-            info!(code = status.code, reason = %status.reason, "watch ended by the server, reading again");
-            None
-        }
-    }
+fn is_named(object: &ConfigMap, name: &str) -> bool {
+    object.metadata.name.as_deref() == Some(name)
 }
 
 fn rbac_hint(err: &KubeError, settings: &MarkerConfig) -> String {
     format!(
-        "{err}; the gate's service account needs get and watch on ConfigMap {:?} in namespace {:?} \
+        "{err}; the gate's service account needs list and watch on ConfigMap {:?} in namespace {:?} \
          (the chart's gate Role and RoleBinding must name the ServiceAccount this pod runs as)",
         settings.name, settings.namespace
     )

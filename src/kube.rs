@@ -1,81 +1,48 @@
-//! Just enough of the Kubernetes API: one ConfigMap (get, create, replace, watch), and for quiesce a
-//! Deployment's or StatefulSet's annotations (get, merge patch), its `scale` subresource (get,
-//! replace) and its pods (list, watch by label selector).
+//! The Kubernetes API, through kube-rs: the marker ConfigMap (get, create, replace, watch), and for
+//! quiesce a Deployment's or StatefulSet's annotations (get, merge patch), its `scale` subresource
+//! (get, replace) and its pods (watch by label selector).
 //!
-//! Written over reqwest instead of kube-rs because a handful of calls do not earn a client
-//! generator, a config loader and their compile time. What it keeps from a real client:
-//! - certificate verification is always on, against the service-account CA only;
-//! - the bearer token is read from its file on every request (bound tokens rotate hourly:
-//!   <https://kubernetes.io/docs/concepts/security/service-accounts/#bound-service-account-tokens>);
-//! - writes carry `resourceVersion`, so a concurrent writer gets 409 Conflict instead of a lost update;
-//! - errors keep the API's `Status` (code, reason, message), because the callers branch on them.
+//! What kube-rs does for us: configuration like every Kubernetes tool (the service account in a
+//! pod, with its rotating token and CA re-read about once a minute; elsewhere the kubeconfig with
+//! client certificates, tokens and exec plugins), typed objects, and `kube::runtime::watcher` (a
+//! list, then a watch from the list's `resourceVersion` with bookmarks, a relist on 410 Gone, a
+//! reconnect when a watch stays silent past its timeout). What this module adds:
+//! - one error type whose HTTP code the callers branch on ([`KubeError`]);
+//! - a bound on every single request ([`REQUEST_TIMEOUT`]); watches are bounded by the watcher;
+//! - watch requests that keep ending at once are paced ([`pacing`]), as client-go's reflector does;
+//! - no field ownership left behind by a scale write ([`KubeClient::replace_scale`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use percent_encoding::utf8_percent_encode;
-use reqwest::{Method, StatusCode, Url};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v1::Scale;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
 
-use crate::config::{KubeConfig, WorkloadRef};
+use crate::config::{KubeAccess, KubeConfig, WorkloadKind, WorkloadRef};
 use crate::error::{Kind, classified};
+
+mod pacing;
 
 /// A request to the API server that takes longer than this is stuck, not slow.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connecting to the API server from a pod takes milliseconds.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The field manager named on every write, so the API server can tell our writes from others'.
+pub const FIELD_MANAGER: &str = "cleanslate";
 
-/// Object metadata; fields this binary does not model (annotations, owner references, managed
-/// fields) are carried through untouched so that a replace does not strip what Helm put there.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_version: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(flatten)]
-    pub rest: Map<String, Value>,
-}
-
-/// A ConfigMap with string data.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ConfigMap {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub data: BTreeMap<String, String>,
-}
-
-impl ConfigMap {
-    /// A new ConfigMap with the given name and namespace.
-    pub fn new(name: &str, namespace: &str) -> ConfigMap {
-        ConfigMap {
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            metadata: ObjectMeta { name: name.into(), namespace: Some(namespace.into()), ..Default::default() },
-            data: BTreeMap::new(),
-        }
-    }
-}
-
-/// The API server's error object (`kind: Status`).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+/// The API server's error object (`kind: Status`), as far as callers branch on it.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Status {
-    #[serde(default)]
     pub code: u16,
-    #[serde(default)]
     pub reason: String,
-    #[serde(default)]
     pub message: String,
 }
 
@@ -85,9 +52,7 @@ pub enum KubeError {
     /// The API answered with an error status.
     Api(Status),
     /// No answer: connection refused, TLS failure, timeout, a stream cut short.
-    Transport(reqwest::Error),
-    /// The service-account token could not be read.
-    Token(String),
+    Transport(String),
     /// The answer was not what the API sends.
     Decode(String),
 }
@@ -106,7 +71,6 @@ impl KubeError {
         match self {
             KubeError::Transport(_) | KubeError::Decode(_) => true,
             KubeError::Api(status) => status.code == 429 || status.code >= 500,
-            KubeError::Token(_) => false,
         }
     }
 }
@@ -116,7 +80,6 @@ impl fmt::Display for KubeError {
         match self {
             KubeError::Api(s) => write!(f, "Kubernetes API answered {} {}: {}", s.code, s.reason, s.message),
             KubeError::Transport(err) => write!(f, "Kubernetes API not reachable: {err}"),
-            KubeError::Token(err) => write!(f, "reading the service-account token: {err}"),
             KubeError::Decode(err) => write!(f, "unexpected answer from the Kubernetes API: {err}"),
         }
     }
@@ -124,179 +87,199 @@ impl fmt::Display for KubeError {
 
 impl std::error::Error for KubeError {}
 
-/// One event of a watch stream.
-#[derive(Debug, Deserialize)]
-pub struct WatchEvent {
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub object: Value,
-}
-
-/// An open watch: JSON lines, one event each, until the server ends the stream.
-pub struct Watch {
-    response: reqwest::Response,
-    buffer: Vec<u8>,
-}
-
-impl Watch {
-    /// The next event, or `None` when the server closed the stream.
-    pub async fn next(&mut self) -> Result<Option<WatchEvent>, KubeError> {
-        loop {
-            if let Some(newline) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buffer.drain(..=newline).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return serde_json::from_slice(&line).map(Some).map_err(|err| KubeError::Decode(err.to_string()));
-            }
-            match self.response.chunk().await.map_err(|err| KubeError::Transport(err.without_url()))? {
-                Some(chunk) => self.buffer.extend_from_slice(&chunk),
-                // A last event without a trailing newline is still an event.
-                None if !self.buffer.iter().all(u8::is_ascii_whitespace) => {
-                    let line = std::mem::take(&mut self.buffer);
-                    return serde_json::from_slice(&line).map(Some).map_err(|err| KubeError::Decode(err.to_string()));
-                }
-                None => return Ok(None),
-            }
+impl From<kube::Error> for KubeError {
+    fn from(err: kube::Error) -> KubeError {
+        match err {
+            kube::Error::Api(status) => KubeError::Api(Status {
+                code: status.code,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+            }),
+            kube::Error::SerdeError(err) => KubeError::Decode(err.to_string()),
+            kube::Error::Auth(err) => KubeError::Transport(format!("getting credentials: {err}")),
+            // hyper, TLS, a service error (a timeout): no usable answer.
+            other => KubeError::Transport(other.to_string()),
         }
     }
 }
 
-/// A client for ConfigMaps in one API server.
+impl From<watcher::Error> for KubeError {
+    fn from(err: watcher::Error) -> KubeError {
+        match err {
+            watcher::Error::InitialListFailed(err)
+            | watcher::Error::WatchStartFailed(err)
+            | watcher::Error::WatchFailed(err) => KubeError::from(err),
+            watcher::Error::WatchError(status) => {
+                KubeError::Api(Status { code: status.code, reason: status.reason, message: status.message })
+            }
+            other => KubeError::Decode(other.to_string()),
+        }
+    }
+}
+
+/// One request with [`REQUEST_TIMEOUT`]; a request that hangs becomes a transport error.
+async fn bounded<T>(request: impl Future<Output = Result<T, kube::Error>>) -> Result<T, KubeError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(answer) => answer.map_err(KubeError::from),
+        Err(_) => Err(KubeError::Transport(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()))),
+    }
+}
+
+/// `Ok(None)` for 404, the object otherwise.
+fn found<T>(answer: Result<T, KubeError>) -> Result<Option<T>, KubeError> {
+    match answer {
+        Ok(object) => Ok(Some(object)),
+        Err(err) if err.code() == Some(404) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// A new, empty ConfigMap with the given name and namespace.
+pub fn new_config_map(name: &str, namespace: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta { name: Some(name.into()), namespace: Some(namespace.into()), ..Default::default() },
+        ..Default::default()
+    }
+}
+
+/// A change to the watched objects, as [`KubeClient::watch_config_map`] and
+/// [`KubeClient::watch_pods`] report them.
+#[derive(Debug)]
+pub enum Change<K> {
+    /// A fresh list: every object that exists now (after the first list, and after a relist).
+    Listed(Vec<K>),
+    /// Created or changed.
+    Applied(K),
+    /// Deleted.
+    Deleted(K),
+}
+
+/// A Deployment or StatefulSet, as far as quiesce reads it.
+#[derive(Clone, Debug, Default)]
+pub struct Workload {
+    pub metadata: ObjectMeta,
+    /// `spec.replicas`; the API server defaults it to 1 when the manifest leaves it out.
+    pub replicas: Option<i32>,
+    /// A StatefulSet's `persistentVolumeClaimRetentionPolicy.whenScaled`.
+    pub pvc_when_scaled: Option<String>,
+    /// A StatefulSet's `podManagementPolicy` (`OrderedReady` when unset).
+    pub pod_management_policy: Option<String>,
+}
+
+impl Workload {
+    /// The value of one annotation.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+
+    /// The `managedFields` entries of ours that own `spec.replicas`.
+    fn replicas_owned_by_us(&self) -> bool {
+        self.metadata.managed_fields.iter().flatten().any(owns_replicas_for_us)
+    }
+}
+
+impl From<Deployment> for Workload {
+    fn from(object: Deployment) -> Workload {
+        Workload { replicas: object.spec.and_then(|s| s.replicas), metadata: object.metadata, ..Default::default() }
+    }
+}
+
+impl From<StatefulSet> for Workload {
+    fn from(object: StatefulSet) -> Workload {
+        let spec = object.spec.unwrap_or_default();
+        Workload {
+            replicas: spec.replicas,
+            pvc_when_scaled: spec.persistent_volume_claim_retention_policy.and_then(|p| p.when_scaled),
+            pod_management_policy: spec.pod_management_policy,
+            metadata: object.metadata,
+        }
+    }
+}
+
+/// Whether a `managedFields` entry is ours and owns `spec.replicas`.
+fn owns_replicas_for_us(entry: &ManagedFieldsEntry) -> bool {
+    entry.manager.as_deref() == Some(FIELD_MANAGER)
+        && entry
+            .fields_v1
+            .as_ref()
+            .is_some_and(|fields| fields.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
+}
+
+/// A client for one API server.
+#[derive(Clone)]
 pub struct KubeClient {
-    http: reqwest::Client,
-    api: Url,
-    token_file: PathBuf,
+    client: kube::Client,
+    watch_timeout: Duration,
 }
 
 impl KubeClient {
-    /// Builds a client that trusts only the cluster CA; an unreadable CA is a configuration error.
-    pub fn new(config: &KubeConfig) -> Result<KubeClient> {
-        let pem = std::fs::read(&config.ca_file).map_err(|err| {
-            classified(Kind::Config, format!("reading the Kubernetes CA {}: {err}", config.ca_file.display()))
-        })?;
-        let ca = reqwest::Certificate::from_pem(&pem).map_err(|err| {
-            classified(Kind::Config, format!("the Kubernetes CA {} is not PEM: {err}", config.ca_file.display()))
-        })?;
-        let http = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("cleanslate/", env!("CARGO_PKG_VERSION")))
-            .build()
+    /// Builds a client from the configuration: the named API with its token and CA files, or the
+    /// kubeconfig. An unreadable CA or kubeconfig is a configuration error.
+    pub async fn new(config: &KubeConfig) -> Result<KubeClient> {
+        let mut settings = match &config.access {
+            KubeAccess::Direct { api, token_file, ca_file } => {
+                let pem = std::fs::read(ca_file).map_err(|err| {
+                    classified(Kind::Config, format!("reading the Kubernetes CA {}: {err}", ca_file.display()))
+                })?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(classified(
+                        Kind::Config,
+                        format!("the Kubernetes CA {} holds no PEM certificate", ca_file.display()),
+                    ));
+                }
+                let uri: http::Uri = api.as_str().parse().map_err(|err| {
+                    classified(Kind::Config, format!("CLEANSLATE_KUBE_API {api} is not a URL: {err}"))
+                })?;
+                let mut settings = kube::Config::new(uri);
+                // Both re-read about once a minute, as they rotate (kube-rs's TokenFile and
+                // `root_cert_file`, like client-go's).
+                settings.root_cert_file = Some(ca_file.clone());
+                settings.auth_info.token_file = Some(token_file.display().to_string());
+                settings
+            }
+            KubeAccess::Kubeconfig => {
+                kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions::default()).await.map_err(|err| {
+                    classified(
+                        Kind::Config,
+                        format!(
+                            "reading the kubeconfig (KUBECONFIG or ~/.kube/config; or set CLEANSLATE_KUBE_API): {err}"
+                        ),
+                    )
+                })?
+            }
+        };
+        settings.connect_timeout = Some(CONNECT_TIMEOUT);
+        // Our callers retry with their own budgets and deadlines; a second layer of retries
+        // would hide how long a call really took.
+        settings.default_retry = false;
+        let builder = kube::client::ClientBuilder::try_from(settings)
             .map_err(|err| classified(Kind::Config, format!("building the Kubernetes client: {err}")))?;
-        let mut api = config.api.clone();
-        if !api.path().ends_with('/') {
-            api.set_path(&format!("{}/", api.path()));
-        }
-        Ok(KubeClient { http, api, token_file: config.token_file.clone() })
+        let client = builder.with_layer(&pacing::WatchPacing::default()).build();
+        Ok(KubeClient { client, watch_timeout: config.watch_timeout })
     }
 
-    fn token(&self) -> Result<String, KubeError> {
-        std::fs::read_to_string(&self.token_file)
-            .map(|t| t.trim().to_string())
-            .map_err(|err| KubeError::Token(format!("{}: {err}", self.token_file.display())))
+    fn config_maps(&self, namespace: &str) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), namespace)
     }
 
-    fn url(&self, namespace: &str, name: Option<&str>, query: &str) -> Url {
-        let segment = |s: &str| utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
-        let mut path = format!("api/v1/namespaces/{}/configmaps", segment(namespace));
-        if let Some(name) = name {
-            path.push('/');
-            path.push_str(&segment(name));
-        }
-        let mut url = self.api.join(&path).expect("encoded path joins the API base");
-        if !query.is_empty() {
-            url.set_query(Some(query));
-        }
-        url
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        url: Url,
-        body: Option<&ConfigMap>,
-        timeout: Duration,
-    ) -> Result<reqwest::Response, KubeError> {
-        let body = body.map(|object| ("application/json", serde_json::to_vec(object).expect("a ConfigMap encodes")));
-        self.send_bytes(method, url, body, timeout).await
-    }
-
-    /// Sends one request with an optional body and its content type; an error status becomes
-    /// [`KubeError::Api`] with the server's `Status`.
-    async fn send_bytes(
-        &self,
-        method: Method,
-        url: Url,
-        body: Option<(&str, Vec<u8>)>,
-        timeout: Duration,
-    ) -> Result<reqwest::Response, KubeError> {
-        let mut request = self.http.request(method, url).bearer_auth(self.token()?).timeout(timeout);
-        if let Some((content_type, bytes)) = body {
-            request = request.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes);
-        }
-        let response = request.send().await.map_err(|err| KubeError::Transport(err.without_url()))?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let code = response.status();
-        let status = response.json::<Status>().await.unwrap_or_default();
-        Err(KubeError::Api(Status {
-            code: code.as_u16(),
-            reason: if status.reason.is_empty() { code.canonical_reason().unwrap_or("").into() } else { status.reason },
-            message: status.message,
-        }))
-    }
-
-    async fn decode(response: reqwest::Response) -> Result<ConfigMap, KubeError> {
-        response.json::<ConfigMap>().await.map_err(|err| KubeError::Decode(err.to_string()))
+    fn post_params() -> PostParams {
+        PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
     }
 
     /// The ConfigMap, or `None` when it does not exist.
     pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<ConfigMap>, KubeError> {
-        match self.send(Method::GET, self.url(namespace, Some(name), ""), None, REQUEST_TIMEOUT).await {
-            Ok(response) => Self::decode(response).await.map(Some),
-            Err(err) if err.code() == Some(StatusCode::NOT_FOUND.as_u16()) => Ok(None),
-            Err(err) => Err(err),
-        }
+        found(bounded(self.config_maps(namespace).get(name)).await)
     }
 
     /// Creates the ConfigMap; 409 when it already exists.
     pub async fn create(&self, namespace: &str, object: &ConfigMap) -> Result<ConfigMap, KubeError> {
-        let response = self.send(Method::POST, self.url(namespace, None, ""), Some(object), REQUEST_TIMEOUT).await?;
-        Self::decode(response).await
+        bounded(self.config_maps(namespace).create(&Self::post_params(), object)).await
     }
 
     /// Replaces the ConfigMap; with `metadata.resourceVersion` set, 409 when someone wrote in between.
     pub async fn replace(&self, namespace: &str, object: &ConfigMap) -> Result<ConfigMap, KubeError> {
-        let url = self.url(namespace, Some(&object.metadata.name), "");
-        let response = self.send(Method::PUT, url, Some(object), REQUEST_TIMEOUT).await?;
-        Self::decode(response).await
-    }
-
-    /// Watches the one ConfigMap named `name`. From `resource_version` when given; without it the
-    /// server first sends the current object as ADDED, so a creation between read and watch is not
-    /// missed. `fieldSelector=metadata.name=…` is what lets RBAC `resourceNames` allow the watch.
-    pub async fn watch(
-        &self,
-        namespace: &str,
-        name: &str,
-        resource_version: Option<&str>,
-        server_timeout: Duration,
-    ) -> Result<Watch, KubeError> {
-        let selector =
-            utf8_percent_encode(&format!("metadata.name={name}"), percent_encoding::NON_ALPHANUMERIC).to_string();
-        let mut query =
-            format!("watch=true&fieldSelector={selector}&timeoutSeconds={}", server_timeout.as_secs().max(1));
-        if let Some(rv) = resource_version {
-            query.push_str(&format!("&resourceVersion={rv}"));
-        }
-        let url = self.url(namespace, None, &query);
-        // The server ends the stream after timeoutSeconds; the client bound adds a margin so a
-        // silently dead connection cannot outlive it.
-        let response = self.send(Method::GET, url, None, server_timeout + REQUEST_TIMEOUT).await?;
-        Ok(Watch { response, buffer: Vec::new() })
+        let name = object.metadata.name.clone().unwrap_or_default();
+        bounded(self.config_maps(namespace).replace(&name, &Self::post_params(), object)).await
     }
 
     /// Read-modify-write with optimistic concurrency: `change` gets the current object (or `None`)
@@ -314,122 +297,98 @@ impl KubeClient {
                 if existed { self.replace(namespace, &next).await } else { self.create(namespace, &next).await };
             match written {
                 Ok(object) => return Ok(Some(object)),
-                Err(err) if err.code() == Some(StatusCode::CONFLICT.as_u16()) => continue,
+                Err(err) if err.code() == Some(409) => continue,
                 Err(err) => return Err(err),
             }
         }
     }
-}
 
-/// A Deployment or StatefulSet, as far as quiesce reads it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Workload {
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: WorkloadSpec,
-}
-
-/// The part of a workload's spec quiesce reads.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct WorkloadSpec {
-    /// Defaulted to 1 by the API server when the manifest leaves it out.
-    #[serde(default)]
-    pub replicas: Option<i32>,
-    /// A StatefulSet's `persistentVolumeClaimRetentionPolicy` (`whenScaled`, `whenDeleted`).
-    #[serde(default, rename = "persistentVolumeClaimRetentionPolicy")]
-    pub pvc_retention: Option<serde_json::Value>,
-}
-
-impl Workload {
-    /// The value of one annotation.
-    pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.metadata.rest.get("annotations")?.get(key)?.as_str()
-    }
-}
-
-/// The `scale` subresource (`autoscaling/v1` `Scale`). Its `resourceVersion` is the workload's.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Scale {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: ScaleSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<ScaleStatus>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ScaleSpec {
-    #[serde(default)]
-    pub replicas: i32,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ScaleStatus {
-    #[serde(default)]
-    pub replicas: i32,
-    /// The workload's pod selector in label-selector syntax, e.g. `app=api,tier=web`.
-    #[serde(default)]
-    pub selector: String,
-}
-
-/// A list of pods, as the API sends them, and the list's `resourceVersion` to watch from.
-#[derive(Clone, Debug, Deserialize)]
-pub struct PodList {
-    pub metadata: ListMeta,
-    #[serde(default)]
-    pub items: Vec<Value>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListMeta {
-    #[serde(default)]
-    pub resource_version: Option<String>,
-}
-
-impl KubeClient {
-    fn apps_url(&self, namespace: &str, workload: &WorkloadRef, subresource: Option<&str>) -> Url {
-        let segment = |s: &str| utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
-        let mut path = format!(
-            "apis/apps/v1/namespaces/{}/{}/{}",
-            segment(namespace),
-            workload.kind.resource(),
-            segment(&workload.name)
-        );
-        if let Some(subresource) = subresource {
-            path.push('/');
-            path.push_str(subresource);
-        }
-        self.api.join(&path).expect("encoded path joins the API base")
+    fn watcher_config(&self) -> watcher::Config {
+        watcher::Config::default().timeout(self.watch_timeout.as_secs().clamp(1, u64::from(u32::MAX)) as u32)
     }
 
-    fn pods_url(&self, namespace: &str, query: &str) -> Url {
-        let segment = utf8_percent_encode(namespace, percent_encoding::NON_ALPHANUMERIC).to_string();
-        let mut url = self.api.join(&format!("api/v1/namespaces/{segment}/pods")).expect("encoded path joins");
-        url.set_query(Some(query));
-        url
+    /// Watches the one ConfigMap named `name`: first a [`Change::Listed`] with it (or empty), then
+    /// its changes. `fieldSelector=metadata.name=…` is what lets RBAC `resourceNames` allow the
+    /// list and the watch. Errors are reported and the watch goes on; pausing between them is the
+    /// caller's (it polls the stream again when it is ready).
+    pub fn watch_config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Stream<Item = Result<Change<ConfigMap>, KubeError>> + Send + use<> {
+        let config = self.watcher_config().fields(&format!("metadata.name={name}"));
+        changes(watcher(self.config_maps(namespace), config))
     }
 
-    async fn decode_as<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Result<T, KubeError> {
-        response.json::<T>().await.map_err(|err| KubeError::Decode(err.to_string()))
+    /// Watches the pods matching `selector` (label-selector syntax), as [`Self::watch_config_map`].
+    pub fn watch_pods(
+        &self,
+        namespace: &str,
+        selector: &str,
+    ) -> impl Stream<Item = Result<Change<Pod>, KubeError>> + Send + use<> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        changes(watcher(pods, self.watcher_config().labels(selector)))
+    }
+
+    /// Deletes one pod (gracefully, with its own grace period), only if it is still the pod with
+    /// `uid`: a pod recreated under the same name in between is left alone. 404 is not an error.
+    pub async fn delete_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<(), KubeError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let params = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions { uid: Some(uid.into()), resource_version: None }),
+            ..Default::default()
+        };
+        found(bounded(pods.delete(name, &params)).await).map(drop)
     }
 
     /// The workload, or `None` when it does not exist.
     pub async fn get_workload(&self, namespace: &str, workload: &WorkloadRef) -> Result<Option<Workload>, KubeError> {
-        match self.send_bytes(Method::GET, self.apps_url(namespace, workload, None), None, REQUEST_TIMEOUT).await {
-            Ok(response) => Self::decode_as(response).await.map(Some),
-            Err(err) if err.code() == Some(StatusCode::NOT_FOUND.as_u16()) => Ok(None),
-            Err(err) => Err(err),
+        let name = workload.name.as_str();
+        match workload.kind {
+            WorkloadKind::Deployment => {
+                found(bounded(self.api::<Deployment>(namespace).get(name)).await).map(|o| o.map(Workload::from))
+            }
+            WorkloadKind::StatefulSet => {
+                found(bounded(self.api::<StatefulSet>(namespace).get(name)).await).map(|o| o.map(Workload::from))
+            }
         }
     }
 
-    /// Sets (`Some`) or removes (`None`) one annotation with a JSON merge patch that carries
-    /// `resourceVersion`, so it applies only to the version read (409 Conflict otherwise): the
-    /// API server treats a resourceVersion in a patch as a precondition
+    fn api<K>(&self, namespace: &str) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// A JSON merge patch of the workload, applied only to the version read when the patch
+    /// carries `metadata.resourceVersion` (409 Conflict otherwise): the API server treats a
+    /// resourceVersion in a patch as a precondition
     /// (<https://kubernetes.io/docs/reference/using-api/api-concepts/#patch-and-apply>).
+    async fn merge_patch_workload(
+        &self,
+        namespace: &str,
+        workload: &WorkloadRef,
+        patch: &serde_json::Value,
+    ) -> Result<Workload, KubeError> {
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        let name = workload.name.as_str();
+        match workload.kind {
+            WorkloadKind::Deployment => {
+                bounded(self.api::<Deployment>(namespace).patch(name, &params, &Patch::Merge(patch)))
+                    .await
+                    .map(Into::into)
+            }
+            WorkloadKind::StatefulSet => {
+                bounded(self.api::<StatefulSet>(namespace).patch(name, &params, &Patch::Merge(patch)))
+                    .await
+                    .map(Into::into)
+            }
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) one annotation, only on the version read.
     pub async fn annotate_workload(
         &self,
         namespace: &str,
@@ -438,101 +397,136 @@ impl KubeClient {
         value: Option<&str>,
         resource_version: &str,
     ) -> Result<Workload, KubeError> {
-        let patch = serde_json::json!({
-            "metadata": {"resourceVersion": resource_version, "annotations": {key: value}}
-        });
-        let body = ("application/merge-patch+json", serde_json::to_vec(&patch).expect("a patch encodes"));
-        let url = self.apps_url(namespace, workload, None);
-        let response = self.send_bytes(Method::PATCH, url, Some(body), REQUEST_TIMEOUT).await?;
-        Self::decode_as(response).await
+        let patch = json!({"metadata": {"resourceVersion": resource_version, "annotations": {key: value}}});
+        self.merge_patch_workload(namespace, workload, &patch).await
     }
 
     /// Replaces the `scale` subresource; with `metadata.resourceVersion` set, 409 when the workload
-    /// changed since it was read.
+    /// changed since it was read. Then gives up any ownership of `spec.replicas` the write gave us.
+    ///
+    /// Why: since Kubernetes 1.22 (kubernetes/kubernetes#98377) a write through `scale` records its
+    /// field manager (`subresource: scale`) as owner of `spec.replicas` when it sets a non-zero
+    /// count, and Helm 4's next server-side apply then fails with "conflict with \"cleanslate\" with
+    /// subresource \"scale\"" (REFERENCES §6). The server-side apply documentation allows a client
+    /// to edit `managedFields` through any write other than an apply
+    /// (<https://kubernetes.io/docs/reference/using-api/server-side-apply/#clearing-managedfields>):
+    /// we write the list back without our entry, conditional on the version we read, so nobody
+    /// owns `spec.replicas` until Helm's next apply takes it. Entries of other managers are kept
+    /// exactly as they were.
     pub async fn replace_scale(
         &self,
         namespace: &str,
         workload: &WorkloadRef,
         scale: &Scale,
     ) -> Result<Scale, KubeError> {
-        let body = ("application/json", serde_json::to_vec(scale).expect("a Scale encodes"));
-        let url = self.apps_url(namespace, workload, Some("scale"));
-        let response = self.send_bytes(Method::PUT, url, Some(body), REQUEST_TIMEOUT).await?;
-        Self::decode_as(response).await
+        let name = workload.name.as_str();
+        let params = Self::post_params();
+        let written = match workload.kind {
+            WorkloadKind::Deployment => {
+                bounded(self.api::<Deployment>(namespace).replace_scale(name, &params, scale)).await?
+            }
+            WorkloadKind::StatefulSet => {
+                bounded(self.api::<StatefulSet>(namespace).replace_scale(name, &params, scale)).await?
+            }
+        };
+        let mut written = written;
+        if let Some(version) = self.give_up_replicas(namespace, workload).await? {
+            // Our patch moved the workload on: the caller's next conditional write needs its version.
+            written.metadata.resource_version = Some(version);
+        }
+        Ok(written)
+    }
+
+    /// Removes our `managedFields` entries that own `spec.replicas`, keeping every other entry;
+    /// retried from a fresh read when someone wrote in between. Answers the workload's new
+    /// `resourceVersion` when it patched.
+    pub async fn give_up_replicas(&self, namespace: &str, workload: &WorkloadRef) -> Result<Option<String>, KubeError> {
+        for _ in 0..5 {
+            let Some(current) = self.get_workload(namespace, workload).await? else { return Ok(None) };
+            if !current.replicas_owned_by_us() {
+                return Ok(None);
+            }
+            let kept: Vec<&ManagedFieldsEntry> =
+                current.metadata.managed_fields.iter().flatten().filter(|e| !owns_replicas_for_us(e)).collect();
+            // An empty list is ignored by the API server (so clients unaware of the field cannot
+            // strip it); `[{}]` resets it, which here removes nothing but our own entry.
+            let managed_fields = if kept.is_empty() { json!([{}]) } else { json!(kept) };
+            let patch = json!({"metadata": {
+                "resourceVersion": current.metadata.resource_version,
+                "managedFields": managed_fields,
+            }});
+            match self.merge_patch_workload(namespace, workload, &patch).await {
+                Ok(patched) => return Ok(patched.metadata.resource_version),
+                Err(err) if err.code() == Some(409) => continue,
+                Err(err) if err.code() == Some(404) => return Ok(None),
+                Err(err) => return Err(err),
+            }
+        }
+        Err(KubeError::Api(Status {
+            code: 409,
+            reason: "Conflict".into(),
+            message: format!("{workload} kept changing while giving up ownership of spec.replicas"),
+        }))
     }
 
     /// The `scale` subresource, or `None` when the workload does not exist.
     pub async fn get_scale(&self, namespace: &str, workload: &WorkloadRef) -> Result<Option<Scale>, KubeError> {
-        let url = self.apps_url(namespace, workload, Some("scale"));
-        match self.send_bytes(Method::GET, url, None, REQUEST_TIMEOUT).await {
-            Ok(response) => Self::decode_as(response).await.map(Some),
-            Err(err) if err.code() == Some(StatusCode::NOT_FOUND.as_u16()) => Ok(None),
-            Err(err) => Err(err),
-        }
+        let name = workload.name.as_str();
+        found(match workload.kind {
+            WorkloadKind::Deployment => bounded(self.api::<Deployment>(namespace).get_scale(name)).await,
+            WorkloadKind::StatefulSet => bounded(self.api::<StatefulSet>(namespace).get_scale(name)).await,
+        })
     }
+}
 
-    /// The pods matching `selector` (label-selector syntax).
-    pub async fn list_pods(&self, namespace: &str, selector: &str) -> Result<PodList, KubeError> {
-        let query = format!("labelSelector={}", utf8_percent_encode(selector, percent_encoding::NON_ALPHANUMERIC));
-        let response = self.send_bytes(Method::GET, self.pods_url(namespace, &query), None, REQUEST_TIMEOUT).await?;
-        Self::decode_as(response).await
-    }
+/// The watcher's events as [`Change`]s: `Init`, `InitApply`… and `InitDone` become one
+/// [`Change::Listed`], so a caller never judges a half-read list.
+fn changes<K: Send + 'static>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<Change<K>, KubeError>> + Send {
+    events
+        .scan(Vec::new(), |listing: &mut Vec<K>, event| {
+            let out = match event {
+                Ok(watcher::Event::Init) => {
+                    listing.clear();
+                    None
+                }
+                Ok(watcher::Event::InitApply(object)) => {
+                    listing.push(object);
+                    None
+                }
+                Ok(watcher::Event::InitDone) => Some(Ok(Change::Listed(std::mem::take(listing)))),
+                Ok(watcher::Event::Apply(object)) => Some(Ok(Change::Applied(object))),
+                Ok(watcher::Event::Delete(object)) => Some(Ok(Change::Deleted(object))),
+                Err(err) => Some(Err(KubeError::from(err))),
+            };
+            std::future::ready(Some(out))
+        })
+        .filter_map(std::future::ready)
+}
 
-    /// Watches the pods matching `selector` from `resource_version` (a list's), so that no change
-    /// between the list and the watch is missed.
-    pub async fn watch_pods(
-        &self,
-        namespace: &str,
-        selector: &str,
-        resource_version: &str,
-        server_timeout: Duration,
-    ) -> Result<Watch, KubeError> {
-        let query = format!(
-            "watch=true&labelSelector={}&resourceVersion={}&timeoutSeconds={}",
-            utf8_percent_encode(selector, percent_encoding::NON_ALPHANUMERIC),
-            utf8_percent_encode(resource_version, percent_encoding::NON_ALPHANUMERIC),
-            server_timeout.as_secs().max(1)
-        );
-        let url = self.pods_url(namespace, &query);
-        let response = self.send_bytes(Method::GET, url, None, server_timeout + REQUEST_TIMEOUT).await?;
-        Ok(Watch { response, buffer: Vec::new() })
-    }
+/// The data of a ConfigMap (empty when it has none).
+pub fn data_of(object: &ConfigMap) -> BTreeMap<String, String> {
+    object.data.clone().unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn watch_of(body: &'static str) -> Watch {
-        Watch { response: reqwest::Response::from(http::Response::new(body)), buffer: Vec::new() }
-    }
-
-    /// Every event of a stream is read, the last one too when the stream ends without a newline;
-    /// blank keep-alive lines are skipped.
-    #[tokio::test]
-    async fn watch_reads_a_last_line_without_newline() {
-        let mut watch =
-            watch_of("{\"type\":\"ADDED\",\"object\":{}}\n\n{\"type\":\"MODIFIED\",\"object\":{\"data\":{}}}");
-        let first = watch.next().await.expect("reads").expect("an event");
-        assert_eq!(first.event_type, "ADDED", "first event");
-        let last = watch.next().await.expect("reads").expect("the unterminated last event");
-        assert_eq!(last.event_type, "MODIFIED", "last event without a newline is not dropped");
-        assert!(watch.next().await.expect("reads").is_none(), "then the end of the stream");
-        let mut blank = watch_of("\n  \n");
-        assert!(blank.next().await.expect("reads").is_none(), "whitespace only is no event");
-    }
-
-    /// Unknown metadata survives a decode/encode round trip, so a replace keeps Helm's annotations.
+    /// Only our own entries that own `spec.replicas` are taken for ours: Helm's apply entry and our
+    /// annotation entry are not.
     #[test]
-    fn unknown_metadata_round_trips() {
-        let json = serde_json::json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "m", "namespace": "dev", "resourceVersion": "5",
-                         "annotations": {"helm.sh/hook": "pre-upgrade"}, "uid": "abc"},
-            "data": {"revision": "3"}
-        });
-        let cm: ConfigMap = serde_json::from_value(json.clone()).expect("decodes");
-        assert_eq!(cm.metadata.resource_version.as_deref(), Some("5"), "resourceVersion read");
-        assert_eq!(serde_json::to_value(&cm).expect("encodes"), json, "nothing lost on the way back");
+    fn only_our_replicas_entries_are_ours() {
+        let entry = |manager: &str, fields: serde_json::Value| -> ManagedFieldsEntry {
+            serde_json::from_value(json!({"manager": manager, "operation": "Update", "fieldsType": "FieldsV1",
+                                          "fieldsV1": fields}))
+            .expect("an entry")
+        };
+        let replicas = json!({"f:spec": {"f:replicas": {}}});
+        assert!(owns_replicas_for_us(&entry(FIELD_MANAGER, replicas.clone())), "ours, with replicas");
+        assert!(!owns_replicas_for_us(&entry("helm", replicas)), "Helm's");
+        let annotation = json!({"f:metadata": {"f:annotations": {"f:cleanslate.io/quiesced-replicas": {}}}});
+        assert!(!owns_replicas_for_us(&entry(FIELD_MANAGER, annotation)), "our annotation only");
     }
 }

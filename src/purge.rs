@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::config::{MarkerConfig, MissingQueue, Mode, PurgeConfig, RabbitConfig, RetryPolicy};
 use crate::error::{Classified, Kind, classified, kind_of};
 use crate::etcd::{self, KeyRange, RangePlan};
-use crate::kube::{ConfigMap, KubeClient, KubeError};
+use crate::kube::{KubeClient, KubeError, data_of, new_config_map};
 use crate::marker::{self, Marker, RunStatus};
 use crate::quiesce;
 use crate::rabbitmq::{Management, QueueOutcome, Selection};
@@ -119,11 +119,11 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         None => None,
     };
     let marker_target = match (&config.marker, mode) {
-        (Some(marker), Mode::Purge) => Some((KubeClient::new(&marker.kube)?, marker)),
+        (Some(marker), Mode::Purge) => Some((KubeClient::new(&marker.kube).await?, marker)),
         _ => None,
     };
     let quiesce_target = match &config.quiesce {
-        Some(settings) if !dry_run => Some((KubeClient::new(&settings.kube)?, settings)),
+        Some(settings) if !dry_run => Some((KubeClient::new(&settings.kube).await?, settings)),
         Some(settings) => {
             let names: Vec<String> = settings.workloads.iter().map(ToString::to_string).collect();
             info!(workloads = %names.join(", "), "would stop these workloads before purging (quiesce)");
@@ -518,17 +518,18 @@ async fn write_marker(kube: &KubeClient, settings: &MarkerConfig, record: &Marke
         let newer = &newer;
         async move {
             kube.upsert(&settings.namespace, &settings.name, |current| {
-                let existing = current.as_ref().and_then(|cm| Marker::from_data(&cm.data));
+                let existing = current.as_ref().and_then(|cm| Marker::from_data(&data_of(cm)));
                 let Some(merged) = marker::merge(existing.as_ref(), record, settings.job_attempts) else {
                     newer.set(existing.map(|m| m.revision));
                     return None;
                 };
-                let mut object = current.unwrap_or_else(|| ConfigMap::new(&settings.name, &settings.namespace));
-                object.metadata.labels.insert(marker::MANAGED_BY.0.into(), marker::MANAGED_BY.1.into());
+                let mut object = current.unwrap_or_else(|| new_config_map(&settings.name, &settings.namespace));
+                let labels = object.metadata.labels.get_or_insert_default();
+                labels.insert(marker::MANAGED_BY.0.into(), marker::MANAGED_BY.1.into());
                 if let Some(release) = &settings.release {
-                    object.metadata.labels.insert(marker::INSTANCE_LABEL.into(), release.clone());
+                    labels.insert(marker::INSTANCE_LABEL.into(), release.clone());
                 }
-                object.data = merged.to_data();
+                object.data = Some(merged.to_data());
                 Some(object)
             })
             .await

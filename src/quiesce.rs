@@ -7,9 +7,9 @@
 //! way `kubectl scale` and the HPA do, with the workload's `resourceVersion` as a precondition:
 //! a concurrent writer makes us read again instead of overwriting it.
 //!
-//! Waiting is a list then a watch of the pods matching the workload's selector (the selector the
-//! `scale` subresource reports), so the purge starts the moment the last old pod is gone; a closed
-//! stream or `410 Gone` means list again. Pods are gone when they no longer exist, not when they
+//! Waiting is kube-rs's watcher on the pods matching the workload's selector (the selector the
+//! `scale` subresource reports): a list, then a watch from the list's version, so the purge starts
+//! the moment the last old pod is gone. Pods are gone when they no longer exist, not when they
 //! are terminating: a terminating pod may still be writing during its grace period.
 //!
 //! This module does not decide *when* to stop or restore (that is [`crate::purge`]), and it never
@@ -26,7 +26,12 @@ use tracing::{error, info, warn};
 
 use crate::config::{QuiesceConfig, ResumeConfig, RetryPolicy, WorkloadKind, WorkloadRef};
 use crate::error::{Classified, Kind, classified, kind_of};
-use crate::kube::{KubeClient, KubeError, ObjectMeta, Scale, ScaleSpec, Workload};
+use futures_util::StreamExt;
+use k8s_openapi::api::autoscaling::v1::{Scale, ScaleSpec};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::kube::{Change, KubeClient, KubeError, Workload};
 use crate::retry::{self, Attempt};
 
 /// The annotation that records the replica count a stopped workload goes back to.
@@ -34,8 +39,6 @@ pub const ANNOTATION: &str = "cleanslate.io/quiesced-replicas";
 
 /// API calls are retried briefly: the API server restarts, the run's deadline bounds the rest.
 const API_RETRY: RetryPolicy = RetryPolicy { attempts: 5, backoff: Duration::from_millis(200) };
-/// How long one pod watch lasts before the server ends it and we list again.
-const WATCH_WINDOW: Duration = Duration::from_secs(60);
 /// Pause after a failed list or watch before trying again.
 const WATCH_PAUSE: Duration = Duration::from_millis(200);
 
@@ -124,9 +127,7 @@ async fn refuse_volume_loss(kube: &KubeClient, config: &QuiesceConfig, deadline:
         else {
             continue;
         };
-        let when_scaled =
-            current.spec.pvc_retention.as_ref().and_then(|p| p.get("whenScaled")).and_then(|v| v.as_str());
-        if when_scaled == Some("Delete") {
+        if current.pvc_when_scaled.as_deref() == Some("Delete") {
             return Err(classified(
                 Kind::Refused,
                 format!(
@@ -156,7 +157,7 @@ async fn stop_one(
             return Ok(None);
         };
         let current = current.ok_or_else(|| anyhow!("{what}: conflict on a read"))?;
-        let replicas = current.spec.replicas.unwrap_or(1);
+        let replicas = current.replicas.unwrap_or(1);
         let resource_version = current.metadata.resource_version.clone().unwrap_or_default();
         let recorded = current.annotation(ANNOTATION).map(str::to_string);
         if replicas == 0 {
@@ -206,21 +207,19 @@ async fn stop_one(
 /// The `Scale` to PUT for `replicas`, conditional on `resource_version`: a concurrent change gets 409.
 fn scale_to(namespace: &str, workload: &WorkloadRef, replicas: i32, resource_version: Option<String>) -> Scale {
     Scale {
-        api_version: "autoscaling/v1".into(),
-        kind: "Scale".into(),
         metadata: ObjectMeta {
-            name: workload.name.clone(),
+            name: Some(workload.name.clone()),
             namespace: Some(namespace.to_string()),
             resource_version,
             ..Default::default()
         },
-        spec: ScaleSpec { replicas },
+        spec: Some(ScaleSpec { replicas: Some(replicas) }),
         status: None,
     }
 }
 
 fn selector_of(workload: &WorkloadRef, scale: &Scale) -> Result<String> {
-    let selector = scale.status.as_ref().map(|s| s.selector.trim().to_string()).unwrap_or_default();
+    let selector = scale.status.as_ref().and_then(|s| s.selector.as_deref()).unwrap_or_default().trim().to_string();
     // An empty selector would match every pod in the namespace, this Job's own included.
     if selector.is_empty() {
         return Err(anyhow!(
@@ -238,9 +237,8 @@ fn parse_recorded(workload: &WorkloadRef, text: &str) -> Result<i32> {
     })
 }
 
-/// Lists, then watches, the pods of one workload until none is left.
-fn pod_name(pod: &serde_json::Value) -> &str {
-    pod["metadata"]["name"].as_str().unwrap_or_default()
+fn pod_name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
 }
 
 /// Whether `pod` is one the workload runs and that has not finished: only those go away when the
@@ -249,16 +247,16 @@ fn pod_name(pod: &serde_json::Value) -> &str {
 /// else (a Job, another ReplicaSet, our own purge pod matching a broad selector) is not stopped by
 /// this scale. Terminating pods (with a `deletionTimestamp`) still run their shutdown: they count.
 /// A Deployment's pods are owned by its ReplicaSets, named `<deployment>-<pod-template-hash>`.
-pub fn holds(pod: &serde_json::Value, workload: &WorkloadRef) -> bool {
-    if matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+pub fn holds(pod: &Pod, workload: &WorkloadRef) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
         return false;
     }
-    let owners = pod["metadata"]["ownerReferences"].as_array().map(Vec::as_slice).unwrap_or_default();
-    owners.iter().any(|owner| {
-        let name = owner["name"].as_str().unwrap_or_default();
-        match (workload.kind, owner["kind"].as_str()) {
-            (WorkloadKind::StatefulSet, Some("StatefulSet")) => name == workload.name,
-            (WorkloadKind::Deployment, Some("ReplicaSet")) => name
+    pod.metadata.owner_references.iter().flatten().any(|owner| {
+        let name = owner.name.as_str();
+        match (workload.kind, owner.kind.as_str()) {
+            (WorkloadKind::StatefulSet, "StatefulSet") => name == workload.name,
+            (WorkloadKind::Deployment, "ReplicaSet") => name
                 .strip_prefix(workload.name.as_str())
                 .and_then(|rest| rest.strip_prefix('-'))
                 .is_some_and(|hash| !hash.is_empty() && hash.chars().all(|c| c.is_ascii_alphanumeric())),
@@ -267,6 +265,7 @@ pub fn holds(pod: &serde_json::Value, workload: &WorkloadRef) -> bool {
     })
 }
 
+/// Watches the pods of one workload until none of its own is left.
 async fn wait_gone(
     kube: &KubeClient,
     namespace: &str,
@@ -274,73 +273,47 @@ async fn wait_gone(
     selector: String,
     progress: &Progress,
 ) -> Result<()> {
-    loop {
-        let list = match kube.list_pods(namespace, &selector).await {
-            Ok(list) => list,
-            Err(err) => {
-                if !err.is_transient() {
-                    return Err(permanent(err, workload, "listing the pods of"));
+    let mut pods: BTreeSet<String> = BTreeSet::new();
+    let mut listed = false;
+    let mut changes = std::pin::pin!(kube.watch_pods(namespace, &selector));
+    while let Some(change) = changes.next().await {
+        match change {
+            Ok(Change::Listed(items)) => {
+                listed = true;
+                pods = items.iter().filter(|pod| holds(pod, workload)).map(pod_name).collect();
+                if !pods.is_empty() {
+                    info!(workload = %workload, pods = %pods.iter().cloned().collect::<Vec<_>>().join(", "), "waiting for pods to go away");
                 }
-                warn!(workload = %workload, error = %err, "pods not listable yet, retrying");
+            }
+            Ok(Change::Applied(pod)) if holds(&pod, workload) => {
+                pods.insert(pod_name(&pod));
+            }
+            // Finished (an evicted or completed pod stays until garbage-collected) or not the
+            // workload's own: nothing to wait for.
+            Ok(Change::Applied(pod)) => {
+                pods.remove(&pod_name(&pod));
+            }
+            Ok(Change::Deleted(pod)) => {
+                let name = pod_name(&pod);
+                if pods.remove(&name) {
+                    info!(workload = %workload, pod = %name, "pod gone");
+                }
+            }
+            Err(err) if err.code() == Some(410) => continue,
+            Err(err) if !err.is_transient() => return Err(permanent(err, workload, "watching the pods of")),
+            Err(err) => {
+                warn!(workload = %workload, error = %err, "pods not watchable yet, retrying");
                 tokio::time::sleep(WATCH_PAUSE).await;
                 continue;
             }
-        };
-        let mut pods: BTreeSet<String> =
-            list.items.iter().filter(|pod| holds(pod, workload)).map(|pod| pod_name(pod).to_string()).collect();
+        }
         progress.set_remaining(workload, &pods);
-        if pods.is_empty() {
+        if listed && pods.is_empty() {
             info!(workload = %workload, "all pods gone");
             return Ok(());
         }
-        info!(workload = %workload, pods = %pods.iter().cloned().collect::<Vec<_>>().join(", "), "waiting for pods to go away");
-        let from = list.metadata.resource_version.unwrap_or_default();
-        let mut watch = match kube.watch_pods(namespace, &selector, &from, WATCH_WINDOW).await {
-            Ok(watch) => watch,
-            Err(err) => {
-                if !err.is_transient() {
-                    return Err(permanent(err, workload, "watching the pods of"));
-                }
-                tokio::time::sleep(WATCH_PAUSE).await;
-                continue;
-            }
-        };
-        loop {
-            let event = match watch.next().await {
-                Ok(Some(event)) => event,
-                // Closed by the server (timeoutSeconds, restart): list again.
-                Ok(None) => break,
-                Err(err) => {
-                    warn!(workload = %workload, error = %err, "pod watch broke, listing again");
-                    tokio::time::sleep(WATCH_PAUSE).await;
-                    break;
-                }
-            };
-            let name = pod_name(&event.object).to_string();
-            match event.event_type.as_str() {
-                "ADDED" | "MODIFIED" if holds(&event.object, workload) => {
-                    pods.insert(name);
-                }
-                // Finished (an evicted or completed pod stays until garbage-collected) or not the
-                // workload's own: nothing to wait for.
-                "ADDED" | "MODIFIED" => {
-                    pods.remove(&name);
-                }
-                "DELETED" => {
-                    pods.remove(&name);
-                    info!(workload = %workload, pod = %name, "pod gone");
-                }
-                "BOOKMARK" => continue,
-                // ERROR: 410 Gone (too old a resourceVersion) and the like; list again.
-                _ => break,
-            }
-            progress.set_remaining(workload, &pods);
-            if pods.is_empty() {
-                info!(workload = %workload, "all pods gone");
-                return Ok(());
-            }
-        }
     }
+    Err(anyhow!("the watch of the pods of {workload} ended"))
 }
 
 /// One workload's state after a restore or resume.
@@ -378,7 +351,7 @@ pub async fn resume_one(
             });
         };
         let recorded = parse_recorded(workload, &text)?;
-        let replicas = current.spec.replicas.unwrap_or(1);
+        let replicas = current.replicas.unwrap_or(1);
         let mut resource_version = current.metadata.resource_version.clone();
         if replicas == 0 && recorded > 0 {
             let scale = scale_to(namespace, workload, recorded, resource_version.clone());
@@ -474,7 +447,7 @@ pub async fn restore(kube: &KubeClient, namespace: &str, workloads: &[WorkloadRe
 /// recorded count, and the annotation is removed. Exit 0 when there is nothing to do.
 pub async fn run(config: &ResumeConfig) -> Result<()> {
     let settings = &config.quiesce;
-    let kube = KubeClient::new(&settings.kube)?;
+    let kube = KubeClient::new(&settings.kube).await?;
     let deadline = Instant::now() + config.timeout;
     let started = std::time::Instant::now();
     info!(namespace = %settings.namespace, workloads = settings.workloads.len(), "resume started");
@@ -610,9 +583,12 @@ mod tests {
     /// (a Job with the same labels, a Deployment whose name is a prefix) are not.
     #[test]
     fn only_the_workloads_running_pods_count() {
-        let pod = |owner_kind: &str, owner: &str, phase: &str| {
-            serde_json::json!({"metadata": {"name": "p", "ownerReferences": [{"kind": owner_kind, "name": owner}]},
-                               "status": {"phase": phase}})
+        let pod = |owner_kind: &str, owner: &str, phase: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "ownerReferences": [
+                    {"apiVersion": "apps/v1", "kind": owner_kind, "name": owner, "uid": "u"}]},
+                "status": {"phase": phase}}))
+            .expect("a pod")
         };
         let api = WorkloadRef { kind: WorkloadKind::Deployment, name: "api".into() };
         let db = WorkloadRef { kind: WorkloadKind::StatefulSet, name: "db".into() };
@@ -624,7 +600,8 @@ mod tests {
         assert!(!holds(&pod("Job", "shop-cleanslate-purge", "Running"), &api), "a Job's pod");
         assert!(holds(&pod("StatefulSet", "db", "Running"), &db), "the StatefulSet's pod");
         assert!(!holds(&pod("StatefulSet", "db-replica", "Running"), &db), "another StatefulSet's");
-        assert!(!holds(&serde_json::json!({"metadata": {"name": "bare"}}), &api), "a bare pod is not scaled");
+        let bare: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "bare"}})).expect("a pod");
+        assert!(!holds(&bare, &api), "a bare pod is not scaled");
     }
     use crate::config::WorkloadKind;
 

@@ -75,7 +75,7 @@ fn rbac_is_least_privilege() {
     let job_role = find(&docs, "Role", "shop-cleanslate-purge");
     assert_eq!(job_role["rules"][0]["verbs"], json!(["get", "update"]), "Job: no create, patch or delete");
     let gate_role = find(&docs, "Role", "shop-cleanslate-gate");
-    assert_eq!(gate_role["rules"][0]["verbs"], json!(["get", "watch"]), "gate: read-only, no plain list");
+    assert_eq!(gate_role["rules"][0]["verbs"], json!(["list", "watch"]), "gate: read-only, by name");
     let binding = find(&docs, "RoleBinding", "shop-cleanslate-gate");
     let deployment = find(&docs, "Deployment", "shop-producer");
     assert_eq!(

@@ -139,13 +139,25 @@ pub struct EtcdTls {
     pub client: Option<(PathBuf, PathBuf)>,
 }
 
-/// How to reach the Kubernetes API from inside a pod.
+/// How to reach the Kubernetes API, and how long one watch request lasts.
 #[derive(Clone, Debug)]
 pub struct KubeConfig {
-    pub api: Url,
-    /// Re-read on every request, because bound service-account tokens rotate.
-    pub token_file: PathBuf,
-    pub ca_file: PathBuf,
+    pub access: KubeAccess,
+    /// The longest one watch request lasts (`timeoutSeconds`); a watch that stays silent five
+    /// seconds longer is taken for a dead connection and re-established (kube-rs's watcher).
+    pub watch_timeout: Duration,
+}
+
+/// Where the API server and the credentials come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KubeAccess {
+    /// An API URL, a bearer-token file (re-read as it rotates) and the CA that signed the API
+    /// server's certificate: `CLEANSLATE_KUBE_API`, or in a pod the in-cluster variables; the files
+    /// default to the pod's service-account mount.
+    Direct { api: Url, token_file: PathBuf, ca_file: PathBuf },
+    /// Outside a pod: the user's kubeconfig (`KUBECONFIG`, else `~/.kube/config`), its current
+    /// context, with whatever credentials it names (client certificates, tokens, exec plugins).
+    Kubeconfig,
 }
 
 /// The marker ConfigMap a purge writes and a gate waits for.
@@ -374,6 +386,10 @@ const DEFAULT_GATE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Forty-five seconds: Kubernetes' default grace period (30 s) for the old pods to shut down, plus
 /// time for the controllers to notice the new replica count and the kubelet to report the end.
 const DEFAULT_QUIESCE_TIMEOUT: Duration = Duration::from_secs(45);
+/// One minute: the API server sends a bookmark about once a minute to watches that ask for them, so a
+/// healthy watch is rarely silent longer, and a connection a load balancer dropped without a word is
+/// noticed within 65 s instead of client-go's five minutes.
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `deployment/NAME` or `statefulset/NAME`; NAME a DNS subdomain, as Kubernetes requires.
 fn parse_workload(item: &str) -> Result<WorkloadRef> {
@@ -588,42 +604,69 @@ fn marker_config(env: &Env, required_by_gate: bool) -> Result<Option<MarkerConfi
 }
 
 /// The namespace to work in and how to reach the Kubernetes API: from the variables, else from
-/// the pod's service-account mount and the in-cluster variables.
+/// the pod's service-account mount and the in-cluster variables, else (on an operator's machine)
+/// from the kubeconfig, as kubectl does.
 fn kube_target(env: &Env) -> Result<(String, KubeConfig)> {
     let raw = &env.raw;
     let sa = Path::new(SERVICE_ACCOUNT_DIR);
-    let namespace = match present(&raw.namespace) {
-        Some(ns) => ns.to_string(),
-        None => std::fs::read_to_string(sa.join("namespace"))
-            .map(|ns| ns.trim().to_string())
-            .ok()
-            .filter(|ns| !ns.is_empty())
-            .ok_or_else(|| {
-                config_error("CLEANSLATE_NAMESPACE is required outside a pod (no service-account namespace file)")
-            })?,
-    };
+    let watch_timeout =
+        parse_duration("CLEANSLATE_KUBE_WATCH_TIMEOUT", &raw.kube_watch_timeout, DEFAULT_WATCH_TIMEOUT)?;
     let api = match present(&raw.kube_api) {
-        Some(text) => http_url("CLEANSLATE_KUBE_API", text)?,
+        Some(text) => Some(http_url("CLEANSLATE_KUBE_API", text)?),
         None => match (env.other("KUBERNETES_SERVICE_HOST"), env.other("KUBERNETES_SERVICE_PORT")) {
             (Some(host), Some(port)) => {
                 let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
-                http_url("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT", &format!("https://{host}:{port}"))?
+                Some(http_url("KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT", &format!("https://{host}:{port}"))?)
             }
-            _ => {
+            _ => None,
+        },
+    };
+    let access = match api {
+        Some(api) => {
+            let file_or_default =
+                |value: &Option<String>, file: &str| present(value).map(PathBuf::from).unwrap_or_else(|| sa.join(file));
+            KubeAccess::Direct {
+                api,
+                token_file: file_or_default(&raw.kube_token_file, "token"),
+                ca_file: file_or_default(&raw.kube_ca_file, "ca.crt"),
+            }
+        }
+        None => KubeAccess::Kubeconfig,
+    };
+    let from_service_account = || {
+        std::fs::read_to_string(sa.join("namespace")).map(|ns| ns.trim().to_string()).ok().filter(|ns| !ns.is_empty())
+    };
+    let namespace = match present(&raw.namespace) {
+        Some(ns) => ns.to_string(),
+        None => match (from_service_account(), &access) {
+            (Some(ns), _) => ns,
+            (None, KubeAccess::Kubeconfig) => kubeconfig_namespace()?,
+            (None, KubeAccess::Direct { .. }) => {
                 return Err(config_error(
-                    "CLEANSLATE_KUBE_API is required outside a pod (KUBERNETES_SERVICE_HOST is not set)",
+                    "CLEANSLATE_NAMESPACE is required outside a pod (no service-account namespace file)",
                 ));
             }
         },
     };
-    let file_or_default =
-        |value: &Option<String>, file: &str| present(value).map(PathBuf::from).unwrap_or_else(|| sa.join(file));
-    let kube = KubeConfig {
-        api,
-        token_file: file_or_default(&raw.kube_token_file, "token"),
-        ca_file: file_or_default(&raw.kube_ca_file, "ca.crt"),
-    };
-    Ok((namespace, kube))
+    Ok((namespace, KubeConfig { access, watch_timeout }))
+}
+
+/// The current context's namespace, or `default` when it names none (kubectl's rule).
+fn kubeconfig_namespace() -> Result<String> {
+    let kubeconfig = kube::config::Kubeconfig::read().map_err(|err| {
+        config_error(format!(
+            "no Kubernetes API to talk to: not in a pod, CLEANSLATE_KUBE_API unset, and no usable kubeconfig ({err})"
+        ))
+    })?;
+    let current = kubeconfig.current_context.as_deref().unwrap_or_default();
+    let namespace = kubeconfig
+        .contexts
+        .iter()
+        .find(|named| named.name == current)
+        .and_then(|named| named.context.as_ref())
+        .and_then(|context| context.namespace.clone())
+        .filter(|ns| !ns.is_empty());
+    Ok(namespace.unwrap_or_else(|| "default".to_string()))
 }
 
 #[cfg(test)]
@@ -859,7 +902,8 @@ mod tests {
         )
         .expect("valid");
         let marker = config.marker.expect("marker");
-        assert_eq!(marker.kube.api.as_str(), "https://10.0.0.1/", "in-cluster API URL");
+        let KubeAccess::Direct { api, .. } = &marker.kube.access else { panic!("in-cluster access expected") };
+        assert_eq!(api.as_str(), "https://10.0.0.1/", "in-cluster API URL");
         assert_eq!(marker.revision, 7, "revision parsed");
     }
 

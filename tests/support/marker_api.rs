@@ -18,7 +18,7 @@ pub struct MarkerApi {
 impl MarkerApi {
     pub async fn start() -> MarkerApi {
         let api = KubeApi::start().await;
-        api.grant(TOKEN, &["get", "update", "watch"], Some(&[MARKER]));
+        api.grant(TOKEN, &["get", "list", "update", "watch"], Some(&[MARKER]));
         api.put(NAMESPACE, MARKER, BTreeMap::new());
         let credentials = api.credentials();
         MarkerApi { api, credentials }

@@ -110,10 +110,11 @@ pub fn restricted_violations(spec: &Value) -> Vec<String> {
     if pod.get("runAsNonRoot").is_some_and(|v| v.as_bool() == Some(false)) {
         out.push("running as non-root: pod runAsNonRoot is false".into());
     }
-    if let Some(kind) = pod_seccomp {
-        if kind != "RuntimeDefault" && kind != "Localhost" {
-            out.push(format!("seccomp: pod seccompProfile {kind}"));
-        }
+    if let Some(kind) = pod_seccomp
+        && kind != "RuntimeDefault"
+        && kind != "Localhost"
+    {
+        out.push(format!("seccomp: pod seccompProfile {kind}"));
     }
 
     for (what, container) in containers(spec) {
