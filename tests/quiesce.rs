@@ -507,3 +507,57 @@ async fn statefulsets_that_delete_their_volumes_on_scale_are_refused() {
     assert_eq!(env.api.replicas_and_annotation(NS, "statefulsets", "db"), (0, Some("2".into())), "db stopped");
     env.cleanup().await;
 }
+
+/// Helm 4 applies server-side as manager `helm`. After a quiesce, a resume and a `helm test`-style
+/// purge that resumes in the same run, cleanslate owns no `spec.replicas`, so three more applies
+/// in a row (with changing counts) meet no conflict; a foreign `kubectl scale`-style owner still
+/// makes the next apply conflict, unless forced: the stand-in's model is not lenient.
+#[tokio::test]
+async fn scale_writes_leave_no_field_ownership_for_helm_4_to_conflict_with() {
+    const HELM: &str = "helm-release-token";
+    let env = Env::start(&["shop-producer"]).await;
+    env.api.grant_on(HELM, "deployments", &["patch"], None);
+    let apply = |replicas: i64, force: bool| {
+        let manifest = deployment("shop-producer", Some(replicas));
+        let api = &env.api;
+        async move { api.server_side_apply(HELM, NS, &manifest, "helm", force).await }
+    };
+    let owners =
+        || support::kube_api::replicas_owners(&env.api.workload(NS, "deployments", "shop-producer").expect("exists"));
+    let helm_only = vec![("helm".to_string(), None)];
+    apply(2, false).await.expect("install");
+    assert_eq!(owners(), helm_only, "installed by Helm 4");
+
+    let quiesce = "deployment/shop-producer";
+    let purge = cleanslate(&["purge"], &env.vars(quiesce, &[])).await;
+    assert_eq!(purge.code, 0, "purge with quiesce: {}", purge.all_output());
+    assert_eq!(env.state("shop-producer"), (0, Some("2".into())), "stopped");
+    let resume = cleanslate(&["resume"], &env.resume_vars(quiesce)).await;
+    assert_eq!(resume.code, 0, "resume: {}", resume.all_output());
+    assert_eq!(env.state("shop-producer"), (2, None), "running again");
+    let test_run = cleanslate(&["purge"], &env.vars(quiesce, &[("CLEANSLATE_QUIESCE_RESUME", "true")])).await;
+    assert_eq!(test_run.code, 0, "helm-test-style purge that resumes: {}", test_run.all_output());
+    assert_eq!(env.state("shop-producer"), (2, None), "running again after the test run");
+    let ours: Vec<_> = owners().into_iter().filter(|(manager, _)| manager == "cleanslate").collect();
+    assert!(ours.is_empty(), "cleanslate owns no spec.replicas after its scale writes: {ours:?}");
+
+    for (step, replicas) in [3, 2, 4].into_iter().enumerate() {
+        let applied = apply(replicas, false).await;
+        assert!(applied.is_ok(), "Helm 4 apply {} after cleanslate's writes: {applied:?}", step + 1);
+    }
+    assert_eq!(owners(), helm_only, "Helm owns spec.replicas again");
+
+    // `kubectl scale --replicas=5` (an update through the scale subresource by manager kubectl).
+    env.api.grant_on("kubectl-token", "deployments/scale", &["update"], None);
+    let scaled = env.api.scale_as("kubectl-token", NS, "shop-producer", 5, "kubectl").await;
+    assert_eq!(scaled, 200, "kubectl scale");
+    let err = apply(4, false).await.expect_err("a foreign scale owner conflicts");
+    assert_eq!(err.0, 409, "conflict status: {err:?}");
+    assert!(
+        err.1.contains("conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"),
+        "the real message: {}",
+        err.1
+    );
+    apply(4, true).await.expect("--force-conflicts takes it");
+    env.cleanup().await;
+}

@@ -36,6 +36,10 @@ use tokio::sync::broadcast;
 use super::TestCa;
 
 mod apps;
+mod ownership;
+
+#[allow(unused_imports)]
+pub use ownership::replicas_owners;
 
 /// What a token may do on one resource (`configmaps`, `deployments/scale`, `pods`): verbs, and
 /// optionally only on these names.

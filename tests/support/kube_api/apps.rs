@@ -1,8 +1,11 @@
 //! Deployments and StatefulSets (`apps/v1`), their `scale` subresource, and their pods, as the API
 //! server and the controllers behind it behave for what cleanslate's quiesce does:
-//! - get, update (PUT; 409 on a stale `resourceVersion`) and JSON merge patch (415 for any other
-//!   patch type; a `metadata.resourceVersion` in the patch is a precondition, 409 when stale);
-//!   `spec.replicas` defaults to 1 when a manifest leaves it out;
+//! - get, update (PUT; 409 on a stale `resourceVersion`), JSON merge patch and server-side apply
+//!   (`application/apply-patch+yaml` with `fieldManager`, `force`); 415 for other patch types; a
+//!   `metadata.resourceVersion` in a patch is a precondition, 409 when stale; `spec.replicas`
+//!   defaults to 1 when a manifest leaves it out;
+//! - field ownership of `spec.replicas`, annotations and labels (see `ownership`), for every write
+//!   including the `scale` subresource's;
 //! - `scale` (`autoscaling/v1` `Scale`): GET, and PUT whose `resourceVersion` is the workload's
 //!   (409 when stale, 422 for a negative count); `status.selector` is the workload's selector;
 //! - RBAC: `deployments/scale` is a resource of its own, so `patch deployments` does not allow a
@@ -25,6 +28,7 @@ use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::ownership;
 use super::{KubeApi, Shared, Store, admit, commit, key, merge, status_response, watch_response};
 
 /// How long a terminating pod takes to go away unless told otherwise.
@@ -90,6 +94,7 @@ fn default_replicas(object: &mut Value) {
 async fn workload(
     State(shared): State<Arc<Shared>>,
     Path((namespace, plural, name)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -108,12 +113,34 @@ async fn workload(
     if let Err(response) = admit(&mut store, &headers, &method, &path, "", resource, verb, Some(&name)) {
         return *response;
     }
-    let Some(current) = store.objects.get(&key(resource, &namespace, &name)).cloned() else {
-        return not_found(resource, &name);
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let applying = verb == "patch" && content_type == "application/apply-patch+yaml";
+    let existing = store.objects.get(&key(resource, &namespace, &name)).cloned();
+    let created = existing.is_none();
+    let current = match existing {
+        Some(current) => current,
+        // An apply creates what does not exist yet.
+        None if applying => json!({"metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}")}}),
+        None => return not_found(resource, &name),
     };
     let current_rv = current["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+    let user_agent = headers.get("user-agent").and_then(|v| v.to_str().ok());
+    let manager = ownership::manager_of(query.get("fieldManager"), user_agent);
     let mut object = match verb {
         "get" => return axum::Json(current).into_response(),
+        "patch" if applying => {
+            if query.get("fieldManager").is_none_or(String::is_empty) {
+                return status_response(400, "BadRequest", "fieldManager is required for apply requests".into());
+            }
+            let Ok(applied) = serde_yaml::from_slice::<Value>(&body) else {
+                return status_response(400, "BadRequest", "invalid apply patch".into());
+            };
+            let force = query.get("force").is_some_and(|f| f == "true");
+            match ownership::apply(&current, &applied, &manager, force) {
+                Ok(object) => object,
+                Err(message) => return status_response(409, "Conflict", message),
+            }
+        }
         "update" => {
             let Ok(object) = serde_json::from_slice::<Value>(&body) else {
                 return status_response(400, "BadRequest", "invalid body".into());
@@ -128,16 +155,18 @@ async fn workload(
                     "the name of the object does not match the name on the URL".into(),
                 );
             }
+            let base = ownership::base_for_update(&current, &object);
+            let mut object = object;
+            ownership::record_update(&current, &mut object, base, &manager, None);
             object
         }
         _ => {
-            let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
             if content_type != "application/merge-patch+json" {
-                // The real server also takes strategic-merge, JSON and apply patches: not modeled.
+                // The real server also takes strategic-merge and JSON patches: not modeled.
                 return status_response(
                     415,
                     "UnsupportedMediaType",
-                    format!("the stand-in only models application/merge-patch+json, not {content_type:?}"),
+                    format!("the stand-in only models merge and apply patches, not {content_type:?}"),
                 );
             }
             let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
@@ -148,12 +177,15 @@ async fn workload(
             }
             let mut object = current.clone();
             merge(&mut object, &patch);
+            let base = ownership::base_for_update(&current, &object);
+            ownership::record_update(&current, &mut object, base, &manager, None);
             object
         }
     };
     object["metadata"]["uid"] = current["metadata"]["uid"].clone();
     default_replicas(&mut object);
-    let committed = commit(&shared, &mut store, "MODIFIED", resource, &namespace, &name, object);
+    let event = if created { "ADDED" } else { "MODIFIED" };
+    let committed = commit(&shared, &mut store, event, resource, &namespace, &name, object);
     reconcile(&shared, &mut store, resource, &namespace, &name);
     axum::Json(committed).into_response()
 }
@@ -181,6 +213,7 @@ fn scale_of(store: &Store, resource: &'static str, namespace: &str, workload: &V
 async fn scale(
     State(shared): State<Arc<Shared>>,
     Path((namespace, plural, name)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -231,7 +264,12 @@ async fn scale(
             ),
         );
     };
+    let before = current.clone();
     current["spec"]["replicas"] = json!(replicas);
+    let user_agent = headers.get("user-agent").and_then(|v| v.to_str().ok());
+    let manager = ownership::manager_of(query.get("fieldManager"), user_agent);
+    let base = ownership::base_for_update(&before, &json!({}));
+    ownership::record_update(&before, &mut current, base, &manager, Some("scale"));
     let committed = commit(&shared, &mut store, "MODIFIED", resource, &namespace, &name, current);
     reconcile(&shared, &mut store, resource, &namespace, &name);
     axum::Json(scale_of(&store, resource, &namespace, &committed)).into_response()
@@ -422,9 +460,11 @@ impl KubeApi {
                 let mut object = manifest.clone();
                 object["metadata"]["uid"] = json!(format!("uid-{name}"));
                 default_replicas(&mut object);
+                ownership::record_update(&json!({}), &mut object, Vec::new(), "helm", None);
                 ("ADDED", object)
             }
             Some(mut live) => {
+                let before = live.clone();
                 for field in ["labels", "annotations"] {
                     if let Some(map) = manifest["metadata"][field].as_object() {
                         for (k, v) in map {
@@ -437,11 +477,70 @@ impl KubeApi {
                         live["spec"][k] = v.clone();
                     }
                 }
+                // Helm 3 writes with a three-way merge patch: an update by "helm".
+                let base = ownership::base_for_update(&before, &json!({}));
+                ownership::record_update(&before, &mut live, base, "helm", None);
                 ("MODIFIED", live)
             }
         };
         commit(&self.shared, &mut store, kind, resource, namespace, &name, object);
         reconcile(&self.shared, &mut store, resource, namespace, &name);
+    }
+
+    /// A server-side apply of `manifest` over HTTP, as Helm 4 sends it (`application/apply-patch+yaml`,
+    /// `fieldManager`, `force`): the stored object, or the status code and message.
+    pub async fn server_side_apply(
+        &self,
+        token: &str,
+        namespace: &str,
+        manifest: &Value,
+        manager: &str,
+        force: bool,
+    ) -> Result<Value, (u16, String)> {
+        let resource = match manifest["kind"].as_str() {
+            Some("Deployment") => "deployments",
+            Some("StatefulSet") => "statefulsets",
+            other => panic!("not a workload: {other:?}"),
+        };
+        let name = manifest["metadata"]["name"].as_str().expect("name");
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("CA"))
+            .build()
+            .expect("client");
+        let url = format!("{}/apis/apps/v1/namespaces/{namespace}/{resource}/{name}", self.url.trim_end_matches('/'));
+        let response = client
+            .patch(url)
+            .query(&[("fieldManager", manager), ("force", if force { "true" } else { "false" })])
+            .bearer_auth(token)
+            .header("content-type", "application/apply-patch+yaml")
+            .body(serde_yaml::to_string(manifest).expect("YAML"))
+            .send()
+            .await
+            .expect("stand-in answers");
+        let code = response.status().as_u16();
+        let body: Value = response.json().await.expect("JSON");
+        if code == 200 { Ok(body) } else { Err((code, body["message"].as_str().unwrap_or_default().to_string())) }
+    }
+
+    /// A PUT of a Deployment's `scale` over HTTP by `manager` (as `kubectl scale` sends it): the status.
+    pub async fn scale_as(&self, token: &str, namespace: &str, name: &str, replicas: i64, manager: &str) -> u16 {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("CA"))
+            .build()
+            .expect("client");
+        let url =
+            format!("{}/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale", self.url.trim_end_matches('/'));
+        let body = json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                          "metadata": {"name": name, "namespace": namespace}, "spec": {"replicas": replicas}});
+        let response = client
+            .put(url)
+            .query(&[("fieldManager", manager)])
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("answers");
+        response.status().as_u16()
     }
 
     /// A Deployment (`deployments`) or StatefulSet (`statefulsets`) as the API returns it.
