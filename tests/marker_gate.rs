@@ -460,3 +460,27 @@ async fn gate_backs_off_when_watches_keep_ending() {
         assert!((4..=10).contains(&requests), "{name}: {requests} requests in 6 s, expected a backoff");
     }
 }
+
+/// A watch whose connection goes silent (a load balancer forgot the flow: no FIN, no RST, no more
+/// bytes) is noticed within the watch timeout plus five seconds, and the gate watches again on a
+/// new connection and passes, instead of staying blind until the gate's own timeout.
+#[tokio::test]
+async fn gate_notices_a_silently_dropped_watch() {
+    let cluster = Cluster::start().await;
+    let proxy = support::proxy::Proxy::for_url(&cluster.api.url);
+    proxy.forward(Duration::ZERO);
+    let through_proxy = format!("https://{}", proxy.addr);
+    let settings = with(
+        cluster.gate_vars(1, "40s"),
+        &[("CLEANSLATE_KUBE_API", &through_proxy), ("CLEANSLATE_KUBE_WATCH_TIMEOUT", "2s")],
+    );
+    let gate = spawn_gate(&settings);
+    cluster.wait_for_watches(1).await;
+    proxy.silence_open_connections();
+    let silenced_at = std::time::Instant::now();
+    cluster.write_marker(1, "succeeded", "");
+    let run = finish(gate).await;
+    let waited = silenced_at.elapsed();
+    assert_eq!(run.code, 0, "the gate passes on a new watch: {}", run.all_output());
+    assert!(waited < Duration::from_secs(15), "noticed within the watch timeout + 5 s, took {waited:?}");
+}

@@ -187,21 +187,31 @@ async fn failed_purge_restores_the_workloads() {
     env.cleanup().await;
 }
 
-/// A pod that never goes away: the quiesce times out, everything is restored, nothing is purged,
-/// and the error and the marker name the pod.
+/// Pods that never go away: the quiesce times out, everything is restored, nothing is purged, and
+/// the error and the marker name the pods, all of them although the API lists one per page.
 #[tokio::test]
 async fn quiesce_timeout_restores_and_names_the_pod() {
     let mut env = Env::start(&["shop-producer"]).await;
-    env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(3)));
     env.seed().await;
     env.api.hold_pods(NS, "shop-producer");
-    let stuck = env.api.pods_of(NS, "shop-producer")[0]["metadata"]["name"].as_str().unwrap().to_string();
+    env.api.cap_pages(1);
+    let pods: Vec<String> = env
+        .api
+        .pods_of(NS, "shop-producer")
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(pods.len(), 3, "three pods");
+    let stuck = pods[2].clone();
     let run =
         cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[("CLEANSLATE_QUIESCE_TIMEOUT", "3s")])).await;
     assert_eq!(run.code, 75, "a quiesce timeout is a deadline: {}", run.all_output());
-    assert!(run.first_stderr_line().contains(&stuck), "the error names the pod {stuck}: {}", run.stderr);
+    for pod in &pods {
+        assert!(run.first_stderr_line().contains(pod), "the error names the pod {pod}: {}", run.stderr);
+    }
     assert!(run.stderr.contains("CLEANSLATE_QUIESCE_TIMEOUT"), "and the setting: {}", run.stderr);
-    assert_eq!(env.state("shop-producer"), (1, None), "restored, record removed");
+    assert_eq!(env.state("shop-producer"), (3, None), "restored, record removed");
     let marker = env.marker();
     assert_eq!(marker["status"], json!("failed"), "marker failed");
     let message = marker["message"].as_str().unwrap_or_default();

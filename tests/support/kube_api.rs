@@ -8,9 +8,11 @@
 //!   allow create, as in RBAC);
 //! - get, create (409 AlreadyExists), update (PUT; 409 Conflict on a stale `resourceVersion`, 404
 //!   when missing), merge patch, delete; one global, increasing `resourceVersion`;
+//! - lists paged with `limit` and `continue`, carrying the `resourceVersion` to watch from;
 //! - watch streams of JSON lines (ADDED/MODIFIED/DELETED) from a `resourceVersion` or, without one,
-//!   starting with the current object as ADDED; `timeoutSeconds` ends the stream; a
-//!   `resourceVersion` older than the last compaction gets an ERROR event with a 410 `Status`;
+//!   starting with the current object as ADDED; BOOKMARK events with `allowWatchBookmarks=true`;
+//!   `timeoutSeconds` ends the stream; a `resourceVersion` older than the last compaction gets an
+//!   ERROR event with a 410 `Status`;
 //! - the real `Status` objects for errors;
 //! - workloads and pods (see `apps`): the API server defaults `spec.replicas` to 1, the `scale`
 //!   subresource shares the workload's `resourceVersion`, and a controller-and-kubelet stand-in
@@ -94,6 +96,7 @@ struct Store {
     gone_next_watch: bool,
     gone_every_watch: bool,
     cut_every_watch: bool,
+    page_cap: Option<usize>,
     requests: Vec<Seen>,
     apps: apps::AppsState,
 }
@@ -202,6 +205,12 @@ impl KubeApi {
     /// in front of the API server does.
     pub fn cut_every_watch(&self) {
         self.store().cut_every_watch = true;
+    }
+
+    /// Lists answer at most `items` per page (with a `continue` token), whatever `limit` asked:
+    /// clients must follow `continue` rather than count on one page.
+    pub fn cap_pages(&self, items: usize) {
+        self.store().page_cap = Some(items);
     }
 
     /// Forgets history: watches from any earlier resourceVersion get 410 Gone, as after etcd compaction.
@@ -566,25 +575,70 @@ async fn collection(
         ns == namespace && selected.as_deref().is_none_or(|s| s == name)
     });
     if !watching {
-        let items: Vec<Value> = store
-            .objects
-            .iter()
-            .filter(|((resource, ns, name), object)| *resource == "configmaps" && wanted(ns, name, object))
-            .map(|(_, o)| o.clone())
-            .collect();
-        return axum::Json(json!({"kind": "ConfigMapList", "apiVersion": "v1",
-            "metadata": {"resourceVersion": store.resource_version.to_string()}, "items": items}))
-        .into_response();
+        return list_response(&store, "configmaps", "ConfigMapList", &query, &*wanted);
     }
     watch_response(&shared, store, "configmaps", &query, wanted)
+}
+
+/// A list of `resource` as the API server pages it: `limit` items at most, then a `continue` token
+/// (and `remainingItemCount`) for the rest; the list's `resourceVersion` is the store's (a first
+/// page) or the token's (a later page). A token older than the last compaction is 410 Gone, as for
+/// an expired continue token. Simplification: a later page shows the objects as they are now, not
+/// as they were at the token's version.
+fn list_response(
+    store: &Store,
+    resource: &'static str,
+    kind: &str,
+    query: &HashMap<String, String>,
+    wanted: &(dyn Fn(&str, &str, &Value) -> bool + Send + Sync),
+) -> Response {
+    let (version, after) = match query.get("continue").filter(|c| !c.is_empty()) {
+        None => (store.resource_version, None),
+        Some(token) => {
+            let parsed = token.split_once('/').and_then(|(rv, key)| Some((rv.parse::<u64>().ok()?, key.to_string())));
+            match parsed {
+                Some((rv, _)) if rv < store.compacted_at => {
+                    return status_response(
+                        410,
+                        "Expired",
+                        "The provided continue parameter is too old to display a consistent list result.".into(),
+                    );
+                }
+                Some((rv, key)) => (rv, Some(key)),
+                None => return status_response(400, "BadRequest", "invalid continue token".into()),
+            }
+        }
+    };
+    let matching: Vec<(String, Value)> = store
+        .objects
+        .iter()
+        .filter(|((r, ns, name), object)| *r == resource && wanted(ns, name, object))
+        .map(|((_, ns, name), object)| (format!("{ns}/{name}"), object.clone()))
+        .filter(|(key, _)| after.as_ref().is_none_or(|after| key > after))
+        .collect();
+    let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let limit = limit.min(store.page_cap.unwrap_or(usize::MAX));
+    let page: Vec<&(String, Value)> = matching.iter().take(limit).collect();
+    let mut metadata = json!({"resourceVersion": version.to_string()});
+    if matching.len() > page.len() {
+        let last = &page.last().expect("a page of at least one").0;
+        metadata["continue"] = json!(format!("{version}/{last}"));
+        metadata["remainingItemCount"] = json!(matching.len() - page.len());
+    }
+    let items: Vec<Value> = page.into_iter().map(|(_, o)| o.clone()).collect();
+    axum::Json(json!({"kind": kind, "apiVersion": "v1", "metadata": metadata, "items": items})).into_response()
 }
 
 /// Which objects of a resource a watch follows: namespace, name, object.
 type Filter = Arc<dyn Fn(&str, &str, &Value) -> bool + Send + Sync>;
 
+/// How often a watch that asked for bookmarks (`allowWatchBookmarks=true`) gets one: about once a
+/// minute, as the API server's watch cache sends them, and once more as the watch times out.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
 /// A watch stream of JSON lines for `resource`: from `resourceVersion` (history replayed), or
-/// without one starting with the current objects as ADDED; 410 for a compacted version; ends after
-/// `timeoutSeconds` or when a test closes the streams.
+/// without one starting with the current objects as ADDED; 410 for a compacted version; BOOKMARK
+/// events when asked for; ends after `timeoutSeconds` or when a test closes the streams.
 fn watch_response(
     shared: &Arc<Shared>,
     mut store: std::sync::MutexGuard<'_, Store>,
@@ -594,6 +648,12 @@ fn watch_response(
 ) -> Response {
     let from: Option<u64> = query.get("resourceVersion").and_then(|v| v.parse().ok()).filter(|v| *v > 0);
     let timeout = Duration::from_secs(query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(1800));
+    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+    let kind = match resource {
+        "configmaps" => "ConfigMap",
+        "pods" => "Pod",
+        other => panic!("no watch of {other} is modelled"),
+    };
     let line =
         |event_type: &str, object: &Value| Bytes::from(format!("{}\n", json!({"type": event_type, "object": object})));
     let mut initial: Vec<Bytes> = Vec::new();
@@ -640,13 +700,30 @@ fn watch_response(
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        // Processed up to here: what a bookmark reports, whether or not the events matched.
+        let mut processed = last;
+        let mut next_bookmark = tokio::time::Instant::now() + BOOKMARK_EVERY;
+        let bookmark = |rv: u64| {
+            let object = json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}});
+            Bytes::from(format!("{}\n", json!({"type": "BOOKMARK", "object": object})))
+        };
         loop {
-            let next = tokio::time::timeout_at(deadline, receiver.recv()).await;
+            let wake = if bookmarks { next_bookmark.min(deadline) } else { deadline };
+            let next = tokio::time::timeout_at(wake, receiver.recv()).await;
             let event = match next {
                 Ok(Ok(Some(event))) => event,
+                // A bookmark is due (periodically, and as the watch reaches its timeout).
+                Err(_) if bookmarks => {
+                    if sender.send(Ok(bookmark(processed))).await.is_err() || wake >= deadline {
+                        return;
+                    }
+                    next_bookmark = tokio::time::Instant::now() + BOOKMARK_EVERY;
+                    continue;
+                }
                 // Closed by a switch, lagged, or timeoutSeconds passed: end the stream.
                 _ => return,
             };
+            processed = processed.max(event.resource_version);
             let is_wanted = event.resource_version > last
                 && event.resource == resource
                 && wanted(&event.namespace, &event.name, &event.object);

@@ -1,6 +1,7 @@
 //! A small TCP proxy in front of a real server, for faults the servers cannot be asked to make:
 //! not listening yet (connection refused), forwarding with a delay, accepting but never answering
-//! (a black hole), and going down mid-run (every open connection cut, new ones refused).
+//! (a black hole), going down mid-run (every open connection cut, new ones refused), and open
+//! connections going silent while new ones work (a load balancer that dropped a flow's state).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     target: SocketAddr,
     server: Mutex<Option<JoinHandle<()>>>,
+    /// Connections numbered below this forward nothing more, without closing.
+    frozen_below: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone, Copy)]
@@ -25,7 +28,12 @@ enum Behaviour {
 impl Proxy {
     /// A proxy for `target` that is not listening yet: connections are refused.
     pub fn new(target: SocketAddr) -> Proxy {
-        Proxy { addr: SocketAddr::from(([127, 0, 0, 1], super::free_port())), target, server: Mutex::new(None) }
+        Proxy {
+            addr: SocketAddr::from(([127, 0, 0, 1], super::free_port())),
+            target,
+            server: Mutex::new(None),
+            frozen_below: Arc::default(),
+        }
     }
 
     /// A proxy for the host:port of an http(s) URL.
@@ -49,6 +57,12 @@ impl Proxy {
         self.listen(Behaviour::BlackHole);
     }
 
+    /// Every connection open now stops forwarding, in both directions, without being closed: no
+    /// FIN, no RST, as when a load balancer or NAT forgets a flow. New connections work.
+    pub fn silence_open_connections(&self) {
+        self.frozen_below.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Stops listening and cuts every open connection.
     pub fn down(&self) {
         if let Some(server) = self.server.lock().unwrap().take() {
@@ -63,11 +77,22 @@ impl Proxy {
         socket.bind(self.addr).expect("proxy port free");
         let listener = socket.listen(128).unwrap();
         let target = self.target;
+        let frozen_below = self.frozen_below.clone();
         let server = tokio::spawn(async move {
             // Dropping the set (when this task is aborted) aborts and closes every connection.
             let connections = Arc::new(Mutex::new(JoinSet::new()));
+            let mut number = 0u64;
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
+                number += 1;
+                // A silence applies to the connections open when it was asked for, not later ones.
+                let _ = frozen_below.compare_exchange(
+                    u64::MAX,
+                    number,
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                let silenced = Silence { number, frozen_below: frozen_below.clone() };
                 let connection = async move {
                     match behaviour {
                         Behaviour::BlackHole => {
@@ -79,8 +104,8 @@ impl Proxy {
                             let (client_read, client_write) = client.into_split();
                             let (server_read, server_write) = server.into_split();
                             tokio::join!(
-                                pipe(client_read, server_write, delay),
-                                pipe(server_read, client_write, delay)
+                                pipe(client_read, server_write, delay, silenced.clone()),
+                                pipe(server_read, client_write, delay, silenced)
                             );
                         }
                     }
@@ -98,12 +123,38 @@ impl Drop for Proxy {
     }
 }
 
-async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, delay: Duration) {
+/// Whether a connection has been silenced.
+#[derive(Clone)]
+struct Silence {
+    number: u64,
+    frozen_below: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Silence {
+    fn is_silenced(&self) -> bool {
+        self.number < self.frozen_below.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    silence: Silence,
+) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
-        let n = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let read = tokio::time::timeout(Duration::from_millis(100), from.read(&mut buffer)).await;
+        if silence.is_silenced() {
+            // Hold both halves open and forward nothing, for ever.
+            let _held = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        let n = match read {
+            Err(_) => continue,
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => n,
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::ownership;
-use super::{KubeApi, Shared, Store, admit, commit, key, merge, status_response, watch_response};
+use super::{KubeApi, Shared, Store, admit, commit, key, list_response, merge, status_response, watch_response};
 
 /// How long a terminating pod takes to go away unless told otherwise.
 const DEFAULT_TERMINATION: Duration = Duration::from_millis(200);
@@ -339,15 +339,7 @@ async fn pods(
     };
     let filter = Arc::new(move |ns: &str, _: &str, object: &Value| ns == namespace && matches(&requirements, object));
     if !watching {
-        let items: Vec<Value> = store
-            .objects
-            .iter()
-            .filter(|((resource, ns, name), object)| *resource == "pods" && filter(ns, name, object))
-            .map(|(_, object)| object.clone())
-            .collect();
-        return axum::Json(json!({"kind": "PodList", "apiVersion": "v1",
-            "metadata": {"resourceVersion": store.resource_version.to_string()}, "items": items}))
-        .into_response();
+        return list_response(&store, "pods", "PodList", &query, &*filter);
     }
     watch_response(&shared, store, "pods", &query, filter)
 }
