@@ -469,6 +469,28 @@ impl KubeClient {
         }))
     }
 
+    /// The ConfigMaps matching `selector` (label-selector syntax).
+    pub async fn list_config_maps(&self, namespace: &str, selector: &str) -> Result<Vec<ConfigMap>, KubeError> {
+        let params = kube::api::ListParams::default().labels(selector);
+        Ok(bounded(self.config_maps(namespace).list(&params)).await?.items)
+    }
+
+    /// Every Deployment and StatefulSet in the namespace.
+    pub async fn list_workloads(&self, namespace: &str) -> Result<Vec<(WorkloadRef, Workload)>, KubeError> {
+        let params = kube::api::ListParams::default();
+        let named = |kind: WorkloadKind, workload: Workload| {
+            (WorkloadRef { kind, name: workload.metadata.name.clone().unwrap_or_default() }, workload)
+        };
+        let mut all: Vec<(WorkloadRef, Workload)> = Vec::new();
+        for object in bounded(self.api::<Deployment>(namespace).list(&params)).await?.items {
+            all.push(named(WorkloadKind::Deployment, object.into()));
+        }
+        for object in bounded(self.api::<StatefulSet>(namespace).list(&params)).await?.items {
+            all.push(named(WorkloadKind::StatefulSet, object.into()));
+        }
+        Ok(all)
+    }
+
     /// The `scale` subresource, or `None` when the workload does not exist.
     pub async fn get_scale(&self, namespace: &str, workload: &WorkloadRef) -> Result<Option<Scale>, KubeError> {
         let name = workload.name.as_str();

@@ -19,7 +19,8 @@
 //! - [`dead_letters`]: which queues dead letters provably reach (pure routing rules).
 //! - [`policies`]: which policy applies to a queue, for listings without policy columns.
 //! - [`etcd`]: key ranges, protected prefixes, the delete transaction.
-//! - [`kube`]: the Kubernetes API: the marker ConfigMap, a workload's annotations and scale, pods.
+//! - [`kube`]: the Kubernetes API (kube-rs): the marker ConfigMap, a workload's annotations and scale, pods.
+//! - [`status`]: `cleanslate status`, the last run and what is still stopped, for people and scripts.
 //! - [`marker`]: the marker's data and the gate's rules (pure).
 //! - [`quiesce`]: stop the listed workloads before a purge, wait for their pods, put them back.
 //! - [`purge`]: the purge and plan runs.
@@ -41,5 +42,6 @@ pub mod quiesce;
 pub mod rabbitmq;
 pub mod retry;
 pub mod shutdown;
+pub mod status;
 pub mod tally;
 pub mod telemetry;

@@ -125,8 +125,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     let quiesce_target = match &config.quiesce {
         Some(settings) if !dry_run => Some((KubeClient::new(&settings.kube).await?, settings)),
         Some(settings) => {
-            let names: Vec<String> = settings.workloads.iter().map(ToString::to_string).collect();
-            info!(workloads = %names.join(", "), "would stop these workloads before purging (quiesce)");
+            quiesce::preview(&KubeClient::new(&settings.kube).await?, settings).await?;
             None
         }
         None => None,

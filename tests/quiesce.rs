@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::kube_api::{KubeApi, PodCredentials};
+use support::kube_api::{KubeApi, PodCredentials, ownership};
 use support::*;
 
 const NS: &str = "dev";
@@ -570,4 +570,47 @@ async fn scale_writes_leave_no_field_ownership_for_helm_4_to_conflict_with() {
     );
     apply(4, true).await.expect("--force-conflicts takes it");
     env.cleanup().await;
+}
+
+/// The stand-in's ownership model keeps the documented rules on its own, apart from cleanslate.
+#[test]
+fn apply_conflicts_with_a_scale_owner_unless_forced() {
+    let live = json!({"metadata": {}, "spec": {"replicas": 1}});
+    let applied = json!({"metadata": {}, "spec": {"replicas": 2}});
+    let mut object = ownership::apply(&live, &applied, "helm", false).expect("nobody owns it yet");
+    assert_eq!(ownership::replicas_owners(&object), vec![("helm".into(), None)]);
+    let before = object.clone();
+    object["spec"]["replicas"] = json!(5);
+    ownership::record_update(
+        &before,
+        &mut object,
+        ownership::base_for_update(&before, &json!({})),
+        "kubectl",
+        Some("scale"),
+    );
+    assert_eq!(
+        ownership::replicas_owners(&object),
+        vec![("kubectl".into(), Some("scale".into()))],
+        "the scale took it"
+    );
+    let err = ownership::apply(&object, &applied, "helm", false).expect_err("conflict");
+    assert!(
+        err.contains("conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"),
+        "{err}"
+    );
+    assert!(
+        ownership::apply(&object, &json!({"spec": {"replicas": 5}}), "helm", false).is_ok(),
+        "same value is shared"
+    );
+    assert!(ownership::apply(&object, &applied, "helm", true).is_ok(), "force takes it");
+    let before = object.clone();
+    object["spec"]["replicas"] = json!(0);
+    ownership::record_update(
+        &before,
+        &mut object,
+        ownership::base_for_update(&before, &json!({})),
+        "kubectl",
+        Some("scale"),
+    );
+    assert!(ownership::replicas_owners(&object).is_empty(), "a scale to 0 claims nothing and strips the others");
 }

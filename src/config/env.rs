@@ -56,6 +56,7 @@ pub(super) struct RawEnv {
     pub(super) kube_token_file: Option<String>,
     pub(super) kube_ca_file: Option<String>,
     pub(super) kube_watch_timeout: Option<String>,
+    pub(super) output: Option<String>,
     pub(super) gate_timeout: Option<String>,
     pub(super) gate_on_timeout: Option<String>,
     pub(super) quiesce: Option<String>,

@@ -261,6 +261,33 @@ pub struct GateConfig {
     pub on_timeout: OnTimeout,
 }
 
+/// Everything `status` needs.
+#[derive(Clone, Debug)]
+pub struct StatusConfig {
+    pub namespace: String,
+    /// The release whose marker to find (by its labels), when no marker name is given.
+    pub release: Option<String>,
+    /// The marker's name (`CLEANSLATE_MARKER`).
+    pub marker: Option<String>,
+    pub output: Output,
+    pub kube: KubeConfig,
+}
+
+/// How `status` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// What `cleanslate status` was given on its command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusArgs {
+    pub release: Option<String>,
+    pub namespace: Option<String>,
+    pub json: bool,
+}
+
 /// Which subcommand the purge configuration is for: `plan` changes nothing, so it needs less.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -364,6 +391,35 @@ impl ResumeConfig {
         Ok(ResumeConfig {
             quiesce: quiesce_config(env, true)?.expect("required workload list is present"),
             timeout: parse_duration("CLEANSLATE_TIMEOUT", &env.raw.timeout, DEFAULT_TIMEOUT)?,
+        })
+    }
+}
+
+impl StatusConfig {
+    /// The release (argument, else `CLEANSLATE_RELEASE`) or the marker (`CLEANSLATE_MARKER`) to
+    /// report on; the namespace from `--namespace`, else as for the other commands.
+    pub fn from_env(env: &Env, args: &StatusArgs) -> Result<StatusConfig> {
+        let raw = &env.raw;
+        let release = args.release.clone().or_else(|| present(&raw.release).map(str::to_string));
+        let marker = present(&raw.marker).map(str::to_string);
+        if release.is_none() && marker.is_none() {
+            return Err(config_error(
+                "name the release (cleanslate status <release>, or CLEANSLATE_RELEASE) or its marker (CLEANSLATE_MARKER)",
+            ));
+        }
+        let output = parse_choice(
+            "CLEANSLATE_OUTPUT",
+            &raw.output,
+            Output::Table,
+            &[("table", Output::Table), ("text", Output::Table), ("json", Output::Json)],
+        )?;
+        let (namespace, kube) = kube_target(env)?;
+        Ok(StatusConfig {
+            namespace: args.namespace.clone().unwrap_or(namespace),
+            release,
+            marker,
+            output: if args.json { Output::Json } else { output },
+            kube,
         })
     }
 }

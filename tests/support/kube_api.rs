@@ -38,7 +38,7 @@ use tokio::sync::broadcast;
 use super::TestCa;
 
 mod apps;
-mod ownership;
+pub mod ownership;
 
 #[allow(unused_imports)]
 pub use ownership::replicas_owners;
@@ -97,6 +97,7 @@ struct Store {
     gone_every_watch: bool,
     cut_every_watch: bool,
     page_cap: Option<usize>,
+    certificate_users: HashMap<Vec<u8>, String>,
     requests: Vec<Seen>,
     apps: apps::AppsState,
 }
@@ -124,7 +125,62 @@ fn status_response(code: u16, reason: &str, message: String) -> Response {
     (StatusCode::from_u16(code).unwrap(), axum::Json(status(code, reason, message))).into_response()
 }
 
+/// The header that carries the user a verified client certificate belongs to, from the TLS layer
+/// to the authorizer; a client cannot set it (any incoming one is removed).
+const CERT_USER_HEADER: &str = "x-stand-in-certificate-user";
+
+/// TLS as the API server offers it: its serving certificate, and client certificates signed by the
+/// cluster CA accepted but not required (kubeconfig users with `client-certificate-data`).
+fn tls_config(ca: &TestCa, issued: &super::Issued) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).expect("CA PEM")).expect("CA root");
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .expect("client verifier");
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(issued.cert_der.clone())],
+            PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key PEM"),
+        )
+        .expect("server TLS config");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// Authentication by client certificate: the user a verified certificate was issued to (by
+/// [`KubeApi::client_certificate`]) goes to the authorizer in [`CERT_USER_HEADER`].
+async fn authenticate_certificate(
+    State(shared): State<Arc<Shared>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    request.headers_mut().remove(CERT_USER_HEADER);
+    let presented = request
+        .extensions()
+        .get::<Arc<axum_server::tls::TlsInfo>>()
+        .and_then(|info| info.peer_certificates.first().cloned());
+    if let Some(der) = presented {
+        let user = shared.store.lock().unwrap().certificate_users.get(&der).cloned();
+        if let Some(user) = user {
+            request.headers_mut().insert(CERT_USER_HEADER, user.parse().expect("a header value"));
+        }
+    }
+    next.run(request).await
+}
+
 impl KubeApi {
+    /// A client certificate for `user`, signed by the cluster CA; requests that present it are
+    /// authorised as `cert:<user>` (grant to that name).
+    pub fn client_certificate(&self, user: &str) -> super::Issued {
+        let issued = self.ca.issue(user);
+        self.store().certificate_users.insert(issued.cert_der.clone(), format!("cert:{user}"));
+        issued
+    }
+
     /// Starts the stand-in on a free loopback port with a fresh CA.
     pub async fn start() -> KubeApi {
         KubeApi::start_on(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"), Arc::new(TestCa::new())).await
@@ -133,10 +189,7 @@ impl KubeApi {
     async fn start_on(listener: std::net::TcpListener, ca: Arc<TestCa>) -> KubeApi {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let issued = ca.issue("kubernetes");
-        let config =
-            axum_server::tls_rustls::RustlsConfig::from_pem(issued.cert_pem.into_bytes(), issued.key_pem.into_bytes())
-                .await
-                .expect("TLS config");
+        let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls_config(&ca, &issued)));
         let (events, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared { store: Mutex::new(Store::default()), events });
         let app = Router::new()
@@ -146,6 +199,7 @@ impl KubeApi {
             )
             .route("/api/v1/namespaces/{namespace}/configmaps", axum::routing::get(collection).post(collection))
             .merge(apps::routes())
+            .layer(axum::middleware::from_fn_with_state(shared.clone(), authenticate_certificate))
             .with_state(shared.clone());
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -386,12 +440,9 @@ fn admit(
     verb: &str,
     name: Option<&str>,
 ) -> Result<(), Box<Response>> {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-        .to_string();
+    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let certificate_user = headers.get(CERT_USER_HEADER).and_then(|v| v.to_str().ok());
+    let token = bearer.or(certificate_user).unwrap_or("").to_string();
     store.requests.push(Seen {
         method: method.to_string(),
         path: path.into(),
@@ -571,8 +622,12 @@ async fn collection(
     {
         return *response;
     }
-    let wanted = Arc::new(move |ns: &str, name: &str, _: &Value| {
-        ns == namespace && selected.as_deref().is_none_or(|s| s == name)
+    let requirements = match apps::parse_selector(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
+        Ok(requirements) => requirements,
+        Err(message) => return status_response(400, "BadRequest", message),
+    };
+    let wanted = Arc::new(move |ns: &str, name: &str, object: &Value| {
+        ns == namespace && selected.as_deref().is_none_or(|s| s == name) && apps::matches(&requirements, object)
     });
     if !watching {
         return list_response(&store, "configmaps", "ConfigMapList", &query, &*wanted);
@@ -626,7 +681,8 @@ fn list_response(
         metadata["remainingItemCount"] = json!(matching.len() - page.len());
     }
     let items: Vec<Value> = page.into_iter().map(|(_, o)| o.clone()).collect();
-    axum::Json(json!({"kind": kind, "apiVersion": "v1", "metadata": metadata, "items": items})).into_response()
+    let api_version = if matches!(resource, "deployments" | "statefulsets") { "apps/v1" } else { "v1" };
+    axum::Json(json!({"kind": kind, "apiVersion": api_version, "metadata": metadata, "items": items})).into_response()
 }
 
 /// Which objects of a resource a watch follows: namespace, name, object.

@@ -373,6 +373,26 @@ pub async fn cleanslate(args: &[&str], vars: &[(String, String)]) -> Run {
 
 /// Starts the built binary with `vars` on top of a real pod's environment ([`pod_env`]), output
 /// piped (collect it with [`finish`]), killed if the test drops it.
+/// Runs the binary as on an operator's laptop: no pod variables, no service account, only a home,
+/// a PATH and `vars` (a KUBECONFIG, say).
+pub async fn cleanslate_on_laptop(args: &[&str], home: &Path, vars: &[(String, String)]) -> Run {
+    let child = tokio::process::Command::new(binary())
+        .args(args)
+        .env_clear()
+        .env("HOME", home)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("USER", "operator")
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("cleanslate finished within 60 s")
+        .expect("cleanslate runs");
+    Run::from_output(output)
+}
+
 pub fn spawn(args: &[&str], vars: &[(String, String)]) -> tokio::process::Child {
     tokio::process::Command::new(binary())
         .args(args)
@@ -504,6 +524,7 @@ pub struct TestCa {
 pub struct Issued {
     pub cert_pem: String,
     pub key_pem: String,
+    pub cert_der: Vec<u8>,
 }
 
 impl TestCa {
@@ -526,7 +547,7 @@ impl TestCa {
         params.extended_key_usages =
             vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
-        Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+        Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), cert_der: cert.der().to_vec() }
     }
 }
 

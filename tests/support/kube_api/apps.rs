@@ -58,6 +58,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
             "/apis/apps/v1/namespaces/{namespace}/{resource}/{name}",
             axum::routing::get(workload).put(workload).patch(workload),
         )
+        .route("/apis/apps/v1/namespaces/{namespace}/{resource}", axum::routing::get(workloads))
         .route("/apis/apps/v1/namespaces/{namespace}/{resource}/{name}/scale", axum::routing::get(scale).put(scale))
         .route("/api/v1/namespaces/{namespace}/pods", axum::routing::get(pods))
 }
@@ -190,6 +191,35 @@ async fn workload(
     axum::Json(committed).into_response()
 }
 
+/// A list of the namespace's Deployments or StatefulSets (watches are not modelled).
+async fn workloads(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, plural)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let Some(resource) = resource_of(&plural) else {
+        return status_response(404, "NotFound", "the server could not find the requested resource".into());
+    };
+    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        return status_response(405, "MethodNotAllowed", "watches of workloads are not modelled".into());
+    }
+    let path = format!("/apis/apps/v1/namespaces/{namespace}/{resource}");
+    let mut store = shared.store.lock().unwrap();
+    if let Err(response) = admit(&mut store, &headers, &method, &path, "", resource, "list", None) {
+        return *response;
+    }
+    let requirements = match parse_selector(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
+        Ok(requirements) => requirements,
+        Err(message) => return status_response(400, "BadRequest", message),
+    };
+    let kind = if resource == "deployments" { "DeploymentList" } else { "StatefulSetList" };
+    list_response(&store, resource, kind, &query, &move |ns: &str, _: &str, object: &Value| {
+        ns == namespace && matches(&requirements, object)
+    })
+}
+
 /// The workload's selector in label-selector syntax (`matchLabels` only, keys sorted).
 fn selector_of(workload: &Value) -> String {
     let labels: BTreeMap<String, String> =
@@ -276,7 +306,7 @@ async fn scale(
 }
 
 /// Equality-based label selector requirements: `k=v`, `k==v`, `k!=v`, `k`, `!k`.
-fn parse_selector(text: &str) -> Result<Vec<(String, &'static str, String)>, String> {
+pub(super) fn parse_selector(text: &str) -> Result<Vec<(String, &'static str, String)>, String> {
     let mut requirements = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if part.contains('(') || part.contains(' ') {
@@ -301,7 +331,7 @@ fn parse_selector(text: &str) -> Result<Vec<(String, &'static str, String)>, Str
     Ok(requirements)
 }
 
-fn matches(requirements: &[(String, &'static str, String)], object: &Value) -> bool {
+pub(super) fn matches(requirements: &[(String, &'static str, String)], object: &Value) -> bool {
     let labels = &object["metadata"]["labels"];
     requirements.iter().all(|(k, op, v)| {
         let value = labels[k.as_str()].as_str();

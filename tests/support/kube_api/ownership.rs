@@ -32,7 +32,7 @@ fn meta_path(map: &str, key: &str) -> FieldPath {
 
 /// The manager of a request: `fieldManager`, else the user agent's product name (the API server's
 /// `prefixFromUserAgent`).
-pub(super) fn manager_of(field_manager: Option<&String>, user_agent: Option<&str>) -> String {
+pub fn manager_of(field_manager: Option<&String>, user_agent: Option<&str>) -> String {
     match field_manager {
         Some(manager) if !manager.is_empty() => manager.clone(),
         _ => user_agent.unwrap_or("unknown").split('/').next().unwrap_or("unknown").to_string(),
@@ -132,7 +132,7 @@ fn value_at(object: &Value, path: &FieldPath) -> Value {
 
 /// The managedFields an update starts from: the request's when it carries a non-empty list
 /// (`[{}]` resets them), else the live object's.
-pub(super) fn base_for_update(live: &Value, requested: &Value) -> Vec<Value> {
+pub fn base_for_update(live: &Value, requested: &Value) -> Vec<Value> {
     match requested["metadata"]["managedFields"].as_array() {
         Some(list) if list.len() == 1 && list[0].as_object().is_some_and(Map::is_empty) => Vec::new(),
         Some(list) if !list.is_empty() => list.clone(),
@@ -141,13 +141,7 @@ pub(super) fn base_for_update(live: &Value, requested: &Value) -> Vec<Value> {
 }
 
 /// Records an update by `manager` that turned `before` into `after`, starting from `base`.
-pub(super) fn record_update(
-    before: &Value,
-    after: &mut Value,
-    base: Vec<Value>,
-    manager: &str,
-    subresource: Option<&str>,
-) {
+pub fn record_update(before: &Value, after: &mut Value, base: Vec<Value>, manager: &str, subresource: Option<&str>) {
     let mut list = base;
     let mut paths: Vec<FieldPath> = fields(before).into_iter().chain(fields(after)).map(|(p, _)| p).collect();
     paths.dedup();
@@ -169,7 +163,7 @@ pub(super) fn record_update(
 }
 
 /// A server-side apply of `applied` by `manager` to `live`: the new object, or the conflict message.
-pub(super) fn apply(live: &Value, applied: &Value, manager: &str, force: bool) -> Result<Value, String> {
+pub fn apply(live: &Value, applied: &Value, manager: &str, force: bool) -> Result<Value, String> {
     let mut list = entries(live);
     let set = fields(applied);
     let mut conflicts = Vec::new();
@@ -231,33 +225,4 @@ pub fn replicas_owners(object: &Value) -> Vec<(String, Option<String>)> {
         .filter(|e| owns(e, &replicas_path()))
         .map(|e| (e["manager"].as_str().unwrap_or("").to_string(), e["subresource"].as_str().map(str::to_string)))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The model's own rules, as the documentation states them.
-    #[test]
-    fn apply_conflicts_with_a_scale_owner_unless_forced() {
-        let live = json!({"metadata": {}, "spec": {"replicas": 1}});
-        let applied = json!({"metadata": {}, "spec": {"replicas": 2}});
-        let mut object = apply(&live, &applied, "helm", false).expect("nobody owns it yet");
-        assert_eq!(replicas_owners(&object), vec![("helm".into(), None)]);
-        let before = object.clone();
-        object["spec"]["replicas"] = json!(5);
-        record_update(&before, &mut object, base_for_update(&before, &json!({})), "kubectl", Some("scale"));
-        assert_eq!(replicas_owners(&object), vec![("kubectl".into(), Some("scale".into()))], "the scale took it");
-        let err = apply(&object, &applied, "helm", false).expect_err("conflict");
-        assert!(
-            err.contains("conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"),
-            "{err}"
-        );
-        assert!(apply(&object, &json!({"spec": {"replicas": 5}}), "helm", false).is_ok(), "same value is shared");
-        assert!(apply(&object, &applied, "helm", true).is_ok(), "force takes it");
-        let before = object.clone();
-        object["spec"]["replicas"] = json!(0);
-        record_update(&before, &mut object, base_for_update(&before, &json!({})), "kubectl", Some("scale"));
-        assert!(replicas_owners(&object).is_empty(), "a scale to 0 claims nothing and strips the others");
-    }
 }
