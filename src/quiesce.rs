@@ -106,8 +106,8 @@ pub async fn stop(kube: &KubeClient, config: &QuiesceConfig, progress: &Progress
     refuse_volume_loss(kube, config, deadline).await?;
     let mut waits = Vec::new();
     for workload in &config.workloads {
-        if let Some(selector) = stop_one(kube, &config.namespace, workload, deadline, progress).await? {
-            waits.push(wait_gone(kube, &config.namespace, workload, selector, progress));
+        if let Some((selector, ordered)) = stop_one(kube, &config.namespace, workload, deadline, progress).await? {
+            waits.push(wait_gone(kube, &config.namespace, workload, selector, ordered, progress));
         }
     }
     // Every workload is scaled down before waiting, so their pods shut down side by side.
@@ -172,7 +172,7 @@ async fn stop_one(
     workload: &WorkloadRef,
     deadline: Instant,
     progress: &Progress,
-) -> Result<Option<String>> {
+) -> Result<Option<(String, bool)>> {
     loop {
         let what = format!("reading {workload}");
         let Some(current) = call(&what, workload, deadline, || kube.get_workload(namespace, workload)).await? else {
@@ -181,6 +181,8 @@ async fn stop_one(
         };
         let current = current.ok_or_else(|| anyhow!("{what}: conflict on a read"))?;
         let replicas = current.replicas.unwrap_or(1);
+        let ordered = workload.kind == WorkloadKind::StatefulSet
+            && current.pod_management_policy.as_deref().unwrap_or("OrderedReady") == "OrderedReady";
         let resource_version = current.metadata.resource_version.clone().unwrap_or_default();
         let recorded = current.annotation(ANNOTATION).map(str::to_string);
         if replicas == 0 {
@@ -198,7 +200,7 @@ async fn stop_one(
             .await?
             .flatten();
             let Some(scale) = scale else { return Ok(None) };
-            return selector_of(workload, &scale).map(Some);
+            return selector_of(workload, &scale).map(|selector| Some((selector, ordered)));
         }
         // Recorded before the write: if this run is stopped mid-way, restore looks at it.
         progress.mark_stopped(workload, replicas);
@@ -219,7 +221,7 @@ async fn stop_one(
         match scaled {
             Some(Some(scaled)) => {
                 info!(workload = %workload, recorded_replicas = replicas, "scaled to 0 replicas");
-                return selector_of(workload, &scaled).map(Some);
+                return selector_of(workload, &scaled).map(|selector| Some((selector, ordered)));
             }
             // Changed between our two writes: read again; the annotation we wrote is seen then.
             _ => continue,
@@ -288,18 +290,57 @@ pub fn holds(pod: &Pod, workload: &WorkloadRef) -> bool {
     })
 }
 
-/// Watches the pods of one workload until none of its own is left.
+/// Whether a pod of a workload being stopped is stuck for an `OrderedReady` StatefulSet: not Ready
+/// and not already terminating. The controller removes one pod at a time and waits while another
+/// pod is unhealthy, so two such pods stall a scale to 0 for ever (REFERENCES §6.5).
+fn blocks_ordered_scale_down(pod: &Pod) -> bool {
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    !ready && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// Deletes (gracefully, as the controller would, with its uid as a precondition) a pod that blocks
+/// an `OrderedReady` StatefulSet's scale to 0. The StatefulSet is at 0 already, so nothing
+/// recreates it; a failed delete is only logged, as the wait's timeout names what is left.
+async fn unblock(kube: &KubeClient, namespace: &str, workload: &WorkloadRef, pod: &Pod) {
+    let (name, uid) = (pod_name(pod), pod.metadata.uid.clone().unwrap_or_default());
+    match kube.delete_pod(namespace, &name, &uid).await {
+        Ok(()) => {
+            info!(workload = %workload, pod = %name, "deleted an unhealthy pod that stalls the ordered scale-down")
+        }
+        Err(err) => warn!(workload = %workload, pod = %name, error = %err, "could not delete an unhealthy pod"),
+    }
+}
+
+/// Watches the pods of one workload until none of its own is left; for an `OrderedReady`
+/// StatefulSet (`ordered`), deletes its unhealthy pods, which would stall the scale-down.
 async fn wait_gone(
     kube: &KubeClient,
     namespace: &str,
     workload: &WorkloadRef,
     selector: String,
+    ordered: bool,
     progress: &Progress,
 ) -> Result<()> {
     let mut pods: BTreeSet<String> = BTreeSet::new();
     let mut listed = false;
     let mut changes = std::pin::pin!(kube.watch_pods(namespace, &selector));
     while let Some(change) = changes.next().await {
+        if ordered && let Ok(Change::Listed(items)) = &change {
+            for pod in items.iter().filter(|pod| holds(pod, workload) && blocks_ordered_scale_down(pod)) {
+                unblock(kube, namespace, workload, pod).await;
+            }
+        }
+        if ordered
+            && let Ok(Change::Applied(pod)) = &change
+            && holds(pod, workload)
+            && blocks_ordered_scale_down(pod)
+        {
+            unblock(kube, namespace, workload, pod).await;
+        }
         match change {
             Ok(Change::Listed(items)) => {
                 listed = true;

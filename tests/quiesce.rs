@@ -614,3 +614,32 @@ fn apply_conflicts_with_a_scale_owner_unless_forced() {
     );
     assert!(ownership::replicas_owners(&object).is_empty(), "a scale to 0 claims nothing and strips the others");
 }
+
+/// A StatefulSet with the default `OrderedReady` policy and two unhealthy pods: its controller
+/// removes one pod at a time and waits while another is unhealthy, so a scale to 0 alone never
+/// finishes. Quiesce deletes the unhealthy pods once the set is at 0 (nothing recreates them) and
+/// the purge goes on; the set is recorded for resume as usual.
+#[tokio::test]
+async fn ordered_statefulset_with_unhealthy_pods_is_stopped() {
+    let mut env = Env::start(&["db"]).await;
+    env.api.grant_on(TOKEN, "pods", &["delete"], None);
+    env.seed().await;
+    let mut db = deployment("db", Some(3));
+    db["kind"] = json!("StatefulSet");
+    env.api.apply_workload(NS, &db);
+    let pods: Vec<String> =
+        env.api.pods_of(NS, "db").iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(pods.len(), 3, "three pods");
+    env.api.make_unhealthy(NS, &pods[0]);
+    env.api.make_unhealthy(NS, &pods[1]);
+    let run = cleanslate(&["purge"], &env.vars("statefulset/db", &[("CLEANSLATE_QUIESCE_TIMEOUT", "8s")])).await;
+    assert_eq!(run.code, 0, "the quiesce finishes: {}", run.all_output());
+    assert!(env.api.pods_of(NS, "db").is_empty(), "every pod gone");
+    assert_eq!(env.api.replicas_and_annotation(NS, "statefulsets", "db"), (0, Some("3".into())), "recorded");
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 0, "purged");
+    let deletes: Vec<String> =
+        env.api.requests().iter().filter(|r| r.method == "DELETE").map(|r| r.path.clone()).collect();
+    assert_eq!(deletes.len(), 2, "only the two unhealthy pods were deleted: {deletes:?}");
+    assert!(deletes.iter().all(|p| p.ends_with(&pods[0]) || p.ends_with(&pods[1])), "{deletes:?}");
+    env.cleanup().await;
+}

@@ -61,6 +61,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/apis/apps/v1/namespaces/{namespace}/{resource}", axum::routing::get(workloads))
         .route("/apis/apps/v1/namespaces/{namespace}/{resource}/{name}/scale", axum::routing::get(scale).put(scale))
         .route("/api/v1/namespaces/{namespace}/pods", axum::routing::get(pods))
+        .route("/api/v1/namespaces/{namespace}/pods/{name}", axum::routing::delete(delete_pod))
 }
 
 fn resource_of(plural: &str) -> Option<&'static str> {
@@ -397,6 +398,28 @@ fn reconcile(shared: &Arc<Shared>, store: &mut Store, resource: &'static str, na
     let desired = workload["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
     let template = workload["spec"]["template"].to_string();
     let mut live = live_pods(store, resource, namespace, name);
+    let ordered = resource == "statefulsets" && workload["spec"]["podManagementPolicy"].as_str() != Some("Parallel");
+    if ordered && live.len() > desired {
+        // OrderedReady: one pod at a time from the highest ordinal, after the previous one is gone,
+        // and not while any other pod is unhealthy (REFERENCES §5.5).
+        let terminating = store.apps.owners.iter().any(|((ns, pod), owner)| {
+            ns == namespace
+                && owner.resource == resource
+                && owner.workload == name
+                && store
+                    .objects
+                    .get(&key("pods", ns, pod))
+                    .is_some_and(|p| !p["metadata"]["deletionTimestamp"].is_null())
+        });
+        let (highest, _) = live.last().cloned().expect("more pods than desired");
+        let others_unhealthy = live[..live.len() - 1]
+            .iter()
+            .any(|(pod, _)| store.objects.get(&key("pods", namespace, pod)).is_some_and(|p| !is_ready(p)));
+        if !terminating && !others_unhealthy {
+            terminate(shared, store, namespace, &highest);
+        }
+        return;
+    }
     for (pod, _) in live.iter().filter(|(_, t)| *t != template) {
         terminate(shared, store, namespace, pod);
     }
@@ -421,7 +444,7 @@ fn reconcile(shared: &Arc<Shared>, store: &mut Store, resource: &'static str, na
                          "labels": workload["spec"]["template"]["metadata"]["labels"],
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner_kind, "name": owner_name}]},
             "spec": workload["spec"]["template"]["spec"],
-            "status": {"phase": "Running"}
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
         });
         store.apps.owners.insert(
             (namespace.to_string(), pod.clone()),
@@ -456,11 +479,57 @@ fn terminate(shared: &Arc<Shared>, store: &mut Store, namespace: &str, pod: &str
     });
 }
 
-fn remove_pod(shared: &Shared, store: &mut Store, namespace: &str, pod: &str) {
+fn remove_pod(shared: &Arc<Shared>, store: &mut Store, namespace: &str, pod: &str) {
     if let Some(object) = store.objects.get(&key("pods", namespace, pod)).cloned() {
         commit(shared, store, "DELETED", "pods", namespace, pod, object);
     }
-    store.apps.owners.remove(&(namespace.to_string(), pod.to_string()));
+    // The StatefulSet controller goes on with the next pod once one is gone.
+    if let Some(owner) = store.apps.owners.remove(&(namespace.to_string(), pod.to_string()))
+        && owner.resource == "statefulsets"
+    {
+        reconcile(shared, store, owner.resource, namespace, &owner.workload);
+    }
+}
+
+/// A pod's Ready condition.
+fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|conditions| conditions.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+/// DELETE of one pod: graceful (it terminates as on a scale-down); a `preconditions.uid` that is
+/// not the pod's is 409, as the API server answers.
+async fn delete_pod(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, name)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+    let mut store = shared.store.lock().unwrap();
+    if let Err(response) = admit(&mut store, &headers, &method, &path, "", "pods", "delete", Some(&name)) {
+        return *response;
+    }
+    let Some(pod) = store.objects.get(&key("pods", &namespace, &name)).cloned() else {
+        return status_response(404, "NotFound", format!("pods \"{name}\" not found"));
+    };
+    let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some(uid) = options["preconditions"]["uid"].as_str()
+        && pod["metadata"]["uid"].as_str() != Some(uid)
+    {
+        return status_response(
+            409,
+            "Conflict",
+            format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", pod["metadata"]["uid"]),
+        );
+    }
+    if pod["metadata"]["deletionTimestamp"].is_null() {
+        terminate(&shared, &mut store, &namespace, &name);
+    }
+    let current = store.objects.get(&key("pods", &namespace, &name)).cloned().unwrap_or(pod);
+    axum::Json(current).into_response()
 }
 
 impl KubeApi {
@@ -604,6 +673,16 @@ impl KubeApi {
         });
         let mut store = self.store();
         commit(&self.shared, &mut store, "ADDED", "pods", namespace, name, object);
+    }
+
+    /// The pod stops being healthy: Running, but not Ready (a crash loop, a failing probe).
+    pub fn make_unhealthy(&self, namespace: &str, pod: &str) {
+        let mut store = self.store();
+        let mut object = store.objects.get(&key("pods", namespace, pod)).cloned().expect("the pod exists");
+        object["status"]["conditions"] = json!([{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}]);
+        object["status"]["containerStatuses"] =
+            json!([{"name": "app", "ready": false, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]);
+        commit(&self.shared, &mut store, "MODIFIED", "pods", namespace, pod, object);
     }
 
     /// From now on the pods of workload `name` stay (terminating) until [`KubeApi::release_pods`].
