@@ -154,6 +154,27 @@ pub enum Change<K> {
     Deleted(K),
 }
 
+/// A Job's progress, as its status and spec tell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobProgress {
+    /// Pods of the Job that failed so far (killed ones included: the Job controller counts them).
+    pub failed: u32,
+    /// Failed pods the Job tolerates before it gives up: it runs at most `backoffLimit + 1` pods.
+    pub backoff_limit: u32,
+}
+
+impl JobProgress {
+    /// Which attempt the running pod is (pods run one after another).
+    pub fn attempt(&self) -> u32 {
+        self.failed.saturating_add(1)
+    }
+
+    /// How many attempts the Job makes at most.
+    pub fn attempts(&self) -> u32 {
+        self.backoff_limit.saturating_add(1)
+    }
+}
+
 /// A Deployment or StatefulSet, as far as quiesce reads it.
 #[derive(Clone, Debug, Default)]
 pub struct Workload {
@@ -466,6 +487,17 @@ impl KubeClient {
             code: 409,
             reason: "Conflict".into(),
             message: format!("{workload} kept changing while giving up ownership of spec.replicas"),
+        }))
+    }
+
+    /// How far a Job has got: its failed pods so far and its `backoffLimit` (6 when unset, the API
+    /// server's default); `None` when it does not exist.
+    pub async fn job_progress(&self, namespace: &str, name: &str) -> Result<Option<JobProgress>, KubeError> {
+        let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(self.client.clone(), namespace);
+        let job = found(bounded(jobs.get(name)).await)?;
+        Ok(job.map(|job| JobProgress {
+            failed: job.status.and_then(|s| s.failed).unwrap_or(0).max(0) as u32,
+            backoff_limit: job.spec.and_then(|s| s.backoff_limit).unwrap_or(6).max(0) as u32,
         }))
     }
 

@@ -201,10 +201,12 @@ pub fn merge(existing: Option<&Marker>, run: &Marker, job_attempts: u32) -> Opti
         return None;
     }
     let mut next = run.clone();
-    next.attempt = match existing {
+    let counted = match existing {
         Some(m) if m.revision == run.revision => m.attempt.saturating_add(1),
         _ => 1,
     };
+    // The Job's own count (set on `run` by the caller) also knows attempts that never wrote.
+    next.attempt = counted.max(run.attempt);
     next.is_final = run.status == RunStatus::Failed && next.attempt >= job_attempts.max(1);
     let recorded = existing.and_then(|m| m.last_succeeded_revision.map(|r| (r, m.last_succeeded_at.clone())));
     let this_run = (run.status == RunStatus::Succeeded).then(|| (run.revision, run.finished_at.clone()));

@@ -506,9 +506,39 @@ fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdRepor
     summary
 }
 
+/// The record with this pod's attempt number from its Job's status, and how many attempts the Job
+/// makes, when the Job is named and readable; else the record as it is and `CLEANSLATE_JOB_ATTEMPTS`.
+/// Counting only in the marker misses an attempt killed before it wrote (OOM, node loss, the
+/// deadline), and then the last attempt's failure would not be taken as final.
+async fn with_job_progress(kube: &KubeClient, settings: &MarkerConfig, record: &Marker) -> (Marker, u32) {
+    let mut record = record.clone();
+    let Some(job) = &settings.job_name else { return (record, settings.job_attempts) };
+    match tokio::time::timeout(Duration::from_secs(5), kube.job_progress(&settings.namespace, job)).await {
+        Ok(Ok(Some(progress))) => {
+            record.attempt = progress.attempt();
+            info!(job = %job, attempt = progress.attempt(), attempts = progress.attempts(), "attempt from the Job's status");
+            (record, progress.attempts())
+        }
+        Ok(Ok(None)) => {
+            warn!(job = %job, "the Job was not found; counting attempts in the marker");
+            (record, settings.job_attempts)
+        }
+        Ok(Err(err)) => {
+            warn!(job = %job, error = %err, "the Job's status is not readable (the purge Role needs get on it); counting attempts in the marker");
+            (record, settings.job_attempts)
+        }
+        Err(_) => {
+            warn!(job = %job, "the Job's status did not come in time; counting attempts in the marker");
+            (record, settings.job_attempts)
+        }
+    }
+}
+
 /// Records the run in the marker ConfigMap with optimistic concurrency, never lowering the revision,
 /// retrying API hiccups within [`MARKER_BUDGET`].
 async fn write_marker(kube: &KubeClient, settings: &MarkerConfig, record: &Marker) -> Result<()> {
+    let (record, job_attempts) = &with_job_progress(kube, settings, record).await;
+    let job_attempts = *job_attempts;
     let policy = RetryPolicy { attempts: 8, backoff: Duration::from_millis(200) };
     let deadline = Instant::now() + MARKER_BUDGET;
     let what = format!("writing marker {}/{}", settings.namespace, settings.name);
@@ -518,7 +548,7 @@ async fn write_marker(kube: &KubeClient, settings: &MarkerConfig, record: &Marke
         async move {
             kube.upsert(&settings.namespace, &settings.name, |current| {
                 let existing = current.as_ref().and_then(|cm| Marker::from_data(&data_of(cm)));
-                let Some(merged) = marker::merge(existing.as_ref(), record, settings.job_attempts) else {
+                let Some(merged) = marker::merge(existing.as_ref(), record, job_attempts) else {
                     newer.set(existing.map(|m| m.revision));
                     return None;
                 };

@@ -618,11 +618,16 @@ fn quiesce_rbac_names_exactly_the_workloads() {
     let marker = json!({"apiGroups": [""], "resources": ["configmaps"],
                         "resourceNames": ["shop-cleanslate-marker"], "verbs": ["get", "update"]});
     let pods = json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]});
+    let pod_deletes = json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]});
     assert_eq!(
         find(&docs, "Role", "shop-cleanslate-purge")["rules"],
-        json!([marker, deployments[0], deployments[1], statefulsets[0], statefulsets[1], pods]),
-        "purge Role: the marker, exactly the named workloads and their scale, read-only pods"
+        json!([marker, deployments[0], deployments[1], statefulsets[0], statefulsets[1], pods, pod_deletes]),
+        "purge Role: the marker, exactly the named workloads and their scale, pods to watch, and (with a \
+         StatefulSet) to delete"
     );
+    let without_statefulsets = dev(&[]);
+    let rules = find(&without_statefulsets, "Role", "shop-cleanslate-purge")["rules"].clone();
+    assert!(!rules.to_string().contains("delete"), "no pod deletes without a StatefulSet: {rules}");
     assert_eq!(
         find(&docs, "Role", "shop-cleanslate-resume")["rules"],
         json!([deployments[0], deployments[1], statefulsets[0], statefulsets[1]]),

@@ -484,3 +484,46 @@ async fn gate_notices_a_silently_dropped_watch() {
     assert_eq!(run.code, 0, "the gate passes on a new watch: {}", run.all_output());
     assert!(waited < Duration::from_secs(15), "noticed within the watch timeout + 5 s, took {waited:?}");
 }
+
+/// An attempt killed without running its handler (SIGKILL: the OOM killer, a lost node) writes
+/// nothing, but the Job controller counts it. The next attempt, the Job's last (`backoffLimit: 1`),
+/// reads its number from the Job's status, so its failure is final and the waiting gate fails at
+/// once instead of waiting out its timeout.
+#[tokio::test]
+async fn a_killed_attempt_counts_and_the_last_failure_fails_gates() {
+    const JOB: &str = "demo-cleanslate-purge";
+    let cluster = Cluster::start().await;
+    cluster.api.put(NAMESPACE, MARKER, BTreeMap::new());
+    cluster.api.grant_on(JOB_TOKEN, "jobs", &["get"], Some(&[JOB]));
+    cluster.api.put_job(NAMESPACE, JOB, 1, 0);
+    let gate = spawn_gate(&cluster.gate_vars(2, "60s"));
+    cluster.wait_for_watches(1).await;
+
+    // Attempt 1 waits on an unreachable broker and is killed before it can write anything.
+    let stuck = with(
+        failing_purge_vars(&cluster, 2, 2),
+        &[
+            ("CLEANSLATE_JOB_NAME", JOB),
+            ("CLEANSLATE_RABBITMQ_URL", "http://127.0.0.1:9"),
+            ("CLEANSLATE_RETRY_BACKOFF", "30s"),
+            ("CLEANSLATE_TIMEOUT", "50s"),
+        ],
+    );
+    let mut first = spawn(&["purge"], &stuck);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    first.kill().await.expect("SIGKILL");
+    assert!(cluster.marker_data().get("revision").is_none(), "the killed attempt wrote nothing");
+    cluster.api.put_job(NAMESPACE, JOB, 1, 1);
+
+    // Attempt 2 of 2 fails.
+    let last = with(failing_purge_vars(&cluster, 2, 2), &[("CLEANSLATE_JOB_NAME", JOB)]);
+    let run = cleanslate(&["purge"], &last).await;
+    assert_eq!(run.code, 1, "the last attempt fails: {}", run.all_output());
+    let marker = cluster.marker_data();
+    assert_eq!(marker["attempt"], json!("2"), "the Job's count, killed attempt included: {marker:?}");
+    assert_eq!(marker["final"], json!("true"), "no attempt left: {marker:?}");
+    let started = Instant::now();
+    let run = finish(gate).await;
+    assert_eq!(run.code, 1, "the final failure fails the gate: {}", run.all_output());
+    assert!(started.elapsed() < Duration::from_secs(10), "at once, not after the gate's timeout");
+}

@@ -52,6 +52,7 @@ pub(super) struct RawEnv {
     pub(super) release: Option<String>,
     pub(super) pod_name: Option<String>,
     pub(super) job_attempts: Option<String>,
+    pub(super) job_name: Option<String>,
     pub(super) kube_api: Option<String>,
     pub(super) kube_token_file: Option<String>,
     pub(super) kube_ca_file: Option<String>,

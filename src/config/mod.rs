@@ -174,6 +174,9 @@ pub struct MarkerConfig {
     /// How many times the Job runs the purge for one revision (`backoffLimit + 1`): a failure is
     /// final, and fails gates at once, only on the last of them.
     pub job_attempts: u32,
+    /// The Job this pod belongs to (`CLEANSLATE_JOB_NAME`): its status says which attempt this is,
+    /// counting attempts killed without a word (OOM, node loss), and its `backoffLimit` how many.
+    pub job_name: Option<String>,
     pub kube: KubeConfig,
 }
 
@@ -655,6 +658,7 @@ fn marker_config(env: &Env, required_by_gate: bool) -> Result<Option<MarkerConfi
         release: present(&raw.release).map(str::to_string),
         pod_name: present(&raw.pod_name).or(env.other("HOSTNAME")).map(str::to_string),
         job_attempts: parse_count("CLEANSLATE_JOB_ATTEMPTS", &raw.job_attempts, DEFAULT_JOB_ATTEMPTS, 100)? as u32,
+        job_name: present(&raw.job_name).map(str::to_string),
         kube,
     }))
 }

@@ -198,6 +198,7 @@ impl KubeApi {
                 axum::routing::get(one).put(one).patch(one).delete(one),
             )
             .route("/api/v1/namespaces/{namespace}/configmaps", axum::routing::get(collection).post(collection))
+            .route("/apis/batch/v1/namespaces/{namespace}/jobs/{name}", axum::routing::get(job))
             .merge(apps::routes())
             .layer(axum::middleware::from_fn_with_state(shared.clone(), authenticate_certificate))
             .with_state(shared.clone());
@@ -259,6 +260,18 @@ impl KubeApi {
     /// in front of the API server does.
     pub fn cut_every_watch(&self) {
         self.store().cut_every_watch = true;
+    }
+
+    /// A Job with `backoff_limit` and, in its status, `failed` pods so far: what the Job controller
+    /// records (a pod killed by the OOM killer or with its node counts as failed).
+    pub fn put_job(&self, namespace: &str, name: &str, backoff_limit: u32, failed: u32) {
+        let object = json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}")},
+            "spec": {"backoffLimit": backoff_limit, "template": {"spec": {"containers": []}}},
+            "status": if failed > 0 { json!({"failed": failed, "active": 1}) } else { json!({"active": 1}) }});
+        let mut store = self.store();
+        let kind = if store.objects.contains_key(&key("jobs", namespace, name)) { "MODIFIED" } else { "ADDED" };
+        commit(&self.shared, &mut store, kind, "jobs", namespace, name, object);
     }
 
     /// Lists answer at most `items` per page (with a `continue` token), whatever `limit` asked:
@@ -563,6 +576,24 @@ async fn one(
             merge(&mut object, &patch);
             axum::Json(commit(&shared, &mut store, "MODIFIED", "configmaps", &namespace, &name, object)).into_response()
         }
+    }
+}
+
+/// GET of a Job (`batch/v1`), as the Job controller keeps its status.
+async fn job(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, name)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/apis/batch/v1/namespaces/{namespace}/jobs/{name}");
+    let mut store = shared.store.lock().unwrap();
+    if let Err(response) = admit(&mut store, &headers, &method, &path, "", "jobs", "get", Some(&name)) {
+        return *response;
+    }
+    match store.objects.get(&key("jobs", &namespace, &name)) {
+        Some(job) => axum::Json(job.clone()).into_response(),
+        None => status_response(404, "NotFound", format!("jobs.batch \"{name}\" not found")),
     }
 }
 
