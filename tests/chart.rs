@@ -57,8 +57,8 @@ fn production_is_refused_at_render_time() {
     );
 }
 
-/// RBAC without quiesce: no wildcards; the Job may only get/update/patch the marker; the gate may
-/// only read it.
+/// RBAC without quiesce: no wildcards; the Job may only get/update the marker and get its own Job;
+/// the gate may only read the marker.
 #[test]
 fn rbac_is_least_privilege() {
     let docs = dev(&["--set", "cleanup.quiesce.enabled=false"]);
@@ -67,6 +67,12 @@ fn rbac_is_least_privilege() {
         for rule in role["rules"].as_array().unwrap() {
             for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
                 assert!(!rule[field].to_string().contains('*'), "{}: no wildcard in {field}", name(role));
+            }
+            let own_job =
+                rule["resources"] == json!(["jobs"]) && rule["resourceNames"] == json!(["shop-cleanslate-purge"]);
+            if own_job {
+                assert_eq!(rule["verbs"], json!(["get"]), "{}: only reads its own Job", name(role));
+                continue;
             }
             assert_eq!(rule["resourceNames"], json!(["shop-cleanslate-marker"]), "{}: only the marker", name(role));
         }
@@ -617,11 +623,13 @@ fn quiesce_rbac_names_exactly_the_workloads() {
     ];
     let marker = json!({"apiGroups": [""], "resources": ["configmaps"],
                         "resourceNames": ["shop-cleanslate-marker"], "verbs": ["get", "update"]});
+    let own_job = json!({"apiGroups": ["batch"], "resources": ["jobs"],
+                         "resourceNames": ["shop-cleanslate-purge"], "verbs": ["get"]});
     let pods = json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]});
     let pod_deletes = json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]});
     assert_eq!(
         find(&docs, "Role", "shop-cleanslate-purge")["rules"],
-        json!([marker, deployments[0], deployments[1], statefulsets[0], statefulsets[1], pods, pod_deletes]),
+        json!([marker, own_job, deployments[0], deployments[1], statefulsets[0], statefulsets[1], pods, pod_deletes]),
         "purge Role: the marker, exactly the named workloads and their scale, pods to watch, and (with a \
          StatefulSet) to delete"
     );

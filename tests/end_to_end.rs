@@ -135,6 +135,11 @@ async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Ve
                 };
                 let mut last = None;
                 for attempt in 1..=attempts {
+                    if kind(hook) == "Job" {
+                        // The Job controller's count of failed pods, which the purge reads.
+                        let namespace = cluster.namespace.clone();
+                        cluster.api.put_job(&namespace, name(hook), attempts as u32 - 1, attempt as u32 - 1);
+                    }
                     let pod = if attempt == 1 {
                         format!("{}-x7k2p", name(hook))
                     } else {

@@ -177,6 +177,7 @@ impl FakeCluster {
                             let group = match resource.split('/').next().unwrap() {
                                 "configmaps" | "pods" => "",
                                 "deployments" | "statefulsets" => "apps",
+                                "jobs" => "batch",
                                 other => panic!("rule for {other}, a resource the stand-in does not serve"),
                             };
                             assert!(groups.contains(&group), "{resource} is in API group {group:?}: {rule}");
@@ -193,6 +194,11 @@ impl FakeCluster {
                 self.api.put_object(&self.namespace, name(doc), object);
             }
             "Deployment" | "StatefulSet" => self.api.apply_workload(&self.namespace, doc),
+            // The Job controller's view: no pod has failed yet.
+            "Job" => {
+                let backoff_limit = doc["spec"]["backoffLimit"].as_u64().unwrap_or(6) as u32;
+                self.api.put_job(&self.namespace, name(doc), backoff_limit, 0);
+            }
             _ => {}
         }
     }
