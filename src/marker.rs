@@ -198,7 +198,7 @@ pub fn may_replace(existing: Option<&Marker>, new_revision: u64) -> bool {
 /// `job_attempts` on, and the last success is the higher of the recorded one and this run's.
 pub fn merge(existing: Option<&Marker>, run: &Marker, job_attempts: u32) -> Option<Marker> {
     if !may_replace(existing, run.revision) {
-        return None;
+        return older_success(existing?, run);
     }
     let mut next = run.clone();
     let counted = match existing {
@@ -220,6 +220,21 @@ pub fn merge(existing: Option<&Marker>, run: &Marker, job_attempts: u32) -> Opti
             next.last_succeeded_at = String::new();
         }
     }
+    Some(next)
+}
+
+/// A successful run of a revision older than the marker's: `helm test` after `helm rollback` runs
+/// the test Pod of the manifest rolled back to, with its old revision. The newer run's record
+/// stays, but the success is kept as the last one when it is higher than the recorded one, so the
+/// rolled-back pods' gates pass; `None` when it adds nothing.
+fn older_success(existing: &Marker, run: &Marker) -> Option<Marker> {
+    let higher = existing.last_succeeded_revision.is_none_or(|r| r < run.revision);
+    if run.status != RunStatus::Succeeded || run.dry_run || !higher {
+        return None;
+    }
+    let mut next = existing.clone();
+    next.last_succeeded_revision = Some(run.revision);
+    next.last_succeeded_at = run.finished_at.clone();
     Some(next)
 }
 
@@ -396,5 +411,21 @@ mod tests {
         let data = m.to_data();
         assert!(data["message"].len() <= MAX_MESSAGE + 4, "bounded");
         assert!(data["message"].ends_with('…'), "marked as cut");
+    }
+
+    /// After a rollback, `helm test` runs the older revision: its success becomes the last success
+    /// (so that revision's gates pass) without overwriting the newer revision's record; a failure
+    /// or an older success than the recorded one changes nothing.
+    #[test]
+    fn an_older_revisions_success_is_kept_as_the_last_success() {
+        let mut failed = marker(4, RunStatus::Failed);
+        failed.last_succeeded_revision = Some(2);
+        let older = marker(3, RunStatus::Succeeded);
+        let merged = merge(Some(&failed), &older, 1).expect("recorded");
+        assert_eq!((merged.revision, merged.status), (4, RunStatus::Failed), "the newer run's record stays");
+        assert_eq!(merged.last_succeeded_revision, Some(3), "the rollback's success is the last success");
+        assert_eq!(verdict(Some(&merged), 3), Verdict::Pass, "the rolled-back pods pass");
+        assert!(merge(Some(&failed), &marker(3, RunStatus::Failed), 1).is_none(), "an older failure: nothing");
+        assert!(merge(Some(&failed), &marker(1, RunStatus::Succeeded), 1).is_none(), "not higher: nothing");
     }
 }
