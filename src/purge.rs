@@ -234,6 +234,19 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
                     summary.kind = summary.kind.worst(report.kind);
                 }
             }
+        } else if !stopped.is_empty() {
+            // Stopped until the release's apply and the resume Job start them again. If Helm's
+            // apply fails after this purge (an immutable field, a webhook), no post-upgrade hook
+            // runs: say how to recover where the operator will look, in this Job's log.
+            let list: Vec<String> = stopped.iter().map(ToString::to_string).collect();
+            info!(
+                workloads = %list.join(","),
+                "workloads stay stopped until this release's apply and its resume Job start them; if the apply fails, \
+                 run `CLEANSLATE_NAMESPACE={} CLEANSLATE_QUIESCE={} cleanslate resume` or upgrade again (the next \
+                 successful upgrade restores the recorded counts); `cleanslate status` shows what is stopped",
+                settings.namespace,
+                list.join(",")
+            );
         }
     }
 

@@ -596,6 +596,58 @@ async fn upgrade_stops_the_old_writer_and_leaves_nothing_it_wrote() {
     world.cleanup().await;
 }
 
+/// An upgrade whose purge succeeds but whose apply then fails (an immutable field, a webhook): no
+/// post-upgrade hook runs and the stopped workloads stay at 0 with their records, and the Job's log
+/// says how to recover. The next good upgrade finds them stopped by the earlier run, keeps their
+/// records through its purge, and ends with every workload at its count (the HPA-style one too).
+#[tokio::test]
+async fn a_failed_apply_after_the_purge_is_mended_by_the_next_upgrade() {
+    let mut world = World::new().await;
+    let mut cluster = FakeCluster::start(NAMESPACE).await;
+    let api_workload = ["--set-json".to_string(), r#"cleanup.quiesce.workloads=["deployment/api"]"#.to_string()];
+    cluster.api.apply_workload(NAMESPACE, &deployment_manifest("api", Some(3)));
+    install(&world, &mut cluster, &api_workload).await;
+    world.seed().await;
+
+    // Revision 2: the pre-upgrade purge succeeds, then Helm's apply fails: nothing else runs.
+    let mut second = api_workload.to_vec();
+    second.extend(["--is-upgrade".into(), "--set".into(), "cleanup.revision=2".into()]);
+    let failed_upgrade = world.render(&second);
+    let runs = run_hooks(&mut cluster, &failed_upgrade, "pre-upgrade").await;
+    all_succeeded(&runs, "the purge before the failed apply");
+    let job = job_run(&runs, "shop-cleanslate-purge");
+    assert!(
+        job.stdout.contains("if the apply fails") && job.stdout.contains("cleanslate resume"),
+        "the Job's log says how to recover: {}",
+        job.stdout
+    );
+    for (deployment, count) in [("shop-producer", "1"), ("shop-consumer", "1"), ("api", "3")] {
+        assert_eq!(replicas(&cluster, deployment), (0, Some(count.into())), "{deployment}: stopped, recorded");
+    }
+
+    // Revision 3 applies fine.
+    let mut third = api_workload.to_vec();
+    third.extend(["--is-upgrade".into(), "--set".into(), "cleanup.revision=3".into()]);
+    let good_upgrade = world.render(&third);
+    let runs = run_hooks(&mut cluster, &good_upgrade, "pre-upgrade").await;
+    all_succeeded(&runs, "the next upgrade's purge");
+    for (deployment, count) in [("shop-producer", "1"), ("api", "3")] {
+        assert_eq!(replicas(&cluster, deployment), (0, Some(count.into())), "{deployment}: the record survives");
+    }
+    for resource in release_resources(&good_upgrade) {
+        cluster.apply(resource);
+    }
+    cluster.api.apply_workload(NAMESPACE, &deployment_manifest("api", None));
+    let runs = run_hooks(&mut cluster, &good_upgrade, "post-upgrade").await;
+    all_succeeded(&runs, "post-upgrade");
+    for deployment in ["shop-producer", "shop-consumer"] {
+        assert_eq!(replicas(&cluster, deployment), (1, None), "{deployment}: at the chart's count, no record");
+    }
+    assert_eq!(replicas(&cluster, "api"), (3, None), "the api is back at its recorded 3");
+    world.assert_clean("after the mended upgrade").await;
+    world.cleanup().await;
+}
+
 /// An upgrade whose purge fails (RabbitMQ unreachable): Helm stops at the pre-upgrade Job, and the
 /// old workloads are already back at their counts, without the record; the marker says failed and
 /// names them.
