@@ -63,7 +63,12 @@ pub async fn run(config: &GateConfig) -> Result<()> {
     let waited_ms = started.elapsed().as_millis() as u64;
     match outcome {
         Ok(Ok(())) => {
-            info!(revision = settings.revision, waited_ms, marker = %marker::describe(seen.last_marker.as_ref()), "marker allows this revision, starting");
+            let marker = marker::describe(seen.last_marker.as_ref());
+            info!(revision = settings.revision, waited_ms, marker = %marker, "marker allows this revision, starting");
+            crate::termination::on_success(format!(
+                "passed after {waited_ms} ms: the marker allows revision {} ({marker})",
+                settings.revision
+            ));
             Ok(())
         }
         Ok(Err(err)) => Err(err),
@@ -82,6 +87,9 @@ pub async fn run(config: &GateConfig) -> Result<()> {
             match config.on_timeout {
                 OnTimeout::Proceed => {
                     warn!(waited_ms, "{message}; starting anyway because CLEANSLATE_GATE_ON_TIMEOUT=proceed");
+                    crate::termination::on_success(format!(
+                        "{message}; started anyway (CLEANSLATE_GATE_ON_TIMEOUT=proceed)"
+                    ));
                     Ok(())
                 }
                 OnTimeout::Fail => {

@@ -45,3 +45,4 @@ pub mod shutdown;
 pub mod status;
 pub mod tally;
 pub mod telemetry;
+pub mod termination;

@@ -8,7 +8,7 @@ use cleanslate::config::{self, Env, GateConfig, Mode, PurgeConfig, ResumeConfig,
 use cleanslate::exit::{Exit, exit_for};
 use cleanslate::purge::Outcome;
 use cleanslate::shutdown::Shutdown;
-use cleanslate::{gate, purge, quiesce, status, telemetry};
+use cleanslate::{gate, purge, quiesce, status, telemetry, termination};
 use tracing::error;
 
 const USAGE: &str = "\
@@ -152,9 +152,14 @@ fn main() -> ExitCode {
         }
     });
     match exit {
-        Ok(Outcome::Done) => Exit::Success,
+        Ok(Outcome::Done) => {
+            termination::write(&termination::success_line(command.name()));
+            Exit::Success
+        }
         Ok(Outcome::Stopped(signal)) => {
-            eprintln!("cleanslate {}: stopped by {}", command.name(), signal.name());
+            let line = format!("cleanslate {}: stopped by {}", command.name(), signal.name());
+            eprintln!("{line}");
+            termination::write(&line);
             Exit::from(signal)
         }
         Err(err) => report(command, &err),
@@ -178,5 +183,6 @@ fn report(command: Command, err: &anyhow::Error) -> Exit {
     let exit = exit_for(err);
     error!(exit_code = exit.code(), error = %format!("{err:#}"), "{} failed", command.name());
     eprintln!("cleanslate {}: {err:#}", command.name());
+    termination::write(&format!("cleanslate {} failed (exit {}): {err:#}", command.name(), exit.code()));
     exit
 }

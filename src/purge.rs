@@ -276,6 +276,14 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
             "{}",
             if dry_run { "plan finished, nothing changed" } else { "purge finished" }
         );
+        let messages = messages_known.map_or_else(|| "unknown".to_string(), |n| format!("~{n}"));
+        crate::termination::on_success(format!(
+            "{} {} queues ({messages} messages, the broker's sampled count), {} etcd keys in {duration_ms} ms{}",
+            if dry_run { "would purge" } else { "purged" },
+            summary.queues_purged,
+            summary.keys_deleted,
+            config.marker.as_ref().map(|m| format!(" (revision {})", m.revision)).unwrap_or_default()
+        ));
     } else {
         error!(
             status = "failed",

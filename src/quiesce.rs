@@ -544,6 +544,11 @@ pub async fn run(config: &ResumeConfig) -> Result<()> {
     let duration_ms = started.elapsed().as_millis() as u64;
     if failures.is_empty() {
         info!(resumed = %resumed.join(", "), duration_ms, "resume finished");
+        crate::termination::on_success(if resumed.is_empty() {
+            "nothing was stopped; nothing to do".to_string()
+        } else {
+            format!("started again: {}", resumed.join(", "))
+        });
         Ok(())
     } else {
         error!(resumed = %resumed.join(", "), failures = %failures.join("; "), duration_ms, "resume failed");

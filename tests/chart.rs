@@ -565,6 +565,34 @@ fn restricted_checker_flags_violations() {
     assert_eq!(violations.len(), 2, "runAsNonRoot and seccomp missing everywhere: {violations:?}");
 }
 
+/// Every cleanslate container (the purge Job, the resume Job, the test Pod, the gates) ends with a
+/// termination message the kubelet can read: the path the binary is told is the container's
+/// `terminationMessagePath`, and the log's tail stands in when the binary could not write it.
+#[test]
+fn cleanslate_containers_leave_a_termination_message() {
+    let docs = dev(&[]);
+    let mut seen = 0;
+    for doc in docs.iter().filter(|d| matches!(kind(d), "Job" | "Pod" | "Deployment" | "StatefulSet")) {
+        let spec = pod_spec(doc);
+        let containers = spec["containers"].as_array().into_iter().chain(spec["initContainers"].as_array()).flatten();
+        for container in containers.filter(|c| {
+            c["args"].as_array().is_some_and(|a| !a.is_empty())
+                && c["image"].as_str().unwrap_or("").contains("cleanslate")
+        }) {
+            let what = format!("{} {}/{}", kind(doc), name(doc), container["name"]);
+            assert_eq!(container["terminationMessagePolicy"], json!("FallbackToLogsOnError"), "{what}");
+            assert_eq!(container["terminationMessagePath"], json!("/dev/termination-log"), "{what}");
+            assert_eq!(
+                env_value(container, "CLEANSLATE_TERMINATION_MESSAGE_PATH").as_deref(),
+                Some("/dev/termination-log"),
+                "{what}: the binary writes where the kubelet reads"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "purge Job, resume Job, test Pod and the gates of both apps: {seen}");
+}
+
 /// Every pod the chart renders (any Job, Pod, Deployment or StatefulSet, for every values file, with
 /// cleanup as the file says and switched on) is admitted under Pod Security "restricted".
 #[test]

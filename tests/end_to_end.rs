@@ -342,6 +342,13 @@ async fn failing_job_fails_the_gates_fast() {
     assert_eq!(runs.len(), 1, "Helm stops at the failed Job: the resume Job does not run");
     let job = job_run(&runs, "shop-cleanslate-purge");
     assert_eq!(job.code, 1, "the Job fails: {}", job.all_output());
+    // What `kubectl describe pod` and Helm's hook-failure output show.
+    let message = cluster.termination_message("shop-cleanslate-purge-x7k2p", "purge").expect("a termination message");
+    assert!(
+        message.starts_with("cleanslate purge failed (exit 1)") && message.contains("rejected the login"),
+        "the termination message names the failure: {message}"
+    );
+    assert!(!message.contains("Wrong-E2e-Pw"), "and no secret: {message}");
     let failed_at = Instant::now();
     for gate in gates {
         let run = finish(gate.child).await;

@@ -482,7 +482,9 @@ Renders nothing when cleanup is disabled.
   image: {{ include "cleanslate.image" . | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
   args: ["gate"]
+  {{- include "cleanslate.terminationMessage" . | nindent 2 }}
   env:
+    {{- include "cleanslate.terminationEnv" . | nindent 4 }}
     - name: CLEANSLATE_MARKER
       value: {{ include "cleanslate.markerName" . | quote }}
     - name: CLEANSLATE_REVISION
@@ -502,4 +504,19 @@ Renders nothing when cleanup is disabled.
   securityContext:
     {{- include "cleanslate.containerSecurityContext" . | nindent 4 }}
 {{- end -}}
+{{- end -}}
+
+{{/*
+Termination message: the container's one-line summary (or failure) is what `kubectl describe pod`,
+Argo CD and Helm's hook-failure output show; FallbackToLogsOnError shows the log's tail when the
+binary could not write it. The binary writes to the path it is given (src/termination.rs).
+*/}}
+{{- define "cleanslate.terminationMessage" -}}
+terminationMessagePath: /dev/termination-log
+terminationMessagePolicy: FallbackToLogsOnError
+{{- end -}}
+
+{{- define "cleanslate.terminationEnv" -}}
+- name: CLEANSLATE_TERMINATION_MESSAGE_PATH
+  value: /dev/termination-log
 {{- end -}}

@@ -121,13 +121,22 @@ pub struct FakeCluster {
     secrets: BTreeMap<String, BTreeMap<String, String>>,
     roles: BTreeMap<String, Value>,
     credentials: PodCredentials,
+    /// Where the kubelet would mount each container's termination-message file.
+    termination: tempfile::TempDir,
 }
 
 impl FakeCluster {
     pub async fn start(namespace: &str) -> FakeCluster {
         let api = KubeApi::start().await;
         let credentials = api.credentials();
-        FakeCluster { api, namespace: namespace.into(), secrets: BTreeMap::new(), roles: BTreeMap::new(), credentials }
+        FakeCluster {
+            api,
+            namespace: namespace.into(),
+            secrets: BTreeMap::new(),
+            roles: BTreeMap::new(),
+            credentials,
+            termination: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     /// The bearer token of a ServiceAccount's pods (a known value, checked absent from output).
@@ -203,6 +212,12 @@ impl FakeCluster {
         }
     }
 
+    /// The termination message the container `container` of pod `pod_name` left, as
+    /// `kubectl describe pod` shows it.
+    pub fn termination_message(&self, pod_name: &str, container: &str) -> Option<String> {
+        std::fs::read_to_string(self.termination.path().join(format!("{pod_name}.{container}"))).ok()
+    }
+
     /// The environment the kubelet gives `container` of a pod named `pod_name` running `pod_spec`:
     /// its env resolved, plus the in-cluster API variables and the token and CA files of the pod's
     /// ServiceAccount (the mount the kubelet provides, given here by path).
@@ -245,6 +260,19 @@ impl FakeCluster {
                 }
             } else {
                 panic!("env {key} has a source the harness does not resolve: {var}");
+            };
+            let value = if key == "CLEANSLATE_TERMINATION_MESSAGE_PATH" {
+                // The kubelet mounts a file at the container's terminationMessagePath: the binary
+                // must be told that same path, which the harness then maps to a file of its own.
+                assert_eq!(
+                    container["terminationMessagePath"].as_str(),
+                    Some(value.as_str()),
+                    "{key} is the container's terminationMessagePath"
+                );
+                let name = container["name"].as_str().expect("container name");
+                self.termination.path().join(format!("{pod_name}.{name}")).display().to_string()
+            } else {
+                value
             };
             env.push((key, value));
         }
