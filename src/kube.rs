@@ -185,6 +185,8 @@ pub struct Workload {
     pub pvc_when_scaled: Option<String>,
     /// A StatefulSet's `podManagementPolicy` (`OrderedReady` when unset).
     pub pod_management_policy: Option<String>,
+    /// The revision the pod template's cleanslate gate waits for, when it has one.
+    pub gate_revision: Option<u64>,
 }
 
 impl Workload {
@@ -201,8 +203,21 @@ impl Workload {
 
 impl From<Deployment> for Workload {
     fn from(object: Deployment) -> Workload {
-        Workload { replicas: object.spec.and_then(|s| s.replicas), metadata: object.metadata, ..Default::default() }
+        let spec = object.spec.unwrap_or_default();
+        Workload {
+            replicas: spec.replicas,
+            gate_revision: spec.template.spec.as_ref().and_then(gate_revision),
+            metadata: object.metadata,
+            ..Default::default()
+        }
     }
+}
+
+/// The revision a pod's cleanslate gate (the init container run with `gate`) waits for.
+pub fn gate_revision(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<u64> {
+    let gate = spec.init_containers.iter().flatten().find(|c| c.args.as_deref() == Some(&["gate".to_string()][..]))?;
+    let revision = gate.env.iter().flatten().find(|e| e.name == "CLEANSLATE_REVISION")?;
+    revision.value.as_deref()?.trim().parse().ok()
 }
 
 impl From<StatefulSet> for Workload {
@@ -212,6 +227,7 @@ impl From<StatefulSet> for Workload {
             replicas: spec.replicas,
             pvc_when_scaled: spec.persistent_volume_claim_retention_policy.and_then(|p| p.when_scaled),
             pod_management_policy: spec.pod_management_policy,
+            gate_revision: spec.template.spec.as_ref().and_then(gate_revision),
             metadata: object.metadata,
         }
     }
@@ -349,6 +365,21 @@ impl KubeClient {
     ) -> impl Stream<Item = Result<Change<Pod>, KubeError>> + Send + use<> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         changes(watcher(pods, self.watcher_config().labels(selector)))
+    }
+
+    /// The pods matching `selector` (label-selector syntax), every page.
+    pub async fn list_pods(&self, namespace: &str, selector: &str) -> Result<Vec<Pod>, KubeError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let mut params = kube::api::ListParams::default().labels(selector).limit(500);
+        let mut all = Vec::new();
+        loop {
+            let page = bounded(pods.list(&params)).await?;
+            all.extend(page.items);
+            match page.metadata.continue_.filter(|token| !token.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok(all),
+            }
+        }
     }
 
     /// Deletes one pod (gracefully, with its own grace period), only if it is still the pod with

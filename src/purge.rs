@@ -149,7 +149,12 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     let mut interrupted: Option<Signal> = None;
     let mut quiesce_failure = None;
     if let Some((kube, settings)) = &quiesce_target {
-        let stopping = tokio::time::timeout(settings.timeout, quiesce::stop(kube, settings, &progress));
+        let cleaned_up_to = match &marker_target {
+            Some((marker_kube, marker)) => last_cleaned(marker_kube, marker).await,
+            None => None,
+        };
+        let stopping =
+            tokio::time::timeout(settings.timeout, quiesce::stop(kube, settings, cleaned_up_to, &progress));
         tokio::select! {
             stopped = stopping => match stopped {
                 Ok(Ok(())) => {}
@@ -525,6 +530,18 @@ fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdRepor
         Some(Ok(_)) => {}
     }
     summary
+}
+
+/// The marker's last successful revision (`Some(None)`: none yet), or `None` when the marker cannot
+/// be read: then quiesce stops every workload, as it cannot tell which pods still wait in a gate.
+async fn last_cleaned(kube: &KubeClient, settings: &MarkerConfig) -> Option<Option<u64>> {
+    match kube.get(&settings.namespace, &settings.name).await {
+        Ok(found) => Some(found.and_then(|cm| Marker::from_data(&data_of(&cm))).and_then(|m| m.last_succeeded_revision)),
+        Err(err) => {
+            warn!(error = %err, "the marker is not readable before the quiesce; every listed workload is stopped");
+            None
+        }
+    }
 }
 
 /// The record with this pod's attempt number from its Job's status, and how many attempts the Job

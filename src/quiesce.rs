@@ -100,13 +100,25 @@ impl Progress {
 
 /// Stops every listed workload and waits until their pods are gone. Unbounded on its own: the
 /// caller applies the quiesce timeout and, when it fires, reads [`Progress`].
-pub async fn stop(kube: &KubeClient, config: &QuiesceConfig, progress: &Progress) -> Result<()> {
+///
+/// `cleaned_up_to` is the marker's last successful revision (`Some(None)`: none yet), when the
+/// marker could be read: a workload whose every pod still waits in a gate for a later revision is
+/// not stopped, because it has run nothing and cannot until this purge has written the marker (a
+/// first install with post-install hooks: the Deployments exist, their pods wait in their gates).
+pub async fn stop(
+    kube: &KubeClient,
+    config: &QuiesceConfig,
+    cleaned_up_to: Option<Option<u64>>,
+    progress: &Progress,
+) -> Result<()> {
     // The retry budget of one call; the caller's timeout is the real bound.
     let deadline = Instant::now() + config.timeout;
     refuse_volume_loss(kube, config, deadline).await?;
     let mut waits = Vec::new();
     for workload in &config.workloads {
-        if let Some((selector, ordered)) = stop_one(kube, &config.namespace, workload, deadline, progress).await? {
+        if let Some((selector, ordered)) =
+            stop_one(kube, &config.namespace, workload, cleaned_up_to, deadline, progress).await?
+        {
             waits.push(wait_gone(kube, &config.namespace, workload, selector, ordered, progress));
         }
     }
@@ -170,6 +182,7 @@ async fn stop_one(
     kube: &KubeClient,
     namespace: &str,
     workload: &WorkloadRef,
+    cleaned_up_to: Option<Option<u64>>,
     deadline: Instant,
     progress: &Progress,
 ) -> Result<Option<(String, bool)>> {
@@ -201,6 +214,16 @@ async fn stop_one(
             .flatten();
             let Some(scale) = scale else { return Ok(None) };
             return selector_of(workload, &scale).map(|selector| Some((selector, ordered)));
+        }
+        if let Some(cleaned_up_to) = cleaned_up_to
+            && waits_in_its_gates(kube, namespace, workload, &current, cleaned_up_to, deadline).await?
+        {
+            info!(
+                workload = %workload,
+                gate_revision = current.gate_revision.unwrap_or_default(),
+                "every pod still waits in its gate for this cleanup: nothing ran, nothing to stop"
+            );
+            return Ok(None);
         }
         // Recorded before the write: if this run is stopped mid-way, restore looks at it.
         progress.mark_stopped(workload, replicas);
@@ -287,6 +310,54 @@ pub fn holds(pod: &Pod, workload: &WorkloadRef) -> bool {
                 .is_some_and(|hash| !hash.is_empty() && hash.chars().all(|c| c.is_ascii_alphanumeric())),
             _ => false,
         }
+    })
+}
+
+/// Whether every pod of `workload` waits in a cleanslate gate that cannot pass before this purge
+/// writes the marker: its template's gate waits for a revision above the last cleaned one, and
+/// each of its pods does too and has never started a main container. A workload without such a
+/// gate, or with one pod that has run, is stopped as usual.
+async fn waits_in_its_gates(
+    kube: &KubeClient,
+    namespace: &str,
+    workload: &WorkloadRef,
+    current: &Workload,
+    cleaned_up_to: Option<u64>,
+    deadline: Instant,
+) -> Result<bool> {
+    let blocked = |revision: Option<u64>| revision.is_some_and(|r| cleaned_up_to.is_none_or(|done| r > done));
+    if !blocked(current.gate_revision) {
+        return Ok(false);
+    }
+    let Some(scale) =
+        call(&format!("reading the scale of {workload}"), workload, deadline, || kube.get_scale(namespace, workload))
+            .await?
+            .flatten()
+    else {
+        return Ok(false);
+    };
+    let selector = selector_of(workload, &scale)?;
+    let pods = call(&format!("listing the pods of {workload}"), workload, deadline, || async {
+        kube.list_pods(namespace, &selector).await.map(Some)
+    })
+    .await?
+    .flatten()
+    .unwrap_or_default();
+    Ok(pods
+        .iter()
+        .filter(|pod| holds(pod, workload))
+        .all(|pod| blocked(pod.spec.as_ref().and_then(crate::kube::gate_revision)) && !has_run(pod)))
+}
+
+/// Whether a main container of the pod has ever started (running, finished, or restarted).
+fn has_run(pod: &Pod) -> bool {
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+    statuses.into_iter().flatten().any(|status| {
+        let state = status.state.as_ref();
+        status.started == Some(true)
+            || status.restart_count > 0
+            || state.is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+            || status.last_state.as_ref().is_some_and(|s| s.terminated.is_some() || s.running.is_some())
     })
 }
 

@@ -317,6 +317,18 @@ argocd.argoproj.io/hook: Skip
 {{- join "," (uniq $list) -}}
 {{- end -}}
 
+{{/*
+Events of the resume Job and its RBAC. On install the chart's gated apps have run nothing (their pods
+wait in their gates), so the purge does not stop them and there is nothing to resume: post-install
+is there only when cleanup.quiesce.workloads lists workloads outside the chart, which may be running.
+*/}}
+{{- define "cleanslate.resumeHookEvents" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- $events := list "post-upgrade" "post-rollback" -}}
+{{- if $v.cleanup.quiesce.workloads -}}{{- $events = prepend $events "post-install" -}}{{- end -}}
+{{- join "," $events -}}
+{{- end -}}
+
 {{/* RBAC rules for quiesce and resume: get/patch/update on exactly the named workloads and their scale subresource. */}}
 {{- define "cleanslate.quiesceRules" -}}
 {{- $deployments := list -}}

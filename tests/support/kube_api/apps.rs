@@ -10,7 +10,8 @@
 //!   (409 when stale, 422 for a negative count); `status.selector` is the workload's selector;
 //! - RBAC: `deployments/scale` is a resource of its own, so `patch deployments` does not allow a
 //!   scale, and `resourceNames` limit both;
-//! - pods: one per replica, labelled from the pod template, listed and watched with a
+//! - pods: one per replica, labelled from the pod template, Pending while init containers (a gate)
+//!   run until a test lets them pass, Running and Ready otherwise; listed and watched with a
 //!   `labelSelector` (equality-based requirements; others answer 400). A scale-down sets
 //!   `deletionTimestamp` (MODIFIED) and removes the pod after a grace delay (DELETED), as the
 //!   kubelet does once the containers exit; a held workload's pods never finish terminating until
@@ -444,7 +445,7 @@ fn reconcile(shared: &Arc<Shared>, store: &mut Store, resource: &'static str, na
                          "labels": workload["spec"]["template"]["metadata"]["labels"],
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner_kind, "name": owner_name}]},
             "spec": workload["spec"]["template"]["spec"],
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            "status": initial_pod_status(&workload["spec"]["template"]["spec"])
         });
         store.apps.owners.insert(
             (namespace.to_string(), pod.clone()),
@@ -489,6 +490,33 @@ fn remove_pod(shared: &Arc<Shared>, store: &mut Store, namespace: &str, pod: &st
     {
         reconcile(shared, store, owner.resource, namespace, &owner.workload);
     }
+}
+
+/// A new pod's status as the kubelet reports it: a pod with init containers is Pending while they
+/// run (a cleanslate gate waits there), its main containers waiting in `PodInitializing`; a pod
+/// without them runs at once.
+fn initial_pod_status(spec: &Value) -> Value {
+    let names = |list: &Value| -> Vec<String> {
+        list.as_array().into_iter().flatten().filter_map(|c| c["name"].as_str().map(str::to_string)).collect()
+    };
+    let (init, main) = (names(&spec["initContainers"]), names(&spec["containers"]));
+    if init.is_empty() {
+        let statuses: Vec<Value> = main
+            .iter()
+            .map(|n| json!({"name": n, "ready": true, "started": true, "restartCount": 0, "state": {"running": {}}}))
+            .collect();
+        return json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                      "containerStatuses": statuses});
+    }
+    let init_statuses: Vec<Value> =
+        init.iter().map(|n| json!({"name": n, "ready": false, "restartCount": 0, "state": {"running": {}}})).collect();
+    let statuses: Vec<Value> = main
+        .iter()
+        .map(|n| json!({"name": n, "ready": false, "started": false, "restartCount": 0,
+                        "state": {"waiting": {"reason": "PodInitializing"}}}))
+        .collect();
+    json!({"phase": "Pending", "conditions": [{"type": "Initialized", "status": "False"}, {"type": "Ready", "status": "False"}],
+           "initContainerStatuses": init_statuses, "containerStatuses": statuses})
 }
 
 /// A pod's Ready condition.
@@ -673,6 +701,28 @@ impl KubeApi {
         });
         let mut store = self.store();
         commit(&self.shared, &mut store, "ADDED", "pods", namespace, name, object);
+    }
+
+    /// Every pod of workload `name` finishes its init containers (their gates passed) and runs.
+    pub fn pass_gates(&self, namespace: &str, name: &str) {
+        let mut store = self.store();
+        let pods: Vec<String> = store
+            .apps
+            .owners
+            .iter()
+            .filter(|((ns, _), owner)| ns == namespace && owner.workload == name)
+            .map(|((_, pod), _)| pod.clone())
+            .collect();
+        for pod in pods {
+            let Some(mut object) = store.objects.get(&key("pods", namespace, &pod)).cloned() else { continue };
+            if object["status"]["phase"] != "Pending" {
+                continue;
+            }
+            let mut spec = object["spec"].clone();
+            spec["initContainers"] = Value::Null;
+            object["status"] = initial_pod_status(&spec);
+            commit(&self.shared, &mut store, "MODIFIED", "pods", namespace, &pod, object);
+        }
     }
 
     /// The pod stops being healthy: Running, but not Ready (a crash loop, a failing probe).
