@@ -90,6 +90,11 @@ impl std::error::Error for KubeError {}
 impl From<kube::Error> for KubeError {
     fn from(err: kube::Error) -> KubeError {
         match err {
+            // kube-client reads any JSON error body as a Status; one without a code came from
+            // something in front of the API server (a proxy, a gateway), not from it.
+            kube::Error::Api(status) if status.code == 0 => {
+                KubeError::Transport(format!("an answer that is not the API server's: {}", status.message))
+            }
             kube::Error::Api(status) => KubeError::Api(Status {
                 code: status.code,
                 reason: status.reason.clone(),
@@ -161,6 +166,9 @@ pub struct JobProgress {
     pub failed: u32,
     /// Failed pods the Job tolerates before it gives up: it runs at most `backoffLimit + 1` pods.
     pub backoff_limit: u32,
+    /// The Job has been marked failed (`Failed` or `FailureTarget` condition: its deadline passed,
+    /// its backoff limit was reached): no pod comes after the running ones.
+    pub failing: bool,
 }
 
 impl JobProgress {
@@ -195,8 +203,8 @@ impl Workload {
         self.metadata.annotations.as_ref()?.get(key).map(String::as_str)
     }
 
-    /// The `managedFields` entries of ours that own `spec.replicas`.
-    fn replicas_owned_by_us(&self) -> bool {
+    /// Whether a `managedFields` entry of ours owns `spec.replicas`.
+    pub fn replicas_owned_by_us(&self) -> bool {
         self.metadata.managed_fields.iter().flatten().any(owns_replicas_for_us)
     }
 }
@@ -454,17 +462,8 @@ impl KubeClient {
     }
 
     /// Replaces the `scale` subresource; with `metadata.resourceVersion` set, 409 when the workload
-    /// changed since it was read. Then gives up any ownership of `spec.replicas` the write gave us.
-    ///
-    /// Why: since Kubernetes 1.22 (kubernetes/kubernetes#98377) a write through `scale` records its
-    /// field manager (`subresource: scale`) as owner of `spec.replicas` when it sets a non-zero
-    /// count, and Helm 4's next server-side apply then fails with "conflict with \"cleanslate\" with
-    /// subresource \"scale\"" (REFERENCES §6). The server-side apply documentation allows a client
-    /// to edit `managedFields` through any write other than an apply
-    /// (<https://kubernetes.io/docs/reference/using-api/server-side-apply/#clearing-managedfields>):
-    /// we write the list back without our entry, conditional on the version we read, so nobody
-    /// owns `spec.replicas` until Helm's next apply takes it. Entries of other managers are kept
-    /// exactly as they were.
+    /// changed since it was read. A non-zero count makes us owner of `spec.replicas`, which the
+    /// caller gives up with [`Self::give_up_replicas`] on its next read.
     pub async fn replace_scale(
         &self,
         namespace: &str,
@@ -473,52 +472,50 @@ impl KubeClient {
     ) -> Result<Scale, KubeError> {
         let name = workload.name.as_str();
         let params = Self::post_params();
-        let written = match workload.kind {
+        match workload.kind {
             WorkloadKind::Deployment => {
-                bounded(self.api::<Deployment>(namespace).replace_scale(name, &params, scale)).await?
+                bounded(self.api::<Deployment>(namespace).replace_scale(name, &params, scale)).await
             }
             WorkloadKind::StatefulSet => {
-                bounded(self.api::<StatefulSet>(namespace).replace_scale(name, &params, scale)).await?
+                bounded(self.api::<StatefulSet>(namespace).replace_scale(name, &params, scale)).await
             }
-        };
-        let mut written = written;
-        if let Some(version) = self.give_up_replicas(namespace, workload).await? {
-            // Our patch moved the workload on: the caller's next conditional write needs its version.
-            written.metadata.resource_version = Some(version);
         }
-        Ok(written)
     }
 
-    /// Removes our `managedFields` entries that own `spec.replicas`, keeping every other entry;
-    /// retried from a fresh read when someone wrote in between. Answers the workload's new
-    /// `resourceVersion` when it patched.
-    pub async fn give_up_replicas(&self, namespace: &str, workload: &WorkloadRef) -> Result<Option<String>, KubeError> {
-        for _ in 0..5 {
-            let Some(current) = self.get_workload(namespace, workload).await? else { return Ok(None) };
-            if !current.replicas_owned_by_us() {
-                return Ok(None);
-            }
-            let kept: Vec<&ManagedFieldsEntry> =
-                current.metadata.managed_fields.iter().flatten().filter(|e| !owns_replicas_for_us(e)).collect();
-            // An empty list is ignored by the API server (so clients unaware of the field cannot
-            // strip it); `[{}]` resets it, which here removes nothing but our own entry.
-            let managed_fields = if kept.is_empty() { json!([{}]) } else { json!(kept) };
-            let patch = json!({"metadata": {
-                "resourceVersion": current.metadata.resource_version,
-                "managedFields": managed_fields,
-            }});
-            match self.merge_patch_workload(namespace, workload, &patch).await {
-                Ok(patched) => return Ok(patched.metadata.resource_version),
-                Err(err) if err.code() == Some(409) => continue,
-                Err(err) if err.code() == Some(404) => return Ok(None),
-                Err(err) => return Err(err),
-            }
+    /// Gives up the ownership of `spec.replicas` that our scale writes took, keeping every other
+    /// `managedFields` entry as it is; conditional on `current`'s version (409 when it changed).
+    ///
+    /// Why: since Kubernetes 1.22 (kubernetes/kubernetes#98377) a write through `scale` records its
+    /// field manager (`subresource: scale`) as owner of `spec.replicas` when it sets a non-zero
+    /// count, and Helm 4's next server-side apply then fails with "conflict with \"cleanslate\" with
+    /// subresource \"scale\"" (REFERENCES §6). The server-side apply documentation allows a client
+    /// to edit `managedFields` through any write other than an apply
+    /// (<https://kubernetes.io/docs/reference/using-api/server-side-apply/#clearing-managedfields>):
+    /// the list is written back without our entries (a merge patch replaces lists whole), so nobody
+    /// owns `spec.replicas` until Helm's next apply takes it. An empty list would be ignored (so
+    /// that clients unaware of the field cannot strip it); `[{}]` resets it, which here removes
+    /// nothing but our own entries. The server keeps the live list when it cannot decode the one
+    /// sent, so the answer is checked.
+    pub async fn give_up_replicas(
+        &self,
+        namespace: &str,
+        workload: &WorkloadRef,
+        current: &Workload,
+    ) -> Result<Workload, KubeError> {
+        let kept: Vec<&ManagedFieldsEntry> =
+            current.metadata.managed_fields.iter().flatten().filter(|e| !owns_replicas_for_us(e)).collect();
+        let managed_fields = if kept.is_empty() { json!([{}]) } else { json!(kept) };
+        let patch = json!({"metadata": {
+            "resourceVersion": current.metadata.resource_version,
+            "managedFields": managed_fields,
+        }});
+        let patched = self.merge_patch_workload(namespace, workload, &patch).await?;
+        if patched.replicas_owned_by_us() {
+            return Err(KubeError::Decode(format!(
+                "the API server kept cleanslate's ownership of spec.replicas of {workload} after the managedFields edit"
+            )));
         }
-        Err(KubeError::Api(Status {
-            code: 409,
-            reason: "Conflict".into(),
-            message: format!("{workload} kept changing while giving up ownership of spec.replicas"),
-        }))
+        Ok(patched)
     }
 
     /// How far a Job has got: its failed pods so far and its `backoffLimit` (6 when unset, the API
@@ -526,9 +523,18 @@ impl KubeClient {
     pub async fn job_progress(&self, namespace: &str, name: &str) -> Result<Option<JobProgress>, KubeError> {
         let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(self.client.clone(), namespace);
         let job = found(bounded(jobs.get(name)).await)?;
-        Ok(job.map(|job| JobProgress {
-            failed: job.status.and_then(|s| s.failed).unwrap_or(0).max(0) as u32,
-            backoff_limit: job.spec.and_then(|s| s.backoff_limit).unwrap_or(6).max(0) as u32,
+        Ok(job.map(|job| {
+            let status = job.status.unwrap_or_default();
+            let failing = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| matches!(c.type_.as_str(), "Failed" | "FailureTarget") && c.status == "True");
+            JobProgress {
+                failed: status.failed.unwrap_or(0).max(0) as u32,
+                backoff_limit: job.spec.and_then(|s| s.backoff_limit).unwrap_or(6).max(0) as u32,
+                failing,
+            }
         }))
     }
 

@@ -205,8 +205,9 @@ pub fn merge(existing: Option<&Marker>, run: &Marker, job_attempts: u32) -> Opti
         Some(m) if m.revision == run.revision => m.attempt.saturating_add(1),
         _ => 1,
     };
-    // The Job's own count (set on `run` by the caller) also knows attempts that never wrote.
-    next.attempt = counted.max(run.attempt);
+    // The Job's own count (set on `run` by the caller when known) also knows attempts that never
+    // wrote, and is not pushed up by other runs of the revision (`helm test`, by hand).
+    next.attempt = if run.attempt > 0 { run.attempt } else { counted };
     next.is_final = run.status == RunStatus::Failed && next.attempt >= job_attempts.max(1);
     let recorded = existing.and_then(|m| m.last_succeeded_revision.map(|r| (r, m.last_succeeded_at.clone())));
     let this_run = (run.status == RunStatus::Succeeded).then(|| (run.revision, run.finished_at.clone()));

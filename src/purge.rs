@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::config::{MarkerConfig, MissingQueue, Mode, PurgeConfig, RabbitConfig, RetryPolicy};
 use crate::error::{Classified, Kind, classified, kind_of};
 use crate::etcd::{self, KeyRange, RangePlan};
-use crate::kube::{KubeClient, KubeError, data_of, new_config_map};
+use crate::kube::{JobProgress, KubeClient, KubeError, data_of, new_config_map};
 use crate::marker::{self, Marker, RunStatus};
 use crate::quiesce;
 use crate::rabbitmq::{Management, QueueOutcome, Selection};
@@ -122,6 +122,12 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         (Some(marker), Mode::Purge) => Some((KubeClient::new(&marker.kube).await?, marker)),
         _ => None,
     };
+    // Which attempt this is, read before anything else: once this pod is being deleted (an
+    // eviction, the deadline) the Job controller already counts it as failed.
+    let job_at_start = match &marker_target {
+        Some((kube, marker)) => read_job(kube, marker).await,
+        None => None,
+    };
     let quiesce_target = match &config.quiesce {
         Some(settings) if !dry_run => Some((KubeClient::new(&settings.kube).await?, settings)),
         Some(settings) => {
@@ -153,8 +159,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
             Some((marker_kube, marker)) => last_cleaned(marker_kube, marker).await,
             None => None,
         };
-        let stopping =
-            tokio::time::timeout(settings.timeout, quiesce::stop(kube, settings, cleaned_up_to, &progress));
+        let stopping = tokio::time::timeout(settings.timeout, quiesce::stop(kube, settings, cleaned_up_to, &progress));
         tokio::select! {
             stopped = stopping => match stopped {
                 Ok(Ok(())) => {}
@@ -337,10 +342,10 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         };
         let written = match interrupted {
             // Best effort within the pod's grace period.
-            Some(_) => tokio::time::timeout(SIGNAL_MARKER_BUDGET, write_marker(&kube, settings, &record))
+            Some(_) => tokio::time::timeout(SIGNAL_MARKER_BUDGET, write_marker(&kube, settings, &record, job_at_start))
                 .await
                 .unwrap_or_else(|_| Err(anyhow!("writing the marker: no answer within {SIGNAL_MARKER_BUDGET:?}"))),
-            None => write_marker(&kube, settings, &record).await,
+            None => write_marker(&kube, settings, &record, job_at_start).await,
         };
         if let Err(err) = written {
             error!(marker = %settings.name, namespace = %settings.namespace, error = %format!("{err:#}"), "marker not written");
@@ -536,7 +541,9 @@ fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdRepor
 /// be read: then quiesce stops every workload, as it cannot tell which pods still wait in a gate.
 async fn last_cleaned(kube: &KubeClient, settings: &MarkerConfig) -> Option<Option<u64>> {
     match kube.get(&settings.namespace, &settings.name).await {
-        Ok(found) => Some(found.and_then(|cm| Marker::from_data(&data_of(&cm))).and_then(|m| m.last_succeeded_revision)),
+        Ok(found) => {
+            Some(found.and_then(|cm| Marker::from_data(&data_of(&cm))).and_then(|m| m.last_succeeded_revision))
+        }
         Err(err) => {
             warn!(error = %err, "the marker is not readable before the quiesce; every listed workload is stopped");
             None
@@ -544,38 +551,57 @@ async fn last_cleaned(kube: &KubeClient, settings: &MarkerConfig) -> Option<Opti
     }
 }
 
-/// The record with this pod's attempt number from its Job's status, and how many attempts the Job
-/// makes, when the Job is named and readable; else the record as it is and `CLEANSLATE_JOB_ATTEMPTS`.
-/// Counting only in the marker misses an attempt killed before it wrote (OOM, node loss, the
-/// deadline), and then the last attempt's failure would not be taken as final.
-async fn with_job_progress(kube: &KubeClient, settings: &MarkerConfig, record: &Marker) -> (Marker, u32) {
-    let mut record = record.clone();
-    let Some(job) = &settings.job_name else { return (record, settings.job_attempts) };
+/// This pod's Job, when it is named (`CLEANSLATE_JOB_NAME`) and readable within a few seconds.
+async fn read_job(kube: &KubeClient, settings: &MarkerConfig) -> Option<JobProgress> {
+    let job = settings.job_name.as_ref()?;
     match tokio::time::timeout(Duration::from_secs(5), kube.job_progress(&settings.namespace, job)).await {
-        Ok(Ok(Some(progress))) => {
-            record.attempt = progress.attempt();
-            info!(job = %job, attempt = progress.attempt(), attempts = progress.attempts(), "attempt from the Job's status");
-            (record, progress.attempts())
-        }
+        Ok(Ok(Some(progress))) => Some(progress),
         Ok(Ok(None)) => {
             warn!(job = %job, "the Job was not found; counting attempts in the marker");
-            (record, settings.job_attempts)
+            None
         }
         Ok(Err(err)) => {
             warn!(job = %job, error = %err, "the Job's status is not readable (the purge Role needs get on it); counting attempts in the marker");
-            (record, settings.job_attempts)
+            None
         }
         Err(_) => {
             warn!(job = %job, "the Job's status did not come in time; counting attempts in the marker");
-            (record, settings.job_attempts)
+            None
         }
     }
 }
 
+/// The record with this pod's attempt number from its Job (read when the run started), and how
+/// many attempts the Job makes; a Job that has meanwhile been marked failed (its deadline passed)
+/// makes none after this one. Without the Job: the record as it is and `CLEANSLATE_JOB_ATTEMPTS`.
+/// Counting only in the marker misses an attempt killed before it wrote (OOM, node loss), and then
+/// the last attempt's failure would not be taken as final.
+async fn with_job_progress(
+    kube: &KubeClient,
+    settings: &MarkerConfig,
+    record: &Marker,
+    at_start: Option<JobProgress>,
+) -> (Marker, u32) {
+    let mut record = record.clone();
+    let Some(start) = at_start else { return (record, settings.job_attempts) };
+    record.attempt = start.attempt();
+    let mut attempts = start.attempts();
+    if record.status == RunStatus::Failed && read_job(kube, settings).await.is_some_and(|now| now.failing) {
+        attempts = start.attempt();
+    }
+    info!(attempt = start.attempt(), attempts, "attempt from the Job's status");
+    (record, attempts)
+}
+
 /// Records the run in the marker ConfigMap with optimistic concurrency, never lowering the revision,
 /// retrying API hiccups within [`MARKER_BUDGET`].
-async fn write_marker(kube: &KubeClient, settings: &MarkerConfig, record: &Marker) -> Result<()> {
-    let (record, job_attempts) = &with_job_progress(kube, settings, record).await;
+async fn write_marker(
+    kube: &KubeClient,
+    settings: &MarkerConfig,
+    record: &Marker,
+    job_at_start: Option<JobProgress>,
+) -> Result<()> {
+    let (record, job_attempts) = &with_job_progress(kube, settings, record, job_at_start).await;
     let job_attempts = *job_attempts;
     let policy = RetryPolicy { attempts: 8, backoff: Duration::from_millis(200) };
     let deadline = Instant::now() + MARKER_BUDGET;

@@ -127,6 +127,25 @@ pub async fn stop(
     Ok(())
 }
 
+/// Hands `spec.replicas` back when a scale write of ours made us its owner (see
+/// [`KubeClient::give_up_replicas`]): `true` when it wrote (or met a conflict), so the caller reads
+/// again before going on. Checked on every read, so a hand-back lost to a retry, a timeout or a
+/// signal is made up for by the next pass, the next run, or `resume`.
+async fn give_up_replicas(
+    kube: &KubeClient,
+    namespace: &str,
+    workload: &WorkloadRef,
+    current: &Workload,
+    deadline: Instant,
+) -> Result<bool> {
+    if !current.replicas_owned_by_us() {
+        return Ok(false);
+    }
+    let what = format!("giving up ownership of spec.replicas of {workload}");
+    call(&what, workload, deadline, || kube.give_up_replicas(namespace, workload, current)).await?;
+    Ok(true)
+}
+
 /// What a stop would do, for `plan` and dry runs: reads each workload (nothing is written) and says
 /// which would be stopped from how many replicas, which are missing or already at 0. A StatefulSet
 /// that a quiesce would refuse is refused here too.
@@ -193,6 +212,9 @@ async fn stop_one(
             return Ok(None);
         };
         let current = current.ok_or_else(|| anyhow!("{what}: conflict on a read"))?;
+        if give_up_replicas(kube, namespace, workload, &current, deadline).await? {
+            continue;
+        }
         let replicas = current.replicas.unwrap_or(1);
         let ordered = workload.kind == WorkloadKind::StatefulSet
             && current.pod_management_policy.as_deref().unwrap_or("OrderedReady") == "OrderedReady";
@@ -361,22 +383,43 @@ fn has_run(pod: &Pod) -> bool {
     })
 }
 
-/// Whether a pod of a workload being stopped is stuck for an `OrderedReady` StatefulSet: not Ready
-/// and not already terminating. The controller removes one pod at a time and waits while another
-/// pod is unhealthy, so two such pods stall a scale to 0 for ever (REFERENCES §6.5).
-fn blocks_ordered_scale_down(pod: &Pod) -> bool {
-    let ready = pod
-        .status
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    !ready && pod.metadata.deletion_timestamp.is_none()
+        .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Deletes (gracefully, as the controller would, with its uid as a precondition) a pod that blocks
-/// an `OrderedReady` StatefulSet's scale to 0. The StatefulSet is at 0 already, so nothing
-/// recreates it; a failed delete is only logged, as the wait's timeout names what is left.
+/// A StatefulSet pod's ordinal: the number after the last `-` of its name.
+fn ordinal(pod: &Pod) -> Option<u64> {
+    pod.metadata.name.as_deref()?.rsplit_once('-')?.1.parse().ok()
+}
+
+/// The pod that stalls an `OrderedReady` StatefulSet's scale-down, if one does. Its controller
+/// (`processCondemned` in `pkg/controller/statefulset/stateful_set_control.go`) removes pods from
+/// the highest ordinal, one at a time, after the previous one is gone, and blocks while that pod is
+/// not Running and Ready unless it is the lowest-ordinal unhealthy pod: one unhealthy pod does not
+/// stall it, two do, for ever (REFERENCES §6.5). That blocking pod is the answer.
+fn stalling_pod<'a>(pods: &'a BTreeMap<String, Pod>) -> Option<&'a Pod> {
+    if pods.values().any(|pod| pod.metadata.deletion_timestamp.is_some()) {
+        return None;
+    }
+    let mut by_ordinal: Vec<(u64, &Pod)> = pods.values().filter_map(|pod| Some((ordinal(pod)?, pod))).collect();
+    by_ordinal.sort_by_key(|(ordinal, _)| *ordinal);
+    let (_, target) = *by_ordinal.last()?;
+    let (_, first_unhealthy) = *by_ordinal.iter().find(|(_, pod)| !is_ready(pod))?;
+    (!is_ready(target) && !std::ptr::eq(target, first_unhealthy)).then_some(target)
+}
+
+/// Deletes (gracefully, as the controller would, with its uid as a precondition) the pod that
+/// stalls an `OrderedReady` StatefulSet's scale to 0, after checking that the set is still at 0
+/// (nothing recreates a pod then). A failed delete is only logged: the wait's timeout names what
+/// is left.
 async fn unblock(kube: &KubeClient, namespace: &str, workload: &WorkloadRef, pod: &Pod) {
+    let at_zero = matches!(kube.get_workload(namespace, workload).await, Ok(Some(w)) if w.replicas == Some(0));
+    if !at_zero {
+        return;
+    }
     let (name, uid) = (pod_name(pod), pod.metadata.uid.clone().unwrap_or_default());
     match kube.delete_pod(namespace, &name, &uid).await {
         Ok(()) => {
@@ -387,7 +430,7 @@ async fn unblock(kube: &KubeClient, namespace: &str, workload: &WorkloadRef, pod
 }
 
 /// Watches the pods of one workload until none of its own is left; for an `OrderedReady`
-/// StatefulSet (`ordered`), deletes its unhealthy pods, which would stall the scale-down.
+/// StatefulSet (`ordered`), deletes the unhealthy pod that would stall its scale-down for ever.
 async fn wait_gone(
     kube: &KubeClient,
     namespace: &str,
@@ -396,32 +439,21 @@ async fn wait_gone(
     ordered: bool,
     progress: &Progress,
 ) -> Result<()> {
-    let mut pods: BTreeSet<String> = BTreeSet::new();
+    let mut pods: BTreeMap<String, Pod> = BTreeMap::new();
     let mut listed = false;
+    let mut unblocked: BTreeSet<String> = BTreeSet::new();
     let mut changes = std::pin::pin!(kube.watch_pods(namespace, &selector));
     while let Some(change) = changes.next().await {
-        if ordered && let Ok(Change::Listed(items)) = &change {
-            for pod in items.iter().filter(|pod| holds(pod, workload) && blocks_ordered_scale_down(pod)) {
-                unblock(kube, namespace, workload, pod).await;
-            }
-        }
-        if ordered
-            && let Ok(Change::Applied(pod)) = &change
-            && holds(pod, workload)
-            && blocks_ordered_scale_down(pod)
-        {
-            unblock(kube, namespace, workload, pod).await;
-        }
         match change {
             Ok(Change::Listed(items)) => {
                 listed = true;
-                pods = items.iter().filter(|pod| holds(pod, workload)).map(pod_name).collect();
+                pods = items.into_iter().filter(|pod| holds(pod, workload)).map(|pod| (pod_name(&pod), pod)).collect();
                 if !pods.is_empty() {
-                    info!(workload = %workload, pods = %pods.iter().cloned().collect::<Vec<_>>().join(", "), "waiting for pods to go away");
+                    info!(workload = %workload, pods = %pods.keys().cloned().collect::<Vec<_>>().join(", "), "waiting for pods to go away");
                 }
             }
             Ok(Change::Applied(pod)) if holds(&pod, workload) => {
-                pods.insert(pod_name(&pod));
+                pods.insert(pod_name(&pod), pod);
             }
             // Finished (an evicted or completed pod stays until garbage-collected) or not the
             // workload's own: nothing to wait for.
@@ -430,7 +462,7 @@ async fn wait_gone(
             }
             Ok(Change::Deleted(pod)) => {
                 let name = pod_name(&pod);
-                if pods.remove(&name) {
+                if pods.remove(&name).is_some() {
                     info!(workload = %workload, pod = %name, "pod gone");
                 }
             }
@@ -442,10 +474,17 @@ async fn wait_gone(
                 continue;
             }
         }
-        progress.set_remaining(workload, &pods);
+        progress.set_remaining(workload, &pods.keys().cloned().collect());
         if listed && pods.is_empty() {
             info!(workload = %workload, "all pods gone");
             return Ok(());
+        }
+        if ordered
+            && listed
+            && let Some(stalling) = stalling_pod(&pods)
+            && unblocked.insert(stalling.metadata.uid.clone().unwrap_or_default())
+        {
+            unblock(kube, namespace, workload, stalling).await;
         }
     }
     Err(anyhow!("the watch of the pods of {workload} ended"))
@@ -479,6 +518,9 @@ pub async fn resume_one(
             return Ok(Resumed::Missing);
         };
         let current: Workload = current.ok_or_else(|| anyhow!("{what}: conflict on a read"))?;
+        if give_up_replicas(kube, namespace, workload, &current, deadline).await? {
+            continue;
+        }
         let Some(text) = current.annotation(ANNOTATION).map(str::to_string) else {
             return Ok(match scaled_to {
                 Some(count) => Resumed::Scaled(count),
@@ -487,20 +529,18 @@ pub async fn resume_one(
         };
         let recorded = parse_recorded(workload, &text)?;
         let replicas = current.replicas.unwrap_or(1);
-        let mut resource_version = current.metadata.resource_version.clone();
+        let resource_version = current.metadata.resource_version.clone();
         if replicas == 0 && recorded > 0 {
             let scale = scale_to(namespace, workload, recorded, resource_version.clone());
             let scaled = call(&format!("scaling {workload} to {recorded}"), workload, deadline, || {
                 kube.replace_scale(namespace, workload, &scale)
             })
             .await?;
-            match scaled {
-                Some(Some(scaled)) => {
-                    scaled_to = Some(recorded);
-                    resource_version = scaled.metadata.resource_version;
-                }
-                _ => continue,
+            if let Some(Some(_)) = scaled {
+                scaled_to = Some(recorded);
             }
+            // Read again: the write made us owner of spec.replicas, which is given up first.
+            continue;
         }
         let rv = resource_version.unwrap_or_default();
         let removed = call(&format!("removing {ANNOTATION} from {workload}"), workload, deadline, || {
@@ -792,5 +832,48 @@ mod tests {
         let err = parse_recorded(&deployment("api"), "three").expect_err("not a count");
         assert!(format!("{err}").contains("three") && format!("{err}").contains(ANNOTATION), "{err}");
         assert_eq!(parse_recorded(&deployment("api"), "3").expect("a count"), 3, "parsed");
+    }
+
+    /// The ordered scale-down stalls only on an unhealthy highest pod that is not the lowest
+    /// unhealthy one, as the StatefulSet controller decides; a terminating pod means "wait".
+    #[test]
+    fn only_a_real_ordered_stall_is_unblocked() {
+        let pod = |name: &str, ready: bool, terminating: bool| -> (String, Pod) {
+            let mut value = serde_json::json!({"metadata": {"name": name},
+                "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}});
+            if terminating {
+                value["metadata"]["deletionTimestamp"] = serde_json::json!("2026-11-23T00:00:00Z");
+            }
+            (name.to_string(), serde_json::from_value(value).expect("a pod"))
+        };
+        let set = |pods: &[(&str, bool, bool)]| -> BTreeMap<String, Pod> {
+            pods.iter().map(|(n, r, t)| pod(n, *r, *t)).collect()
+        };
+        let stalled = |pods: &[(&str, bool, bool)]| stalling_pod(&set(pods)).and_then(|p| p.metadata.name.clone());
+        assert_eq!(
+            stalled(&[("db-0", false, false), ("db-1", true, false), ("db-2", true, false)]),
+            None,
+            "one unhealthy, top healthy"
+        );
+        assert_eq!(
+            stalled(&[("db-0", true, false), ("db-1", true, false), ("db-2", false, false)]),
+            None,
+            "the only unhealthy is the top"
+        );
+        assert_eq!(
+            stalled(&[("db-0", false, false), ("db-1", false, false)]),
+            Some("db-1".into()),
+            "two unhealthy: the top one blocks"
+        );
+        assert_eq!(
+            stalled(&[("db-0", false, false), ("db-1", false, false), ("db-10", true, true)]),
+            None,
+            "one terminating: wait"
+        );
+        assert_eq!(
+            stalled(&[("db-2", false, false), ("db-10", false, false)]),
+            Some("db-10".into()),
+            "ordinals, not names, order them"
+        );
     }
 }

@@ -104,8 +104,18 @@ async fn gather(kube: &KubeClient, config: &StatusConfig) -> Result<Report> {
     let record = marker_object.as_ref().and_then(|cm| Marker::from_data(&data_of(cm)));
     let last_run = record.as_ref().map(last_run);
     let workloads = kube.list_workloads(namespace).await.map_err(|err| reading(err, "workloads", namespace))?;
+    // The release's own workloads (its instance label), those named in CLEANSLATE_QUIESCE, and with
+    // only a marker name every one: another release's stopped workloads are not this one's business.
+    let ours = |reference: &crate::config::WorkloadRef, workload: &crate::kube::Workload| {
+        let instance = workload.metadata.labels.as_ref().and_then(|l| l.get(marker::INSTANCE_LABEL));
+        match &config.release {
+            Some(release) => instance == Some(release) || config.workloads.contains(reference),
+            None => true,
+        }
+    };
     let stopped: Vec<Stopped> = workloads
         .iter()
+        .filter(|(reference, workload)| ours(reference, workload))
         .filter_map(|(reference, workload)| {
             let recorded = workload.annotation(ANNOTATION)?;
             Some(Stopped {

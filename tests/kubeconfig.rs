@@ -31,7 +31,13 @@ async fn stopped_release() -> KubeApi {
     let api = KubeApi::start().await;
     let mut producer = deployment_manifest("shop-producer", Some(0));
     producer["metadata"]["annotations"] = json!({"cleanslate.io/quiesced-replicas": "2"});
+    producer["metadata"]["labels"]["app.kubernetes.io/instance"] = json!("shop");
     api.apply_workload(NS, &producer);
+    // Another release's workload, stopped too: not this release's business.
+    let mut other = deployment_manifest("blog-writer", Some(0));
+    other["metadata"]["annotations"] = json!({"cleanslate.io/quiesced-replicas": "1"});
+    other["metadata"]["labels"]["app.kubernetes.io/instance"] = json!("blog");
+    api.apply_workload(NS, &other);
     api.apply_workload(NS, &deployment_manifest("shop-web", Some(1)));
     let data = json!({"revision": "7", "status": "succeeded", "dryRun": "false", "durationMs": "840",
                       "queuesPurged": "3", "messagesPurged": "120", "keysDeleted": "45", "attempt": "1",
@@ -70,6 +76,7 @@ async fn status_reports_what_is_stopped_through_a_token_kubeconfig() {
     assert!(run.stdout.contains("revision 7 succeeded"), "the last run: {}", run.stdout);
     assert!(run.stdout.contains("cleanslate resume"), "what to run: {}", run.stdout);
     assert!(!run.stdout.contains("shop-web"), "a running workload is not listed: {}", run.stdout);
+    assert!(!run.stdout.contains("blog-writer"), "another release's is not listed: {}", run.stdout);
     let json_run = cleanslate_on_laptop(&["status", "shop", "--json"], home.path(), &env).await;
     assert_eq!(json_run.code, 1, "{}", json_run.all_output());
     let report: Value = serde_json::from_str(&json_run.stdout).expect("JSON on stdout");
@@ -79,6 +86,19 @@ async fn status_reports_what_is_stopped_through_a_token_kubeconfig() {
     assert_eq!(report["lastRun"]["keysDeleted"], json!(45));
     run.assert_no_secret(&[TOKEN]);
     json_run.assert_no_secret(&[TOKEN]);
+
+    // In a CI runner's pod (in-cluster variables, an unreachable in-cluster API) KUBECONFIG still
+    // names the cluster to talk to, as in kubectl.
+    let in_pod = vars(&[
+        ("KUBECONFIG", &path),
+        ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "9"),
+        ("HOSTNAME", "ci-runner-7f9c"),
+    ]);
+    let from_pod = cleanslate_on_laptop(&["status", "shop", "--json"], home.path(), &in_pod).await;
+    assert_eq!(from_pod.code, 1, "same answer from a pod: {}", from_pod.all_output());
+    let report: Value = serde_json::from_str(&from_pod.stdout).expect("JSON on stdout");
+    assert_eq!(report["namespace"], json!(NS), "the kubeconfig's cluster and namespace");
     let used: Vec<String> = api.requests().iter().map(|r| r.token.clone()).collect();
     assert!(used.iter().all(|t| t == TOKEN), "every request carried the kubeconfig's token: {used:?}");
 }

@@ -616,9 +616,10 @@ fn apply_conflicts_with_a_scale_owner_unless_forced() {
 }
 
 /// A StatefulSet with the default `OrderedReady` policy and two unhealthy pods: its controller
-/// removes one pod at a time and waits while another is unhealthy, so a scale to 0 alone never
-/// finishes. Quiesce deletes the unhealthy pods once the set is at 0 (nothing recreates them) and
-/// the purge goes on; the set is recorded for resume as usual.
+/// removes one pod at a time from the top and blocks on an unhealthy pod that is not the lowest
+/// unhealthy one, so a scale to 0 alone never finishes. Quiesce deletes exactly that blocking pod
+/// once the set is at 0 (nothing recreates it) and the purge goes on; the controller removes the
+/// rest in order. With one unhealthy pod nothing is deleted: the controller copes.
 #[tokio::test]
 async fn ordered_statefulset_with_unhealthy_pods_is_stopped() {
     let mut env = Env::start(&["db"]).await;
@@ -637,9 +638,24 @@ async fn ordered_statefulset_with_unhealthy_pods_is_stopped() {
     assert!(env.api.pods_of(NS, "db").is_empty(), "every pod gone");
     assert_eq!(env.api.replicas_and_annotation(NS, "statefulsets", "db"), (0, Some("3".into())), "recorded");
     assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 0, "purged");
-    let deletes: Vec<String> =
-        env.api.requests().iter().filter(|r| r.method == "DELETE").map(|r| r.path.clone()).collect();
-    assert_eq!(deletes.len(), 2, "only the two unhealthy pods were deleted: {deletes:?}");
-    assert!(deletes.iter().all(|p| p.ends_with(&pods[0]) || p.ends_with(&pods[1])), "{deletes:?}");
+    let deletes = |api: &KubeApi| -> Vec<String> {
+        api.requests().iter().filter(|r| r.method == "DELETE").map(|r| r.path.clone()).collect()
+    };
+    let deleted = deletes(&env.api);
+    assert_eq!(deleted.len(), 1, "only the blocking pod was deleted: {deleted:?}");
+    assert!(deleted[0].ends_with(&format!("/{}", pods[1])), "the higher unhealthy pod: {deleted:?}");
+
+    // One unhealthy pod: the controller removes it in its turn; nothing is deleted.
+    let resume = cleanslate(&["resume"], &env.resume_vars("statefulset/db")).await;
+    assert_eq!(resume.code, 0, "resume: {}", resume.all_output());
+    let pods: Vec<String> =
+        env.api.pods_of(NS, "db").iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(pods, ["db-0", "db-1", "db-2"], "ordinal names");
+    env.api.make_unhealthy(NS, "db-0");
+    let before = deletes(&env.api).len();
+    let run = cleanslate(&["purge"], &env.vars("statefulset/db", &[("CLEANSLATE_QUIESCE_TIMEOUT", "8s")])).await;
+    assert_eq!(run.code, 0, "the quiesce finishes: {}", run.all_output());
+    assert!(env.api.pods_of(NS, "db").is_empty(), "every pod gone");
+    assert_eq!(deletes(&env.api).len(), before, "no pod deleted");
     env.cleanup().await;
 }

@@ -272,6 +272,8 @@ pub struct StatusConfig {
     pub release: Option<String>,
     /// The marker's name (`CLEANSLATE_MARKER`).
     pub marker: Option<String>,
+    /// Workloads to report on besides the release's own (`CLEANSLATE_QUIESCE`, optional).
+    pub workloads: Vec<WorkloadRef>,
     pub output: Output,
     pub kube: KubeConfig,
 }
@@ -416,11 +418,16 @@ impl StatusConfig {
             Output::Table,
             &[("table", Output::Table), ("text", Output::Table), ("json", Output::Json)],
         )?;
+        let mut workloads = Vec::new();
+        for item in present(&raw.quiesce).map(non_empty_list).unwrap_or_default() {
+            workloads.push(parse_workload(&item)?);
+        }
         let (namespace, kube) = kube_target(env)?;
         Ok(StatusConfig {
             namespace: args.namespace.clone().unwrap_or(namespace),
             release,
             marker,
+            workloads,
             output: if args.json { Output::Json } else { output },
             kube,
         })
@@ -673,6 +680,9 @@ fn kube_target(env: &Env) -> Result<(String, KubeConfig)> {
         parse_duration("CLEANSLATE_KUBE_WATCH_TIMEOUT", &raw.kube_watch_timeout, DEFAULT_WATCH_TIMEOUT)?;
     let api = match present(&raw.kube_api) {
         Some(text) => Some(http_url("CLEANSLATE_KUBE_API", text)?),
+        // A kubeconfig named by KUBECONFIG wins over the pod's own service account, as in kubectl
+        // and client-go: a CI runner pod that deploys elsewhere means the cluster it names.
+        None if env.other("KUBECONFIG").is_some() => None,
         None => match (env.other("KUBERNETES_SERVICE_HOST"), env.other("KUBERNETES_SERVICE_PORT")) {
             (Some(host), Some(port)) => {
                 let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
@@ -698,10 +708,10 @@ fn kube_target(env: &Env) -> Result<(String, KubeConfig)> {
     };
     let namespace = match present(&raw.namespace) {
         Some(ns) => ns.to_string(),
-        None => match (from_service_account(), &access) {
-            (Some(ns), _) => ns,
-            (None, KubeAccess::Kubeconfig) => kubeconfig_namespace()?,
-            (None, KubeAccess::Direct { .. }) => {
+        None => match (&access, from_service_account()) {
+            (KubeAccess::Kubeconfig, _) => kubeconfig_namespace()?,
+            (_, Some(ns)) => ns,
+            (KubeAccess::Direct { .. }, None) => {
                 return Err(config_error(
                     "CLEANSLATE_NAMESPACE is required outside a pod (no service-account namespace file)",
                 ));

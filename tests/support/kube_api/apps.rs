@@ -388,7 +388,9 @@ fn live_pods(store: &Store, resource: &str, namespace: &str, workload: &str) -> 
         })
         .map(|((_, pod), owner)| (pod.clone(), owner.template.clone()))
         .collect();
-    pods.sort();
+    // By ordinal for a StatefulSet (`db-10` after `db-9`), by name otherwise.
+    let ordinal = |pod: &str| pod.rsplit_once('-').and_then(|(_, n)| n.parse::<u64>().ok());
+    pods.sort_by(|(a, _), (b, _)| ordinal(a).cmp(&ordinal(b)).then_with(|| a.cmp(b)));
     pods
 }
 
@@ -401,8 +403,9 @@ fn reconcile(shared: &Arc<Shared>, store: &mut Store, resource: &'static str, na
     let mut live = live_pods(store, resource, namespace, name);
     let ordered = resource == "statefulsets" && workload["spec"]["podManagementPolicy"].as_str() != Some("Parallel");
     if ordered && live.len() > desired {
-        // OrderedReady: one pod at a time from the highest ordinal, after the previous one is gone,
-        // and not while any other pod is unhealthy (REFERENCES §5.5).
+        // OrderedReady (`processCondemned` in the StatefulSet controller): from the highest ordinal,
+        // one pod at a time, after the previous one is gone; blocked while that pod is not Ready
+        // unless it is the lowest-ordinal unhealthy pod (REFERENCES §5.5: two unhealthy pods stall).
         let terminating = store.apps.owners.iter().any(|((ns, pod), owner)| {
             ns == namespace
                 && owner.resource == resource
@@ -412,12 +415,12 @@ fn reconcile(shared: &Arc<Shared>, store: &mut Store, resource: &'static str, na
                     .get(&key("pods", ns, pod))
                     .is_some_and(|p| !p["metadata"]["deletionTimestamp"].is_null())
         });
-        let (highest, _) = live.last().cloned().expect("more pods than desired");
-        let others_unhealthy = live[..live.len() - 1]
-            .iter()
-            .any(|(pod, _)| store.objects.get(&key("pods", namespace, pod)).is_some_and(|p| !is_ready(p)));
-        if !terminating && !others_unhealthy {
-            terminate(shared, store, namespace, &highest);
+        let ready = |pod: &str| store.objects.get(&key("pods", namespace, pod)).is_some_and(is_ready);
+        let (target, _) = live.last().cloned().expect("more pods than desired");
+        let first_unhealthy = live.iter().map(|(pod, _)| pod.clone()).find(|pod| !ready(pod));
+        let blocked = !ready(&target) && first_unhealthy.as_deref() != Some(target.as_str());
+        if !terminating && !blocked {
+            terminate(shared, store, namespace, &target);
         }
         return;
     }
@@ -431,7 +434,19 @@ fn reconcile(shared: &Arc<Shared>, store: &mut Store, resource: &'static str, na
     }
     for _ in live.len()..desired {
         store.apps.counter += 1;
-        let pod = format!("{name}-{:05x}", store.apps.counter);
+        // A StatefulSet's pods are `<name>-<ordinal>`, the lowest free ordinal first.
+        let pod = if resource == "statefulsets" {
+            let taken: HashSet<String> = store
+                .apps
+                .owners
+                .iter()
+                .filter(|((ns, _), owner)| ns == namespace && owner.workload == name && owner.resource == resource)
+                .map(|((_, pod), _)| pod.clone())
+                .collect();
+            (0..).map(|ordinal| format!("{name}-{ordinal}")).find(|pod| !taken.contains(pod)).expect("a free ordinal")
+        } else {
+            format!("{name}-{:05x}", store.apps.counter)
+        };
         // A Deployment's pods belong to a ReplicaSet named after it and its pod template's hash.
         let (owner_kind, owner_name) = if resource == "deployments" {
             let hash = template.bytes().fold(5381u32, |h, b| h.wrapping_mul(33) ^ u32::from(b));
@@ -512,8 +527,10 @@ fn initial_pod_status(spec: &Value) -> Value {
         init.iter().map(|n| json!({"name": n, "ready": false, "restartCount": 0, "state": {"running": {}}})).collect();
     let statuses: Vec<Value> = main
         .iter()
-        .map(|n| json!({"name": n, "ready": false, "started": false, "restartCount": 0,
-                        "state": {"waiting": {"reason": "PodInitializing"}}}))
+        .map(|n| {
+            json!({"name": n, "ready": false, "started": false, "restartCount": 0,
+                        "state": {"waiting": {"reason": "PodInitializing"}}})
+        })
         .collect();
     json!({"phase": "Pending", "conditions": [{"type": "Initialized", "status": "False"}, {"type": "Ready", "status": "False"}],
            "initContainerStatuses": init_statuses, "containerStatuses": statuses})
