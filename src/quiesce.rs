@@ -400,7 +400,7 @@ fn ordinal(pod: &Pod) -> Option<u64> {
 /// the highest ordinal, one at a time, after the previous one is gone, and blocks while that pod is
 /// not Running and Ready unless it is the lowest-ordinal unhealthy pod: one unhealthy pod does not
 /// stall it, two do, for ever (REFERENCES §6.5). That blocking pod is the answer.
-fn stalling_pod<'a>(pods: &'a BTreeMap<String, Pod>) -> Option<&'a Pod> {
+fn stalling_pod(pods: &BTreeMap<String, Pod>) -> Option<&Pod> {
     if pods.values().any(|pod| pod.metadata.deletion_timestamp.is_some()) {
         return None;
     }

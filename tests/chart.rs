@@ -686,8 +686,10 @@ fn quiesce_rbac_names_exactly_the_workloads() {
     assert_eq!(env_value(test_pod, "CLEANSLATE_QUIESCE_RESUME").as_deref(), Some("true"), "helm test resumes itself");
 }
 
-/// The resume Job: after install and upgrade, after the purge Job and its own RBAC, keeps its last
-/// run, hardened like the purge Job; quiesce is off unless turned on (values.yaml, prod).
+/// The resume Job: after upgrade and rollback, and after install only when workloads outside the
+/// chart are quiesced (the chart's gated apps have run nothing on install and are not stopped);
+/// after the purge Job and its own RBAC, keeps its last run, hardened like the purge Job; quiesce
+/// is off unless turned on (values.yaml, prod).
 #[test]
 fn resume_job_hooks_and_defaults() {
     let docs = dev(&[]);
@@ -695,8 +697,17 @@ fn resume_job_hooks_and_defaults() {
     let resume = find(&docs, "Job", "shop-cleanslate-resume");
     assert_eq!(
         hook_events(resume),
+        ["post-upgrade", "post-rollback"],
+        "after an upgrade, and after a rollback (a failed upgrade rolled back by --atomic or by hand); not on install"
+    );
+    for doc in docs.iter().filter(|d| name(d) == "shop-cleanslate-resume") {
+        assert_eq!(hook_events(doc), ["post-upgrade", "post-rollback"], "{} {}: same events", kind(doc), name(doc));
+    }
+    let with_outside = dev(&["--set-json", r#"cleanup.quiesce.workloads=["deployment/api"]"#]);
+    assert_eq!(
+        hook_events(find(&with_outside, "Job", "shop-cleanslate-resume")),
         ["post-install", "post-upgrade", "post-rollback"],
-        "after install and upgrade, and after a rollback (a failed upgrade rolled back by --atomic or by hand)"
+        "on install too when a workload outside the chart may be running"
     );
     assert!(hook_weight(resume) > hook_weight(purge), "after the purge Job on post-install");
     assert_eq!(
@@ -706,11 +717,7 @@ fn resume_job_hooks_and_defaults() {
     );
     for kind_ in ["ServiceAccount", "Role", "RoleBinding"] {
         let doc = find(&docs, kind_, "shop-cleanslate-resume");
-        assert_eq!(
-            hook_events(doc),
-            ["post-install", "post-upgrade", "post-rollback"],
-            "{kind_} on the resume Job's events"
-        );
+        assert_eq!(hook_events(doc), ["post-upgrade", "post-rollback"], "{kind_} on the resume Job's events");
         assert!(hook_weight(doc) < hook_weight(resume), "{kind_} before the resume Job");
         assert!(hook_weight(doc) > hook_weight(purge), "{kind_} after the purge Job (post-install order)");
     }

@@ -256,6 +256,12 @@ async fn install_upgrade_and_helm_test() {
     let pre_install: Vec<&str> = hooks_for(&install, "pre-install").into_iter().map(kind).collect();
     assert_eq!(pre_install, ["ConfigMap"], "only the marker reset runs before the release resources");
     install_resources(&mut cluster, &install).await;
+    let pods_at_install: Vec<Value> =
+        ["shop-producer", "shop-consumer"].iter().flat_map(|d| cluster.api.pods_of(NAMESPACE, d)).collect();
+    assert_eq!(pods_at_install.len(), 2, "one pod each");
+    for pod in &pods_at_install {
+        assert_eq!(pod["status"]["phase"], json!("Pending"), "waiting in its gate: {pod}");
+    }
     let mut gates = start_gates(&cluster, &install, "rs1-a");
     assert_eq!(gates.len(), 2, "producer and consumer are gated");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -274,7 +280,22 @@ async fn install_upgrade_and_helm_test() {
     assert!(cluster.api.used(&gate_token).contains(&watching), "the gates watch the marker");
     let runs = run_hooks(&mut cluster, &install, "post-install").await;
     all_succeeded(&runs, "install");
+    assert_eq!(runs.len(), 1, "only the purge Job: no resume Job on install");
     let job = job_run(&runs, "shop-cleanslate-purge");
+    // First install: the apps' pods wait in their gates, so they have written nothing and are
+    // neither stopped nor restarted; the purge still ran before any main container started.
+    assert!(job.stdout.contains("every pod still waits in its gate"), "said why: {}", job.stdout);
+    let scale_writes =
+        cluster.api.requests().iter().filter(|r| r.method == "PUT" && r.path.ends_with("/scale")).count();
+    assert_eq!(scale_writes, 0, "nothing stopped");
+    for pod in &pods_at_install {
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        let deployment = if name.starts_with("shop-producer") { "shop-producer" } else { "shop-consumer" };
+        let now = cluster.api.pods_of(NAMESPACE, deployment);
+        assert_eq!(now.len(), 1, "{deployment}: one pod");
+        assert_eq!(now[0]["metadata"]["name"], json!(name), "{deployment}: the same pod, not restarted");
+        assert_eq!(now[0]["status"]["phase"], json!("Pending"), "{deployment}: still in its gate after the purge");
+    }
     let written = Instant::now();
     for gate in gates {
         let run = finish(gate.child).await;
@@ -282,9 +303,13 @@ async fn install_upgrade_and_helm_test() {
         run.assert_no_secret(&secrets().iter().map(String::as_str).collect::<Vec<_>>());
     }
     eprintln!("gates released {:?} after the Job ended", written.elapsed());
+    for deployment in ["shop-producer", "shop-consumer"] {
+        // The kubelet starts the main containers once the gates exited 0.
+        cluster.api.pass_gates(NAMESPACE, deployment);
+    }
     world.assert_clean("after install").await;
     for deployment in ["shop-producer", "shop-consumer"] {
-        assert_eq!(replicas(&cluster, deployment), (1, None), "{deployment}: resumed by the resume Job");
+        assert_eq!(replicas(&cluster, deployment), (1, None), "{deployment}: at its count, never stopped");
     }
     let data = marker(&cluster);
     assert_eq!(
@@ -379,10 +404,7 @@ async fn pre_install_hook_cleans_before_pods_start() {
     let mut cluster = FakeCluster::start(NAMESPACE).await;
     let docs = world.render(&["--set-json".into(), r#"cleanup.hook.events=["pre-install","pre-upgrade"]"#.into()]);
     let post_install: Vec<&str> = hooks_for(&docs, "post-install").into_iter().map(name).collect();
-    assert!(
-        post_install.iter().all(|n| n.ends_with("-resume")),
-        "only the resume Job and its RBAC are left for post-install: {post_install:?}"
-    );
+    assert!(post_install.is_empty(), "nothing is left for post-install: {post_install:?}");
     let runs = run_hooks(&mut cluster, &docs, "pre-install").await;
     let job = job_run(&runs, "shop-cleanslate-purge");
     assert_eq!(job.code, 0, "Job succeeds before the release resources exist: {}", job.all_output());
@@ -396,8 +418,7 @@ async fn pre_install_hook_cleans_before_pods_start() {
         assert_eq!(run.code, 0, "{}: passes: {}", gate.deployment, run.all_output());
     }
     let runs = run_hooks(&mut cluster, &docs, "post-install").await;
-    all_succeeded(&runs, "post-install");
-    assert!(job_run(&runs, "shop-cleanslate-resume").stdout.contains("nothing to do"), "nothing was stopped");
+    assert!(runs.is_empty(), "no resume Job on install: nothing was stopped");
     assert_eq!(replicas(&cluster, "shop-producer"), (1, None), "the apps run as the chart says");
     world.cleanup().await;
 }
@@ -515,7 +536,12 @@ async fn install(world: &World, cluster: &mut FakeCluster, extra: &[String]) -> 
     install_resources(cluster, &docs).await;
     let runs = run_hooks(cluster, &docs, "post-install").await;
     all_succeeded(&runs, "install");
-    assert_eq!(runs.len(), 2, "purge Job, then resume Job");
+    let resume_on_install =
+        hooks_for(&docs, "post-install").iter().any(|d| kind(d) == "Job" && name(d).ends_with("-resume"));
+    assert_eq!(runs.len(), 1 + usize::from(resume_on_install), "purge Job, then the resume Job where rendered");
+    for deployment in ["shop-producer", "shop-consumer"] {
+        cluster.api.pass_gates(&cluster.namespace.clone(), deployment);
+    }
     docs
 }
 
