@@ -22,6 +22,7 @@ use crate::error::{Kind, classified};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 
+use crate::events::Reason;
 use crate::kube::{Change, KubeClient, KubeError, data_of};
 use crate::marker::{self, Marker, Verdict};
 
@@ -39,6 +40,8 @@ const MAX_PAUSE: Duration = Duration::from_secs(30);
 #[derive(Default)]
 struct Seen {
     reached_api: bool,
+    /// The marker did not allow this revision at first: the gate waited (and said so in an Event).
+    waited: bool,
     last_marker: Option<Marker>,
     last_error: Option<String>,
 }
@@ -61,6 +64,25 @@ pub async fn run(config: &GateConfig) -> Result<()> {
     let grace = FORBIDDEN_GRACE.min(config.timeout / 3);
     let outcome = tokio::time::timeout_at(deadline, wait(&kube, settings, grace, &mut seen)).await;
     let waited_ms = started.elapsed().as_millis() as u64;
+    let events = kube.events();
+    let namespace = settings.namespace.as_str();
+    match &outcome {
+        Ok(Ok(())) if seen.waited => {
+            let note = format!("revision {}'s cleanup is done: passed after {waited_ms} ms", settings.revision);
+            events.on_own_pod(namespace, Reason::CleanupPassed, note).await;
+        }
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => events.on_own_pod(namespace, Reason::CleanupFailed, format!("{err:#}")).await,
+        Err(_) => {
+            let note = format!(
+                "revision {}'s cleanup did not finish within {} ({})",
+                settings.revision,
+                humantime::format_duration(config.timeout),
+                marker::describe(seen.last_marker.as_ref())
+            );
+            events.on_own_pod(namespace, Reason::GateTimedOut, note).await;
+        }
+    }
     match outcome {
         Ok(Ok(())) => {
             let marker = marker::describe(seen.last_marker.as_ref());
@@ -162,6 +184,15 @@ async fn wait(kube: &KubeClient, settings: &MarkerConfig, forbidden_grace: Durat
                     // The chart deletes the marker before each install/upgrade (before-hook-creation).
                     Change::Deleted(_) => judge(None, settings, seen),
                 };
+                if matches!(step, Step::Continue) && !seen.waited {
+                    seen.waited = true;
+                    let note = format!(
+                        "waiting for revision {}'s cleanup ({})",
+                        settings.revision,
+                        marker::describe(seen.last_marker.as_ref())
+                    );
+                    kube.events().on_own_pod(namespace, Reason::WaitingForCleanup, note).await;
+                }
                 match step {
                     Step::Done(result) => return result,
                     Step::Continue => continue,

@@ -255,6 +255,7 @@ fn owns_replicas_for_us(entry: &ManagedFieldsEntry) -> bool {
 pub struct KubeClient {
     client: kube::Client,
     watch_timeout: Duration,
+    events: crate::events::Events,
 }
 
 impl KubeClient {
@@ -300,7 +301,13 @@ impl KubeClient {
         let builder = kube::client::ClientBuilder::try_from(settings)
             .map_err(|err| classified(Kind::Config, format!("building the Kubernetes client: {err}")))?;
         let client = builder.with_layer(&pacing::WatchPacing::default()).build();
-        Ok(KubeClient { client, watch_timeout: config.watch_timeout })
+        let events = crate::events::Events::new(&client, &config.events);
+        Ok(KubeClient { client, watch_timeout: config.watch_timeout, events })
+    }
+
+    /// Where this run's Kubernetes Events go.
+    pub fn events(&self) -> &crate::events::Events {
+        &self.events
     }
 
     fn config_maps(&self, namespace: &str) -> Api<ConfigMap> {

@@ -32,6 +32,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod error;
 pub mod etcd;
+pub mod events;
 pub mod exit;
 pub mod gate;
 pub mod kube;

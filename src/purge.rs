@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::config::{MarkerConfig, MissingQueue, Mode, PurgeConfig, RabbitConfig, RetryPolicy};
 use crate::error::{Classified, Kind, classified, kind_of};
 use crate::etcd::{self, KeyRange, RangePlan};
+use crate::events::Reason;
 use crate::kube::{JobProgress, KubeClient, KubeError, data_of, new_config_map};
 use crate::marker::{self, Marker, RunStatus};
 use crate::quiesce;
@@ -137,6 +138,11 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         None => None,
     };
 
+    if let Some((kube, settings)) = &marker_target {
+        let note =
+            format!("cleanup of revision {} started{}", settings.revision, if dry_run { " (dry run)" } else { "" });
+        kube.events().on_own_pod(&settings.namespace, Reason::CleanupStarted, note).await;
+    }
     let started_at = SystemTime::now();
     let clock = Instant::now();
     info!(
@@ -320,6 +326,17 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         warn!(queues = %skipped, "these queues were found by the pattern or as dead-letter queues but cannot be purged; not a failure");
     }
 
+    if let Some((kube, settings)) = &marker_target {
+        let (reason, note) = if summary.failures.is_empty() {
+            (Reason::CleanupSucceeded, crate::termination::success_line("purge"))
+        } else {
+            (
+                Reason::CleanupFailed,
+                format!("cleanup of revision {} failed: {}", settings.revision, summary.failures.join("; ")),
+            )
+        };
+        kube.events().on_own_pod(&settings.namespace, reason, note).await;
+    }
     if let Some((kube, settings)) = marker_target {
         let record = Marker {
             revision: settings.revision,

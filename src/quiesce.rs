@@ -31,6 +31,7 @@ use k8s_openapi::api::autoscaling::v1::{Scale, ScaleSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::events::Reason;
 use crate::kube::{Change, KubeClient, KubeError, Workload};
 use crate::retry::{self, Attempt};
 
@@ -125,6 +126,11 @@ pub async fn stop(
     // Every workload is scaled down before waiting, so their pods shut down side by side.
     futures_util::future::try_join_all(waits).await?;
     Ok(())
+}
+
+/// ` of revision N` when the revision is known, for Event notes.
+fn of_revision(revision: Option<u64>) -> String {
+    revision.map(|r| format!(" of revision {r}")).unwrap_or_default()
 }
 
 /// Hands `spec.replicas` back when a scale write of ours made us its owner (see
@@ -266,6 +272,12 @@ async fn stop_one(
         match scaled {
             Some(Some(scaled)) => {
                 info!(workload = %workload, recorded_replicas = replicas, "scaled to 0 replicas");
+                let events = kube.events();
+                let note =
+                    format!("stopped for the cleanup{}: {replicas} → 0 replicas", of_revision(events.revision()));
+                events
+                    .on_workload(namespace, workload, current.metadata.uid.clone(), Reason::StoppedForCleanup, note)
+                    .await;
                 return selector_of(workload, &scaled).map(|selector| Some((selector, ordered)));
             }
             // Changed between our two writes: read again; the annotation we wrote is seen then.
@@ -538,6 +550,10 @@ pub async fn resume_one(
             .await?;
             if let Some(Some(_)) = scaled {
                 scaled_to = Some(recorded);
+                let note = format!("started again after the cleanup: 0 → {recorded} replicas");
+                kube.events()
+                    .on_workload(namespace, workload, current.metadata.uid.clone(), Reason::StartedAfterCleanup, note)
+                    .await;
             }
             // Read again: the write made us owner of spec.replicas, which is given up first.
             continue;

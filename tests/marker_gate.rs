@@ -527,3 +527,49 @@ async fn a_killed_attempt_counts_and_the_last_failure_fails_gates() {
     assert_eq!(run.code, 1, "the final failure fails the gate: {}", run.all_output());
     assert!(started.elapsed() < Duration::from_secs(10), "at once, not after the gate's timeout");
 }
+
+/// A gate that waits, then passes, says so in Events on its pod (`kubectl describe pod` shows why
+/// it waited and when it passed); one that fails says why; no secret in any of them.
+#[tokio::test]
+async fn gate_events_tell_the_wait_and_the_outcome() {
+    let cluster = Cluster::start().await;
+    cluster.api.grant_on(GATE_TOKEN, "events", &["create", "patch"], None);
+    let settings = with(
+        cluster.gate_vars(5, "20s"),
+        &[("CLEANSLATE_EVENTS", "true"), ("CLEANSLATE_POD_NAME", "shop-producer-7d9f-a1")],
+    );
+    let gate = spawn_gate(&settings);
+    cluster.wait_for_watches(1).await;
+    cluster.write_marker(5, "succeeded", "");
+    let run = finish(gate).await;
+    assert_eq!(run.code, 0, "gate passes: {}", run.all_output());
+    assert_eq!(
+        cluster.api.event_reasons("Pod", "shop-producer-7d9f-a1"),
+        ["WaitingForCleanup", "CleanupPassed"],
+        "waited, then passed"
+    );
+    let notes: Vec<String> =
+        cluster.api.events().iter().filter_map(|e| e["note"].as_str().map(str::to_string)).collect();
+    assert!(notes[0].starts_with("waiting for revision 5's cleanup"), "{notes:?}");
+    assert!(notes[1].starts_with("revision 5's cleanup is done: passed after"), "{notes:?}");
+
+    let settings = with(
+        cluster.gate_vars(6, "20s"),
+        &[("CLEANSLATE_EVENTS", "true"), ("CLEANSLATE_POD_NAME", "shop-producer-8e0a-b2")],
+    );
+    let gate = spawn_gate(&settings);
+    cluster.wait_for_watches(2).await;
+    cluster.write_marker(6, "failed", "RabbitMQ at http://rabbitmq:15672 rejected the login of user \"cleanslate\"");
+    let mut data = cluster.marker_data();
+    data.insert("final".into(), json!("true"));
+    let data: BTreeMap<String, String> =
+        data.into_iter().map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string())).collect();
+    cluster.api.put(NAMESPACE, MARKER, data);
+    let run = finish(gate).await;
+    assert_eq!(run.code, 1, "a final failure fails the gate: {}", run.all_output());
+    let reasons = cluster.api.event_reasons("Pod", "shop-producer-8e0a-b2");
+    assert_eq!(reasons.last().map(String::as_str), Some("CleanupFailed"), "{reasons:?}");
+    let text = serde_json::to_string(&cluster.api.events()).unwrap();
+    assert!(text.contains("rejected the login"), "the Job's message: {text}");
+    assert!(!text.contains(GATE_TOKEN), "no token in any Event");
+}

@@ -131,7 +131,8 @@ async fn stops_the_writer_before_purging_then_resume_restores() {
     // A concurrent writer (an HPA, kubectl) changes the Deployment once between our writes.
     env.api.race_next_scales(1);
     let quiesce = "deployment/shop-producer,deployment/shop-consumer";
-    let purge_vars = env.vars(quiesce, &[]);
+    env.api.grant_on(TOKEN, "events", &["create", "patch"], None);
+    let purge_vars = env.vars(quiesce, &[("CLEANSLATE_EVENTS", "true")]);
     let (written, run) = purge_while_writing(&env, "shop-producer", &purge_vars).await;
     assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
     assert!(written > 1, "the writer was running during the run ({written} writes)");
@@ -145,9 +146,32 @@ async fn stops_the_writer_before_purging_then_resume_restores() {
     assert!(watches >= 1, "the wait watches the pods instead of polling");
     run.assert_no_secret(&[&rabbit_password(), TOKEN]);
 
-    let resume = cleanslate(&["resume"], &env.resume_vars(quiesce)).await;
+    let resume = cleanslate(&["resume"], &with(env.resume_vars(quiesce), &[("CLEANSLATE_EVENTS", "true")])).await;
     assert_eq!(resume.code, 0, "resume succeeds: {}", resume.all_output());
     assert_eq!(env.state("shop-producer"), (2, None), "producer back at 2, record removed");
+    // What `kubectl describe` shows: the purge on its pod, the stop and the start on each workload.
+    assert_eq!(
+        env.api.event_reasons("Pod", "shop-cleanslate-purge-q7x2k"),
+        ["CleanupStarted", "CleanupSucceeded"],
+        "the purge's Events on its pod"
+    );
+    assert_eq!(
+        env.api.event_reasons("Deployment", "shop-producer"),
+        ["StoppedForCleanup", "StartedAfterCleanup"],
+        "the producer's Events"
+    );
+    let events = env.api.events();
+    let notes: Vec<&str> = events.iter().filter_map(|e| e["note"].as_str()).collect();
+    assert!(notes.iter().any(|n| n.contains("stopped for the cleanup of revision 4: 2 → 0 replicas")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.contains("started again after the cleanup: 0 → 2 replicas")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.starts_with("cleanslate purge: purged 1 queues")), "{notes:?}");
+    for event in &events {
+        assert_eq!(event["reportingController"], json!("cleanslate"), "{event}");
+        let text = event.to_string();
+        for secret in [rabbit_password().as_str(), TOKEN] {
+            assert!(!text.contains(secret), "no secret in an Event: {text}");
+        }
+    }
     assert_eq!(env.state("shop-consumer"), (1, None), "consumer back at 1, record removed");
     assert_eq!(env.api.pods_of(NS, "shop-producer").len(), 2, "two producer pods again");
     let again = cleanslate(&["resume"], &env.resume_vars(quiesce)).await;
@@ -166,12 +190,33 @@ async fn failed_purge_restores_the_workloads() {
     env.api.apply_workload(NS, &deployment("shop-consumer", Some(1)));
     env.seed().await;
     let dead = format!("http://127.0.0.1:{}", free_port());
+    env.api.grant_on(TOKEN, "events", &["create", "patch"], None);
     let vars = env.vars(
         "deployment/shop-producer,deployment/shop-consumer",
-        &[("CLEANSLATE_RABBITMQ_URL", &dead), ("CLEANSLATE_TIMEOUT", "3s")],
+        &[("CLEANSLATE_RABBITMQ_URL", &dead), ("CLEANSLATE_TIMEOUT", "3s"), ("CLEANSLATE_EVENTS", "true")],
     );
     let run = cleanslate(&["purge"], &vars).await;
     assert_eq!(run.code, 69, "RabbitMQ unreachable: {}", run.all_output());
+    let failed: Vec<Value> = env
+        .api
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e["regarding"]["name"] == json!("shop-cleanslate-purge-q7x2k") && e["reason"] == json!("CleanupFailed")
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "one CleanupFailed Event on the purge pod: {:?}", env.api.events());
+    assert_eq!(failed[0]["type"], json!("Warning"), "a warning");
+    let note = failed[0]["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("not reachable") && note.contains("restored deployment/shop-producer"),
+        "why, and what was restored: {note}"
+    );
+    assert_eq!(
+        env.api.event_reasons("Deployment", "shop-producer"),
+        ["StoppedForCleanup", "StartedAfterCleanup"],
+        "stopped, then started again by the restore"
+    );
     assert_eq!(env.state("shop-producer"), (2, None), "producer restored, record removed");
     assert_eq!(env.state("shop-consumer"), (1, None), "consumer restored, record removed");
     assert_eq!(env.api.pods_of(NS, "shop-producer").len(), 2, "the previous version runs again");

@@ -58,6 +58,8 @@ pub(super) struct RawEnv {
     pub(super) kube_ca_file: Option<String>,
     pub(super) kube_watch_timeout: Option<String>,
     pub(super) output: Option<String>,
+    pub(super) events: Option<String>,
+    pub(super) pod_uid: Option<String>,
     /// Read by `termination` straight from the process (it must work when the rest is malformed).
     #[allow(dead_code)]
     pub(super) termination_message_path: Option<String>,

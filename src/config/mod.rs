@@ -146,6 +146,21 @@ pub struct KubeConfig {
     /// The longest one watch request lasts (`timeoutSeconds`); a watch that stays silent five
     /// seconds longer is taken for a dead connection and re-established (kube-rs's watcher).
     pub watch_timeout: Duration,
+    pub events: EventsConfig,
+}
+
+/// Kubernetes Events: whether to publish them, and about which pod and revision.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventsConfig {
+    /// `CLEANSLATE_EVENTS` (the chart turns it on, with the RBAC to create and patch Events).
+    pub enabled: bool,
+    /// This pod: `CLEANSLATE_POD_NAME`, else `HOSTNAME`.
+    pub pod_name: Option<String>,
+    /// This pod's uid (`CLEANSLATE_POD_UID`, from the downward API): what `kubectl describe pod`
+    /// matches Events on.
+    pub pod_uid: Option<String>,
+    /// The release revision, for notes.
+    pub revision: Option<u64>,
 }
 
 /// Where the API server and the credentials come from.
@@ -718,7 +733,13 @@ fn kube_target(env: &Env) -> Result<(String, KubeConfig)> {
             }
         },
     };
-    Ok((namespace, KubeConfig { access, watch_timeout }))
+    let events = EventsConfig {
+        enabled: parse_bool("CLEANSLATE_EVENTS", &raw.events, false)?,
+        pod_name: present(&raw.pod_name).or(env.other("HOSTNAME")).map(str::to_string),
+        pod_uid: present(&raw.pod_uid).map(str::to_string),
+        revision: present(&raw.revision).and_then(|r| r.parse().ok()),
+    };
+    Ok((namespace, KubeConfig { access, watch_timeout, events }))
 }
 
 /// The current context's namespace, or `default` when it names none (kubectl's rule).

@@ -199,6 +199,8 @@ impl KubeApi {
             )
             .route("/api/v1/namespaces/{namespace}/configmaps", axum::routing::get(collection).post(collection))
             .route("/apis/batch/v1/namespaces/{namespace}/jobs/{name}", axum::routing::get(job))
+            .route("/apis/events.k8s.io/v1/namespaces/{namespace}/events", axum::routing::post(create_event))
+            .route("/apis/events.k8s.io/v1/namespaces/{namespace}/events/{name}", axum::routing::patch(patch_event))
             .merge(apps::routes())
             .layer(axum::middleware::from_fn_with_state(shared.clone(), authenticate_certificate))
             .with_state(shared.clone());
@@ -272,6 +274,24 @@ impl KubeApi {
         let mut store = self.store();
         let kind = if store.objects.contains_key(&key("jobs", namespace, name)) { "MODIFIED" } else { "ADDED" };
         commit(&self.shared, &mut store, kind, "jobs", namespace, name, object);
+    }
+
+    /// Every Event stored (`events.k8s.io/v1`), oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        let store = self.store();
+        let mut events: Vec<Value> =
+            store.objects.iter().filter(|((r, _, _), _)| *r == "events").map(|(_, o)| o.clone()).collect();
+        events.sort_by_key(|e| e["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok()));
+        events
+    }
+
+    /// The reasons of the Events about `kind`/`name`, oldest first.
+    pub fn event_reasons(&self, kind: &str, name: &str) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|e| e["regarding"]["kind"] == json!(kind) && e["regarding"]["name"] == json!(name))
+            .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+            .collect()
     }
 
     /// Lists answer at most `items` per page (with a `continue` token), whatever `limit` asked:
@@ -595,6 +615,65 @@ async fn job(
         Some(job) => axum::Json(job.clone()).into_response(),
         None => status_response(404, "NotFound", format!("jobs.batch \"{name}\" not found")),
     }
+}
+
+/// POST of an `events.k8s.io/v1` Event: stored as sent (409 when the name is taken); the API server
+/// requires `regarding`-style fields the recorder always sets, and a `note` of at most 1 kB.
+async fn create_event(
+    State(shared): State<Arc<Shared>>,
+    Path(namespace): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events");
+    let mut store = shared.store.lock().unwrap();
+    if let Err(response) = admit(&mut store, &headers, &method, &path, "", "events", "create", None) {
+        return *response;
+    }
+    let Ok(mut event) = serde_json::from_slice::<Value>(&body) else {
+        return status_response(400, "BadRequest", "invalid body".into());
+    };
+    let name = event["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    if name.is_empty() || event["reason"].as_str().is_none_or(str::is_empty) || event["eventTime"].is_null() {
+        return status_response(422, "Invalid", "Event is invalid: name, reason and eventTime are required".into());
+    }
+    if event["note"].as_str().is_some_and(|n| n.len() > 1024) {
+        return status_response(
+            422,
+            "Invalid",
+            "Event is invalid: note: Too long: may not be more than 1024 bytes".into(),
+        );
+    }
+    if store.objects.contains_key(&key("events", &namespace, &name)) {
+        return status_response(409, "AlreadyExists", format!("events.events.k8s.io \"{name}\" already exists"));
+    }
+    event["metadata"]["namespace"] = json!(namespace);
+    let created = commit(&shared, &mut store, "ADDED", "events", &namespace, &name, event);
+    (StatusCode::CREATED, axum::Json(created)).into_response()
+}
+
+/// PATCH (merge) of an Event: how the recorder counts a repeat (`series`).
+async fn patch_event(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, name)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events/{name}");
+    let mut store = shared.store.lock().unwrap();
+    if let Err(response) = admit(&mut store, &headers, &method, &path, "", "events", "patch", Some(&name)) {
+        return *response;
+    }
+    let Some(mut event) = store.objects.get(&key("events", &namespace, &name)).cloned() else {
+        return status_response(404, "NotFound", format!("events.events.k8s.io \"{name}\" not found"));
+    };
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return status_response(400, "BadRequest", "invalid patch".into());
+    };
+    merge(&mut event, &patch);
+    axum::Json(commit(&shared, &mut store, "MODIFIED", "events", &namespace, &name, event)).into_response()
 }
 
 /// JSON merge patch (RFC 7386).
