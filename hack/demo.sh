@@ -64,7 +64,21 @@ export CLEANSLATE_RABBITMQ_PASSWORD="$CSTEST_RABBITMQ_PASSWORD" CLEANSLATE_RABBI
 export CLEANSLATE_ETCD_ENDPOINTS="$CSTEST_ETCD_ENDPOINT" CLEANSLATE_ETCD_PREFIXES=monorepo/
 export CLEANSLATE_ETCD_PROTECTED_PREFIXES=monorepo/locks/
 
+# cleanslate's counts are the management API's sampled statistics (refreshed every 5 s by
+# default, `collect_statistics_interval`): wait until they show what was just seeded, so plan and
+# purge print the real numbers rather than a stale 0.
+sampled_ready() {
+  curl -fsS -u "$auth" "$api/queues/%2F/$1?columns=messages_ready" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("messages_ready", 0))'
+}
+for queue in monorepo monorepo-dlq; do
+  for _ in $(seq 1 60); do
+    [[ "$(sampled_ready "$queue")" == 10 ]] && break
+    sleep 0.5
+  done
+done
+
 show "before"
+echo "--- note: approx_messages below are RabbitMQ's sampled statistics (refreshed every few seconds), not an exact count"
 echo "--- cleanslate plan"
 "$bin" plan
 echo "--- cleanslate purge"

@@ -74,6 +74,10 @@ fn rbac_is_least_privilege() {
                 assert_eq!(rule["verbs"], json!(["get"]), "{}: only reads its own Job", name(role));
                 continue;
             }
+            if rule["apiGroups"] == json!(["events.k8s.io"]) {
+                assert_eq!(rule["verbs"], json!(["create"]), "{}: Events are only created", name(role));
+                continue;
+            }
             assert_eq!(rule["resourceNames"], json!(["shop-cleanslate-marker"]), "{}: only the marker", name(role));
         }
     }
@@ -653,11 +657,12 @@ fn quiesce_rbac_names_exactly_the_workloads() {
                         "resourceNames": ["shop-cleanslate-marker"], "verbs": ["get", "update"]});
     let own_job = json!({"apiGroups": ["batch"], "resources": ["jobs"],
                          "resourceNames": ["shop-cleanslate-purge"], "verbs": ["get"]});
+    let events = json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]});
     let pods = json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]});
     let pod_deletes = json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]});
     assert_eq!(
         find(&docs, "Role", "shop-cleanslate-purge")["rules"],
-        json!([marker, own_job, deployments[0], deployments[1], statefulsets[0], statefulsets[1], pods, pod_deletes]),
+        json!([marker, own_job, events, deployments[0], deployments[1], statefulsets[0], statefulsets[1], pods, pod_deletes]),
         "purge Role: the marker, exactly the named workloads and their scale, pods to watch, and (with a \
          StatefulSet) to delete"
     );
@@ -666,7 +671,7 @@ fn quiesce_rbac_names_exactly_the_workloads() {
     assert!(!rules.to_string().contains("delete"), "no pod deletes without a StatefulSet: {rules}");
     assert_eq!(
         find(&docs, "Role", "shop-cleanslate-resume")["rules"],
-        json!([deployments[0], deployments[1], statefulsets[0], statefulsets[1]]),
+        json!([deployments[0], deployments[1], statefulsets[0], statefulsets[1], events]),
         "resume Role: the same named workload rights and nothing else"
     );
     let job = find(&docs, "Job", "shop-cleanslate-purge");

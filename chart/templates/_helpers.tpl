@@ -497,6 +497,7 @@ Renders nothing when cleanup is disabled.
   {{- include "cleanslate.terminationMessage" . | nindent 2 }}
   env:
     {{- include "cleanslate.terminationEnv" . | nindent 4 }}
+    {{- include "cleanslate.eventsEnv" . | nindent 4 }}
     - name: CLEANSLATE_MARKER
       value: {{ include "cleanslate.markerName" . | quote }}
     - name: CLEANSLATE_REVISION
@@ -531,4 +532,27 @@ terminationMessagePolicy: FallbackToLogsOnError
 {{- define "cleanslate.terminationEnv" -}}
 - name: CLEANSLATE_TERMINATION_MESSAGE_PATH
   value: /dev/termination-log
+{{- end -}}
+
+{{/* Events: the switch and this pod's uid (what `kubectl describe pod` matches Events on). */}}
+{{- define "cleanslate.eventsEnv" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+- name: CLEANSLATE_EVENTS
+  value: {{ $v.cleanup.events.enabled | quote }}
+{{- if $v.cleanup.events.enabled }}
+- name: CLEANSLATE_POD_UID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.uid
+{{- end }}
+{{- end -}}
+
+{{/* RBAC for Events: create only (kube-rs patches only a repeat of the same Event, which one run never sends). */}}
+{{- define "cleanslate.eventsRule" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- if $v.cleanup.events.enabled }}
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create]
+{{- end }}
 {{- end -}}

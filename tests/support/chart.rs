@@ -187,6 +187,7 @@ impl FakeCluster {
                                 "configmaps" | "pods" => "",
                                 "deployments" | "statefulsets" => "apps",
                                 "jobs" => "batch",
+                                "events" => "events.k8s.io",
                                 other => panic!("rule for {other}, a resource the stand-in does not serve"),
                             };
                             assert!(groups.contains(&group), "{resource} is in API group {group:?}: {rule}");
@@ -256,6 +257,7 @@ impl FakeCluster {
                 match field["fieldPath"].as_str().unwrap() {
                     "metadata.name" => pod_name.to_string(),
                     "metadata.namespace" => self.namespace.clone(),
+                    "metadata.uid" => format!("uid-{pod_name}"),
                     other => panic!("fieldRef {other} not emulated"),
                 }
             } else {
