@@ -6,6 +6,7 @@
 #
 #   hack/image.sh            build the binary, then the image
 #   CLEANSLATE_BINARY=PATH hack/image.sh   use an already built static binary
+#   CLEANSLATE_IMAGE_OUT=DIR hack/image.sh write DIR/cleanslate.tar instead
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +18,7 @@ if [[ -z "$binary" ]]; then
 fi
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
 revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-out="$root/target/image"
+out="${CLEANSLATE_IMAGE_OUT:-$root/target/image}"
 mkdir -p "$out"
 
 # Private storage under .scratch (vfs: no overlay mounts needed; works as root without a daemon).

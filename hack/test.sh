@@ -60,6 +60,10 @@ hack/build-release.sh
 phase "image (the Dockerfile's final stage, with buildah; tests/image.rs runs it)"
 CLEANSLATE_BINARY="$(hack/build-release.sh --path)" hack/image.sh
 
+phase "image built with CARGO_TARGET_DIR elsewhere is the same image"
+CARGO_TARGET_DIR="$root/.scratch/elsewhere-target" CLEANSLATE_IMAGE_OUT="$root/.scratch/image-elsewhere" hack/image.sh
+hack/same-image.py target/image/cleanslate.tar .scratch/image-elsewhere/cleanslate.tar
+
 phase "tests against RabbitMQ $CSTEST_RABBITMQ_VERSION and etcd $("$CSTEST_ETCD_BIN_DIR/etcd" --version | awk 'NR == 1 {print $3}')"
 test_log="$scratch_logs/tests.log"
 # Helm 4 (.tools/bin/helm) runs with the whole suite; the chart checks and the end-to-end run again

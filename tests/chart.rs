@@ -662,7 +662,17 @@ fn quiesce_rbac_names_exactly_the_workloads() {
     let pod_deletes = json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]});
     assert_eq!(
         find(&docs, "Role", "shop-cleanslate-purge")["rules"],
-        json!([marker, own_job, events, deployments[0], deployments[1], statefulsets[0], statefulsets[1], pods, pod_deletes]),
+        json!([
+            marker,
+            own_job,
+            events,
+            deployments[0],
+            deployments[1],
+            statefulsets[0],
+            statefulsets[1],
+            pods,
+            pod_deletes
+        ]),
         "purge Role: the marker, exactly the named workloads and their scale, pods to watch, and (with a \
          StatefulSet) to delete"
     );

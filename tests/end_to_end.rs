@@ -747,3 +747,46 @@ async fn a_leftover_marker_ahead_of_the_release_is_reset_on_upgrade() {
     world.assert_clean("after the upgrade's purge").await;
     world.cleanup().await;
 }
+
+/// The hooks' own time on install and on upgrade, through the rendered chart with the real binary
+/// against the API stand-in and the real RabbitMQ and etcd (pods go away 200 ms after a scale to
+/// 0, the stand-in's stand-in for a graceful shutdown). Measured, not asserted: `hack/bench.sh`
+/// runs it with the release binary and BENCHMARKS.md has the numbers.
+#[tokio::test]
+#[ignore = "a measurement, run by hack/bench.sh"]
+async fn hook_time_on_install_and_upgrade() {
+    let mut install_ms = Vec::new();
+    let mut upgrade_ms = Vec::new();
+    for _ in 0..5 {
+        let mut world = World::new().await;
+        let mut cluster = FakeCluster::start(NAMESPACE).await;
+        world.seed().await;
+        let docs = world.render(&[]);
+        install_resources(&mut cluster, &docs).await;
+        let started = Instant::now();
+        let runs = run_hooks(&mut cluster, &docs, "post-install").await;
+        install_ms.push(started.elapsed().as_millis());
+        all_succeeded(&runs, "install");
+        for deployment in ["shop-producer", "shop-consumer"] {
+            cluster.api.pass_gates(NAMESPACE, deployment);
+        }
+        world.seed().await;
+        let upgrade = world.render(&["--is-upgrade".into(), "--set".into(), "cleanup.revision=2".into()]);
+        let started = Instant::now();
+        let runs = run_hooks(&mut cluster, &upgrade, "pre-upgrade").await;
+        all_succeeded(&runs, "pre-upgrade");
+        for resource in release_resources(&upgrade) {
+            cluster.apply(resource);
+        }
+        let runs = run_hooks(&mut cluster, &upgrade, "post-upgrade").await;
+        upgrade_ms.push(started.elapsed().as_millis());
+        all_succeeded(&runs, "post-upgrade");
+        world.cleanup().await;
+    }
+    install_ms.sort();
+    upgrade_ms.sort();
+    println!(
+        "hook time: install median {} ms (min {}, max {}); upgrade median {} ms (min {}, max {})",
+        install_ms[2], install_ms[0], install_ms[4], upgrade_ms[2], upgrade_ms[0], upgrade_ms[4]
+    );
+}
