@@ -148,6 +148,8 @@ done
 echo "bench: gate reaction"
 gate_table="$(CSBENCH_GATE_RUNS=$gate_runs CSBENCH_POLL_RUNS=$poll_runs cargo bench --quiet --bench gate_reaction 2>/dev/null | grep '^|')"
 
+# Hand-made measurements (build cost, hook time) between `<!-- kept -->` and `<!-- /kept -->` survive a re-run.
+kept="$(sed -n '/^<!-- kept -->$/,/^<!-- \/kept -->$/p' "$output" 2>/dev/null || true)"
 {
   echo "# Benchmarks"
   echo
@@ -168,6 +170,10 @@ gate_table="$(CSBENCH_GATE_RUNS=$gate_runs CSBENCH_POLL_RUNS=$poll_runs cargo be
   echo "Release binary: $(stat -c %s "$bin" | awk '{printf "%.1f MB", $1 / 1e6}') (static, stripped)."
   echo "Image (\`hack/image.sh\`, OCI archive with one gzip layer holding only the binary): $(stat -c %s "$image" | awk '{printf "%.1f MB", $1 / 1e6}') to pull, $(stat -c %s "$bin" | awk '{printf "%.1f MB", $1 / 1e6}') unpacked."
   echo
+  if [[ -n "$kept" ]]; then
+    echo "$kept"
+    echo
+  fi
   for size in "${sizes[@]}"; do
     read -r name queues messages keys runs slow_runs <<<"$size"
     echo "## $name: $queues queues, $messages messages, $keys keys"

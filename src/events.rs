@@ -16,7 +16,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use crate::config::{EventsConfig, WorkloadKind, WorkloadRef};
 
 /// One Event may take this long; the run does not wait longer for it.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 /// The reporting controller every Event names.
 const CONTROLLER: &str = "cleanslate";
 
@@ -134,7 +134,7 @@ impl Events {
             Ok(Err(err)) => tracing::warn!(
                 reason = reason.as_str(),
                 error = %crate::kube::KubeError::from(err),
-                "could not publish an Event (the Role needs create and patch on events.k8s.io events)"
+                "could not publish an Event (the Role needs create on events.k8s.io events)"
             ),
             Err(_) => tracing::warn!(reason = reason.as_str(), "an Event was not accepted in time; going on"),
         }

@@ -193,8 +193,8 @@ pub struct Workload {
     pub pvc_when_scaled: Option<String>,
     /// A StatefulSet's `podManagementPolicy` (`OrderedReady` when unset).
     pub pod_management_policy: Option<String>,
-    /// The revision the pod template's cleanslate gate waits for, when it has one.
-    pub gate_revision: Option<u64>,
+    /// The pod template's cleanslate gate, when it has one.
+    pub gate: Option<Gate>,
 }
 
 impl Workload {
@@ -214,18 +214,37 @@ impl From<Deployment> for Workload {
         let spec = object.spec.unwrap_or_default();
         Workload {
             replicas: spec.replicas,
-            gate_revision: spec.template.spec.as_ref().and_then(gate_revision),
+            gate: spec.template.spec.as_ref().and_then(gate_of),
             metadata: object.metadata,
             ..Default::default()
         }
     }
 }
 
-/// The revision a pod's cleanslate gate (the init container run with `gate`) waits for.
-pub fn gate_revision(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<u64> {
+/// What a pod's cleanslate gate (the init container run with `gate`) waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gate {
+    /// Its container's name, to find its status.
+    pub container: String,
+    /// The marker it reads (`CLEANSLATE_MARKER`).
+    pub marker: String,
+    /// The revision it waits for (`CLEANSLATE_REVISION`).
+    pub revision: u64,
+    /// `CLEANSLATE_GATE_ON_TIMEOUT=proceed`: it lets the pod start anyway when it times out.
+    pub proceeds_on_timeout: bool,
+}
+
+/// The cleanslate gate of a pod spec, when it has one with a literal marker and revision.
+pub fn gate_of(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<Gate> {
     let gate = spec.init_containers.iter().flatten().find(|c| c.args.as_deref() == Some(&["gate".to_string()][..]))?;
-    let revision = gate.env.iter().flatten().find(|e| e.name == "CLEANSLATE_REVISION")?;
-    revision.value.as_deref()?.trim().parse().ok()
+    let value =
+        |name: &str| gate.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.as_deref()).map(str::trim);
+    Some(Gate {
+        container: gate.name.clone(),
+        marker: value("CLEANSLATE_MARKER")?.to_string(),
+        revision: value("CLEANSLATE_REVISION")?.parse().ok()?,
+        proceeds_on_timeout: value("CLEANSLATE_GATE_ON_TIMEOUT").is_some_and(|v| v.eq_ignore_ascii_case("proceed")),
+    })
 }
 
 impl From<StatefulSet> for Workload {
@@ -235,7 +254,7 @@ impl From<StatefulSet> for Workload {
             replicas: spec.replicas,
             pvc_when_scaled: spec.persistent_volume_claim_retention_policy.and_then(|p| p.when_scaled),
             pod_management_policy: spec.pod_management_policy,
-            gate_revision: spec.template.spec.as_ref().and_then(gate_revision),
+            gate: spec.template.spec.as_ref().and_then(gate_of),
             metadata: object.metadata,
         }
     }

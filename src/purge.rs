@@ -160,11 +160,17 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     let progress = quiesce::Progress::default();
     let mut interrupted: Option<Signal> = None;
     let mut quiesce_failure = None;
-    if let Some((kube, settings)) = &quiesce_target {
-        let cleaned_up_to = match &marker_target {
-            Some((marker_kube, marker)) => last_cleaned(marker_kube, marker).await,
-            None => None,
-        };
+    let cleaned_up_to = match (&quiesce_target, &marker_target) {
+        (Some(_), Some((marker_kube, marker))) => match last_cleaned(marker_kube, marker).await {
+            Ok(cleaned) => Some(cleaned),
+            Err(err) => {
+                quiesce_failure = Some(err.context("nothing was stopped"));
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Some((kube, settings)) = quiesce_target.as_ref().filter(|_| quiesce_failure.is_none()) {
         let stopping = tokio::time::timeout(settings.timeout, quiesce::stop(kube, settings, cleaned_up_to, &progress));
         tokio::select! {
             stopped = stopping => match stopped {
@@ -326,7 +332,8 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         warn!(queues = %skipped, "these queues were found by the pattern or as dead-letter queues but cannot be purged; not a failure");
     }
 
-    if let Some((kube, settings)) = &marker_target {
+    // Not on the signal path: the pod's grace period is for the restore and the marker.
+    if let Some((kube, settings)) = marker_target.as_ref().filter(|_| interrupted.is_none()) {
         let (reason, note) = if summary.failures.is_empty() {
             (Reason::CleanupSucceeded, crate::termination::success_line("purge"))
         } else {
@@ -554,18 +561,21 @@ fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdRepor
     summary
 }
 
-/// The marker's last successful revision (`Some(None)`: none yet), or `None` when the marker cannot
-/// be read: then quiesce stops every workload, as it cannot tell which pods still wait in a gate.
-async fn last_cleaned(kube: &KubeClient, settings: &MarkerConfig) -> Option<Option<u64>> {
-    match kube.get(&settings.namespace, &settings.name).await {
-        Ok(found) => {
-            Some(found.and_then(|cm| Marker::from_data(&data_of(&cm))).and_then(|m| m.last_succeeded_revision))
-        }
-        Err(err) => {
-            warn!(error = %err, "the marker is not readable before the quiesce; every listed workload is stopped");
-            None
-        }
-    }
+/// The marker and its last successful revision, read before the quiesce (retried briefly). A
+/// marker that cannot be read fails the run before anything is stopped: without it quiesce cannot
+/// tell pods that wait in their gates from pods that ran, and the marker write would fail too.
+async fn last_cleaned(kube: &KubeClient, settings: &MarkerConfig) -> Result<quiesce::CleanedUpTo> {
+    let deadline = Instant::now() + MARKER_BUDGET;
+    let what = format!("reading marker {}/{} before the quiesce", settings.namespace, settings.name);
+    let policy = RetryPolicy { attempts: 5, backoff: Duration::from_millis(200) };
+    let found = retry::run(&policy, deadline, &what, || async {
+        kube.get(&settings.namespace, &settings.name).await.map_err(|err| kube_attempt(err, settings))
+    })
+    .await?;
+    Ok(quiesce::CleanedUpTo {
+        marker: settings.name.clone(),
+        revision: found.and_then(|cm| Marker::from_data(&data_of(&cm))).and_then(|m| m.last_succeeded_revision),
+    })
 }
 
 /// This pod's Job, when it is named (`CLEANSLATE_JOB_NAME`) and readable within a few seconds.

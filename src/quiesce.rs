@@ -43,6 +43,13 @@ const API_RETRY: RetryPolicy = RetryPolicy { attempts: 5, backoff: Duration::fro
 /// Pause after a failed list or watch before trying again.
 const WATCH_PAUSE: Duration = Duration::from_millis(200);
 
+/// The marker a purge writes and the last revision it records as cleaned (`None`: none yet).
+#[derive(Clone, Debug)]
+pub struct CleanedUpTo {
+    pub marker: String,
+    pub revision: Option<u64>,
+}
+
 /// What a stop has done so far, kept outside the stopping future so that a timeout or a signal,
 /// which drop that future, still knows what to restore and which pods were left.
 #[derive(Default)]
@@ -102,14 +109,14 @@ impl Progress {
 /// Stops every listed workload and waits until their pods are gone. Unbounded on its own: the
 /// caller applies the quiesce timeout and, when it fires, reads [`Progress`].
 ///
-/// `cleaned_up_to` is the marker's last successful revision (`Some(None)`: none yet), when the
-/// marker could be read: a workload whose every pod still waits in a gate for a later revision is
-/// not stopped, because it has run nothing and cannot until this purge has written the marker (a
-/// first install with post-install hooks: the Deployments exist, their pods wait in their gates).
+/// `cleaned_up_to`: this run's marker and its last successful revision, when there is a marker: a
+/// workload whose every pod still waits in a gate on that marker for a later revision is not
+/// stopped, because it has run nothing and cannot until this purge has written the marker (a first
+/// install with post-install hooks: the Deployments exist, their pods wait in their gates).
 pub async fn stop(
     kube: &KubeClient,
     config: &QuiesceConfig,
-    cleaned_up_to: Option<Option<u64>>,
+    cleaned_up_to: Option<CleanedUpTo>,
     progress: &Progress,
 ) -> Result<()> {
     // The retry budget of one call; the caller's timeout is the real bound.
@@ -118,7 +125,7 @@ pub async fn stop(
     let mut waits = Vec::new();
     for workload in &config.workloads {
         if let Some((selector, ordered)) =
-            stop_one(kube, &config.namespace, workload, cleaned_up_to, deadline, progress).await?
+            stop_one(kube, &config.namespace, workload, cleaned_up_to.as_ref(), deadline, progress).await?
         {
             waits.push(wait_gone(kube, &config.namespace, workload, selector, ordered, progress));
         }
@@ -207,7 +214,7 @@ async fn stop_one(
     kube: &KubeClient,
     namespace: &str,
     workload: &WorkloadRef,
-    cleaned_up_to: Option<Option<u64>>,
+    cleaned_up_to: Option<&CleanedUpTo>,
     deadline: Instant,
     progress: &Progress,
 ) -> Result<Option<(String, bool)>> {
@@ -248,7 +255,7 @@ async fn stop_one(
         {
             info!(
                 workload = %workload,
-                gate_revision = current.gate_revision.unwrap_or_default(),
+                gate_revision = current.gate.as_ref().map(|g| g.revision).unwrap_or_default(),
                 "every pod still waits in its gate for this cleanup: nothing ran, nothing to stop"
             );
             return Ok(None);
@@ -348,19 +355,25 @@ pub fn holds(pod: &Pod, workload: &WorkloadRef) -> bool {
 }
 
 /// Whether every pod of `workload` waits in a cleanslate gate that cannot pass before this purge
-/// writes the marker: its template's gate waits for a revision above the last cleaned one, and
-/// each of its pods does too and has never started a main container. A workload without such a
-/// gate, or with one pod that has run, is stopped as usual.
+/// writes the marker: its template's gate reads this marker (`cleaned_up_to.marker`), waits for a
+/// revision above the last cleaned one and does not proceed on a timeout; each of its pods has such
+/// a gate, still running, and has never started a main container. Anything else is stopped as usual.
 async fn waits_in_its_gates(
     kube: &KubeClient,
     namespace: &str,
     workload: &WorkloadRef,
     current: &Workload,
-    cleaned_up_to: Option<u64>,
+    cleaned_up_to: &CleanedUpTo,
     deadline: Instant,
 ) -> Result<bool> {
-    let blocked = |revision: Option<u64>| revision.is_some_and(|r| cleaned_up_to.is_none_or(|done| r > done));
-    if !blocked(current.gate_revision) {
+    let blocked = |gate: Option<&crate::kube::Gate>| {
+        gate.is_some_and(|g| {
+            g.marker == cleaned_up_to.marker
+                && !g.proceeds_on_timeout
+                && cleaned_up_to.revision.is_none_or(|done| g.revision > done)
+        })
+    };
+    if !blocked(current.gate.as_ref()) {
         return Ok(false);
     }
     let Some(scale) =
@@ -377,10 +390,23 @@ async fn waits_in_its_gates(
     .await?
     .flatten()
     .unwrap_or_default();
-    Ok(pods
-        .iter()
-        .filter(|pod| holds(pod, workload))
-        .all(|pod| blocked(pod.spec.as_ref().and_then(crate::kube::gate_revision)) && !has_run(pod)))
+    Ok(pods.iter().filter(|pod| holds(pod, workload)).all(|pod| {
+        let gate = pod.spec.as_ref().and_then(crate::kube::gate_of);
+        blocked(gate.as_ref()) && gate.is_some_and(|g| !gate_finished(pod, &g.container)) && !has_run(pod)
+    }))
+}
+
+/// Whether the pod's gate container has finished (exited, passed or not), or the pod's init
+/// containers are all done: its main containers may start at any moment.
+fn gate_finished(pod: &Pod, container: &str) -> bool {
+    let Some(status) = pod.status.as_ref() else { return false };
+    let initialized = status.conditions.iter().flatten().any(|c| c.type_ == "Initialized" && c.status == "True");
+    let gate_done = status.init_container_statuses.iter().flatten().any(|s| {
+        s.name == container
+            && (s.state.as_ref().is_some_and(|st| st.terminated.is_some())
+                || s.last_state.as_ref().is_some_and(|st| st.terminated.is_some()))
+    });
+    initialized || gate_done
 }
 
 /// Whether a main container of the pod has ever started (running, finished, or restarted).

@@ -724,6 +724,12 @@ fn resume_job_hooks_and_defaults() {
         ["post-install", "post-upgrade", "post-rollback"],
         "on install too when a workload outside the chart may be running"
     );
+    let proceeding = dev(&["--set", "gate.onTimeout=proceed"]);
+    assert_eq!(
+        hook_events(find(&proceeding, "Job", "shop-cleanslate-resume")),
+        ["post-install", "post-upgrade", "post-rollback"],
+        "and when a gate may let its pod start on a timeout (such apps are stopped on install)"
+    );
     assert!(hook_weight(resume) > hook_weight(purge), "after the purge Job on post-install");
     assert_eq!(
         resume["metadata"]["annotations"]["helm.sh/hook-delete-policy"],

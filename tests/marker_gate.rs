@@ -533,7 +533,7 @@ async fn a_killed_attempt_counts_and_the_last_failure_fails_gates() {
 #[tokio::test]
 async fn gate_events_tell_the_wait_and_the_outcome() {
     let cluster = Cluster::start().await;
-    cluster.api.grant_on(GATE_TOKEN, "events", &["create", "patch"], None);
+    cluster.api.grant_on(GATE_TOKEN, "events", &["create"], None);
     let settings = with(
         cluster.gate_vars(5, "20s"),
         &[("CLEANSLATE_EVENTS", "true"), ("CLEANSLATE_POD_NAME", "shop-producer-7d9f-a1")],

@@ -131,7 +131,7 @@ async fn stops_the_writer_before_purging_then_resume_restores() {
     // A concurrent writer (an HPA, kubectl) changes the Deployment once between our writes.
     env.api.race_next_scales(1);
     let quiesce = "deployment/shop-producer,deployment/shop-consumer";
-    env.api.grant_on(TOKEN, "events", &["create", "patch"], None);
+    env.api.grant_on(TOKEN, "events", &["create"], None);
     let purge_vars = env.vars(quiesce, &[("CLEANSLATE_EVENTS", "true")]);
     let (written, run) = purge_while_writing(&env, "shop-producer", &purge_vars).await;
     assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
@@ -190,7 +190,7 @@ async fn failed_purge_restores_the_workloads() {
     env.api.apply_workload(NS, &deployment("shop-consumer", Some(1)));
     env.seed().await;
     let dead = format!("http://127.0.0.1:{}", free_port());
-    env.api.grant_on(TOKEN, "events", &["create", "patch"], None);
+    env.api.grant_on(TOKEN, "events", &["create"], None);
     let vars = env.vars(
         "deployment/shop-producer,deployment/shop-consumer",
         &[("CLEANSLATE_RABBITMQ_URL", &dead), ("CLEANSLATE_TIMEOUT", "3s"), ("CLEANSLATE_EVENTS", "true")],
@@ -702,5 +702,22 @@ async fn ordered_statefulset_with_unhealthy_pods_is_stopped() {
     assert_eq!(run.code, 0, "the quiesce finishes: {}", run.all_output());
     assert!(env.api.pods_of(NS, "db").is_empty(), "every pod gone");
     assert_eq!(deletes(&env.api).len(), before, "no pod deleted");
+    env.cleanup().await;
+}
+
+/// A marker that cannot be read before the quiesce (the API failing) fails the run before anything
+/// is stopped: without it quiesce cannot tell pods that wait in their gates from pods that ran.
+#[tokio::test]
+async fn an_unreadable_marker_stops_nothing() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
+    env.seed().await;
+    env.api.fail_next(40, 503);
+    let run = cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[])).await;
+    assert_ne!(run.code, 0, "the run fails: {}", run.all_output());
+    assert!(run.stderr.contains("nothing was stopped"), "says so: {}", run.stderr);
+    assert_eq!(env.state("shop-producer"), (2, None), "untouched");
+    assert_eq!(env.scale_writes("shop-producer"), 0, "no scale written");
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "nothing purged");
     env.cleanup().await;
 }

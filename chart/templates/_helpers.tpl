@@ -320,12 +320,13 @@ argocd.argoproj.io/hook: Skip
 {{/*
 Events of the resume Job and its RBAC. On install the chart's gated apps have run nothing (their pods
 wait in their gates), so the purge does not stop them and there is nothing to resume: post-install
-is there only when cleanup.quiesce.workloads lists workloads outside the chart, which may be running.
+is there only when cleanup.quiesce.workloads lists workloads outside the chart, which may be running,
+or when gate.onTimeout is proceed (such a gate may let its pod start, so the purge stops it).
 */}}
 {{- define "cleanslate.resumeHookEvents" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- $events := list "post-upgrade" "post-rollback" -}}
-{{- if $v.cleanup.quiesce.workloads -}}{{- $events = prepend $events "post-install" -}}{{- end -}}
+{{- if or $v.cleanup.quiesce.workloads (eq (toString $v.gate.onTimeout) "proceed") -}}{{- $events = prepend $events "post-install" -}}{{- end -}}
 {{- join "," $events -}}
 {{- end -}}
 
@@ -498,6 +499,11 @@ Renders nothing when cleanup is disabled.
   env:
     {{- include "cleanslate.terminationEnv" . | nindent 4 }}
     {{- include "cleanslate.eventsEnv" . | nindent 4 }}
+    # This pod, for its Events (HOSTNAME differs with hostNetwork, spec.hostname or long names).
+    - name: CLEANSLATE_POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
     - name: CLEANSLATE_MARKER
       value: {{ include "cleanslate.markerName" . | quote }}
     - name: CLEANSLATE_REVISION

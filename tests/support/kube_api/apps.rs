@@ -736,8 +736,20 @@ impl KubeApi {
                 continue;
             }
             let mut spec = object["spec"].clone();
-            spec["initContainers"] = Value::Null;
-            object["status"] = initial_pod_status(&spec);
+            let init = spec["initContainers"].take();
+            let mut status = initial_pod_status(&spec);
+            // The kubelet keeps the finished init containers' statuses.
+            status["initContainerStatuses"] = json!(
+                init.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| json!({"name": c["name"], "ready": true, "restartCount": 0,
+                                "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}))
+                    .collect::<Vec<_>>()
+            );
+            status["conditions"] =
+                json!([{"type": "Initialized", "status": "True"}, {"type": "Ready", "status": "True"}]);
+            object["status"] = status;
             commit(&self.shared, &mut store, "MODIFIED", "pods", namespace, &pod, object);
         }
     }
