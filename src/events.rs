@@ -17,6 +17,9 @@ use crate::config::{EventsConfig, WorkloadKind, WorkloadRef};
 
 /// One Event may take this long; the run does not wait longer for it.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
+/// The API server refuses a longer note (events.k8s.io/v1 `Event.note`: "Maximal length of the
+/// note is 1kB").
+const MAX_NOTE: usize = 1024;
 /// The reporting controller every Event names.
 const CONTROLLER: &str = "cleanslate";
 
@@ -125,7 +128,7 @@ impl Events {
         let event = Event {
             type_: if reason.is_warning() { EventType::Warning } else { EventType::Normal },
             reason: reason.as_str().into(),
-            note: Some(fit(note)),
+            note: Some(crate::text::fit_bytes(note, MAX_NOTE)),
             action: reason.action().into(),
             secondary: None,
         };
@@ -139,18 +142,4 @@ impl Events {
             Err(_) => tracing::warn!(reason = reason.as_str(), "an Event was not accepted in time; going on"),
         }
     }
-}
-
-/// A note is at most 1 kB (the API server refuses longer ones), cut on a character boundary.
-fn fit(mut note: String) -> String {
-    const MAX: usize = 1024;
-    if note.len() > MAX {
-        let mut cut = MAX - "…".len();
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push('…');
-    }
-    note
 }

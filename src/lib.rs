@@ -47,3 +47,4 @@ pub mod status;
 pub mod tally;
 pub mod telemetry;
 pub mod termination;
+pub mod text;

@@ -35,18 +35,9 @@ pub fn write(line: &str) {
     let _ = std::fs::write(path, fit(line));
 }
 
-/// One line (newlines become spaces), at most [`MAX_BYTES`] bytes, cut on a character boundary.
+/// One line (newlines become spaces), at most [`MAX_BYTES`] bytes.
 fn fit(line: &str) -> String {
-    let mut text = line.replace(['\n', '\r'], " ");
-    if text.len() > MAX_BYTES {
-        let mut cut = MAX_BYTES - "…".len();
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
+    crate::text::fit_bytes(line.replace(['\n', '\r'], " "), MAX_BYTES)
 }
 
 #[cfg(test)]

@@ -130,7 +130,8 @@ fn status_response(code: u16, reason: &str, message: String) -> Response {
 const CERT_USER_HEADER: &str = "x-stand-in-certificate-user";
 
 /// TLS as the API server offers it: its serving certificate, and client certificates signed by the
-/// cluster CA accepted but not required (kubeconfig users with `client-certificate-data`).
+/// cluster CA accepted but not required (kubeconfig users with `client-certificate-data`;
+/// <https://kubernetes.io/docs/reference/access-authn-authz/authentication/#x509-client-certificates>).
 fn tls_config(ca: &TestCa, issued: &super::Issued) -> rustls::ServerConfig {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -599,7 +600,8 @@ async fn one(
     }
 }
 
-/// GET of a Job (`batch/v1`), as the Job controller keeps its status.
+/// GET of a Job (`batch/v1`), as the Job controller keeps its status (`status.failed` counts failed
+/// pods: <https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-backoff-failure-policy>).
 async fn job(
     State(shared): State<Arc<Shared>>,
     Path((namespace, name)): Path<(String, String)>,
@@ -618,7 +620,8 @@ async fn job(
 }
 
 /// POST of an `events.k8s.io/v1` Event: stored as sent (409 when the name is taken); the API server
-/// requires `regarding`-style fields the recorder always sets, and a `note` of at most 1 kB.
+/// requires a name, a reason and an `eventTime`, and a `note` of at most 1 kB
+/// (<https://kubernetes.io/docs/reference/kubernetes-api/cluster-resources/event-v1/>).
 async fn create_event(
     State(shared): State<Arc<Shared>>,
     Path(namespace): Path<String>,
@@ -653,7 +656,7 @@ async fn create_event(
     (StatusCode::CREATED, axum::Json(created)).into_response()
 }
 
-/// PATCH (merge) of an Event: how the recorder counts a repeat (`series`).
+/// PATCH (merge) of an Event: how a client counts a repeat (`series`, same reference as above).
 async fn patch_event(
     State(shared): State<Arc<Shared>>,
     Path((namespace, name)): Path<(String, String)>,
@@ -748,8 +751,9 @@ async fn collection(
 /// A list of `resource` as the API server pages it: `limit` items at most, then a `continue` token
 /// (and `remainingItemCount`) for the rest; the list's `resourceVersion` is the store's (a first
 /// page) or the token's (a later page). A token older than the last compaction is 410 Gone, as for
-/// an expired continue token. Simplification: a later page shows the objects as they are now, not
-/// as they were at the token's version.
+/// an expired continue token (<https://kubernetes.io/docs/reference/using-api/api-concepts/#retrieving-large-results-sets-in-chunks>).
+/// Simplification: a later page shows the objects as they are now, not as they were at the token's
+/// version.
 fn list_response(
     store: &Store,
     resource: &'static str,
@@ -799,7 +803,9 @@ fn list_response(
 type Filter = Arc<dyn Fn(&str, &str, &Value) -> bool + Send + Sync>;
 
 /// How often a watch that asked for bookmarks (`allowWatchBookmarks=true`) gets one: about once a
-/// minute, as the API server's watch cache sends them, and once more as the watch times out.
+/// minute, as the API server's watch cache sends them, and once more as the watch times out
+/// (<https://kubernetes.io/docs/reference/using-api/api-concepts/#watch-bookmarks>; the cacher's
+/// `bookmarkFrequency` is a minute).
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 
 /// A watch stream of JSON lines for `resource`: from `resourceVersion` (history replayed), or

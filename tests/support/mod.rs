@@ -356,10 +356,24 @@ pub fn pod_env(hostname: &str) -> Vec<(String, String)> {
 /// Runs the built binary with `vars` on top of a real pod's environment ([`pod_env`]), failing
 /// the test instead of hanging if it runs longer than a minute.
 pub async fn cleanslate(args: &[&str], vars: &[(String, String)]) -> Run {
-    let child = tokio::process::Command::new(binary())
+    let mut command = tokio::process::Command::new(binary());
+    command.env_clear().envs(pod_env("cleanslate-test-7d9f8-abcde"));
+    run_to_end(command, args, vars).await
+}
+
+/// Runs the binary as on an operator's laptop: no pod variables, no service account, only a home,
+/// a PATH and `vars` (a KUBECONFIG, say).
+pub async fn cleanslate_on_laptop(args: &[&str], home: &Path, vars: &[(String, String)]) -> Run {
+    let mut command = tokio::process::Command::new(binary());
+    command.env_clear().env("HOME", home).env("PATH", "/usr/local/bin:/usr/bin:/bin").env("USER", "operator");
+    run_to_end(command, args, vars).await
+}
+
+/// Runs `command` with `args` and `vars` on top of the environment it was given, to the end,
+/// within a minute.
+async fn run_to_end(mut command: tokio::process::Command, args: &[&str], vars: &[(String, String)]) -> Run {
+    let child = command
         .args(args)
-        .env_clear()
-        .envs(pod_env("cleanslate-test-7d9f8-abcde"))
         .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -373,26 +387,6 @@ pub async fn cleanslate(args: &[&str], vars: &[(String, String)]) -> Run {
 
 /// Starts the built binary with `vars` on top of a real pod's environment ([`pod_env`]), output
 /// piped (collect it with [`finish`]), killed if the test drops it.
-/// Runs the binary as on an operator's laptop: no pod variables, no service account, only a home,
-/// a PATH and `vars` (a KUBECONFIG, say).
-pub async fn cleanslate_on_laptop(args: &[&str], home: &Path, vars: &[(String, String)]) -> Run {
-    let child = tokio::process::Command::new(binary())
-        .args(args)
-        .env_clear()
-        .env("HOME", home)
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("USER", "operator")
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), child)
-        .await
-        .expect("cleanslate finished within 60 s")
-        .expect("cleanslate runs");
-    Run::from_output(output)
-}
-
 pub fn spawn(args: &[&str], vars: &[(String, String)]) -> tokio::process::Child {
     tokio::process::Command::new(binary())
         .args(args)

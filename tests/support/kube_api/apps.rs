@@ -122,7 +122,8 @@ async fn workload(
     let created = existing.is_none();
     let current = match existing {
         Some(current) => current,
-        // An apply creates what does not exist yet.
+        // An apply creates what does not exist yet, and needs a fieldManager
+        // (<https://kubernetes.io/docs/reference/using-api/server-side-apply/>).
         None if applying => json!({"metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}")}}),
         None => return not_found(resource, &name),
     };
@@ -434,7 +435,8 @@ fn reconcile(shared: &Arc<Shared>, store: &mut Store, resource: &'static str, na
     }
     for _ in live.len()..desired {
         store.apps.counter += 1;
-        // A StatefulSet's pods are `<name>-<ordinal>`, the lowest free ordinal first.
+        // A StatefulSet's pods are `<name>-<ordinal>`, the lowest free ordinal first
+        // (<https://kubernetes.io/docs/concepts/workloads/controllers/statefulset/#ordinal-index>).
         let pod = if resource == "statefulsets" {
             let taken: HashSet<String> = store
                 .apps
@@ -508,8 +510,10 @@ fn remove_pod(shared: &Arc<Shared>, store: &mut Store, namespace: &str, pod: &st
 }
 
 /// A new pod's status as the kubelet reports it: a pod with init containers is Pending while they
-/// run (a cleanslate gate waits there), its main containers waiting in `PodInitializing`; a pod
-/// without them runs at once.
+/// run (a cleanslate gate waits there), its main containers waiting in `PodInitializing`, its
+/// `Initialized` condition false; a pod without them runs at once
+/// (<https://kubernetes.io/docs/concepts/workloads/pods/init-containers/>,
+/// <https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#pod-conditions>).
 fn initial_pod_status(spec: &Value) -> Value {
     let names = |list: &Value| -> Vec<String> {
         list.as_array().into_iter().flatten().filter_map(|c| c["name"].as_str().map(str::to_string)).collect()
@@ -544,7 +548,8 @@ fn is_ready(pod: &Value) -> bool {
 }
 
 /// DELETE of one pod: graceful (it terminates as on a scale-down); a `preconditions.uid` that is
-/// not the pod's is 409, as the API server answers.
+/// not the pod's is 409, as the API server answers
+/// (<https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/delete-options/>).
 async fn delete_pod(
     State(shared): State<Arc<Shared>>,
     Path((namespace, name)): Path<(String, String)>,
@@ -623,6 +628,14 @@ impl KubeApi {
         reconcile(&self.shared, &mut store, resource, namespace, &name);
     }
 
+    /// An HTTP client that trusts the stand-in's CA, for requests a test makes as another client.
+    fn http_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("CA"))
+            .build()
+            .expect("client")
+    }
+
     /// A server-side apply of `manifest` over HTTP, as Helm 4 sends it (`application/apply-patch+yaml`,
     /// `fieldManager`, `force`): the stored object, or the status code and message.
     pub async fn server_side_apply(
@@ -639,10 +652,7 @@ impl KubeApi {
             other => panic!("not a workload: {other:?}"),
         };
         let name = manifest["metadata"]["name"].as_str().expect("name");
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("CA"))
-            .build()
-            .expect("client");
+        let client = self.http_client();
         let url = format!("{}/apis/apps/v1/namespaces/{namespace}/{resource}/{name}", self.url.trim_end_matches('/'));
         let response = client
             .patch(url)
@@ -660,10 +670,7 @@ impl KubeApi {
 
     /// A PUT of a Deployment's `scale` over HTTP by `manager` (as `kubectl scale` sends it): the status.
     pub async fn scale_as(&self, token: &str, namespace: &str, name: &str, replicas: i64, manager: &str) -> u16 {
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("CA"))
-            .build()
-            .expect("client");
+        let client = self.http_client();
         let url =
             format!("{}/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale", self.url.trim_end_matches('/'));
         let body = json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
