@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Starts or stops private RabbitMQ (management plugin on) and etcd instances for development and
 # tests: loopback only, non-default ports, data under .scratch/. Never touches a system service.
-# Two generations: "current" is bookworm's RabbitMQ 3.10 and etcd 3.4 (the default everywhere);
+# Three generations: "current" is bookworm's RabbitMQ 3.10 and etcd 3.4 (the default everywhere);
 # "next" is trixie's RabbitMQ 4.0 (a node, a node with statistics off, a three-node cluster) and
-# etcd 3.5, run from a trixie root made with debootstrap (root needed; re-runs itself with sudo).
+# etcd 3.5, run from a trixie root made with debootstrap (root needed; re-runs itself with sudo);
+# "newest" is sid's RabbitMQ 4.3 (one node) and etcd 3.5.30, run the same way from a sid root.
 #
-#   hack/services.sh up [current|next|all]   start (idempotent) and wait until they answer
-#   hack/services.sh down [current|next|all] stop (default: all)
-#   hack/services.sh env [current|next]      print the variables tests and demos use to find them
-#   hack/services.sh ctl ...                 rabbitmqctl against the RabbitMQ 3.10 node
-#   hack/services.sh ctl4 ...                rabbitmqctl against the RabbitMQ 4.0 node
-#   hack/services.sh cluster stop|start N    stop or start cluster node N (1-3) and wait until done
-#   hack/services.sh cluster ctl N ...       rabbitmqctl against cluster node N
+#   hack/services.sh up [current|next|newest|all]   start (idempotent) and wait until they answer
+#   hack/services.sh down [current|next|newest|all] stop (default: all)
+#   hack/services.sh env [current|next|newest]      print the variables tests and demos use to find them
+#   hack/services.sh ctl ...                        rabbitmqctl against the RabbitMQ 3.10 node
+#   hack/services.sh ctl4 ...                       rabbitmqctl against the RabbitMQ 4.0 node
+#   hack/services.sh cluster stop|start N           stop or start cluster node N (1-3) and wait until done
+#   hack/services.sh cluster ctl N ...              rabbitmqctl against cluster node N
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -124,7 +125,7 @@ rabbit_down() {
   ERL_EPMD_PORT="$epmd_port" epmd -kill >/dev/null 2>&1 || true
 }
 
-# etcd by absolute path: the next generation's tests put trixie's etcd first in PATH.
+# etcd by absolute path: the chroot generations' tests put their own etcd first in PATH.
 etcd_up() { # LABEL DIR NAME BIN_DIR CLIENT_PORT PEER_PORT
   local label="$1" dir="$2" name="$3" bin="$4" port="$5" peer_port="$6"
   if ETCDCTL_API=3 "$bin/etcdctl" --endpoints "http://127.0.0.1:$port" endpoint health >/dev/null 2>&1; then
@@ -188,66 +189,84 @@ export CSTEST_ETCD_BIN_DIR=/usr/bin
 ENV
 }
 
-# --- The next generation: RabbitMQ 4.0 and etcd 3.5 from Debian trixie ------------------------------
-# bookworm has neither and there is no container runtime here, so they come from a trixie root made
-# by debootstrap. RabbitMQ runs inside it with chroot, as root and straight from
-# /usr/lib/rabbitmq/bin like the bookworm node (the Debian wrapper would switch to the rabbitmq user
-# and its paths). etcd is a Go binary that needs nothing newer than bookworm's glibc, so it runs from
-# the root on the host, through .scratch/trixie-bin/.
+# --- The chroot generations: "next" (Debian trixie) and "newest" (Debian sid) -------------------------
+# bookworm has neither RabbitMQ 4 nor etcd 3.5 and there is no container runtime here, so they come
+# from a root per Debian suite, made by debootstrap. RabbitMQ runs inside it with chroot, as root and
+# straight from /usr/lib/rabbitmq/bin like the bookworm node (the Debian wrapper would switch to the
+# rabbitmq user and its paths). etcd is a Go binary that needs nothing newer than bookworm's glibc, so
+# it runs from the root on the host, through .scratch/SUITE-bin/.
 # Every chrooted command gets its own private mount namespace with /proc and /dev mounted there: no
 # mount is ever visible on the host, so there is nothing to unmount after a crash and no
 # `rm -rf .scratch` can reach the host's /dev through the root.
-trixie_root="$scratch/trixie-root"
-trixie_bin="$scratch/trixie-bin"
+# The functions below work on the generation that gen_use chose. "next" (trixie: RabbitMQ 4.0, etcd
+# 3.5) has a node, a node with statistics off and a three-node cluster; "newest" (sid: RabbitMQ 4.3,
+# etcd 3.5.30) has one node only, with the same admin user and https listener. Each has its own epmd
+# and etcd, so one generation starts and stops without touching the other.
 debian_mirror="${CSTEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-next_state=/var/lib/cleanslate # inside the root: the nodes only see paths in there
-next_host_state="$trixie_root$next_state"
-next_epmd_port=4389
-next_mgmt_tls_port=15783
-next_etcd_port=22479
-next_etcd_peer_port=22480
-next_nodes=(single nostats c1 c2 c3)
+gen_state=/var/lib/cleanslate # inside the root: the nodes only see paths in there
 cluster_nodes=(c1 c2 c3)
 
-# chroot, mount namespaces and debootstrap need root: the next generation's commands re-run the whole
-# command with sudo (keeping the one setting it reads from the environment).
+gen_use() { # next|newest: sets the generation's suite, root, ports, nodes and labels
+  gen="$1"
+  case "$gen" in
+    next)
+      suite=trixie gen_epmd_port=4389 gen_mgmt_tls_port=15783 gen_etcd_port=22479 gen_etcd_peer_port=22480
+      gen_standalone=(single nostats) gen_cluster=true rabbit_label="rabbitmq 4" etcd_label="etcd 3.5"
+      ;;
+    newest)
+      suite=sid gen_epmd_port=4399 gen_mgmt_tls_port=15703 gen_etcd_port=22579 gen_etcd_peer_port=22580
+      gen_standalone=(single) gen_cluster=false rabbit_label="rabbitmq (sid)" etcd_label="etcd (sid)"
+      ;;
+    *) echo "services: no generation $1" >&2; exit 64 ;;
+  esac
+  gen_nodes=("${gen_standalone[@]}")
+  [[ "$gen_cluster" == false ]] || gen_nodes+=("${cluster_nodes[@]}")
+  gen_root="$scratch/$suite-root"
+  gen_bin="$scratch/$suite-bin"
+  gen_host_state="$gen_root$gen_state"
+  gen_etcd_dir="$scratch/etcd-$gen"
+}
+
+# chroot, mount namespaces and debootstrap need root: the chroot generations' commands re-run the
+# whole command with sudo (keeping the one setting it reads from the environment).
 need_root() { # the script's arguments
   [[ $(id -u) -eq 0 ]] || exec sudo --preserve-env=CSTEST_RABBITMQ_PASSWORD,CSTEST_DEBIAN_MIRROR -- "${BASH_SOURCE[0]}" "$@"
 }
 
-next_node() { # KEY: "ERLANG_NODE AMQP_PORT MGMT_PORT DIST_PORT" of a RabbitMQ 4 node
-  case "$1" in
-    single) echo "cs4@localhost 5782 15782 25782" ;;
-    nostats) echo "cs4nostats@localhost 5792 15792 25792" ;;
-    c1) echo "cs4a@localhost 5801 15801 25801" ;;
-    c2) echo "cs4b@localhost 5802 15802 25802" ;;
-    c3) echo "cs4c@localhost 5803 15803 25803" ;;
-    *) echo "services: no RabbitMQ 4 node $1" >&2; exit 64 ;;
+gen_node() { # KEY: "ERLANG_NODE AMQP_PORT MGMT_PORT DIST_PORT" of a RabbitMQ node of the generation
+  case "$gen:$1" in
+    next:single) echo "cs4@localhost 5782 15782 25782" ;;
+    next:nostats) echo "cs4nostats@localhost 5792 15792 25792" ;;
+    next:c1) echo "cs4a@localhost 5801 15801 25801" ;;
+    next:c2) echo "cs4b@localhost 5802 15802 25802" ;;
+    next:c3) echo "cs4c@localhost 5803 15803 25803" ;;
+    newest:single) echo "csnewest@localhost 5702 15702 25702" ;;
+    *) echo "services: the $gen generation has no RabbitMQ node $1" >&2; exit 64 ;;
   esac
 }
-node_name() { next_node "$1" | cut -d' ' -f1; }
-node_amqp_port() { next_node "$1" | cut -d' ' -f2; }
-node_mgmt_port() { next_node "$1" | cut -d' ' -f3; }
+node_name() { gen_node "$1" | cut -d' ' -f1; }
+node_amqp_port() { gen_node "$1" | cut -d' ' -f2; }
+node_mgmt_port() { gen_node "$1" | cut -d' ' -f3; }
 node_mgmt_url() { echo "http://127.0.0.1:$(node_mgmt_port "$1")"; }
-node_dist_port() { next_node "$1" | cut -d' ' -f4; }
+node_dist_port() { gen_node "$1" | cut -d' ' -f4; }
 
-next_node_env() { # KEY: the whole environment (VAR=value lines) of the node and of rabbitmqctl for it
-  local dir="$next_state/$1" dist
+node_env() { # KEY: the whole environment (VAR=value lines) of the node and of rabbitmqctl for it
+  local dir="$gen_state/$1" dist
   dist="$(node_dist_port "$1")"
-  # One HOME, so one Erlang cookie for all five nodes (the cluster needs a shared one); the CLI's own
-  # distribution ports follow the node's instead of all CLIs sharing 35672-35682; everything Erlang
-  # listens on loopback only, its epmd included.
+  # One HOME, so one Erlang cookie for all nodes of the generation (the cluster needs a shared one);
+  # the CLI's own distribution ports follow the node's instead of all CLIs sharing 35672-35682;
+  # everything Erlang listens on loopback only, its epmd included.
   cat <<ENV
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 LC_ALL=C.UTF-8
-HOME=$next_state/home
+HOME=$gen_state/home
 RABBITMQ_NODENAME=$(node_name "$1")
 RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
 RABBITMQ_NODE_PORT=$(node_amqp_port "$1")
 RABBITMQ_DIST_PORT=$dist
 RABBITMQ_CTL_DIST_PORT_MIN=$((dist + 10000))
 RABBITMQ_CTL_DIST_PORT_MAX=$((dist + 10010))
-ERL_EPMD_PORT=$next_epmd_port
+ERL_EPMD_PORT=$gen_epmd_port
 ERL_EPMD_ADDRESS=127.0.0.1
 RABBITMQ_MNESIA_BASE=$dir/mnesia
 RABBITMQ_LOG_BASE=$dir/log
@@ -261,14 +280,14 @@ ERL_CRASH_DUMP=$dir/log/erl_crash.dump
 ENV
 }
 
-# Sets root_cmd: the prefix that runs a command inside the trixie root with KEY's environment (and
-# nothing of the caller's), in a private mount namespace with /proc and /dev.
+# Sets root_cmd: the prefix that runs a command inside the generation's root with KEY's environment
+# (and nothing of the caller's), in a private mount namespace with /proc and /dev.
 root_cmd_for() { # KEY
   local -a vars
-  mapfile -t vars < <(next_node_env "$1")
+  mapfile -t vars < <(node_env "$1")
   # shellcheck disable=SC2016 # expanded by the inner sh
   root_cmd=(env -i "${vars[@]}" unshare --mount --propagation private
-    sh -c 'mount -t proc proc "$0/proc" && mount --bind /dev "$0/dev" && exec chroot "$0" "$@"' "$trixie_root")
+    sh -c 'mount -t proc proc "$0/proc" && mount --bind /dev "$0/dev" && exec chroot "$0" "$@"' "$gen_root")
 }
 
 in_root() { # KEY CMD ARGS...
@@ -277,15 +296,15 @@ in_root() { # KEY CMD ARGS...
   "${root_cmd[@]}" "$@"
 }
 
-next_ctl() { # KEY ARGS...: rabbitmqctl against that node
+node_ctl() { # KEY ARGS...: rabbitmqctl against that node
   in_root "$1" /usr/lib/rabbitmq/bin/rabbitmqctl -n "$(node_name "$1")" "${@:2}"
 }
 
 # The root appears under its final name only once debootstrap has finished, so an interrupted run is
 # never mistaken for a root; it is made once and reused (the nodes' data lives in it too).
-trixie_root_make() {
-  [[ -d "$trixie_root" ]] && return
-  local partial="$trixie_root.partial" started="$SECONDS" mnt
+gen_root_make() {
+  [[ -d "$gen_root" ]] && return
+  local partial="$gen_root.partial" started="$SECONDS" mnt log="$scratch/debootstrap-$suite.log"
   if [[ -e "$partial" ]]; then
     # An interrupted debootstrap may leave /proc, /sys or a bound /dev mounted in its half-made root:
     # unmount them first, and never let rm cross into another file system.
@@ -294,47 +313,56 @@ trixie_root_make() {
     done
     rm -rf --one-file-system "$partial"
   fi
-  echo "services: making the trixie root with debootstrap (once; about 2 minutes, log in $scratch/debootstrap.log)"
+  echo "services: making the $suite root with debootstrap (once; a few minutes, log in $log)"
   mkdir -p "$scratch"
+  # debootstrap checks the Release file's signature, not its Valid-Until, so a sid Release past that
+  # date (the archive seen from here is not always fresh) still bootstraps.
   if ! debootstrap --variant=minbase --include=rabbitmq-server,etcd-server,etcd-client \
-    trixie "$partial" "$debian_mirror" >"$scratch/debootstrap.log" 2>&1; then
-    echo "services: debootstrap failed; see $scratch/debootstrap.log" >&2
-    tail -n 20 "$scratch/debootstrap.log" >&2
+    "$suite" "$partial" "$debian_mirror" >"$log" 2>&1; then
+    echo "services: debootstrap failed; see $log" >&2
+    tail -n 20 "$log" >&2
     exit 1
   fi
-  # The nodes are name@localhost: Erlang finds localhost in the root's /etc/hosts.
-  grep -qw localhost "$partial/etc/hosts" 2>/dev/null || echo '127.0.0.1 localhost' >>"$partial/etc/hosts"
-  mv "$partial" "$trixie_root"
-  echo "services: trixie root made in $((SECONDS - started)) s"
+  # The nodes are name@localhost: Erlang finds localhost in the root's /etc/hosts, which minbase
+  # does not write.
+  grep -qw localhost "$partial/etc/hosts" 2>/dev/null || printf '127.0.0.1 localhost\n::1 localhost\n' >>"$partial/etc/hosts"
+  # For apt run by hand inside the root: the same Valid-Until leeway as debootstrap's.
+  echo 'Acquire::Check-Valid-Until "false";' >"$partial/etc/apt/apt.conf.d/99cleanslate-valid-until"
+  mv "$partial" "$gen_root"
+  echo "services: $suite root made in $((SECONDS - started)) s"
 }
 
-# Tests spawn throwaway etcd processes from PATH: this directory goes first in PATH for the next
+# Tests spawn throwaway etcd processes from PATH: this directory goes first in PATH for the
 # generation's runs.
-trixie_bin_link() {
-  mkdir -p "$trixie_bin"
+gen_bin_link() {
+  mkdir -p "$gen_bin"
   local tool
   for tool in etcd etcdctl etcdutl; do
-    ln -sfn "../${trixie_root##*/}/usr/bin/$tool" "$trixie_bin/$tool"
+    ln -sfn "../${gen_root##*/}/usr/bin/$tool" "$gen_bin/$tool"
   done
-  "$trixie_bin/etcd" --version >/dev/null || {
-    echo "services: trixie's etcd does not run on this host (ldd $trixie_bin/etcd)" >&2
+  "$gen_bin/etcd" --version >/dev/null || {
+    echo "services: $suite's etcd does not run on this host (ldd $gen_bin/etcd)" >&2
     exit 1
   }
 }
 
-# What all RabbitMQ 4 nodes share: the Erlang cookie and the TLS files (written before any node
-# starts, so no two nodes race to create a cookie).
-next_shared_files() {
-  mkdir -p "$next_host_state/home"
-  [[ -f "$next_host_state/home/.erlang.cookie" ]] || {
-    head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$next_host_state/home/.erlang.cookie"
-    chmod 400 "$next_host_state/home/.erlang.cookie"
-  }
-  make_tls "$next_host_state/tls"
+etcd_version() { # BIN_DIR
+  "$1/etcd" --version 2>/dev/null | awk 'NR == 1 {print $3}'
 }
 
-next_node_config() { # KEY: rabbitmq.conf and the plugin files of that node
-  local dir="$next_host_state/$1"
+# What all RabbitMQ nodes of the generation share: the Erlang cookie and the TLS files (written
+# before any node starts, so no two nodes race to create a cookie).
+gen_shared_files() {
+  mkdir -p "$gen_host_state/home"
+  [[ -f "$gen_host_state/home/.erlang.cookie" ]] || {
+    head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$gen_host_state/home/.erlang.cookie"
+    chmod 400 "$gen_host_state/home/.erlang.cookie"
+  }
+  make_tls "$gen_host_state/tls"
+}
+
+node_config() { # KEY: rabbitmq.conf and the plugin files of that node
+  local dir="$gen_host_state/$1"
   mkdir -p "$dir/log"
   cat >"$dir/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$(node_amqp_port "$1")
@@ -346,11 +374,11 @@ collect_statistics_interval = 1000
 CONF
   case "$1" in
     single) cat >>"$dir/rabbitmq.conf" <<CONF
-management.ssl.port = $next_mgmt_tls_port
+management.ssl.port = $gen_mgmt_tls_port
 management.ssl.ip = 127.0.0.1
-management.ssl.cacertfile = $next_state/tls/ca.pem
-management.ssl.certfile = $next_state/tls/server.pem
-management.ssl.keyfile = $next_state/tls/server.key
+management.ssl.cacertfile = $gen_state/tls/ca.pem
+management.ssl.certfile = $gen_state/tls/server.pem
+management.ssl.keyfile = $gen_state/tls/server.key
 CONF
       ;;
     nostats) cat >>"$dir/rabbitmq.conf" <<CONF
@@ -364,8 +392,8 @@ CONF
   [[ -f "$dir/advanced.config" ]] || echo '[].' >"$dir/advanced.config"
 }
 
-next_node_pid() { # KEY: prints the node's OS pid; fails when it is not running
-  local file="$next_host_state/$1/rabbitmq.pid" pid
+node_pid() { # KEY: prints the node's OS pid; fails when it is not running
+  local file="$gen_host_state/$1/rabbitmq.pid" pid
   [[ -s "$file" ]] || return 1
   pid="$(cat "$file")"
   # A pid file outlives a crash or a reboot: only a live process of this very node counts.
@@ -390,15 +418,15 @@ mgmt_running_nodes() { # URL: the cluster's running nodes as that node sees them
     python3 -c 'import json, sys; print("\n".join(sorted(n["name"] for n in json.load(sys.stdin) if n.get("running"))))'
 }
 
-next_node_start() { # KEY: starts the node unless it runs, then waits until its management API answers
+node_start() { # KEY: starts the node unless it runs, then waits until its management API answers
   local key="$1" name dir launcher=""
   name="$(node_name "$key")"
-  dir="$next_host_state/$key"
-  if next_node_pid "$key" >/dev/null; then
-    echo "services: rabbitmq 4 $name already running"
+  dir="$gen_host_state/$key"
+  if node_pid "$key" >/dev/null; then
+    echo "services: $rabbit_label $name already running"
   else
-    echo "services: starting rabbitmq 4 $name (amqp 127.0.0.1:$(node_amqp_port "$key"), management $(node_mgmt_url "$key"))"
-    next_node_config "$key"
+    echo "services: starting $rabbit_label $name (amqp 127.0.0.1:$(node_amqp_port "$key"), management $(node_mgmt_url "$key"))"
+    node_config "$key"
     root_cmd_for "$key"
     "${root_cmd[@]}" /usr/lib/rabbitmq/bin/rabbitmq-server </dev/null >"$dir/log/console.log" 2>&1 &
     launcher=$!
@@ -409,12 +437,12 @@ next_node_start() { # KEY: starts the node unless it runs, then waits until its 
     if [[ -n "$launcher" ]] && ! kill -0 "$launcher" 2>/dev/null; then break; fi
     sleep 0.5
   done
-  echo "services: rabbitmq 4 $name did not come up; see $dir/log" >&2
+  echo "services: $rabbit_label $name did not come up; see $dir/log" >&2
   tail -n 30 "$dir/log/console.log" >&2 || true
   return 1
 }
 
-next_admin() { # KEY: the admin user with its password, tag and permissions (users are cluster-wide)
+node_admin() { # KEY: the admin user with its password, tag and permissions (users are cluster-wide)
   local url auth
   url="$(node_mgmt_url "$1")"
   auth="$(mgmt_auth "$url")"
@@ -425,18 +453,18 @@ next_admin() { # KEY: the admin user with its password, tag and permissions (use
     "$url/api/permissions/%2F/$admin_user" -d '{"configure":".*","write":".*","read":".*"}'
 }
 
-next_node_up() { # KEY: a standalone node, started and with its admin user
-  next_node_start "$1"
-  next_admin "$1"
-  echo "services: rabbitmq 4 $(node_name "$1") ready"
+node_up() { # KEY: a standalone node, started and with its admin user
+  node_start "$1"
+  node_admin "$1"
+  echo "services: $rabbit_label $(node_name "$1") ready"
 }
 
-next_node_stop() { # KEY: stops the node and returns once its OS process is gone
+node_stop() { # KEY: stops the node and returns once its OS process is gone
   local pid
-  pid="$(next_node_pid "$1")" || return 0
-  echo "services: stopping rabbitmq 4 $(node_name "$1")"
+  pid="$(node_pid "$1")" || return 0
+  echo "services: stopping $rabbit_label $(node_name "$1")"
   # shutdown (unlike stop) waits for the OS process to exit; a node that does not answer is killed.
-  next_ctl "$1" shutdown >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+  node_ctl "$1" shutdown >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
   for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
 }
@@ -448,10 +476,10 @@ cluster_join() { # KEY: joins node 1 unless already a member (membership survive
   if curl -fsS -u "$(mgmt_auth "$url")" "$url/api/nodes?columns=name" | grep -q "\"$first\""; then
     return
   fi
-  echo "services: rabbitmq 4 $(node_name "$1") joins $first"
-  next_ctl "$1" stop_app >/dev/null
-  next_ctl "$1" join_cluster "$first" >/dev/null
-  next_ctl "$1" start_app >/dev/null
+  echo "services: $rabbit_label $(node_name "$1") joins $first"
+  node_ctl "$1" stop_app >/dev/null
+  node_ctl "$1" join_cluster "$first" >/dev/null
+  node_ctl "$1" start_app >/dev/null
 }
 
 # Healthy: every cluster node whose process runs answers with the admin user and sees exactly the
@@ -461,33 +489,33 @@ cluster_wait_healthy() {
   for _ in $(seq 1 240); do
     expected=""
     for key in "${cluster_nodes[@]}"; do
-      next_node_pid "$key" >/dev/null && expected+="$(node_name "$key")"$'\n'
+      node_pid "$key" >/dev/null && expected+="$(node_name "$key")"$'\n'
     done
     ok=true
     for key in "${cluster_nodes[@]}"; do
-      next_node_pid "$key" >/dev/null || continue
+      node_pid "$key" >/dev/null || continue
       url="$(node_mgmt_url "$key")"
       [[ "$(mgmt_running_nodes "$url" 2>/dev/null)"$'\n' == "$expected" ]] || { ok=false; break; }
     done
     [[ "$ok" == true ]] && return
     sleep 0.5
   done
-  echo "services: the rabbitmq 4 cluster did not settle (running: $(tr '\n' ' ' <<<"$expected"))" >&2
+  echo "services: the $rabbit_label cluster did not settle (running: $(tr '\n' ' ' <<<"$expected"))" >&2
   return 1
 }
 
 cluster_up() { # the three nodes side by side, then 2 and 3 join 1 (one at a time: joins are not concurrent-safe)
   local key pids=()
   for key in "${cluster_nodes[@]}"; do
-    next_node_start "$key" &
+    node_start "$key" &
     pids+=($!)
   done
   wait_all "${pids[@]}"
-  next_admin c1
+  node_admin c1
   cluster_join c2
   cluster_join c3
   cluster_wait_healthy
-  echo "services: rabbitmq 4 cluster ready ($(node_name c1), $(node_name c2), $(node_name c3))"
+  echo "services: $rabbit_label cluster ready ($(node_name c1), $(node_name c2), $(node_name c3))"
 }
 
 cluster_node_key() { # N (1-3)
@@ -501,14 +529,14 @@ cluster_stop() { # N
   local key name other seen
   key="$(cluster_node_key "$1")"
   name="$(node_name "$key")"
-  next_node_stop "$key"
+  node_stop "$key"
   for _ in $(seq 1 100); do
     seen=false
     for other in "${cluster_nodes[@]}"; do
-      next_node_pid "$other" >/dev/null || continue
+      node_pid "$other" >/dev/null || continue
       grep -qx "$name" < <(mgmt_running_nodes "$(node_mgmt_url "$other")" 2>/dev/null) && seen=true
     done
-    [[ "$seen" == false ]] && { echo "services: rabbitmq 4 $name stopped"; return; }
+    [[ "$seen" == false ]] && { echo "services: $rabbit_label $name stopped"; return; }
     sleep 0.2
   done
   echo "services: the cluster still sees $name running" >&2
@@ -518,9 +546,9 @@ cluster_stop() { # N
 cluster_start() { # N: back in the cluster, its queues recovered and its management API answering
   local key
   key="$(cluster_node_key "$1")"
-  next_node_start "$key"
+  node_start "$key"
   cluster_wait_healthy
-  echo "services: rabbitmq 4 $(node_name "$key") back in the cluster"
+  echo "services: $rabbit_label $(node_name "$key") back in the cluster"
 }
 
 wait_all() { # PID...: waits for every one; fails if any failed
@@ -529,61 +557,79 @@ wait_all() { # PID...: waits for every one; fails if any failed
   return "$status"
 }
 
-next_up() {
-  local started="$SECONDS" pids=()
-  trixie_root_make
-  trixie_bin_link
-  next_shared_files
-  # Side by side: five Erlang VMs boot in about the time of the slowest.
-  next_node_up single &
+gen_up() {
+  local started="$SECONDS" pids=() key
+  gen_root_make
+  gen_bin_link
+  gen_shared_files
+  # Side by side: the Erlang VMs boot in about the time of the slowest.
+  for key in "${gen_standalone[@]}"; do
+    node_up "$key" &
+    pids+=($!)
+  done
+  if [[ "$gen_cluster" == true ]]; then
+    cluster_up &
+    pids+=($!)
+  fi
+  etcd_up "$etcd_label" "$gen_etcd_dir" "cleanslate-$gen" "$gen_bin" "$gen_etcd_port" "$gen_etcd_peer_port" &
   pids+=($!)
-  next_node_up nostats &
-  pids+=($!)
-  cluster_up &
-  pids+=($!)
-  etcd_up "etcd 3.5" "$scratch/etcd-next" cleanslate-next "$trixie_bin" "$next_etcd_port" "$next_etcd_peer_port" &
-  pids+=($!)
-  wait_all "${pids[@]}" || { echo "services: the next generation did not come up" >&2; exit 1; }
-  echo "services: next generation (RabbitMQ $(rabbit_version "$(node_mgmt_url single)" "$trixie_root/usr/lib/rabbitmq/lib"), etcd 3.5) ready in $((SECONDS - started)) s"
+  wait_all "${pids[@]}" || { echo "services: the $gen generation did not come up" >&2; exit 1; }
+  echo "services: $gen generation (RabbitMQ $(rabbit_version "$(node_mgmt_url single)" "$gen_root/usr/lib/rabbitmq/lib"), etcd $(etcd_version "$gen_bin")) ready in $((SECONDS - started)) s"
 }
 
-next_down() {
+gen_down() {
   local key pids=()
-  [[ -d "$trixie_root" ]] || return 0
-  for key in "${next_nodes[@]}"; do
-    next_node_stop "$key" &
+  [[ -d "$gen_root" ]] || return 0
+  for key in "${gen_nodes[@]}"; do
+    node_stop "$key" &
     pids+=($!)
   done
   wait_all "${pids[@]}" || true
-  # The first node started this epmd (on its own port, inside the root); with no node left it quits.
+  # The first node started this epmd (on the generation's own port, inside the root); with no node
+  # left it quits.
   in_root single epmd -kill >/dev/null 2>&1 || true
-  etcd_down "etcd 3.5" "$scratch/etcd-next"
+  etcd_down "$etcd_label" "$gen_etcd_dir"
 }
 
-print_env_next() {
+# The same variables as print_env, plus those of the servers only the generation has; those it does
+# not have are unset, so a test that needs them fails with how to start them rather than using
+# another generation's left in the shell.
+print_env_gen() {
   local key urls=() ports=() names=()
-  for key in "${cluster_nodes[@]}"; do
-    urls+=("$(node_mgmt_url "$key")")
-    ports+=("$(node_amqp_port "$key")")
-    names+=("$(node_name "$key")")
-  done
   cat <<ENV
-export CSTEST_GENERATION=next
-export CSTEST_RABBITMQ_VERSION=$(rabbit_version "$(node_mgmt_url single)" "$trixie_root/usr/lib/rabbitmq/lib")
+export CSTEST_GENERATION=$gen
+export CSTEST_RABBITMQ_VERSION=$(rabbit_version "$(node_mgmt_url single)" "$gen_root/usr/lib/rabbitmq/lib")
 export CSTEST_RABBITMQ_URL=$(node_mgmt_url single)
-export CSTEST_RABBITMQ_TLS_URL=https://localhost:$next_mgmt_tls_port
-export CSTEST_RABBITMQ_CA_FILE=$next_host_state/tls/ca.pem
+export CSTEST_RABBITMQ_TLS_URL=https://localhost:$gen_mgmt_tls_port
+export CSTEST_RABBITMQ_CA_FILE=$gen_host_state/tls/ca.pem
 export CSTEST_RABBITMQ_USERNAME=$admin_user
 export CSTEST_RABBITMQ_PASSWORD=$admin_password
 export CSTEST_AMQP_PORT=$(node_amqp_port single)
-export CSTEST_ETCD_ENDPOINT=http://127.0.0.1:$next_etcd_port
-export CSTEST_ETCD_BIN_DIR=$trixie_bin
+export CSTEST_ETCD_ENDPOINT=http://127.0.0.1:$gen_etcd_port
+export CSTEST_ETCD_BIN_DIR=$gen_bin
+ENV
+  if [[ " ${gen_standalone[*]} " == *" nostats "* ]]; then
+    cat <<ENV
 export CSTEST_RABBITMQ_NOSTATS_URL=$(node_mgmt_url nostats)
 export CSTEST_RABBITMQ_NOSTATS_AMQP_PORT=$(node_amqp_port nostats)
+ENV
+  else
+    echo "unset CSTEST_RABBITMQ_NOSTATS_URL CSTEST_RABBITMQ_NOSTATS_AMQP_PORT"
+  fi
+  if [[ "$gen_cluster" == true ]]; then
+    for key in "${cluster_nodes[@]}"; do
+      urls+=("$(node_mgmt_url "$key")")
+      ports+=("$(node_amqp_port "$key")")
+      names+=("$(node_name "$key")")
+    done
+    cat <<ENV
 export CSTEST_RABBITMQ_CLUSTER_URLS=$(IFS=,; echo "${urls[*]}")
 export CSTEST_RABBITMQ_CLUSTER_AMQP_PORTS=$(IFS=,; echo "${ports[*]}")
 export CSTEST_RABBITMQ_CLUSTER_NODES=$(IFS=,; echo "${names[*]}")
 ENV
+  else
+    echo "unset CSTEST_RABBITMQ_CLUSTER_URLS CSTEST_RABBITMQ_CLUSTER_AMQP_PORTS CSTEST_RABBITMQ_CLUSTER_NODES"
+  fi
 }
 
 current_up() {
@@ -599,27 +645,35 @@ current_down() {
 }
 
 usage() {
-  echo "usage: $0 up|down [current|next|all] | env [current|next] | ctl ARGS... | ctl4 ARGS... | cluster stop|start N | cluster ctl N ARGS..." >&2
+  echo "usage: $0 up|down [current|next|newest|all] | env [current|next|newest] | ctl ARGS... | ctl4 ARGS... | cluster stop|start N | cluster ctl N ARGS..." >&2
   exit 64
 }
 
 case "${1:-}:${2:-}" in
   up: | up:current) current_up ;;
-  up:next) need_root "$@"; next_up ;;
-  up:all) "$0" up current & current_pid=$!; "$0" up next; wait "$current_pid" ;;
+  up:next | up:newest) need_root "$@"; gen_use "$2"; gen_up ;;
+  up:all)
+    "$0" up current & current_pid=$!
+    "$0" up newest & newest_pid=$!
+    "$0" up next
+    wait_all "$current_pid" "$newest_pid"
+    ;;
   down:current) current_down ;;
-  down:next) need_root "$@"; next_down ;;
+  down:next | down:newest) need_root "$@"; gen_use "$2"; gen_down ;;
   down: | down:all)
     current_down
-    # Only when a next generation was ever set up, so a plain `down` needs no root otherwise.
-    if [[ -d "$trixie_root" ]]; then "$0" down next; fi
+    # Only the chroot generations that were ever set up, so a plain `down` needs no root otherwise.
+    for g in next newest; do
+      gen_use "$g"
+      if [[ -d "$gen_root" ]]; then "$0" down "$g"; fi
+    done
     ;;
   env: | env:current) print_env ;;
-  env:next) print_env_next ;;
+  env:next | env:newest) gen_use "$2"; print_env_gen ;;
   ctl:*) shift; ctl "$@" ;;
-  ctl4:*) need_root "$@"; shift; next_ctl single "$@" ;;
-  cluster:stop) need_root "$@"; cluster_stop "${3:-}" ;;
-  cluster:start) need_root "$@"; cluster_start "${3:-}" ;;
-  cluster:ctl) need_root "$@"; key="$(cluster_node_key "${3:-}")"; next_ctl "$key" "${@:4}" ;;
+  ctl4:*) need_root "$@"; gen_use next; shift; node_ctl single "$@" ;;
+  cluster:stop) need_root "$@"; gen_use next; cluster_stop "${3:-}" ;;
+  cluster:start) need_root "$@"; gen_use next; cluster_start "${3:-}" ;;
+  cluster:ctl) need_root "$@"; gen_use next; key="$(cluster_node_key "${3:-}")"; node_ctl "$key" "${@:4}" ;;
   *) usage ;;
 esac

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it: install what is missing, start the private services
-# of both server generations, then formatting, lints, every test against the real services, and a
-# benchmark smoke run.
+# of all three server generations, then formatting, lints, every test against the real services, and
+# a benchmark smoke run.
 #
 # Generations (hack/services.sh): "current" is RabbitMQ 3.10 + etcd 3.4 (Debian bookworm), "next"
 # is RabbitMQ 4.0 + etcd 3.5 (Debian trixie, run from a debootstrap root), with a RabbitMQ 4 node
-# with statistics off and a three-node cluster. Every test runs against the first; the store tests
-# (RabbitMQ, etcd, faults, command line) and tests/rabbitmq4.rs run again against the second (after
-# the Helm 3 chart run, not beside it: the fault tests hold deadlines within 10%). The second
-# generation starts in the background while the first one's checks run. Each phase prints how long
-# it took.
+# with statistics off and a three-node cluster, and "newest" is RabbitMQ 4.3 + etcd 3.5.30 (Debian
+# sid, run the same way; one RabbitMQ node). Every test runs against the first; the store tests
+# (RabbitMQ, etcd, faults, command line) and tests/rabbitmq4.rs run again against the second, then
+# against the third (after the Helm 3 chart run, not beside it and not beside each other: the fault
+# tests hold deadlines within 10%). The second and third generations start in the background while
+# the first one's checks run. Each phase prints how long it took.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,23 +26,29 @@ echo "== setup"
 hack/setup.sh
 export PATH="$root/.tools/bin:$PATH"
 
-phase "services (the second generation starts in the background: its first start makes a trixie root)"
+phase "services (the second and third generations start in the background: their first start makes a trixie or sid root)"
 scratch_logs="$(mktemp -d)"
-services_next=""
-cleanup() {
-  # A failure anywhere must not leave the background start (debootstrap, RabbitMQ nodes) running
-  # unseen: stop it and show what it said.
-  if [[ -n "$services_next" ]] && kill -0 "$services_next" 2>/dev/null; then
+services_next="" services_newest=""
+stop_background() { # PID NAME LOG: stops a background start still running and shows what it said
+  if [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null; then
     # Its own process group (setsid): debootstrap and the node starts go with it.
-    kill -- "-$services_next" 2>/dev/null || kill "$services_next" 2>/dev/null || true
-    echo "test: stopped the background start of the second generation; its log:" >&2
-    cat "$scratch_logs/services-next.log" >&2 || true
+    kill -- "-$1" 2>/dev/null || kill "$1" 2>/dev/null || true
+    echo "test: stopped the background start of the $2 generation; its log:" >&2
+    cat "$3" >&2 || true
   fi
+}
+cleanup() {
+  # A failure anywhere must not leave a background start (debootstrap, RabbitMQ nodes) running
+  # unseen: stop it and show what it said.
+  stop_background "$services_next" second "$scratch_logs/services-next.log"
+  stop_background "$services_newest" third "$scratch_logs/services-newest.log"
   rm -rf "$scratch_logs"
 }
 trap cleanup EXIT
 setsid hack/services.sh up next >"$scratch_logs/services-next.log" 2>&1 &
 services_next=$!
+setsid hack/services.sh up newest >"$scratch_logs/services-newest.log" 2>&1 &
+services_newest=$!
 hack/services.sh up current
 eval "$(hack/services.sh env current)"
 
@@ -73,6 +80,16 @@ cargo test --locked 2>&1 | tee "$test_log"
 phase "chart and end-to-end tests with Helm 3 ($("$root/.tools/bin/helm3" version --template '{{.Version}}'))"
 CSTEST_HELM="$root/.tools/bin/helm3" cargo test --locked --test chart --test end_to_end 2>&1 | tee -a "$test_log"
 
+# The store tests (and tests/rabbitmq4.rs) again, against another generation: ENV is what
+# `hack/services.sh env GENERATION` printed. A subshell, so its variables and PATH stay in there.
+store_tests() ( # ENV
+  eval "$1"
+  # Throwaway etcd servers in the tests run the generation's own etcd from PATH.
+  export PATH="$CSTEST_ETCD_BIN_DIR:$PATH"
+  echo "against RabbitMQ $CSTEST_RABBITMQ_VERSION and etcd $(etcd --version | awk 'NR == 1 {print $3}')"
+  cargo test --locked --test rabbitmq --test rabbitmq4 --test etcd --test faults --test cli -- --include-ignored
+)
+
 phase "second generation up"
 next_status=0
 wait "$services_next" || next_status=$?
@@ -85,13 +102,21 @@ fi
 next_env="$(hack/services.sh env next)"
 
 phase "store tests against the second generation"
-(
-  eval "$next_env"
-  # Throwaway etcd servers in the tests run the generation's own etcd from PATH.
-  export PATH="$CSTEST_ETCD_BIN_DIR:$PATH"
-  echo "against RabbitMQ $CSTEST_RABBITMQ_VERSION and etcd $(etcd --version | awk 'NR == 1 {print $3}')"
-  cargo test --locked --test rabbitmq --test rabbitmq4 --test etcd --test faults --test cli -- --include-ignored
-) 2>&1 | tee -a "$test_log"
+store_tests "$next_env" 2>&1 | tee -a "$test_log"
+
+phase "third generation up"
+newest_status=0
+wait "$services_newest" || newest_status=$?
+services_newest=""
+cat "$scratch_logs/services-newest.log"
+if ((newest_status)); then
+  echo "test: hack/services.sh up newest failed (exit $newest_status)" >&2
+  exit 1
+fi
+newest_env="$(hack/services.sh env newest)"
+
+phase "store tests against the third generation"
+store_tests "$newest_env" 2>&1 | tee -a "$test_log"
 
 if [[ -x hack/bench.sh ]]; then
   phase "benchmark smoke run, both generations"
@@ -100,5 +125,5 @@ if [[ -x hack/bench.sh ]]; then
 fi
 phase "all checks passed"
 # One closing line with the totals of every test binary (cargo's last line is the doc-test run).
-# (tests/rabbitmq4.rs counts once as ignored, in the first pass, and once as passed, in the second.)
+# (tests/rabbitmq4.rs counts once as ignored, in the first pass, and as passed in the second and third.)
 awk '/^test result:/ {passed += $4; failed += $6} END {printf "tests: %d passed, %d failed\n", passed, failed}' "$test_log"

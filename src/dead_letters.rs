@@ -335,6 +335,17 @@ pub struct Candidate {
     pub why: String,
 }
 
+impl Candidate {
+    /// What the plan, the summary, the marker and the Event say of it: not purged, and the value
+    /// that would purge it.
+    pub fn advice(&self) -> String {
+        format!(
+            "`{}` receives dead letters of `{}`; not purged: add it to `cleanup.rabbitmq.queues` (CLEANSLATE_RABBITMQ_QUEUES) to purge it with them",
+            self.queue, self.dead_letters_of
+        )
+    }
+}
+
 /// The dead-letter queues to purge along with `selected`, each with the selected queue whose dead
 /// letters reach it, and the candidates left alone.
 ///

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use etcd_client::{
-    Certificate, Client, ConnectOptions, DeleteOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp, TxnOpResponse,
 };
 use tokio::time::Instant;
 
@@ -31,9 +32,7 @@ use crate::tally::Tally;
 /// Keys no cleanup may reach unless an operator protects them explicitly.
 pub const SYSTEM_PREFIXES: &[&str] = &["/registry/", "/coreos.com/"];
 
-/// etcd's default `--max-txn-ops`: operations per transaction (`CLEANSLATE_ETCD_MAX_TXN_OPS`
-/// follows a server whose operator lowered it).
-pub const MAX_TXN_OPS: usize = 128;
+pub use crate::config::DEFAULT_ETCD_MAX_TXN_OPS as MAX_TXN_OPS;
 
 /// Connecting to etcd on the cluster network takes milliseconds; five seconds means it is not there.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -171,8 +170,18 @@ pub fn plan_ranges(prefixes: &[String], protected: &[String]) -> Result<RangePla
 }
 
 /// Connects to one endpoint, authenticates if configured, verifies the server with the given CA,
-/// and asks for its status, so that a dead member is found here rather than by the first delete.
-async fn connect_one(config: &EtcdConfig, endpoint: &str, request_timeout: Duration) -> Result<Client, Attempt> {
+/// and reads one key of the first target prefix (count only, linearizable, leader required), so
+/// that a dead member or one cut off from its leader is found here rather than by the first delete.
+///
+/// The probe is a read a user with `readwrite` on its own prefix may make: the maintenance
+/// `Status` call needs the `root` role since etcd 3.5.28 (CVE-2026-33413) and in 3.6
+/// (etcd-io/etcd#14663), and least-privilege users must work on every etcd.
+async fn connect_one(
+    config: &EtcdConfig,
+    endpoint: &str,
+    request_timeout: Duration,
+    probe_key: &[u8],
+) -> Result<Client, Attempt> {
     // require_leader: a member cut off from the leader fails the request at once instead of
     // waiting out the timeout; auto token refresh: an auth token that expired between requests
     // (the simple token's TTL, a restarted member) is renewed and the request sent again, as
@@ -203,7 +212,8 @@ async fn connect_one(config: &EtcdConfig, endpoint: &str, request_timeout: Durat
     }
     let what = format!("connecting to etcd at {endpoint}");
     let mut client = Client::connect([endpoint], Some(options)).await.map_err(|err| sort_error(err, &what))?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, client.status()).await {
+    let probe = client.get(probe_key, Some(GetOptions::new().with_count_only()));
+    match tokio::time::timeout(CONNECT_TIMEOUT, probe).await {
         Ok(Ok(_)) => Ok(client),
         Ok(Err(err)) => Err(sort_error(err, &what)),
         Err(_) => Err(Attempt::Transient(classified(Kind::Unreachable, format!("{what}: no answer")))),
@@ -215,7 +225,7 @@ async fn connect_one(config: &EtcdConfig, endpoint: &str, request_timeout: Durat
 /// etcd-client balances requests over all endpoints through tonic, which keeps sending requests
 /// to a dead member (its lazy connection looks ready), so a retry could hit the same dead endpoint
 /// every time. Here a transient failure drops the connection, and the next attempt connects to the
-/// next endpoint that answers a status request, as etcd's own clients fail over.
+/// next endpoint that answers a probe read, as etcd's own clients fail over.
 pub struct Session<'a> {
     config: &'a EtcdConfig,
     request_timeout: Duration,
@@ -238,7 +248,8 @@ impl<'a> Session<'a> {
         let mut last = None;
         for offset in 0..endpoints.len() {
             let index = (self.next_endpoint.get() + offset) % endpoints.len();
-            match connect_one(self.config, &endpoints[index], self.request_timeout).await {
+            let probe_key = self.config.prefixes.first().map(String::as_bytes).unwrap_or_default();
+            match connect_one(self.config, &endpoints[index], self.request_timeout, probe_key).await {
                 Ok(client) => {
                     self.next_endpoint.set(index);
                     *self.client.borrow_mut() = Some(client.clone());
@@ -300,11 +311,20 @@ fn sort_error(err: etcd_client::Error, what: &str) -> Attempt {
             {
                 Attempt::Transient(anyhow!("{what}: etcd answered {}: {}", code_name(status.code()), status.message()))
             }
+            Code::PermissionDenied | Code::InvalidArgument | Code::Unauthenticated
+                if status.message().contains("permission denied") =>
+            {
+                Attempt::Permanent(anyhow!(
+                    "{what}: etcd refused the permission ({}): the user needs readwrite on every prefix in \
+                     CLEANSLATE_ETCD_PREFIXES (etcdctl role grant-permission ROLE readwrite PREFIX --prefix)",
+                    status.message()
+                ))
+            }
             Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
                 if status.message().contains("auth") || status.message().contains("permission") =>
             {
                 Attempt::Permanent(anyhow!(
-                    "{what}: etcd refused the credentials or permission ({}); check CLEANSLATE_ETCD_USERNAME and the password",
+                    "{what}: etcd refused the credentials ({}); check CLEANSLATE_ETCD_USERNAME and the password",
                     status.message()
                 ))
             }
@@ -377,6 +397,40 @@ impl Session<'_> {
                 _ => 0,
             })
             .collect())
+    }
+
+    /// Checks, deleting nothing, that every range may be deleted: each transaction the delete will
+    /// send is sent with a comparison that never holds (a key's version below zero), so only its
+    /// empty failure branch runs, while etcd checks the permissions of both branches before it
+    /// evaluates anything (`checkTxnAuth`, etcd `server/etcdserver/apply_auth.go`). A missing
+    /// permission is then refused before the workloads are stopped or anything is deleted.
+    pub async fn check_delete(&self, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<()> {
+        let what = "checking permission to delete the etcd ranges";
+        for chunk in ranges.chunks(self.config.max_txn_ops.max(1)) {
+            let Some(first) = chunk.first() else { continue };
+            let deletes: Vec<TxnOp> = chunk
+                .iter()
+                .map(|r| TxnOp::delete(r.start.clone(), Some(DeleteOptions::new().with_range(r.end_bytes()))))
+                .collect();
+            let never = Compare::version(first.start.clone(), CompareOp::Less, 0);
+            let answer = retry::run(policy, deadline, what, || async {
+                let mut kv = self.client().await?.kv_client();
+                kv.txn(Txn::new().when([never.clone()]).and_then(deletes.clone())).await.map_err(|err| {
+                    let attempt = sort_error(err, what);
+                    if matches!(attempt, Attempt::Transient(_)) {
+                        self.failed();
+                    }
+                    attempt
+                })
+            })
+            .await?;
+            if answer.succeeded() {
+                // Cannot happen (a version is never negative); if a server ever said so, the
+                // ranges were deleted already: say it loudly rather than report nothing.
+                return Err(anyhow!("{what}: etcd ran the never-true branch; the ranges may have been deleted"));
+            }
+        }
+        Ok(())
     }
 
     /// Deletes every range, one transaction per `max_txn_ops` ranges, and reports keys deleted per

@@ -136,7 +136,7 @@ impl Events {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(
                 reason = reason.as_str(),
-                error = %crate::kube::KubeError::from(err),
+                error = %crate::kube_error::KubeError::from(err),
                 "could not publish an Event (the Role needs create on events.k8s.io events)"
             ),
             Err(_) => tracing::warn!(reason = reason.as_str(), "an Event was not accepted in time; going on"),

@@ -15,10 +15,11 @@
 //! - [`exit`]: the sysexits-style exit codes; only `main` maps kinds and signals to them.
 //! - [`telemetry`]: JSON or text logs on stdout, level from `RUST_LOG`.
 //! - [`retry`]: exponential backoff with jitter under a deadline.
-//! - [`rabbitmq`]: management API: list, dead-letter discovery, purge.
+//! - [`rabbitmq`]: management API: the client, reads, selection (named, pattern, dead letters reported), purge.
 //! - [`dead_letters`]: which queues dead letters provably reach (pure routing rules).
 //! - [`policies`]: which policy applies to a queue, for listings without policy columns.
 //! - [`etcd`]: key ranges, protected prefixes, the delete transaction.
+//! - [`kube_error`]: a failed Kubernetes API call and how callers sort it.
 //! - [`kube`]: the Kubernetes API (kube-rs): the marker ConfigMap, a workload's annotations and scale, pods.
 //! - [`status`]: `cleanslate status`, the last run and what is still stopped, for people and scripts.
 //! - [`marker`]: the marker's data and the gate's rules (pure).
@@ -36,6 +37,7 @@ pub mod events;
 pub mod exit;
 pub mod gate;
 pub mod kube;
+pub mod kube_error;
 pub mod marker;
 pub mod policies;
 pub mod purge;

@@ -26,7 +26,7 @@ pub use env::Env;
 use env::RawEnv;
 pub use parse::is_dot_segment;
 use parse::{
-    ca_bundle, config_error, existing_file, http_url, non_empty_list, parse_bool, parse_choice, parse_count,
+    ca_bundle, config_error, entries, existing_file, http_url, parse_bool, parse_choice, parse_count,
     parse_duration, password, present, required, split_list,
 };
 
@@ -71,17 +71,27 @@ pub enum MissingQueue {
     Fail,
 }
 
-/// Which dead-letter queues of the selected queues are purged with them.
+/// What is done about the dead-letter queues of the selected queues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeadLetters {
-    /// None: only the named and pattern-matched queues.
+    /// Not looked for: only the named and pattern-matched queues.
     Off,
+    /// Found and reported, with the queue that feeds each and the value to add, never purged (the
+    /// default): no route the management API shows proves that a queue is ours.
+    Report,
     /// Those reached by a route that proves where dead letters go: a literal binding key equal to
     /// the dead-letter routing key, the default exchange naming the queue, or a fanout exchange.
     Exact,
     /// Also those reached through wildcard topic bindings (`*`, `#`): for users whose dead-letter
     /// exchanges are dedicated, which the API cannot tell from an application's topic exchange.
     Reachable,
+}
+
+impl DeadLetters {
+    /// Whether discovered dead-letter queues are purged (an explicit opt-in).
+    pub fn takes_queues(self) -> bool {
+        matches!(self, DeadLetters::Exact | DeadLetters::Reachable)
+    }
 }
 
 /// What the gate does when its deadline passes.
@@ -434,7 +444,11 @@ impl StatusConfig {
             &[("table", Output::Table), ("text", Output::Table), ("json", Output::Json)],
         )?;
         let mut workloads = Vec::new();
-        for item in present(&raw.quiesce).map(non_empty_list).unwrap_or_default() {
+        let listed = match present(&raw.quiesce) {
+        Some(text) => entries("CLEANSLATE_QUIESCE", text)?,
+        None => Vec::new(),
+    };
+    for item in listed {
             workloads.push(parse_workload(&item)?);
         }
         let (namespace, kube) = kube_target(env)?;
@@ -452,6 +466,9 @@ impl StatusConfig {
 /// Thirty seconds: a typical dev cleanup takes well under a second, so thirty leave room for
 /// retries through a broker restart while a stuck run still holds a deploy only briefly.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// etcd's own default `--max-txn-ops` (operations per transaction): `CLEANSLATE_ETCD_MAX_TXN_OPS`
+/// follows a server whose operator lowered it.
+pub const DEFAULT_ETCD_MAX_TXN_OPS: usize = 128;
 /// Three attempts: enough to ride out a broker restart, few enough to fail within the deadline.
 const DEFAULT_ATTEMPTS: u64 = 3;
 /// Five seconds: long enough for a restarting broker to come back; it doubles, and never runs past
@@ -504,7 +521,11 @@ fn parse_workload(item: &str) -> Result<WorkloadRef> {
 fn quiesce_config(env: &Env, required_by_resume: bool) -> Result<Option<QuiesceConfig>> {
     let raw = &env.raw;
     let mut workloads: Vec<WorkloadRef> = Vec::new();
-    for item in present(&raw.quiesce).map(non_empty_list).unwrap_or_default() {
+    let listed = match present(&raw.quiesce) {
+        Some(text) => entries("CLEANSLATE_QUIESCE", text)?,
+        None => Vec::new(),
+    };
+    for item in listed {
         let workload = parse_workload(&item)?;
         if !workloads.contains(&workload) {
             workloads.push(workload);
@@ -527,7 +548,7 @@ fn quiesce_config(env: &Env, required_by_resume: bool) -> Result<Option<QuiesceC
 fn targets(value: &Option<String>) -> Result<(bool, bool)> {
     let Some(text) = present(value) else { return Ok((true, true)) };
     let (mut rabbitmq, mut etcd) = (false, false);
-    for item in non_empty_list(text) {
+    for item in entries("CLEANSLATE_TARGETS", text)? {
         match item.to_ascii_lowercase().as_str() {
             "rabbitmq" => rabbitmq = true,
             "etcd" => etcd = true,
@@ -552,7 +573,11 @@ fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig> {
     let username = required("CLEANSLATE_RABBITMQ_USERNAME", &raw.rabbitmq_username, "the management API user")?;
     let password = password("CLEANSLATE_RABBITMQ_PASSWORD", &raw.rabbitmq_password, &raw.rabbitmq_password_file)?
         .ok_or_else(|| config_error("CLEANSLATE_RABBITMQ_PASSWORD or CLEANSLATE_RABBITMQ_PASSWORD_FILE is required"))?;
-    let queues = present(&raw.rabbitmq_queues).map(non_empty_list).unwrap_or_default();
+    // Unset or empty: no names (a pattern may select); an empty entry among names is an error.
+    let queues = match present(&raw.rabbitmq_queues) {
+        Some(text) => entries("CLEANSLATE_RABBITMQ_QUEUES", text)?,
+        None => Vec::new(),
+    };
     let pattern =
         match present(&raw.rabbitmq_queue_pattern) {
             None => None,
@@ -583,8 +608,9 @@ fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig> {
         dead_letters: parse_choice(
             "CLEANSLATE_RABBITMQ_DEAD_LETTERS",
             &raw.rabbitmq_dead_letters,
-            DeadLetters::Exact,
+            DeadLetters::Report,
             &[
+                ("report", DeadLetters::Report),
                 ("true", DeadLetters::Exact),
                 ("exact", DeadLetters::Exact),
                 ("false", DeadLetters::Off),
@@ -607,7 +633,7 @@ fn etcd_config(raw: &RawEnv) -> Result<EtcdConfig> {
         &raw.etcd_endpoints,
         "comma-separated endpoints, e.g. http://etcd-0.etcd:2379",
     )?;
-    let endpoints = non_empty_list(endpoints_text);
+    let endpoints = entries("CLEANSLATE_ETCD_ENDPOINTS", endpoints_text)?;
     let mut schemes = Vec::new();
     for endpoint in &endpoints {
         schemes.push(http_url("CLEANSLATE_ETCD_ENDPOINTS", endpoint)?.scheme().to_string());
@@ -621,7 +647,18 @@ fn etcd_config(raw: &RawEnv) -> Result<EtcdConfig> {
     let prefixes = raw.etcd_prefixes.as_deref().map(split_list).ok_or_else(|| {
         config_error("CLEANSLATE_ETCD_PREFIXES is required: the key prefixes to delete, e.g. monorepo/")
     })?;
-    let protected_prefixes = present(&raw.etcd_protected_prefixes).map(non_empty_list).unwrap_or_default();
+    // Set but empty is what `protectedPrefixes: ["{{ .Values.locksPrefix }}"]` renders when the
+    // value is unset: a protection that protects nothing, so it is refused, never dropped.
+    let protected_prefixes = match raw.etcd_protected_prefixes.as_deref() {
+        None => Vec::new(),
+        Some(text) if text.trim().is_empty() => {
+            return Err(config_error(
+                "CLEANSLATE_ETCD_PROTECTED_PREFIXES is set but empty: a protected prefix that rendered empty protects \
+                 nothing; unset the variable or name the prefixes to keep; nothing was touched",
+            ));
+        }
+        Some(text) => entries("CLEANSLATE_ETCD_PROTECTED_PREFIXES", text)?,
+    };
     let password = password("CLEANSLATE_ETCD_PASSWORD", &raw.etcd_password, &raw.etcd_password_file)?;
     let auth = match (present(&raw.etcd_username), password) {
         (Some(user), Some(pass)) => Some((user.to_string(), pass)),
@@ -651,7 +688,7 @@ fn etcd_config(raw: &RawEnv) -> Result<EtcdConfig> {
     let max_txn_ops = parse_count(
         "CLEANSLATE_ETCD_MAX_TXN_OPS",
         &raw.etcd_max_txn_ops,
-        crate::etcd::MAX_TXN_OPS as u64,
+        DEFAULT_ETCD_MAX_TXN_OPS as u64,
         // etcd refuses more than this many ops whatever its flag says (the gRPC message limit).
         100_000,
     )? as usize;
@@ -803,7 +840,7 @@ mod tests {
         let rabbit = config.rabbitmq.expect("rabbitmq on by default");
         assert_eq!(rabbit.vhost, "/", "vhost default");
         assert_eq!(rabbit.queues, vec!["monorepo", "monorepo-dlq"], "queues trimmed");
-        assert_eq!(rabbit.dead_letters, DeadLetters::Exact, "proven dead-letter routes by default");
+        assert_eq!(rabbit.dead_letters, DeadLetters::Report, "dead-letter queues reported, not purged, by default");
         assert_eq!(rabbit.missing, MissingQueue::Ignore, "missing queues ignored by default");
         let etcd = config.etcd.expect("etcd on by default");
         assert_eq!(etcd.max_txn_ops, 128, "etcd's own default --max-txn-ops");
@@ -814,6 +851,7 @@ mod tests {
     #[test]
     fn dead_letter_modes_and_transaction_size() {
         for (text, mode) in [
+            ("report", DeadLetters::Report),
             ("true", DeadLetters::Exact),
             ("exact", DeadLetters::Exact),
             ("false", DeadLetters::Off),

@@ -70,8 +70,20 @@ pub(super) fn split_list(value: &str) -> Vec<String> {
     value.split(',').map(|item| item.trim().to_string()).collect()
 }
 
-pub(super) fn non_empty_list(value: &str) -> Vec<String> {
-    split_list(value).into_iter().filter(|s| !s.is_empty()).collect()
+/// A comma-separated list in which every entry must say something: an empty entry (`a,,b`, a
+/// trailing comma, a template that rendered empty) is a configuration error naming the variable,
+/// because dropping it silently could drop a protection.
+pub(super) fn entries(name: &str, value: &str) -> Result<Vec<String>> {
+    let items = split_list(value);
+    if let Some(position) = items.iter().position(String::is_empty) {
+        return Err(config_error(format!(
+            "{name} has an empty entry (entry {} of {}): a template that rendered empty? Remove it or give it a value; \
+             nothing was touched",
+            position + 1,
+            items.len()
+        )));
+    }
+    Ok(items)
 }
 
 /// A password from `NAME` or `NAME_FILE`, never both. Only the trailing newline of a file is dropped.
