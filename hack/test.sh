@@ -125,5 +125,5 @@ if [[ -x hack/bench.sh ]]; then
 fi
 phase "all checks passed"
 # One closing line with the totals of every test binary (cargo's last line is the doc-test run).
-# (tests/rabbitmq4.rs counts once as ignored, in the first pass, and as passed in the second and third.)
+# (tests/rabbitmq4.rs counts once as ignored, in the first pass, and once more in each later pass.)
 awk '/^test result:/ {passed += $4; failed += $6} END {printf "tests: %d passed, %d failed\n", passed, failed}' "$test_log"

@@ -13,7 +13,6 @@
 //! - no field ownership left behind by a scale write ([`KubeClient::replace_scale`]).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -39,7 +38,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The field manager named on every write, so the API server can tell our writes from others'.
 pub const FIELD_MANAGER: &str = "cleanslate";
-
 
 impl From<watcher::Error> for KubeError {
     fn from(err: watcher::Error) -> KubeError {

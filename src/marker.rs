@@ -62,6 +62,9 @@ pub struct Marker {
     pub keys_deleted: u64,
     /// The error summary of a failed run; empty on success.
     pub message: String,
+    /// The dead-letter queues of the selected queues that were reported, not purged, each with the
+    /// queue that feeds it (or why where dead letters go is unknown); empty when there are none.
+    pub dead_letters: String,
     /// The pod that ran the purge.
     pub job: String,
     /// Which attempt at `revision` this record is (1 for the first run of a revision); set by [`merge`].
@@ -101,6 +104,7 @@ impl Marker {
             ("queuesWithUnknownCounts", self.queues_with_unknown_counts.to_string()),
             ("keysDeleted", self.keys_deleted.to_string()),
             ("message", message),
+            ("deadLettersNotPurged", crate::text::fit_bytes(self.dead_letters.clone(), MAX_MESSAGE)),
             ("job", self.job.clone()),
             ("attempt", self.attempt.to_string()),
             ("final", self.is_final.to_string()),
@@ -152,6 +156,7 @@ impl Marker {
             queues_with_unknown_counts: number("queuesWithUnknownCounts"),
             keys_deleted: number("keysDeleted"),
             message: text("message"),
+            dead_letters: text("deadLettersNotPurged"),
             job: text("job"),
         })
     }
@@ -272,6 +277,7 @@ mod tests {
             queues_with_unknown_counts: 0,
             keys_deleted: 10,
             message: String::new(),
+            dead_letters: String::new(),
             job: "cleanslate-purge-abc".into(),
             attempt: 1,
             is_final: true,
@@ -308,6 +314,7 @@ mod tests {
             keys,
             vec![
                 "attempt",
+                "deadLettersNotPurged",
                 "dryRun",
                 "durationMs",
                 "final",

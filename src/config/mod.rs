@@ -26,8 +26,8 @@ pub use env::Env;
 use env::RawEnv;
 pub use parse::is_dot_segment;
 use parse::{
-    ca_bundle, config_error, entries, existing_file, http_url, parse_bool, parse_choice, parse_count,
-    parse_duration, password, present, required, split_list,
+    ca_bundle, config_error, entries, existing_file, http_url, parse_bool, parse_choice, parse_count, parse_duration,
+    password, present, required, split_list,
 };
 
 /// Where Kubernetes mounts the pod's service-account credentials.
@@ -445,10 +445,10 @@ impl StatusConfig {
         )?;
         let mut workloads = Vec::new();
         let listed = match present(&raw.quiesce) {
-        Some(text) => entries("CLEANSLATE_QUIESCE", text)?,
-        None => Vec::new(),
-    };
-    for item in listed {
+            Some(text) => entries("CLEANSLATE_QUIESCE", text)?,
+            None => Vec::new(),
+        };
+        for item in listed {
             workloads.push(parse_workload(&item)?);
         }
         let (namespace, kube) = kube_target(env)?;

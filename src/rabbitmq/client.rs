@@ -16,8 +16,6 @@ use crate::retry::Attempt;
 /// RFC 3986 unreserved characters stay; everything else in a segment is encoded, `/` above all.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
-/// The columns the listing asks for: what selection, dead-letter routing and the counts need, so
-
 /// Connecting to a broker on the cluster network takes milliseconds; five seconds means it is not there.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -25,7 +23,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn encode_segment(segment: &str) -> String {
     utf8_percent_encode(segment, SEGMENT).to_string()
 }
-
 
 /// A non-error answer: the response, or a 404 with RabbitMQ's reason.
 pub(super) enum Reply {
@@ -221,7 +218,11 @@ impl Management {
         )
     }
 
-    pub(super) async fn get_json<T: for<'de> Deserialize<'de>>(&self, url: Url, what: &str) -> Result<Option<T>, Attempt> {
+    pub(super) async fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        url: Url,
+        what: &str,
+    ) -> Result<Option<T>, Attempt> {
         self.get_json_within(url, what, None).await
     }
 
@@ -241,7 +242,6 @@ impl Management {
         }
     }
 }
-
 
 /// A 400 that says a node or a quorum is unavailable (the purge goes through an internal AMQP
 /// channel, whose errors the management API passes on as 400 with their reason).
@@ -272,10 +272,10 @@ fn shown_location(request: &Url, location: &str) -> String {
 fn transport_error(err: reqwest::Error, what: &str, endpoint: &str) -> Attempt {
     let err = err.without_url();
     if err.is_connect() {
-        Attempt::Transient(
-            anyhow::Error::new(err)
-                .context(Classified::new(Kind::Unreachable, format!("{what}: RabbitMQ management API not reachable at {endpoint} (CLEANSLATE_RABBITMQ_URL)"))),
-        )
+        Attempt::Transient(anyhow::Error::new(err).context(Classified::new(
+            Kind::Unreachable,
+            format!("{what}: RabbitMQ management API not reachable at {endpoint} (CLEANSLATE_RABBITMQ_URL)"),
+        )))
     } else if err.is_timeout() {
         // Connected, but no answer in time: the broker is there and slow (a huge purge, an
         // overloaded node), which is unfinished work (75), not an unreachable dependency (69).

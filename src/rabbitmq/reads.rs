@@ -21,8 +21,7 @@ use crate::retry::{self, Attempt};
 
 /// The columns the listing asks for: what selection, dead-letter routing and the counts need, so
 /// that tens of thousands of queues stay a few megabytes (the Job has 128Mi).
-const QUEUE_COLUMNS: &str =
-    "name,type,exclusive,state,policy,messages_ready,messages_unacknowledged,consumers,arguments,effective_policy_definition";
+const QUEUE_COLUMNS: &str = "name,type,exclusive,state,policy,messages_ready,messages_unacknowledged,consumers,arguments,effective_policy_definition";
 
 impl Management {
     /// Every queue in the vhost, in one request: pages would shift under queues created or
@@ -143,7 +142,8 @@ impl Management {
         }
         let what = format!("reading queue {name:?} in vhost {:?}", self.vhost);
         let url = self.url(&["queues", &self.vhost, name], &format!("columns={QUEUE_COLUMNS}"));
-        let answer: Option<OneOrList> = retry::run(policy, deadline, &what, || self.get_json(url.clone(), &what)).await?;
+        let answer: Option<OneOrList> =
+            retry::run(policy, deadline, &what, || self.get_json(url.clone(), &what)).await?;
         Ok(match answer {
             None => None,
             Some(OneOrList::One(info)) => Some(*info),
@@ -176,7 +176,12 @@ impl Management {
     }
 
     /// The bindings whose destination is `queue`: which keys its messages may carry.
-    pub(super) async fn bindings_to(&self, queue: &str, policy: &RetryPolicy, deadline: Instant) -> Result<Vec<BindingInfo>> {
+    pub(super) async fn bindings_to(
+        &self,
+        queue: &str,
+        policy: &RetryPolicy,
+        deadline: Instant,
+    ) -> Result<Vec<BindingInfo>> {
         let what = format!("reading the bindings of queue {queue:?} in vhost {:?}", self.vhost);
         let url = self.url(&["queues", &self.vhost, queue, "bindings"], "");
         self.read_list(url, &what, policy, deadline).await

@@ -87,8 +87,11 @@ impl Management {
                 names.push(name);
             }
         }
-        let answers: Vec<Result<Option<QueueInfo>>> =
-            stream::iter(&names).map(|name| self.queue(name, policy, deadline)).buffered(READS_IN_FLIGHT).collect().await;
+        let answers: Vec<Result<Option<QueueInfo>>> = stream::iter(&names)
+            .map(|name| self.queue(name, policy, deadline))
+            .buffered(READS_IN_FLIGHT)
+            .collect()
+            .await;
         let mut selection = Selection::default();
         for (name, answer) in names.into_iter().zip(answers) {
             match answer? {

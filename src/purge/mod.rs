@@ -1,0 +1,391 @@
+//! The purge run (`purge` and `plan`), in phases: guard, preflight, stop the listed workloads
+//! (quiesce), clean RabbitMQ and etcd side by side, summarise, put the workloads back when the run
+//! failed, write the marker.
+//!
+//! Everything that can refuse the run (production, dangerous prefixes, configuration) is decided
+//! before the first connection; everything that can fail on a backend's side (unreachable, wrong
+//! credentials, missing permission, a missing queue with `MISSING=fail`) is found by the
+//! [`preflight`] before anything is stopped or deleted. RabbitMQ and etcd are cleaned concurrently under one deadline,
+//! because the run's length is the deploy's delay. A failure on one side does not stop the other:
+//! both are idempotent, and the summary and the marker say exactly what was and was not done.
+//!
+//! With quiesce, a failed purge, a quiesce timeout or a signal restores the stopped workloads
+//! before the marker is written (the previous version keeps running, as if the upgrade had not
+//! started), and the marker's message names them. On success the workloads stay stopped for the
+//! upgrade: the resume hook Job (or Helm itself) starts the new version, except in the `helm test`
+//! Pod (`CLEANSLATE_QUIESCE_RESUME=true`), which resumes them itself.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Result, anyhow};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::config::{Mode, PurgeConfig};
+use crate::error::{Kind, classified, kind_of};
+use crate::etcd;
+use crate::events::Reason;
+use crate::kube::KubeClient;
+use crate::marker::{Marker, RunStatus};
+use crate::quiesce;
+use crate::rabbitmq::Management;
+use crate::shutdown::{Shutdown, Signal};
+
+mod preflight;
+mod record;
+mod summary;
+
+pub use record::kube_attempt;
+use record::{last_cleaned, read_job, write_marker};
+pub use summary::Summary;
+use summary::{EtcdReport, RabbitReport};
+
+/// Time allowed for writing the marker after the run, on top of `CLEANSLATE_TIMEOUT`: a run that
+/// used its whole deadline must still tell the gates how it ended.
+const MARKER_BUDGET: Duration = Duration::from_secs(15);
+/// Time allowed for putting stopped workloads back after a failure: a few API calls each.
+const RESTORE_BUDGET: Duration = Duration::from_secs(15);
+/// After SIGTERM the pod has its grace period (30 s by default) before SIGKILL: restoring and the
+/// marker get a few seconds each, so both fit well inside it.
+const SIGNAL_RESTORE_BUDGET: Duration = Duration::from_secs(10);
+const SIGNAL_MARKER_BUDGET: Duration = Duration::from_secs(5);
+
+/// How a purge run ended when it did not fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran to the end.
+    Done,
+    /// A signal stopped it; what it stopped was restored and a failed attempt recorded.
+    Stopped(Signal),
+}
+
+/// Runs `purge` (or `plan`); a failure comes back as an error whose [`Kind`] says what went wrong,
+/// and refusals, configuration problems and failed preflights do so before anything is touched. On
+/// a signal from `shutdown` the run stops its work, restores what it stopped, records a failed
+/// attempt, and returns [`Outcome::Stopped`].
+pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Result<Outcome> {
+    let dry_run = mode == Mode::Plan || config.dry_run;
+    refuse_production(config, mode)?;
+    let etcd_plan = match &config.etcd {
+        Some(etcd) => Some(etcd::plan_ranges(&etcd.prefixes, &etcd.protected_prefixes)?),
+        None => None,
+    };
+    // Half the run per request leaves room for a retry when one request hangs.
+    let request_timeout = (config.timeout / 2).max(Duration::from_secs(1));
+    let rabbit = match &config.rabbitmq {
+        Some(rabbit) => Some((Management::new(rabbit, request_timeout)?, rabbit)),
+        None => None,
+    };
+    let marker_target = match (&config.marker, mode) {
+        (Some(marker), Mode::Purge) => Some((KubeClient::new(&marker.kube).await?, marker)),
+        _ => None,
+    };
+    // Which attempt this is, read before anything else: once this pod is being deleted (an
+    // eviction, the deadline) the Job controller already counts it as failed.
+    let job_at_start = match &marker_target {
+        Some((kube, marker)) => read_job(kube, marker).await,
+        None => None,
+    };
+    let quiesce_target = match &config.quiesce {
+        Some(settings) if !dry_run => Some((KubeClient::new(&settings.kube).await?, settings)),
+        Some(settings) => {
+            quiesce::preview(&KubeClient::new(&settings.kube).await?, settings).await?;
+            None
+        }
+        None => None,
+    };
+
+    if let Some((kube, settings)) = &marker_target {
+        let note =
+            format!("cleanup of revision {} started{}", settings.revision, if dry_run { " (dry run)" } else { "" });
+        kube.events().on_own_pod(&settings.namespace, Reason::CleanupStarted, note).await;
+    }
+    let started_at = SystemTime::now();
+    let clock = Instant::now();
+    info!(
+        environment = config.environment.as_deref().unwrap_or(""),
+        dry_run,
+        rabbitmq = config.rabbitmq.is_some(),
+        etcd = config.etcd.is_some(),
+        quiesce = config.quiesce.is_some(),
+        timeout_ms = config.timeout.as_millis() as u64,
+        "{}",
+        if mode == Mode::Plan { "planning" } else { "purge started" }
+    );
+
+    // Preflight: every backend reached, authenticated and its selection resolved, before anything
+    // is stopped or deleted. CLEANSLATE_TIMEOUT bounds the preflight and the purge together; the
+    // quiesce between them has its own timeout.
+    let mut summary = Summary::default();
+    let mut interrupted: Option<Signal> = None;
+    let deadline = Instant::now() + config.timeout;
+    let preflight = preflight::run(
+        rabbit.as_ref().map(|(client, settings)| (client, *settings)),
+        config.etcd.as_ref().zip(etcd_plan),
+        &config.retry,
+        request_timeout,
+        dry_run,
+        deadline,
+    );
+    let prepared = tokio::select! {
+        prepared = preflight => match prepared {
+            Ok(prepared) => Some(prepared),
+            Err(err) => {
+                summary.fail(kind_of(&err), format!("{err:#}; nothing was stopped or deleted"));
+                None
+            }
+        },
+        signal = shutdown.recv() => {
+            interrupted = Some(signal);
+            None
+        }
+    };
+    let preflight_took = clock.elapsed();
+
+    // Quiesce: nothing is purged while the previous version's writers may still run.
+    let progress = quiesce::Progress::default();
+    let mut quiesce_failure = None;
+    if let (Some(_), Some((kube, settings))) = (&prepared, &quiesce_target) {
+        let cleaned_up_to = match &marker_target {
+            Some((marker_kube, marker)) => match last_cleaned(marker_kube, marker).await {
+                Ok(cleaned) => Some(cleaned),
+                Err(err) => {
+                    quiesce_failure = Some(err.context("nothing was stopped"));
+                    None
+                }
+            },
+            None => None,
+        };
+        if quiesce_failure.is_none() {
+            let stopping =
+                tokio::time::timeout(settings.timeout, quiesce::stop(kube, settings, cleaned_up_to, &progress));
+            tokio::select! {
+                stopped = stopping => match stopped {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => quiesce_failure = Some(err.context("stopping the workloads (quiesce)")),
+                    Err(_) => quiesce_failure = Some(progress.timeout_error(settings.timeout)),
+                },
+                signal = shutdown.recv() => interrupted = Some(signal),
+            }
+        }
+    }
+    if let Some(err) = quiesce_failure {
+        summary.fail(kind_of(&err), format!("{err:#}; nothing was purged"));
+    }
+
+    // Execute what the preflight resolved, in what is left of the deadline.
+    if let Some(prepared) = prepared.filter(|_| summary.failures.is_empty() && interrupted.is_none()) {
+        if dry_run {
+            let etcd_counts = prepared.etcd.as_ref().map(|e| e.counts.clone()).unwrap_or_default();
+            summary = Summary::of_plan(prepared.rabbit.as_ref(), &etcd_counts);
+        } else {
+            let deadline = Instant::now() + config.timeout.saturating_sub(preflight_took).max(Duration::from_secs(1));
+            let tally = crate::tally::Tally::default();
+            tokio::select! {
+                executed = execute(config, rabbit.as_ref().map(|(client, _)| client), prepared, deadline, &tally) => summary = executed,
+                signal = shutdown.recv() => {
+                    interrupted = Some(signal);
+                    // What committed before the signal stays committed: the marker says so.
+                    let counts = tally.counts();
+                    summary = Summary {
+                        queues_purged: counts.queues_purged,
+                        messages_purged: counts.messages_purged,
+                        queues_with_unknown_counts: counts.queues_with_unknown_counts,
+                        keys_deleted: counts.keys_deleted,
+                        ..Summary::default()
+                    };
+                }
+            }
+        }
+    }
+    if let Some(signal) = interrupted {
+        // Whatever finished before the signal is not known for sure: the marker says failed.
+        summary.fail(Kind::Failed, format!("stopped by {} before the purge finished", signal.name()));
+    }
+
+    // Put the workloads back: after a failure the previous version keeps running; in the helm
+    // test Pod the reset is complete only when they run again.
+    let mut resume_failures = Vec::new();
+    if let Some((kube, settings)) = &quiesce_target {
+        let stopped = progress.stopped();
+        let failed = !summary.failures.is_empty();
+        if !stopped.is_empty() && (failed || settings.resume_after_purge) {
+            let budget = if interrupted.is_some() { SIGNAL_RESTORE_BUDGET } else { RESTORE_BUDGET };
+            let report = quiesce::restore(kube, &settings.namespace, &stopped, Instant::now() + budget).await;
+            let restored = report.describe_restored();
+            if failed {
+                if !restored.is_empty() {
+                    summary.failures.push(restored);
+                }
+                for line in report.describe_failed() {
+                    summary.fail(report.kind, line);
+                }
+            } else {
+                if !restored.is_empty() {
+                    info!(workloads = %restored, "workloads resumed after the purge (CLEANSLATE_QUIESCE_RESUME)");
+                }
+                resume_failures = report.describe_failed();
+                if !resume_failures.is_empty() {
+                    summary.kind = summary.kind.worst(report.kind);
+                }
+            }
+        } else if !stopped.is_empty() {
+            // Stopped until the release's apply and the resume Job start them again. If Helm's
+            // apply fails after this purge (an immutable field, a webhook), no post-upgrade hook
+            // runs: say how to recover where the operator will look, in this Job's log.
+            let list: Vec<String> = stopped.iter().map(ToString::to_string).collect();
+            info!(
+                workloads = %list.join(","),
+                "workloads stay stopped until this release's apply and its resume Job start them; if the apply fails, \
+                 run `CLEANSLATE_NAMESPACE={} CLEANSLATE_QUIESCE={} cleanslate resume` or upgrade again (the next \
+                 successful upgrade restores the recorded counts); `cleanslate status` shows what is stopped",
+                settings.namespace,
+                list.join(",")
+            );
+        }
+    }
+
+    let duration_ms = clock.elapsed().as_millis() as u64;
+    let mut kind = summary.kind;
+    summary::log_outcome(&summary, dry_run, duration_ms, config.marker.as_ref().map(|m| m.revision));
+
+    // Not on the signal path: the pod's grace period is for the restore and the marker.
+    if let Some((kube, settings)) = marker_target.as_ref().filter(|_| interrupted.is_none()) {
+        let (reason, note) = if summary.failures.is_empty() {
+            let line = crate::termination::success_line("purge");
+            (Reason::CleanupSucceeded, summary.dead_letters_line().map_or(line.clone(), |dl| format!("{line}; {dl}")))
+        } else {
+            (
+                Reason::CleanupFailed,
+                format!("cleanup of revision {} failed: {}", settings.revision, summary.failures.join("; ")),
+            )
+        };
+        kube.events().on_own_pod(&settings.namespace, reason, note).await;
+    }
+    if let Some((kube, settings)) = marker_target {
+        let record = Marker {
+            revision: settings.revision,
+            status: if summary.failures.is_empty() { RunStatus::Succeeded } else { RunStatus::Failed },
+            dry_run,
+            started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
+            finished_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            duration_ms,
+            queues_purged: summary.queues_purged,
+            messages_purged: summary.messages_purged,
+            queues_with_unknown_counts: summary.queues_with_unknown_counts,
+            keys_deleted: summary.keys_deleted,
+            message: summary.failures.join("; "),
+            dead_letters: summary.dead_letters_line().unwrap_or_default(),
+            job: settings.pod_name.clone().unwrap_or_default(),
+            // Filled in from the marker already there, by `marker::merge`.
+            attempt: 0,
+            is_final: false,
+            last_succeeded_revision: None,
+            last_succeeded_at: String::new(),
+        };
+        let written = match interrupted {
+            // Best effort within the pod's grace period.
+            Some(_) => tokio::time::timeout(SIGNAL_MARKER_BUDGET, write_marker(&kube, settings, &record, job_at_start))
+                .await
+                .unwrap_or_else(|_| Err(anyhow!("writing the marker: no answer within {SIGNAL_MARKER_BUDGET:?}"))),
+            None => write_marker(&kube, settings, &record, job_at_start).await,
+        };
+        if let Err(err) = written {
+            error!(marker = %settings.name, namespace = %settings.namespace, error = %format!("{err:#}"), "marker not written");
+            kind = kind.worst(kind_of(&err));
+            if summary.failures.is_empty() && interrupted.is_none() {
+                // The run fails after all: put back what it stopped (unless the helm test run
+                // already did), or the apps stay at 0 while the Job retries and Helm gives up.
+                if let Some((kube, quiesce)) = &quiesce_target
+                    && !quiesce.resume_after_purge
+                    && !progress.stopped().is_empty()
+                {
+                    let report = quiesce::restore(
+                        kube,
+                        &quiesce.namespace,
+                        &progress.stopped(),
+                        Instant::now() + RESTORE_BUDGET,
+                    )
+                    .await;
+                    let mut lines = vec![report.describe_restored()];
+                    lines.extend(report.describe_failed());
+                    lines.retain(|line| !line.is_empty());
+                    if !lines.is_empty() {
+                        return Err(err.context(lines.join("; ")));
+                    }
+                }
+                return Err(err);
+            }
+        }
+    }
+    if let Some(signal) = interrupted {
+        error!(signal = signal.name(), failures = %summary.failures.join("; "), "stopped by signal");
+        return Ok(Outcome::Stopped(signal));
+    }
+    if !resume_failures.is_empty() {
+        return Err(classified(kind, resume_failures.join("; ")));
+    }
+    if summary.failures.is_empty() {
+        Ok(Outcome::Done)
+    } else {
+        // Reported once more by main on stderr, so the first line of a failed Job's output says
+        // what failed, whatever the log format.
+        Err(classified(kind, summary.failures.join("; ")))
+    }
+}
+
+/// Refuses a production environment unless explicitly allowed, before any connection.
+fn refuse_production(config: &PurgeConfig, mode: Mode) -> Result<()> {
+    if mode == Mode::Purge && config.is_production() && !config.allow_production {
+        return Err(classified(
+            Kind::Refused,
+            format!(
+                "CLEANSLATE_ENVIRONMENT is {:?}: purging production is refused unless CLEANSLATE_ALLOW_PRODUCTION=true; nothing was touched",
+                config.environment.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Purges the prepared queues and deletes the prepared ranges side by side; a failure on one side
+/// does not stop the other (both are idempotent, and the summary says what was done).
+async fn execute(
+    config: &PurgeConfig,
+    client: Option<&Management>,
+    prepared: preflight::Prepared<'_>,
+    deadline: Instant,
+    tally: &crate::tally::Tally,
+) -> Summary {
+    let rabbit_side = async {
+        let (selection, client) = (prepared.rabbit?, client?);
+        let outcomes = client.purge_all(&selection, config.concurrency, &config.retry, deadline, tally).await;
+        Some(Ok::<_, anyhow::Error>(RabbitReport { selection, outcomes }))
+    };
+    let etcd_side = async {
+        let prepared = prepared.etcd?;
+        let started = std::time::Instant::now();
+        let plan = prepared.plan;
+        let deletion = prepared.session.delete(&plan.ranges, &config.retry, deadline, tally).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let prefixes = config.etcd.as_ref().map(|e| e.prefixes.join(",")).unwrap_or_default();
+        let deleted: u64 = deletion.committed.iter().sum();
+        if deletion.committed.len() == plan.ranges.len() {
+            info!(prefixes = %prefixes, keys_deleted = deleted, duration_ms, "deleted the keys under the prefixes");
+        } else {
+            warn!(
+                prefixes = %prefixes,
+                keys_deleted = deleted,
+                transactions_committed = deletion.committed.len(),
+                ranges = plan.ranges.len(),
+                "not every key range was deleted"
+            );
+        }
+        for prefix in &plan.protected {
+            info!(prefix = %prefix, reason = "listed in CLEANSLATE_ETCD_PROTECTED_PREFIXES", "protected keys kept");
+        }
+        Some(Ok::<_, anyhow::Error>(EtcdReport { plan, counts: deletion.committed, failure: deletion.failure }))
+    };
+    let (rabbit, etcd) = tokio::join!(rabbit_side, etcd_side);
+    summary::summarize(rabbit, etcd, false)
+}

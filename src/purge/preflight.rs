@@ -1,0 +1,158 @@
+//! Preflight: before anything is stopped or deleted, every selected backend is reached,
+//! authenticated and its selection resolved: the queues read (named ones one by one), the key
+//! ranges computed, and what can be checked checked (a missing named queue with
+//! `MISSING=fail`, etcd's permission to delete every range). A wrong password, an unreachable
+//! endpoint or a missing permission then stops nothing and deletes nothing, and the message names
+//! the endpoint and the setting to fix. Both sides run side by side under the run's deadline.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::config::{EtcdConfig, MissingQueue, RabbitConfig, RetryPolicy};
+use crate::error::{classified, kind_of};
+use crate::etcd::{self, KeyRange, RangePlan};
+use crate::rabbitmq::{Management, Selection};
+
+/// What the preflight resolved: the run executes exactly this.
+pub(super) struct Prepared<'a> {
+    pub rabbit: Option<Selection>,
+    pub etcd: Option<PreparedEtcd<'a>>,
+}
+
+/// A connected etcd session, its ranges, and (in a dry run) how many keys each holds.
+pub(super) struct PreparedEtcd<'a> {
+    pub session: etcd::Session<'a>,
+    pub plan: RangePlan,
+    /// Keys per range of `plan.ranges`: counted in a dry run only.
+    pub counts: Vec<u64>,
+}
+
+/// Resolves both sides; any failure of either comes back as one error (the worst kind first),
+/// with nothing changed anywhere.
+pub(super) async fn run<'a>(
+    rabbit: Option<(&Management, &RabbitConfig)>,
+    etcd: Option<(&'a EtcdConfig, RangePlan)>,
+    policy: &RetryPolicy,
+    request_timeout: Duration,
+    dry_run: bool,
+    deadline: Instant,
+) -> Result<Prepared<'a>> {
+    let rabbit_side = async {
+        match rabbit {
+            Some((client, settings)) => Some(select_queues(client, settings, policy, dry_run, deadline).await),
+            None => None,
+        }
+    };
+    let etcd_side = async {
+        match etcd {
+            Some((settings, plan)) => {
+                Some(prepare_etcd(settings, plan, policy, request_timeout, dry_run, deadline).await)
+            }
+            None => None,
+        }
+    };
+    let (rabbit, etcd) = tokio::join!(rabbit_side, etcd_side);
+    let mut failures = Vec::new();
+    let mut kind = None;
+    let mut note = |side: &str, err: anyhow::Error| {
+        let err_kind = kind_of(&err);
+        kind = Some(kind.map_or(err_kind, |k: crate::error::Kind| k.worst(err_kind)));
+        failures.push(format!("{side}: {err:#}"));
+    };
+    let rabbit = match rabbit {
+        Some(Ok(selection)) => Some(selection),
+        Some(Err(err)) => {
+            note("rabbitmq", err);
+            None
+        }
+        None => None,
+    };
+    let etcd = match etcd {
+        Some(Ok(prepared)) => Some(prepared),
+        Some(Err(err)) => {
+            note("etcd", err);
+            None
+        }
+        None => None,
+    };
+    match kind {
+        Some(kind) => Err(classified(kind, format!("preflight: {}", failures.join("; ")))),
+        None => Ok(Prepared { rabbit, etcd }),
+    }
+}
+
+/// The queues to purge; a named queue that is missing fails here with `MISSING=fail`, so that
+/// nothing is purged when the selection is known to be wrong. A plan says what it would purge.
+async fn select_queues(
+    client: &Management,
+    settings: &RabbitConfig,
+    policy: &RetryPolicy,
+    dry_run: bool,
+    deadline: Instant,
+) -> Result<Selection> {
+    let selection = client.select(settings, policy, deadline).await?;
+    if settings.missing == MissingQueue::Fail && !selection.missing.is_empty() {
+        return Err(anyhow!(
+            "named queues missing in vhost {:?}: {} (CLEANSLATE_RABBITMQ_MISSING=fail); no queue was purged",
+            settings.vhost,
+            selection.missing.join(", ")
+        ));
+    }
+    if dry_run {
+        let unknown = || "unknown".to_string();
+        for queue in &selection.queues {
+            let info = &queue.info;
+            let consumers = info.consumers.map_or_else(unknown, |n| n.to_string());
+            let unacknowledged = info.messages_unacknowledged.map_or_else(unknown, |n| n.to_string());
+            let approx_messages = info.messages_ready.map_or_else(unknown, |n| n.to_string());
+            info!(
+                vhost = %settings.vhost, queue = %info.name, reason = %queue.reason, queue_type = info.kind(),
+                approx_messages = %approx_messages, unacknowledged = %unacknowledged, consumers = %consumers,
+                "would purge queue"
+            );
+        }
+    }
+    Ok(selection)
+}
+
+/// Connects (a probe read, no maintenance call), then, to delete, checks the permission on every
+/// range without deleting anything; to plan, counts the keys of every range and protected prefix.
+async fn prepare_etcd<'a>(
+    settings: &'a EtcdConfig,
+    plan: RangePlan,
+    policy: &RetryPolicy,
+    request_timeout: Duration,
+    dry_run: bool,
+    deadline: Instant,
+) -> Result<PreparedEtcd<'a>> {
+    let session = etcd::Session::new(settings, request_timeout);
+    session.connect(policy, deadline).await?;
+    if !dry_run {
+        session.check_delete(&plan.ranges, policy, deadline).await?;
+        return Ok(PreparedEtcd { session, plan, counts: Vec::new() });
+    }
+    let protected: Vec<KeyRange> = plan.protected.iter().map(|p| KeyRange::prefix(p.as_bytes())).collect();
+    let all: Vec<KeyRange> = plan.ranges.iter().chain(&protected).cloned().collect();
+    let mut counts = session.count(&all, policy, deadline).await?;
+    let protected_counts = counts.split_off(plan.ranges.len());
+    // Said in the prefixes the user wrote, not in the ranges they became.
+    for prefix in &settings.prefixes {
+        let target = KeyRange::prefix(prefix.as_bytes());
+        let keys: u64 =
+            plan.ranges.iter().zip(&counts).filter(|(range, _)| target.overlaps(range)).map(|(_, n)| n).sum();
+        let kept: Vec<&str> = plan
+            .protected
+            .iter()
+            .filter(|p| target.overlaps(&KeyRange::prefix(p.as_bytes())))
+            .map(String::as_str)
+            .collect();
+        info!(prefix = %prefix, keys, protected_kept = %kept.join(","), "would delete keys under prefix");
+    }
+    for (prefix, keys) in plan.protected.iter().zip(protected_counts) {
+        info!(prefix = %prefix, keys, reason = "listed in CLEANSLATE_ETCD_PROTECTED_PREFIXES", "protected keys kept");
+    }
+    Ok(PreparedEtcd { session, plan, counts })
+}

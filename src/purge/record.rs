@@ -1,0 +1,146 @@
+//! Recording a run where gates and operators read it: the marker ConfigMap (optimistic
+//! concurrency, never a lower revision) and the attempt number from the run's own Job.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::MARKER_BUDGET;
+use crate::config::{MarkerConfig, RetryPolicy};
+use crate::error::{Classified, Kind};
+use crate::kube::{JobProgress, KubeClient, KubeError, data_of, new_config_map};
+use crate::marker::{self, Marker, RunStatus};
+use crate::quiesce;
+use crate::retry::{self, Attempt};
+
+/// The marker and its last successful revision, read before the quiesce (retried briefly). A
+/// marker that cannot be read fails the run before anything is stopped: without it quiesce cannot
+/// tell pods that wait in their gates from pods that ran, and the marker write would fail too.
+pub(super) async fn last_cleaned(kube: &KubeClient, settings: &MarkerConfig) -> Result<quiesce::CleanedUpTo> {
+    let deadline = Instant::now() + MARKER_BUDGET;
+    let what = format!("reading marker {}/{} before the quiesce", settings.namespace, settings.name);
+    let policy = RetryPolicy { attempts: 5, backoff: Duration::from_millis(200) };
+    let found = retry::run(&policy, deadline, &what, || async {
+        kube.get(&settings.namespace, &settings.name).await.map_err(|err| kube_attempt(err, settings))
+    })
+    .await?;
+    Ok(quiesce::CleanedUpTo {
+        marker: settings.name.clone(),
+        revision: found.and_then(|cm| Marker::from_data(&data_of(&cm))).and_then(|m| m.last_succeeded_revision),
+    })
+}
+
+/// This pod's Job, when it is named (`CLEANSLATE_JOB_NAME`) and readable within a few seconds.
+pub(super) async fn read_job(kube: &KubeClient, settings: &MarkerConfig) -> Option<JobProgress> {
+    let job = settings.job_name.as_ref()?;
+    match tokio::time::timeout(Duration::from_secs(5), kube.job_progress(&settings.namespace, job)).await {
+        Ok(Ok(Some(progress))) => Some(progress),
+        Ok(Ok(None)) => {
+            warn!(job = %job, "the Job was not found; counting attempts in the marker");
+            None
+        }
+        Ok(Err(err)) => {
+            warn!(job = %job, error = %err, "the Job's status is not readable (the purge Role needs get on it); counting attempts in the marker");
+            None
+        }
+        Err(_) => {
+            warn!(job = %job, "the Job's status did not come in time; counting attempts in the marker");
+            None
+        }
+    }
+}
+
+/// The record with this pod's attempt number from its Job (read when the run started), and how
+/// many attempts the Job makes; a Job that has meanwhile been marked failed (its deadline passed)
+/// makes none after this one. Without the Job: the record as it is and `CLEANSLATE_JOB_ATTEMPTS`.
+/// Counting only in the marker misses an attempt killed before it wrote (OOM, node loss), and then
+/// the last attempt's failure would not be taken as final.
+async fn with_job_progress(
+    kube: &KubeClient,
+    settings: &MarkerConfig,
+    record: &Marker,
+    at_start: Option<JobProgress>,
+) -> (Marker, u32) {
+    let mut record = record.clone();
+    let Some(start) = at_start else { return (record, settings.job_attempts) };
+    record.attempt = start.attempt();
+    let mut attempts = start.attempts();
+    if record.status == RunStatus::Failed && read_job(kube, settings).await.is_some_and(|now| now.failing) {
+        attempts = start.attempt();
+    }
+    info!(attempt = start.attempt(), attempts, "attempt from the Job's status");
+    (record, attempts)
+}
+
+/// Records the run in the marker ConfigMap with optimistic concurrency, never lowering the revision,
+/// retrying API hiccups within [`MARKER_BUDGET`].
+pub(super) async fn write_marker(
+    kube: &KubeClient,
+    settings: &MarkerConfig,
+    record: &Marker,
+    job_at_start: Option<JobProgress>,
+) -> Result<()> {
+    let (record, job_attempts) = &with_job_progress(kube, settings, record, job_at_start).await;
+    let job_attempts = *job_attempts;
+    let policy = RetryPolicy { attempts: 8, backoff: Duration::from_millis(200) };
+    let deadline = Instant::now() + MARKER_BUDGET;
+    let what = format!("writing marker {}/{}", settings.namespace, settings.name);
+    let newer = std::cell::Cell::new(None);
+    let written = retry::run(&policy, deadline, &what, || {
+        let newer = &newer;
+        async move {
+            kube.upsert(&settings.namespace, &settings.name, |current| {
+                let existing = current.as_ref().and_then(|cm| Marker::from_data(&data_of(cm)));
+                let Some(merged) = marker::merge(existing.as_ref(), record, job_attempts) else {
+                    newer.set(existing.map(|m| m.revision));
+                    return None;
+                };
+                let mut object = current.unwrap_or_else(|| new_config_map(&settings.name, &settings.namespace));
+                let labels = object.metadata.labels.get_or_insert_default();
+                labels.insert(marker::MANAGED_BY.0.into(), marker::MANAGED_BY.1.into());
+                if let Some(release) = &settings.release {
+                    labels.insert(marker::INSTANCE_LABEL.into(), release.clone());
+                }
+                object.data = Some(merged.to_data());
+                Some(object)
+            })
+            .await
+            .map_err(|err| kube_attempt(err, settings))
+        }
+    })
+    .await?;
+    match written {
+        Some(_) => {
+            info!(marker = %settings.name, namespace = %settings.namespace, revision = record.revision, status = ?record.status, "marker written")
+        }
+        None => warn!(
+            marker = %settings.name,
+            revision = record.revision,
+            newer_revision = newer.get().unwrap_or_default(),
+            "marker holds a newer revision; left unchanged"
+        ),
+    }
+    Ok(())
+}
+
+/// Sorts a Kubernetes API failure for the retry loop, with an RBAC hint for 401/403.
+pub fn kube_attempt(err: KubeError, settings: &MarkerConfig) -> Attempt {
+    let code = err.code();
+    let transient = err.is_transient();
+    let unreachable = matches!(err, KubeError::Transport(_));
+    let err = anyhow::Error::new(err);
+    match code {
+        Some(401) | Some(403) => Attempt::Permanent(err.context(format!(
+            "the service account may not read and update ConfigMap {:?} in namespace {:?}: \
+             it needs get and update on that name (see the chart's Role)",
+            settings.name, settings.namespace
+        ))),
+        _ if unreachable => {
+            Attempt::Transient(err.context(Classified::new(Kind::Unreachable, "Kubernetes API not reachable")))
+        }
+        _ if transient => Attempt::Transient(err),
+        _ => Attempt::Permanent(err),
+    }
+}
