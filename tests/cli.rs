@@ -242,7 +242,7 @@ async fn plan_and_dry_run_change_nothing() {
         plan.stdout
     );
     assert!(
-        plan.stdout.contains("would delete key range") && plan.stdout.contains(r#""keys":4"#),
+        plan.stdout.contains("would delete keys under prefix") && plan.stdout.contains(r#""keys":4"#),
         "keys counted: {}",
         plan.stdout
     );

@@ -233,10 +233,12 @@ async fn several_endpoints_with_one_dead() {
     assert_eq!(count_keys(&mut etcd, &format!("{ns}/a/")).await, 0, "deleted through the live endpoint");
 }
 
-/// More than 128 ranges take two transactions; when the second is refused (the user may write only
-/// the first 128 ranges), the keys the first one deleted are reported, not lost from the count.
+/// More than 128 ranges take two transactions; when the user may write only the first 128 ranges,
+/// the preflight finds the second transaction refused before either is sent: nothing is deleted
+/// (etcd checks the permissions of both branches of a transaction before it evaluates it, so a
+/// never-true comparison checks the deletes without running them).
 #[tokio::test]
-async fn committed_transactions_are_counted_when_a_later_one_fails() {
+async fn a_permission_missing_for_a_later_transaction_deletes_nothing() {
     let server = EtcdServer::start(false, &[]).await;
     let root = "root:Etcd-Root-Pw-9c2";
     let user_password = "Etcd-User-Pw-4d7";
@@ -275,9 +277,14 @@ async fn committed_transactions_are_counted_when_a_later_one_fails() {
     )
     .await;
     assert_eq!(run.code, 1, "the second transaction is refused: {}", run.all_output());
-    assert_eq!(count_keys(&mut admin, "t/").await, 2, "the first transaction's 128 keys are gone");
-    assert!(run.stdout.contains(r#""keys_deleted":128"#), "the summary counts what was committed: {}", run.stdout);
-    assert!(run.stderr.contains("deleted 128 of 131 key ranges"), "the error says how far it got: {}", run.stderr);
+    assert_eq!(count_keys(&mut admin, "t/").await, 130, "nothing was deleted, not even the first 128 ranges");
+    assert!(
+        run.stderr.contains("preflight")
+            && run.stderr.contains("readwrite")
+            && run.stderr.contains("nothing was stopped or deleted"),
+        "the error names the missing permission and says nothing was touched: {}",
+        run.stderr
+    );
     run.assert_no_secret(&[user_password, "Etcd-Root-Pw-9c2"]);
 }
 

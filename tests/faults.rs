@@ -366,7 +366,7 @@ async fn sigterm_keeps_the_counts_committed_before_it() {
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut keys_done, mut queues_done) = (false, 0);
     while let Some(line) = tokio::time::timeout(Duration::from_secs(20), stdout.next_line()).await.unwrap().unwrap() {
-        keys_done |= line.contains("deleted key range");
+        keys_done |= line.contains("deleted the keys under the prefixes");
         queues_done += usize::from(line.contains(r#""message":"purged queue""#));
         if keys_done && queues_done > 0 {
             break;

@@ -4,12 +4,18 @@
 mod support;
 
 use serde_json::json;
+use support::proxy::Proxy;
 use support::*;
 
 /// Variables for a purge of `vhost` with `extra` settings, RabbitMQ only.
 fn purge_vars(vhost: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let base = with(service_vars(), &[("CLEANSLATE_TARGETS", "rabbitmq"), ("CLEANSLATE_RABBITMQ_VHOST", vhost)]);
     with(base, extra)
+}
+
+/// [`purge_vars`] with the opt-in that takes dead-letter queues a route proves (`exact`).
+fn exact_vars(vhost: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    with(purge_vars(vhost, extra), &[("CLEANSLATE_RABBITMQ_DEAD_LETTERS", "exact")])
 }
 
 async fn fresh_vhost(rabbit: &Rabbit, name: &str) -> String {
@@ -86,9 +92,11 @@ async fn pagination_reaches_queues_past_the_first_page() {
 }
 
 /// Dead-letter queues are found from queue arguments (a direct exchange with a routing key, and
-/// the default exchange) and from policies; a queue bound with another routing key survives.
+/// the default exchange) and from policies. By default they are reported, each with the queue that
+/// feeds it and the value to add, and keep every message; `exact` (the opt-in) purges them, and a
+/// queue bound with another routing key survives either way.
 #[tokio::test]
-async fn dead_letter_queues_are_found_and_purged() {
+async fn dead_letter_queues_are_reported_by_default_and_taken_on_opt_in() {
     let rabbit = Rabbit::connect().await;
     let vhost = fresh_vhost(&rabbit, "dlx").await;
     rabbit.declare_exchange(&vhost, "dlx", "direct").await;
@@ -114,12 +122,37 @@ async fn dead_letter_queues_are_found_and_purged() {
         rabbit.publish(&vhost, queue, 2).await;
     }
     rabbit.wait_for_policy(&vhost, "ruled", "dl").await;
+    let named = [("CLEANSLATE_RABBITMQ_QUEUES", "work,plain,ruled")];
 
-    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "work,plain,ruled")])).await;
+    let plan = cleanslate(&["plan"], &purge_vars(&vhost, &named)).await;
+    assert_eq!(plan.code, 0, "plan succeeds: {}", plan.all_output());
+    for (queue, source) in [("work-dlq", "work"), ("default-dlq", "plain"), ("policy-dlq", "ruled")] {
+        let advice =
+            format!("`{queue}` receives dead letters of `{source}`; not purged: add it to `cleanup.rabbitmq.queues`");
+        assert!(plan.stdout.contains(&advice), "the plan names {queue} with the value to add: {}", plan.stdout);
+    }
+    assert!(!plan.stdout.contains("unrelated-dlq"), "another key's queue is not even reported: {}", plan.stdout);
 
+    let run = cleanslate(&["purge"], &purge_vars(&vhost, &named)).await;
     assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
-    for queue in ["work", "plain", "ruled", "work-dlq", "default-dlq", "policy-dlq"] {
+    for queue in ["work", "plain", "ruled"] {
         assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue} purged");
+    }
+    for queue in ["work-dlq", "default-dlq", "policy-dlq", "unrelated-dlq", "bystander"] {
+        assert_eq!(rabbit.count(&vhost, queue).await, 2, "{queue} keeps its messages by default");
+    }
+    assert!(
+        run.stdout.contains(
+            r#""dead_letter_queues_not_purged":"default-dlq (dead letters of plain), policy-dlq (dead letters of ruled), work-dlq (dead letters of work)""#
+        ),
+        "the summary names each with its source: {}",
+        run.stdout
+    );
+
+    let run = cleanslate(&["purge"], &exact_vars(&vhost, &named)).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    for queue in ["work-dlq", "default-dlq", "policy-dlq"] {
+        assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue} purged on the opt-in");
     }
     assert_eq!(rabbit.count(&vhost, "unrelated-dlq").await, 2, "other routing key on the DLX survives");
     assert_eq!(rabbit.count(&vhost, "bystander").await, 2, "unrelated queue survives");
@@ -133,7 +166,101 @@ async fn dead_letter_queues_are_found_and_purged() {
     .await;
     assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
     assert_eq!(rabbit.count(&vhost, "work-dlq").await, 2, "dead letters kept when turned off");
+    assert!(!run.stdout.contains("work-dlq"), "and not looked for: {}", run.stdout);
     rabbit.delete_policy(&vhost, "dl").await;
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// The routes that purged another team's data: the dead-letter exchange is a shared direct
+/// exchange where another team's queue is bound with the same literal key and gets ordinary
+/// publishes, and the default exchange names a platform queue other services publish to. No route
+/// proves a queue is ours: with the default configuration both keep every message and are named.
+#[tokio::test]
+async fn shared_direct_and_default_exchange_queues_keep_their_messages() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "shared-direct").await;
+    rabbit.declare_exchange(&vhost, "events", "direct").await;
+    for queue in ["alerts", "errors"] {
+        rabbit.declare(&vhost, queue, json!({})).await;
+    }
+    rabbit.bind(&vhost, "events", "alerts", "orders.failed").await;
+    rabbit
+        .declare(
+            &vhost,
+            "orders",
+            json!({"x-dead-letter-exchange": "events", "x-dead-letter-routing-key": "orders.failed"}),
+        )
+        .await;
+    rabbit
+        .declare(&vhost, "checkout", json!({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "errors"}))
+        .await;
+    for (queue, count) in [("orders", 3), ("checkout", 3), ("alerts", 5), ("errors", 4)] {
+        rabbit.publish(&vhost, queue, count).await;
+    }
+    let vars = purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders,checkout")]);
+    let plan = cleanslate(&["plan"], &vars).await;
+    assert_eq!(plan.code, 0, "plan succeeds: {}", plan.all_output());
+    for (queue, source) in [("alerts", "orders"), ("errors", "checkout")] {
+        assert!(
+            plan.stdout.contains(&format!("`{queue}` receives dead letters of `{source}`; not purged")),
+            "the plan names {queue}: {}",
+            plan.stdout
+        );
+    }
+    let run = cleanslate(&["purge"], &vars).await;
+    assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
+    assert_eq!(rabbit.count(&vhost, "orders").await, 0, "orders purged");
+    assert_eq!(rabbit.count(&vhost, "checkout").await, 0, "checkout purged");
+    assert_eq!(
+        rabbit.count(&vhost, "alerts").await,
+        5,
+        "the other team's queue on the shared direct exchange keeps all"
+    );
+    assert_eq!(rabbit.count(&vhost, "errors").await, 4, "the platform queue behind the default exchange keeps all");
+    rabbit.delete_vhost(&vhost).await;
+}
+
+/// When the exchanges or bindings cannot be read (a 503 from a proxy in front of the management
+/// API), the named queues are still purged and the run says the dead letters are unknown.
+#[tokio::test]
+async fn unreadable_bindings_still_purge_the_named_queues() {
+    let rabbit = Rabbit::connect().await;
+    let vhost = fresh_vhost(&rabbit, "no-bindings").await;
+    rabbit.declare_exchange(&vhost, "dlx", "direct").await;
+    rabbit.declare(&vhost, "orders-dlq", json!({})).await;
+    rabbit.bind(&vhost, "dlx", "orders-dlq", "orders").await;
+    rabbit
+        .declare(&vhost, "orders", json!({"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "orders"}))
+        .await;
+    rabbit.declare(&vhost, "parcels", json!({})).await;
+    for queue in ["orders", "orders-dlq", "parcels"] {
+        rabbit.publish(&vhost, queue, 2).await;
+    }
+    let proxy = Proxy::for_url(&rabbit_url());
+    proxy.forward_failing(&["/bindings"]);
+    for mode in ["report", "exact"] {
+        let run = cleanslate(
+            &["purge"],
+            &with(
+                purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders,parcels")]),
+                &[
+                    ("CLEANSLATE_RABBITMQ_URL", &proxy.url()),
+                    ("CLEANSLATE_RABBITMQ_DEAD_LETTERS", mode),
+                    ("CLEANSLATE_RETRY_BACKOFF", "100ms"),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(run.code, 0, "{mode}: the named queues are purged all the same: {}", run.all_output());
+        assert!(run.stdout.contains("dead letters go is unknown"), "{mode}: and says what is unknown: {}", run.stdout);
+        for queue in ["orders", "parcels"] {
+            assert_eq!(rabbit.count(&vhost, queue).await, 0, "{mode}: {queue} purged");
+        }
+        assert_eq!(rabbit.count(&vhost, "orders-dlq").await, 2, "{mode}: an unknown route purges nothing");
+        for queue in ["orders", "parcels"] {
+            rabbit.publish(&vhost, queue, 2).await;
+        }
+    }
     rabbit.delete_vhost(&vhost).await;
 }
 
@@ -402,14 +529,14 @@ async fn shared_dead_letter_exchanges_purge_only_what_is_reached() {
         rabbit.publish(&vhost, queue, 2).await;
     }
 
-    let plan = cleanslate(&["plan"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders,audit")])).await;
+    let plan = cleanslate(&["plan"], &exact_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders,audit")])).await;
     assert_eq!(plan.code, 0, "plan succeeds: {}", plan.all_output());
     assert!(
         plan.stdout.contains("other-team-dlq") && plan.stdout.contains("not proven"),
         "the plan names the unproven candidate: {}",
         plan.stdout
     );
-    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders,audit")])).await;
+    let run = cleanslate(&["purge"], &exact_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders,audit")])).await;
     assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
     for queue in ["orders", "audit", "orders-dlq", "audit-dlq"] {
         assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue} purged");
@@ -417,7 +544,7 @@ async fn shared_dead_letter_exchanges_purge_only_what_is_reached() {
     assert_eq!(rabbit.count(&vhost, "billing-dlq").await, 2, "another team's queue on the shared DLX survives");
     assert_eq!(rabbit.count(&vhost, "other-team-dlq").await, 2, "an unproven route purges nothing");
     assert!(
-        run.stdout.contains(r#""dead_letter_candidates_not_purged":"other-team-dlq""#),
+        run.stdout.contains(r#""dead_letter_queues_not_purged":"other-team-dlq (dead letters of audit)""#),
         "the summary names the candidate: {}",
         run.stdout
     );
@@ -448,7 +575,7 @@ async fn shared_application_exchange_keeps_other_teams_queues() {
     for queue in ["orders", "orders-dlq", "audit", "order-history"] {
         rabbit.publish(&vhost, queue, 3).await;
     }
-    let vars = purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders")]);
+    let vars = exact_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders")]);
     let run = cleanslate(&["purge"], &vars).await;
     assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
     for queue in ["orders", "orders-dlq"] {
@@ -458,7 +585,7 @@ async fn shared_application_exchange_keeps_other_teams_queues() {
         assert_eq!(rabbit.count(&vhost, queue).await, 3, "{queue}, another team's, keeps every message");
     }
     assert!(
-        run.stdout.contains(r#""dead_letter_candidates_not_purged":"audit, order-history""#),
+        run.stdout.contains(r#""dead_letter_queues_not_purged":"audit (dead letters of orders), order-history (dead letters of orders)""#),
         "the summary names both: {}",
         run.stdout
     );
@@ -491,7 +618,7 @@ async fn discovered_streams_are_skipped_and_named() {
 
     let run = cleanslate(
         &["purge"],
-        &purge_vars(
+        &exact_vars(
             &vhost,
             &[("CLEANSLATE_RABBITMQ_QUEUES", "orders"), ("CLEANSLATE_RABBITMQ_QUEUE_PATTERN", "ev-.*")],
         ),
@@ -691,11 +818,11 @@ async fn queues_not_sampled_yet_still_count_as_feeders() {
     rabbit.declare(&vhost, "orders", json!({"x-dead-letter-exchange": "dlx"})).await;
     rabbit.publish(&vhost, "orders-dlq", 2).await;
     rabbit.declare(&vhost, "billing", json!({"x-dead-letter-exchange": "dlx"})).await;
-    let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders")])).await;
+    let run = cleanslate(&["purge"], &exact_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders")])).await;
     assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
     assert_eq!(rabbit.count(&vhost, "orders-dlq").await, 2, "billing's dead letters may be there too");
     assert!(
-        run.stdout.contains(r#""dead_letter_candidates_not_purged":"orders-dlq""#),
+        run.stdout.contains(r#""dead_letter_queues_not_purged":"orders-dlq (dead letters of orders)""#),
         "named instead: {}",
         run.stdout
     );
@@ -720,7 +847,7 @@ async fn a_management_user_finds_dead_letter_queues_of_new_queues() {
     }
     let run = cleanslate(
         &["purge"],
-        &purge_vars(
+        &exact_vars(
             &vhost,
             &[
                 ("CLEANSLATE_RABBITMQ_QUEUES", "orders"),

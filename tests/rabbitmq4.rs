@@ -77,7 +77,11 @@ async fn policy_dead_lettering_with_statistics_off() {
     assert_eq!(run.code, 0, "purge succeeds: {}", run.all_output());
     assert_eq!(rabbit.count(&vhost, "orders").await, 0, "orders purged");
     assert_eq!(rabbit.count(&vhost, "orders-dlq").await, 2, "a queue billing feeds by policy is left alone");
-    assert!(run.stdout.contains(r#""dead_letter_candidates_not_purged":"orders-dlq""#), "and named: {}", run.stdout);
+    assert!(
+        run.stdout.contains(r#""dead_letter_queues_not_purged":"orders-dlq (dead letters of orders)""#),
+        "and named: {}",
+        run.stdout
+    );
     rabbit.delete_vhost(&vhost).await;
 }
 

@@ -107,12 +107,17 @@ async fn select_queues(
             let info = &queue.info;
             let consumers = info.consumers.map_or_else(unknown, |n| n.to_string());
             let unacknowledged = info.messages_unacknowledged.map_or_else(unknown, |n| n.to_string());
-            let approx_messages = info.messages_ready.map_or_else(unknown, |n| n.to_string());
-            info!(
-                vhost = %settings.vhost, queue = %info.name, reason = %queue.reason, queue_type = info.kind(),
-                approx_messages = %approx_messages, unacknowledged = %unacknowledged, consumers = %consumers,
-                "would purge queue"
-            );
+            match info.messages_ready {
+                Some(approx_messages) => info!(
+                    vhost = %settings.vhost, queue = %info.name, reason = %queue.reason, queue_type = info.kind(),
+                    approx_messages, unacknowledged = %unacknowledged, consumers = %consumers, "would purge queue"
+                ),
+                None => info!(
+                    vhost = %settings.vhost, queue = %info.name, reason = %queue.reason, queue_type = info.kind(),
+                    approx_messages = "unknown", unacknowledged = %unacknowledged, consumers = %consumers,
+                    "would purge queue"
+                ),
+            }
         }
     }
     Ok(selection)

@@ -66,13 +66,15 @@ impl Management {
         if let Some(why) = &selection.dead_letters_unknown {
             warn!(vhost = %self.vhost, why = %why, "where the selected queues' dead letters go is unknown; only the selected queues are purged");
         }
+        // With an opt-in, what is left is what no route proves; by default, every discovery.
+        let unproven = if config.dead_letters.takes_queues() { " (the route is not proven)" } else { "" };
         for candidate in &selection.dead_letter_candidates {
             warn!(
                 vhost = %self.vhost,
                 queue = %candidate.queue,
                 dead_letters_of = %candidate.dead_letters_of,
                 why = %candidate.why,
-                "{}",
+                "{}{unproven}",
                 candidate.advice()
             );
         }

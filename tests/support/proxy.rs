@@ -1,7 +1,9 @@
 //! A small TCP proxy in front of a real server, for faults the servers cannot be asked to make:
 //! not listening yet (connection refused), forwarding with a delay, accepting but never answering
 //! (a black hole), going down mid-run (every open connection cut, new ones refused), and open
-//! connections going silent while new ones work (a load balancer that dropped a flow's state).
+//! connections going silent while new ones work (a load balancer that dropped a flow's state), and
+//! an HTTP front that answers 503 for some paths (a proxy or gateway in front of the management API
+//! whose upstream timed out on one endpoint, as a slow listing of a big vhost makes it).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,10 +21,13 @@ pub struct Proxy {
     frozen_below: Arc<std::sync::atomic::AtomicU64>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Behaviour {
     Forward(Duration),
     BlackHole,
+    /// HTTP: requests whose request line contains one of these answer 503; the others are
+    /// forwarded, one request per connection (`Connection: close` added), so each is seen.
+    FailPaths(Arc<Vec<String>>),
 }
 
 impl Proxy {
@@ -50,6 +55,12 @@ impl Proxy {
     /// Starts forwarding, delaying every chunk by `delay`.
     pub fn forward(&self, delay: Duration) {
         self.listen(Behaviour::Forward(delay));
+    }
+
+    /// Forwards HTTP requests, but answers 503 Service Unavailable (as nginx or an ingress does when
+    /// its upstream timed out) to every request whose request line contains one of `parts`.
+    pub fn forward_failing(&self, parts: &[&str]) {
+        self.listen(Behaviour::FailPaths(Arc::new(parts.iter().map(|p| p.to_string()).collect())));
     }
 
     /// Accepts connections and never answers.
@@ -93,8 +104,10 @@ impl Proxy {
                     std::sync::atomic::Ordering::SeqCst,
                 );
                 let silenced = Silence { number, frozen_below: frozen_below.clone() };
+                let behaviour = behaviour.clone();
                 let connection = async move {
                     match behaviour {
+                        Behaviour::FailPaths(parts) => http_failing(client, target, &parts).await,
                         Behaviour::BlackHole => {
                             let _held = client;
                             std::future::pending::<()>().await;
@@ -164,4 +177,40 @@ async fn pipe(
         }
     }
     let _ = to.shutdown().await;
+}
+
+/// One HTTP request: answered 503 when its request line contains one of `parts`, else forwarded
+/// with `Connection: close` and the answer passed back.
+async fn http_failing(mut client: TcpStream, target: SocketAddr, parts: &[String]) {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let end = loop {
+        let Ok(n) = client.read(&mut buffer).await else { return };
+        if n == 0 {
+            return;
+        }
+        head.extend_from_slice(&buffer[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+    };
+    let line_end = head.iter().position(|b| *b == b'\r').unwrap_or(end);
+    let request_line = String::from_utf8_lossy(&head[..line_end]).to_string();
+    if parts.iter().any(|part| request_line.contains(part.as_str())) {
+        let body = r#"{"error":"service_unavailable","reason":"upstream timed out"}"#;
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.write_all(answer.as_bytes()).await;
+        return;
+    }
+    let Ok(mut server) = TcpStream::connect(target).await else { return };
+    let mut forwarded = head[..line_end + 2].to_vec();
+    forwarded.extend_from_slice(b"Connection: close\r\n");
+    forwarded.extend_from_slice(&head[line_end + 2..]);
+    if server.write_all(&forwarded).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
 }
