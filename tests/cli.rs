@@ -222,10 +222,64 @@ async fn unreachable_hosts_exit_69() {
         .await;
         assert_eq!(run.code, 69, "{target} unreachable: {}", run.all_output());
         assert!(run.first_stderr_line().contains("not reachable"), "{target}: says so: {}", run.stderr);
+        assert!(run.first_stderr_line().contains(&dead), "{target}: names the endpoint it tried: {}", run.stderr);
         assert!(started.elapsed() < std::time::Duration::from_secs(6), "{target}: within the deadline");
         run.assert_no_secret(&[&rabbit_password()]);
     }
     survivors.assert_intact("unreachable").await;
+    survivors.cleanup().await;
+}
+
+/// A configuration error on one backend deletes nothing on the other: with both targets, a wrong
+/// RabbitMQ password or an unreachable management API fails the preflight, and the etcd prefix
+/// keeps every key (each Job attempt used to delete it, then fail on RabbitMQ).
+#[tokio::test]
+async fn a_failing_backend_leaves_the_other_untouched() {
+    let mut survivors = Survivors::seed().await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    for (case, setting) in [
+        ("wrong password", ("CLEANSLATE_RABBITMQ_PASSWORD", "not-the-password")),
+        ("unreachable broker", ("CLEANSLATE_RABBITMQ_URL", dead.as_str())),
+    ] {
+        let run = cleanslate(&["purge"], &with(survivors.vars(), &[setting, ("CLEANSLATE_TIMEOUT", "3s")])).await;
+        assert_ne!(run.code, 0, "{case}: fails: {}", run.all_output());
+        assert!(
+            run.stderr.contains("preflight") && run.stderr.contains("nothing was stopped or deleted"),
+            "{case}: says nothing was touched: {}",
+            run.stderr
+        );
+        survivors.assert_intact(case).await;
+        run.assert_no_secret(&[&rabbit_password(), "not-the-password"]);
+    }
+    survivors.cleanup().await;
+}
+
+/// An empty entry in a list, or a protected prefix that rendered empty, is a configuration error
+/// (78) naming the variable, and nothing is deleted: a dropped entry could be a dropped protection.
+#[tokio::test]
+async fn empty_list_entries_are_configuration_errors() {
+    let mut survivors = Survivors::seed().await;
+    let protected = format!("{}keep/", survivors.prefix);
+    let prefixes = survivors.prefix.clone();
+    for (variable, value) in [
+        ("CLEANSLATE_ETCD_PROTECTED_PREFIXES", ""),
+        ("CLEANSLATE_ETCD_PROTECTED_PREFIXES", " "),
+        ("CLEANSLATE_ETCD_PROTECTED_PREFIXES", &format!("{protected}, ")),
+        ("CLEANSLATE_ETCD_PROTECTED_PREFIXES", &format!(",{protected}")),
+        ("CLEANSLATE_RABBITMQ_QUEUES", "monorepo,,other"),
+        ("CLEANSLATE_ETCD_ENDPOINTS", &format!("{},", etcd_endpoint())),
+        ("CLEANSLATE_TARGETS", "rabbitmq,"),
+        ("CLEANSLATE_QUIESCE", "deployment/api,"),
+    ] {
+        let run = cleanslate(
+            &["purge"],
+            &with(survivors.vars(), &[(variable, value), ("CLEANSLATE_ETCD_PREFIXES", &prefixes)]),
+        )
+        .await;
+        assert_eq!(run.code, 78, "{variable}={value:?} is a configuration error: {}", run.all_output());
+        assert!(run.first_stderr_line().contains(variable), "{variable}={value:?}: named: {}", run.stderr);
+        survivors.assert_intact(variable).await;
+    }
     survivors.cleanup().await;
 }
 

@@ -181,7 +181,7 @@ async fn stops_the_writer_before_purging_then_resume_restores() {
     env.cleanup().await;
 }
 
-/// RabbitMQ unreachable: the stopped workloads go back to their counts, the record is removed,
+/// A purge that fails after the quiesce (a named stream): the stopped workloads go back to their counts, the record is removed,
 /// the run exits non-zero and the marker says failed, naming what was restored.
 #[tokio::test]
 async fn failed_purge_restores_the_workloads() {
@@ -189,14 +189,15 @@ async fn failed_purge_restores_the_workloads() {
     env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
     env.api.apply_workload(NS, &deployment("shop-consumer", Some(1)));
     env.seed().await;
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    // A named stream passes the preflight (it exists) and fails its purge (400 not_implemented).
+    env.rabbit.declare(&env.vhost, "audit-stream", json!({"x-queue-type": "stream"})).await;
     env.api.grant_on(TOKEN, "events", &["create"], None);
     let vars = env.vars(
         "deployment/shop-producer,deployment/shop-consumer",
-        &[("CLEANSLATE_RABBITMQ_URL", &dead), ("CLEANSLATE_TIMEOUT", "3s"), ("CLEANSLATE_EVENTS", "true")],
+        &[("CLEANSLATE_RABBITMQ_QUEUES", "monorepo,audit-stream"), ("CLEANSLATE_EVENTS", "true")],
     );
     let run = cleanslate(&["purge"], &vars).await;
-    assert_eq!(run.code, 69, "RabbitMQ unreachable: {}", run.all_output());
+    assert_eq!(run.code, 1, "the stream's purge fails: {}", run.all_output());
     let failed: Vec<Value> = env
         .api
         .events()
@@ -209,7 +210,7 @@ async fn failed_purge_restores_the_workloads() {
     assert_eq!(failed[0]["type"], json!("Warning"), "a warning");
     let note = failed[0]["note"].as_str().unwrap_or_default();
     assert!(
-        note.contains("not reachable") && note.contains("restored deployment/shop-producer"),
+        note.contains("audit-stream") && note.contains("restored deployment/shop-producer"),
         "why, and what was restored: {note}"
     );
     assert_eq!(
@@ -228,7 +229,35 @@ async fn failed_purge_restores_the_workloads() {
         "marker names the restored workloads: {message}"
     );
     assert!(run.stderr.contains("restored deployment/shop-producer"), "so does the error: {}", run.stderr);
-    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "nothing purged in RabbitMQ");
+    env.cleanup().await;
+}
+
+/// A backend that fails the preflight (a wrong RabbitMQ password, an unreachable management API)
+/// stops nothing and deletes nothing on the other backend: the apps are not bounced for a
+/// configuration error, and the etcd prefix is not half-erased under the running version.
+#[tokio::test]
+async fn a_failing_preflight_stops_and_deletes_nothing() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
+    env.seed().await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    for (case, setting) in [
+        ("wrong password", ("CLEANSLATE_RABBITMQ_PASSWORD", "not-the-password")),
+        ("unreachable broker", ("CLEANSLATE_RABBITMQ_URL", dead.as_str())),
+    ] {
+        let run =
+            cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[setting, ("CLEANSLATE_TIMEOUT", "3s")]))
+                .await;
+        assert_ne!(run.code, 0, "{case}: the run fails: {}", run.all_output());
+        assert!(run.stderr.contains("nothing was stopped or deleted"), "{case}: says so: {}", run.stderr);
+        assert_eq!(env.scale_writes("shop-producer"), 0, "{case}: no scale written");
+        assert_eq!(env.state("shop-producer"), (2, None), "{case}: the app keeps running");
+        assert_eq!(count_keys(&mut env.etcd, &env.prefix).await, 5, "{case}: the etcd prefix is untouched");
+        assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "{case}: nothing purged");
+        let marker = env.marker();
+        assert_eq!(marker["status"], json!("failed"), "{case}: the gates learn it failed: {marker:?}");
+        run.assert_no_secret(&["not-the-password", TOKEN]);
+    }
     env.cleanup().await;
 }
 
@@ -474,21 +503,17 @@ async fn malformed_workload_lists_are_refused() {
     env.cleanup().await;
 }
 
-/// SIGTERM while the purge itself hangs (a RabbitMQ that accepts and never answers), after the
-/// workload was stopped: it is restored and the attempt recorded as failed before exiting 143.
+/// SIGTERM while the purge itself hangs (a RabbitMQ that answers the preflight's reads and never
+/// answers the purge), after the workload was stopped: it is restored and the attempt recorded as
+/// failed before exiting 143.
 #[tokio::test]
 async fn sigterm_during_the_purge_restores_and_records_the_attempt() {
     let mut env = Env::start(&["shop-producer"]).await;
     env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
     env.seed().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let silent = format!("http://{}", listener.local_addr().unwrap());
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let proxy = support::proxy::Proxy::for_url(&rabbit_url());
+    proxy.forward_hanging(&["DELETE "]);
+    let silent = proxy.url();
     let vars =
         env.vars("deployment/shop-producer", &[("CLEANSLATE_RABBITMQ_URL", &silent), ("CLEANSLATE_TIMEOUT", "60s")]);
     let child = spawn(&["purge"], &vars);
@@ -508,7 +533,6 @@ async fn sigterm_during_the_purge_restores_and_records_the_attempt() {
     let message = env.marker()["message"].as_str().unwrap_or_default().to_string();
     assert_eq!(env.marker()["status"], json!("failed"), "a failed attempt is recorded");
     assert!(message.contains("restored deployment/shop-producer (1 replica)"), "{message}");
-    hold.abort();
     env.cleanup().await;
 }
 

@@ -21,13 +21,22 @@ pub struct Proxy {
     frozen_below: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// What a request picked out by [`Proxy::forward_failing`] or [`Proxy::forward_hanging`] gets.
+#[derive(Clone, Copy)]
+enum HttpFault {
+    /// 503 Service Unavailable.
+    Unavailable,
+    /// No answer, ever (the connection stays open).
+    Hang,
+}
+
 #[derive(Clone)]
 enum Behaviour {
     Forward(Duration),
     BlackHole,
-    /// HTTP: requests whose request line contains one of these answer 503; the others are
+    /// HTTP: requests whose request line contains one of these get the fault; the others are
     /// forwarded, one request per connection (`Connection: close` added), so each is seen.
-    FailPaths(Arc<Vec<String>>),
+    FailPaths(Arc<Vec<String>>, HttpFault),
 }
 
 impl Proxy {
@@ -60,7 +69,16 @@ impl Proxy {
     /// Forwards HTTP requests, but answers 503 Service Unavailable (as nginx or an ingress does when
     /// its upstream timed out) to every request whose request line contains one of `parts`.
     pub fn forward_failing(&self, parts: &[&str]) {
-        self.listen(Behaviour::FailPaths(Arc::new(parts.iter().map(|p| p.to_string()).collect())));
+        self.listen(Behaviour::FailPaths(
+            Arc::new(parts.iter().map(|p| p.to_string()).collect()),
+            HttpFault::Unavailable,
+        ));
+    }
+
+    /// Forwards HTTP requests, but never answers those whose request line contains one of `parts`
+    /// (a broker that takes a purge and never finishes it).
+    pub fn forward_hanging(&self, parts: &[&str]) {
+        self.listen(Behaviour::FailPaths(Arc::new(parts.iter().map(|p| p.to_string()).collect()), HttpFault::Hang));
     }
 
     /// Accepts connections and never answers.
@@ -107,7 +125,7 @@ impl Proxy {
                 let behaviour = behaviour.clone();
                 let connection = async move {
                     match behaviour {
-                        Behaviour::FailPaths(parts) => http_failing(client, target, &parts).await,
+                        Behaviour::FailPaths(parts, fault) => http_failing(client, target, &parts, fault).await,
                         Behaviour::BlackHole => {
                             let _held = client;
                             std::future::pending::<()>().await;
@@ -179,9 +197,9 @@ async fn pipe(
     let _ = to.shutdown().await;
 }
 
-/// One HTTP request: answered 503 when its request line contains one of `parts`, else forwarded
+/// One HTTP request: given `fault` when its request line contains one of `parts`, else forwarded
 /// with `Connection: close` and the answer passed back.
-async fn http_failing(mut client: TcpStream, target: SocketAddr, parts: &[String]) {
+async fn http_failing(mut client: TcpStream, target: SocketAddr, parts: &[String], fault: HttpFault) {
     let mut head = Vec::new();
     let mut buffer = [0u8; 4096];
     let end = loop {
@@ -197,6 +215,10 @@ async fn http_failing(mut client: TcpStream, target: SocketAddr, parts: &[String
     let line_end = head.iter().position(|b| *b == b'\r').unwrap_or(end);
     let request_line = String::from_utf8_lossy(&head[..line_end]).to_string();
     if parts.iter().any(|part| request_line.contains(part.as_str())) {
+        if let HttpFault::Hang = fault {
+            // Held open, never answered.
+            std::future::pending::<()>().await;
+        }
         let body = r#"{"error":"service_unavailable","reason":"upstream timed out"}"#;
         let answer = format!(
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
