@@ -257,6 +257,7 @@ async fn purge_writes_the_marker_after_success() {
         keys,
         [
             "attempt",
+            "deadLettersNotPurged",
             "dryRun",
             "durationMs",
             "final",
