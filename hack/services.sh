@@ -11,7 +11,7 @@
 #   hack/services.sh env [current|next|newest]      print the variables tests and demos use to find them
 #   hack/services.sh ctl ...                        rabbitmqctl against the RabbitMQ 3.10 node
 #   hack/services.sh ctl4 ...                       rabbitmqctl against the RabbitMQ 4.0 node
-#   hack/services.sh cluster stop|start N           stop or start cluster node N (1-3) and wait until done
+#   hack/services.sh cluster stop|start|kill N      stop, start or SIGKILL cluster node N (1-3) and wait until done
 #   hack/services.sh cluster ctl N ...              rabbitmqctl against cluster node N
 set -euo pipefail
 
@@ -525,11 +525,18 @@ cluster_node_key() { # N (1-3)
 
 # Stopping the whole node (not only the app) makes classic queues whose home it is unavailable
 # through the other nodes, and the command returns only once the others see it down.
-cluster_stop() { # N
-  local key name other seen
+cluster_stop() { # N [kill]: a clean shutdown, or with "kill" a SIGKILL of the node's OS process (a crash)
+  local key name other seen pid
   key="$(cluster_node_key "$1")"
   name="$(node_name "$key")"
-  node_stop "$key"
+  if [[ "${2:-}" == kill ]]; then
+    pid="$(node_pid "$key")" || return 0
+    echo "services: killing $rabbit_label $name (SIGKILL)"
+    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  else
+    node_stop "$key"
+  fi
   for _ in $(seq 1 100); do
     seen=false
     for other in "${cluster_nodes[@]}"; do
@@ -674,6 +681,7 @@ case "${1:-}:${2:-}" in
   ctl4:*) need_root "$@"; gen_use next; shift; node_ctl single "$@" ;;
   cluster:stop) need_root "$@"; gen_use next; cluster_stop "${3:-}" ;;
   cluster:start) need_root "$@"; gen_use next; cluster_start "${3:-}" ;;
+  cluster:kill) need_root "$@"; gen_use next; cluster_stop "${3:-}" kill ;;
   cluster:ctl) need_root "$@"; gen_use next; key="$(cluster_node_key "${3:-}")"; node_ctl "$key" "${@:4}" ;;
   *) usage ;;
 esac

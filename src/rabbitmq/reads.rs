@@ -23,6 +23,22 @@ use crate::retry::{self, Attempt};
 /// that tens of thousands of queues stay a few megabytes (the Job has 128Mi).
 const QUEUE_COLUMNS: &str = "name,type,exclusive,state,policy,messages_ready,messages_unacknowledged,consumers,arguments,effective_policy_definition";
 
+/// Names per filtered page: RabbitMQ's largest page.
+const STATE_PAGE: usize = 500;
+
+/// `text` as a PCRE literal: every ASCII character that is not a letter or digit escaped (a
+/// backslash before any such character is a literal in PCRE, RabbitMQ's regex engine).
+fn regex_literal(text: &str) -> String {
+    let mut literal = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if c.is_ascii() && !c.is_ascii_alphanumeric() {
+            literal.push('\\');
+        }
+        literal.push(c);
+    }
+    literal
+}
+
 impl Management {
     /// Every queue in the vhost, in one request: pages would shift under queues created or
     /// deleted meanwhile (skipping some, or answering 400 past a shrunken end).
@@ -151,6 +167,64 @@ impl Management {
         })
     }
 
+    /// Fails when the vhost is not visible to the user: it does not exist, or the user has no
+    /// access to it (RabbitMQ 4 answers 404 to both, 3.x 401 to the latter). Every vhost has
+    /// `amq.direct`, which cannot be deleted, so reading it tells.
+    pub(super) async fn check_vhost_visible(&self, policy: &RetryPolicy, deadline: Instant) -> Result<()> {
+        match self.exchange("amq.direct", policy, deadline).await? {
+            Some(_) => Ok(()),
+            None => Err(anyhow!(
+                "reading vhost {:?}: user {:?} lacks permission on it, or it does not exist (RabbitMQ 4 answers 404 \
+                 to both): give the user access to the vhost (rabbitmqctl set_permissions -p VHOST USER ...) or fix \
+                 CLEANSLATE_RABBITMQ_VHOST",
+                self.vhost,
+                self.username
+            )),
+        }
+    }
+
+    /// The `state` the vhost's listing gives each of `names` (`running`, `down`, `crashed`, …):
+    /// the one-queue answer keeps saying `running` for a queue whose node crashed, while the
+    /// listing says `down`. One filtered page per [`STATE_PAGE`] names (the broker filters; the
+    /// answer holds only these queues), matched exactly here (RabbitMQ's filter ignores case).
+    pub(super) async fn queue_states(
+        &self,
+        names: &[&str],
+        policy: &RetryPolicy,
+        deadline: Instant,
+    ) -> Result<BTreeMap<String, String>> {
+        #[derive(Deserialize)]
+        struct Page {
+            items: Vec<Item>,
+        }
+        #[derive(Deserialize)]
+        struct Item {
+            name: String,
+            #[serde(default)]
+            state: Option<String>,
+        }
+        let mut states = BTreeMap::new();
+        for chunk in names.chunks(STATE_PAGE) {
+            let alternatives: Vec<String> = chunk.iter().map(|name| regex_literal(name)).collect();
+            let filter = format!("^({})$", alternatives.join("|"));
+            let query = format!(
+                "page=1&page_size={STATE_PAGE}&use_regex=true&columns=name,state&name={}",
+                super::client::encode_segment(&filter)
+            );
+            let what = format!("reading the state of {} queues in vhost {:?}", chunk.len(), self.vhost);
+            let url = self.url(&["queues", &self.vhost], &query);
+            let page: Option<Page> = retry::run(policy, deadline, &what, || self.get_json(url.clone(), &what)).await?;
+            for item in page.map(|p| p.items).unwrap_or_default() {
+                if chunk.contains(&item.name.as_str())
+                    && let Some(state) = item.state
+                {
+                    states.insert(item.name, state);
+                }
+            }
+        }
+        Ok(states)
+    }
+
     /// One exchange, or `None` when it does not exist.
     pub(super) async fn exchange(
         &self,
@@ -225,5 +299,18 @@ impl ExchangeRecord {
 
     pub fn info(&self) -> ExchangeInfo {
         ExchangeInfo { name: self.name.clone(), exchange_type: self.exchange_type.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names with regex characters match only themselves.
+    #[test]
+    fn names_become_regex_literals() {
+        assert_eq!(regex_literal("orders.dlq"), r"orders\.dlq");
+        assert_eq!(regex_literal("a|b (c)*"), r"a\|b\ \(c\)\*");
+        assert_eq!(regex_literal("ordres-é"), r"ordres\-é", "non-ASCII stays as it is");
     }
 }

@@ -101,6 +101,27 @@ impl Management {
                 None => selection.missing.push(name.clone()),
             }
         }
+        let found: Vec<&str> = selection.queues.iter().map(|q| q.info.name.as_str()).collect();
+        if !found.is_empty() {
+            // Only an aid: without the states, an unavailable queue fails by its purge's answer.
+            match self.queue_states(&found, policy, deadline).await {
+                Ok(states) => {
+                    for queue in &mut selection.queues {
+                        if let Some(state) = states.get(&queue.info.name) {
+                            queue.info.state = Some(state.clone());
+                        }
+                    }
+                }
+                Err(err) => {
+                    warn!(vhost = %self.vhost, error = %format!("{err:#}"), "the queues' states could not be listed; an unavailable queue fails at its purge")
+                }
+            }
+        }
+        if !selection.missing.is_empty() {
+            // RabbitMQ 4 answers 404 for a queue of a vhost the user may not see: a missing queue is
+            // only missing when the vhost is visible.
+            self.check_vhost_visible(policy, deadline).await?;
+        }
         if config.dead_letters == DeadLetters::Report && !selection.queues.is_empty() {
             match self.routes_of(&selection, policy, deadline).await {
                 Ok((targets, topology)) => {
