@@ -783,11 +783,21 @@ fn numeric_image_tags_render_as_written() {
     assert!(err.contains("/image/tag") || err.contains("image.tag"), "the schema names the value: {err}");
 }
 
-/// `cleanup.rabbitmq.deadLetters` takes the binary's modes: a boolean, `exact` or `reachable`
-/// (the opt-in for dedicated topic dead-letter exchanges), and nothing else.
+/// `cleanup.rabbitmq.deadLetters` takes the binary's modes: `report` (the default), a boolean,
+/// `exact` or `reachable` (the opt-ins that purge discovered queues), and nothing else.
 #[test]
 fn dead_letter_modes_reach_the_job() {
-    for (value, expected) in [("true", "true"), ("false", "false"), ("reachable", "reachable"), ("exact", "exact")] {
+    let job_mode = |docs: &[Value]| {
+        let env =
+            pod_spec(find(docs, "Job", "shop-cleanslate-purge"))["containers"][0]["env"].as_array().unwrap().clone();
+        env.iter().find(|e| e["name"] == "CLEANSLATE_RABBITMQ_DEAD_LETTERS").expect("set")["value"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(job_mode(&dev(&[])).as_deref(), Some("report"), "reported, not purged, by default");
+    for (value, expected) in
+        [("true", "true"), ("false", "false"), ("reachable", "reachable"), ("exact", "exact"), ("report", "report")]
+    {
         let docs = dev(&["--set", &format!("cleanup.rabbitmq.deadLetters={value}")]);
         let job = find(&docs, "Job", "shop-cleanslate-purge");
         let env = pod_spec(job)["containers"][0]["env"].as_array().unwrap();
@@ -862,4 +872,23 @@ fn notes_warn_about_waiting_on_post_hooks() {
     let both = notes("post-install,post-upgrade");
     assert!(both.contains("runs post-install and post-upgrade. Do not install or upgrade with --wait"), "{both}");
     assert!(!notes("pre-install,pre-upgrade").contains("WARNING: the Job runs"), "no warning for pre-* hooks");
+}
+
+/// A list entry that renders empty (`protectedPrefixes: ["{{ .Values.locksPrefix }}"]` with the
+/// value unset) fails the render naming the key: dropped, it would protect nothing.
+#[test]
+fn entries_that_render_empty_are_refused() {
+    for (key, value) in [
+        ("cleanup.etcd.protectedPrefixes", "{{ .Values.nothing }}"),
+        ("cleanup.etcd.prefixes", " "),
+        ("cleanup.rabbitmq.queues", "{{ .Release.Namespace | trimPrefix .Release.Namespace }}"),
+    ] {
+        let err = try_render(
+            "shop",
+            "dev",
+            &["-f", &values_file("values-dev.yaml"), "--set-json", &format!("{key}=[{value:?}]")],
+        )
+        .expect_err("an empty entry is refused");
+        assert!(err.contains(key) && err.contains("renders empty"), "{key}: names the key and why: {err}");
+    }
 }

@@ -380,8 +380,15 @@ every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" 
 */}}
 {{- define "cleanslate.tplList" -}}
 {{- $ctx := .ctx -}}
+{{- $key := .key | default "a list" -}}
 {{- $out := list -}}
-{{- range .list -}}{{- $out = append $out (tpl (toString .) $ctx) -}}{{- end -}}
+{{- range $i, $item := .list -}}
+{{- $rendered := tpl (toString $item) $ctx -}}
+{{- if not (trim $rendered) -}}
+{{- fail (printf "%s: entry %d renders empty (%q): an empty entry would be dropped, or an empty protected prefix protect nothing; give it a value or remove it" $key (add1 $i) (toString $item)) -}}
+{{- end -}}
+{{- $out = append $out $rendered -}}
+{{- end -}}
 {{- join "," $out -}}
 {{- end -}}
 
@@ -427,7 +434,7 @@ every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" 
 - name: CLEANSLATE_RABBITMQ_VHOST
   value: {{ tpl $c.rabbitmq.vhost . | quote }}
 - name: CLEANSLATE_RABBITMQ_QUEUES
-  value: {{ include "cleanslate.tplList" (dict "list" $c.rabbitmq.queues "ctx" .) | quote }}
+  value: {{ include "cleanslate.tplList" (dict "list" $c.rabbitmq.queues "ctx" . "key" "cleanup.rabbitmq.queues") | quote }}
 {{- if $c.rabbitmq.queuePattern }}
 - name: CLEANSLATE_RABBITMQ_QUEUE_PATTERN
   value: {{ tpl $c.rabbitmq.queuePattern . | quote }}
@@ -441,10 +448,10 @@ every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" 
 - name: CLEANSLATE_ETCD_ENDPOINTS
   value: {{ join "," $c.etcd.endpoints | quote }}
 - name: CLEANSLATE_ETCD_PREFIXES
-  value: {{ include "cleanslate.tplList" (dict "list" $c.etcd.prefixes "ctx" .) | quote }}
+  value: {{ include "cleanslate.tplList" (dict "list" $c.etcd.prefixes "ctx" . "key" "cleanup.etcd.prefixes") | quote }}
 {{- if $c.etcd.protectedPrefixes }}
 - name: CLEANSLATE_ETCD_PROTECTED_PREFIXES
-  value: {{ include "cleanslate.tplList" (dict "list" $c.etcd.protectedPrefixes "ctx" .) | quote }}
+  value: {{ include "cleanslate.tplList" (dict "list" $c.etcd.protectedPrefixes "ctx" . "key" "cleanup.etcd.protectedPrefixes") | quote }}
 {{- end }}
 {{- if or $c.etcd.existingSecret $c.etcd.username }}
 - name: CLEANSLATE_ETCD_USERNAME
