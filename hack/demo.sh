@@ -60,15 +60,23 @@ show() {
 
 export CLEANSLATE_ENVIRONMENT=dev CLEANSLATE_LOG_FORMAT=text
 export CLEANSLATE_RABBITMQ_URL="$CSTEST_RABBITMQ_URL" CLEANSLATE_RABBITMQ_USERNAME="$CSTEST_RABBITMQ_USERNAME"
-export CLEANSLATE_RABBITMQ_PASSWORD="$CSTEST_RABBITMQ_PASSWORD" CLEANSLATE_RABBITMQ_QUEUES=monorepo
+# Both queues named, as in the requirements document: the dead-letter queue is purged after its
+# source (and once more); a dead-letter queue that is not named is only reported.
+export CLEANSLATE_RABBITMQ_PASSWORD="$CSTEST_RABBITMQ_PASSWORD" CLEANSLATE_RABBITMQ_QUEUES=monorepo,monorepo-dlq
 export CLEANSLATE_ETCD_ENDPOINTS="$CSTEST_ETCD_ENDPOINT" CLEANSLATE_ETCD_PREFIXES=monorepo/
 export CLEANSLATE_ETCD_PROTECTED_PREFIXES=monorepo/locks/
 
 # cleanslate's counts are the management API's sampled statistics (refreshed every 5 s by
 # default, `collect_statistics_interval`): wait until they show what was just seeded, so plan and
 # purge print the real numbers rather than a stale 0.
+# RabbitMQ 3.10 answers a one-queue request with `columns` as a list of one, later versions as the
+# object: both are read.
 sampled_ready() {
-  curl -fsS -u "$auth" "$api/queues/%2F/$1?columns=messages_ready" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("messages_ready", 0))'
+  curl -fsS -u "$auth" "$api/queues/%2F/$1?columns=messages_ready" | python3 -c '
+import json, sys
+answer = json.load(sys.stdin)
+queue = (answer[0] if answer else {}) if isinstance(answer, list) else answer
+print(queue.get("messages_ready", 0))'
 }
 for queue in monorepo monorepo-dlq; do
   for _ in $(seq 1 60); do

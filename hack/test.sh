@@ -64,6 +64,15 @@ hack/lint.sh
 phase "release build (the Dockerfile's command)"
 hack/build-release.sh
 
+phase "demo (the README's first command: it must run clean, with no traceback)"
+demo_log="$scratch_logs/demo.log"
+if ! hack/demo.sh >"$demo_log" 2>&1 || grep -q "Traceback" "$demo_log"; then
+  cat "$demo_log"
+  echo "test: hack/demo.sh failed or printed a traceback (output above)" >&2
+  exit 1
+fi
+tail -n 8 "$demo_log"
+
 phase "image (the Dockerfile's final stage, with buildah; tests/image.rs runs it)"
 CLEANSLATE_BINARY="$(hack/build-release.sh --path)" hack/image.sh
 

@@ -785,7 +785,7 @@ async fn dead_letter_queues_go_after_their_sources_and_twice() {
     let purged: Vec<&str> = run
         .stdout
         .lines()
-        .filter(|l| l.contains(r#""message":"purged queue""#))
+        .filter(|l| l.contains(r#""message":"purged queue""#) || l.contains(r#""message":"purged queue again"#))
         .map(|l| l.split(r#""queue":""#).nth(1).unwrap().split('"').next().unwrap())
         .collect();
     // audit and parcels feed nothing selected but orders-retry's loop; orders and orders-retry
@@ -797,6 +797,9 @@ async fn dead_letter_queues_go_after_their_sources_and_twice() {
         assert_eq!(loop_queues.iter().filter(|q| **q == queue).count(), 2, "{queue} purged twice: {purged:?}");
     }
     assert!(run.stdout.contains("second pass over dead-letter queues"), "says so: {}", run.stdout);
+    let again: Vec<&str> = run.stdout.lines().filter(|l| l.contains("purged queue again (second pass)")).collect();
+    assert_eq!(again.len(), 2, "the second pass says it is one: {again:?}");
+    assert!(again.iter().all(|l| !l.contains("approx_messages")), "and repeats no stale count: {again:?}");
     for queue in ["orders", "orders-retry", "audit", "parcels"] {
         assert_eq!(rabbit.count(&vhost, queue).await, 0, "{queue} empty");
     }

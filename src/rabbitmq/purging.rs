@@ -13,10 +13,21 @@ use crate::config::{RetryPolicy, is_dot_segment};
 use crate::retry::{self, Attempt};
 use crate::tally::Tally;
 
+/// Which pass a purge belongs to: the second pass over dead-letter queues counts nothing again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    First,
+    Second,
+}
+
 impl Management {
     /// Purges one queue, retrying transient failures. A 404 is checked: only a queue that is
     /// really gone has vanished; one that still exists is unavailable, and that is a failure.
     pub async fn purge_one(&self, queue: &Selected, policy: &RetryPolicy, deadline: Instant) -> QueueOutcome {
+        self.purge_in(queue, Pass::First, policy, deadline).await
+    }
+
+    async fn purge_in(&self, queue: &Selected, pass: Pass, policy: &RetryPolicy, deadline: Instant) -> QueueOutcome {
         let name = &queue.info.name;
         if is_dot_segment(name) {
             // `api/queues/v/./contents` collapses to `api/queues/v/contents`: a DELETE there would
@@ -66,6 +77,11 @@ impl Management {
         .await;
         let duration_ms = started.elapsed().as_millis() as u64;
         match result {
+            Ok(true) if pass == Pass::Second => {
+                // The sampled count was the first pass's: what this one removed is not known.
+                info!(vhost = %self.vhost, queue = %name, reason = %queue.reason, duration_ms, "purged queue again (second pass)");
+                QueueOutcome::Purged { approx_ready: None }
+            }
             Ok(true) => {
                 match queue.info.messages_ready {
                     Some(approx_messages) => {
@@ -152,7 +168,8 @@ impl Management {
     ) -> Vec<(usize, QueueOutcome)> {
         stream::iter(indexes)
             .map(|i| async move {
-                let outcome = self.purge_one(&selection.queues[i], policy, deadline).await;
+                let pass = if tally.is_some() { Pass::First } else { Pass::Second };
+                let outcome = self.purge_in(&selection.queues[i], pass, policy, deadline).await;
                 if let (Some(tally), QueueOutcome::Purged { approx_ready }) = (tally, &outcome) {
                     tally.queue_purged(*approx_ready);
                 }
