@@ -65,6 +65,10 @@ pub struct Topology {
     /// topic exchange that doubles as a dead-letter exchange has other teams' queues bound with
     /// `orders.#` or `#`, and the API cannot tell such an exchange from a dedicated one.
     pub wildcard_routes_proven: bool,
+    /// Indexes into `bindings` by source exchange and by destination queue, so routing one key
+    /// and finding a queue's own keys cost what those bindings number, not the whole vhost's.
+    by_source: BTreeMap<String, Vec<usize>>,
+    by_destination_queue: BTreeMap<String, Vec<usize>>,
 }
 
 /// Where one queue's dead letters go.
@@ -91,12 +95,22 @@ enum Keys {
 
 impl Topology {
     pub fn new(exchanges: Vec<ExchangeInfo>, bindings: Vec<BindingInfo>) -> Topology {
+        let mut by_source: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut by_destination_queue: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (index, binding) in bindings.iter().enumerate() {
+            by_source.entry(binding.source.clone()).or_default().push(index);
+            if binding.destination_type == "queue" {
+                by_destination_queue.entry(binding.destination.clone()).or_default().push(index);
+            }
+        }
         Topology {
             exchanges: exchanges.into_iter().map(|e| (e.name, e.exchange_type)).collect(),
             bindings,
             alternates: BTreeMap::new(),
             application: BTreeMap::new(),
             wildcard_routes_proven: false,
+            by_source,
+            by_destination_queue,
         }
     }
 
@@ -113,7 +127,11 @@ impl Topology {
     }
 
     fn bindings_from<'a>(&'a self, exchange: &'a str) -> impl Iterator<Item = &'a BindingInfo> + 'a {
-        self.bindings.iter().filter(move |b| b.source == exchange)
+        self.by_source.get(exchange).into_iter().flatten().map(|&index| &self.bindings[index])
+    }
+
+    fn bindings_to<'a>(&'a self, queue: &'a str) -> impl Iterator<Item = &'a BindingInfo> + 'a {
+        self.by_destination_queue.get(queue).into_iter().flatten().map(|&index| &self.bindings[index])
     }
 
     /// Whether `exchange` exists (the default exchange always does).
@@ -125,7 +143,7 @@ impl Topology {
     fn original_keys(&self, queue: &str) -> Keys {
         let mut keys = BTreeSet::from([queue.to_string()]);
         let mut open = None;
-        for binding in self.bindings.iter().filter(|b| b.destination_type == "queue" && b.destination == queue) {
+        for binding in self.bindings_to(queue) {
             match self.exchanges.get(&binding.source).map(String::as_str) {
                 Some("direct") => {
                     keys.insert(binding.routing_key.clone());
@@ -373,17 +391,27 @@ pub fn select_dead_letter_queues(
         }
     }
     let topology = &topology;
-    let routes: BTreeMap<&String, Route> = dead_letter_targets
-        .iter()
-        .filter(|(_, (exchange, _))| topology.has_exchange(exchange))
-        .map(|(queue, (exchange, key))| (queue, topology.route_dead_letters(queue, exchange, key.as_deref())))
-        .collect();
+    let has_exchange = |(_, (exchange, _)): &(&String, &(String, Option<String>))| topology.has_exchange(exchange);
     // Where each queue's dead letters may go at the widest, for telling outsiders from insiders.
-    let widest: BTreeMap<&String, Route> = dead_letter_targets
+    // That depends only on the exchange and the key (any key, without one), so queues that share
+    // them (a vhost-wide policy: thousands) share one route.
+    let mut shared: std::collections::HashMap<(&str, Option<&str>), std::rc::Rc<Route>> = Default::default();
+    let widest: Vec<(&String, std::rc::Rc<Route>)> = dead_letter_targets
         .iter()
-        .filter(|(_, (exchange, _))| topology.has_exchange(exchange))
-        .map(|(queue, (exchange, key))| (queue, topology.route_any_key(queue, exchange, key.as_deref())))
+        .filter(has_exchange)
+        .map(|(queue, (exchange, key))| {
+            let route = shared
+                .entry((exchange.as_str(), key.as_deref()))
+                .or_insert_with(|| std::rc::Rc::new(topology.route_any_key(queue, exchange, key.as_deref())));
+            (queue, route.clone())
+        })
         .collect();
+    // Where the dead letters of a queue that may be ours provably go: only those are routed.
+    let route_of = |queue: &String| -> Option<Route> {
+        let (exchange, key) = dead_letter_targets.get(queue)?;
+        topology.has_exchange(exchange).then(|| topology.route_dead_letters(queue, exchange, key.as_deref()))
+    };
+    let mut routes: BTreeMap<String, Route> = BTreeMap::new();
     // Every queue whose dead letters may reach `target` (proven or not, any key), itself aside: a
     // DLQ that has the same dead-letter policy as its source (`set_policy DLX ".*"`) routes to itself.
     let feeders = |target: &str| -> Vec<&String> {
@@ -401,6 +429,11 @@ pub fn select_dead_letter_queues(
     let mut found: Vec<(String, String)> = Vec::new();
     let mut queue: std::collections::VecDeque<String> = selected.iter().cloned().collect();
     while let Some(source) = queue.pop_front() {
+        if !routes.contains_key(&source)
+            && let Some(route) = route_of(&source)
+        {
+            routes.insert(source.clone(), route);
+        }
         let Some(route) = routes.get(&source) else { continue };
         for target in &route.reached {
             if !selected.contains(target) && !found.iter().any(|(t, _)| t == target) {
@@ -445,7 +478,7 @@ pub fn select_dead_letter_queues(
                 why: format!(
                     "it may also receive dead letters of unselected queues: {} (one without a dead-letter routing key \
                      may carry any key: setting one makes its route provable)",
-                    dropped[target].join(", ")
+                    named_few(&dropped[target])
                 ),
             },
         );
@@ -455,12 +488,21 @@ pub fn select_dead_letter_queues(
         for target in route.candidates.iter().filter(|t| !ours(t)) {
             candidates.entry(target.clone()).or_insert_with(|| Candidate {
                 queue: target.clone(),
-                dead_letters_of: (*source).clone(),
+                dead_letters_of: source.clone(),
                 why: route.unproven_because.clone().unwrap_or_default(),
             });
         }
     }
     (taken, candidates.into_values().collect())
+}
+
+/// The first few names and how many more: a shared dead-letter queue may have thousands of feeders.
+fn named_few(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    match names.len() {
+        n if n <= SHOWN => names.join(", "),
+        n => format!("{} and {} more", names[..SHOWN].join(", "), n - SHOWN),
+    }
 }
 
 /// AMQP topic matching: words separated by `.`; `*` matches exactly one word, `#` zero or more.

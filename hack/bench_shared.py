@@ -1,0 +1,66 @@
+"""Seeds a shared vhost the way a platform team's broker looks: QUEUES application queues under one
+vhost-wide dead-letter policy (no routing key: dead letters keep their keys) to a topic exchange
+`dlx`, and TEAMS team dead-letter queues bound to it by wildcards (`teamT.#`); queue `appN` is bound
+to the application exchange `events` with `teamT.appN` (T = N % TEAMS). All in one definitions
+import (one request).
+
+usage: bench_shared.py VHOST QUEUES TEAMS
+"""
+
+import base64
+import json
+import os
+import sys
+import urllib.parse
+import urllib.request
+
+URL = os.environ["CSTEST_RABBITMQ_URL"]
+AUTH = base64.b64encode(f'{os.environ["CSTEST_RABBITMQ_USERNAME"]}:{os.environ["CSTEST_RABBITMQ_PASSWORD"]}'.encode()).decode()
+
+
+def call(method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{URL}/api/{path}", data=data, method=method)
+    request.add_header("authorization", f"Basic {AUTH}")
+    request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return response.read()
+    except urllib.error.HTTPError as err:
+        if method == "DELETE" and err.code == 404:
+            return b""
+        raise
+
+
+def main():
+    vhost, queues, teams = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    segment = urllib.parse.quote(vhost, safe="")
+    call("DELETE", f"vhosts/{segment}")
+    call("PUT", f"vhosts/{segment}", {})
+    user = os.environ["CSTEST_RABBITMQ_USERNAME"]
+    call("PUT", f"permissions/{segment}/{urllib.parse.quote(user, safe='')}", {"configure": ".*", "write": ".*", "read": ".*"})
+    definitions = {
+        "queues": [{"name": f"app{i}", "vhost": vhost, "durable": True, "auto_delete": False, "arguments": {}} for i in range(queues)]
+        + [{"name": f"team{t}-dlq", "vhost": vhost, "durable": True, "auto_delete": False, "arguments": {}} for t in range(teams)],
+        "exchanges": [
+            {"name": name, "vhost": vhost, "type": "topic", "durable": True, "auto_delete": False, "internal": False, "arguments": {}}
+            for name in ("dlx", "events")
+        ],
+        "bindings": [
+            {"source": "events", "vhost": vhost, "destination": f"app{i}", "destination_type": "queue", "routing_key": f"team{i % teams}.app{i}", "arguments": {}}
+            for i in range(queues)
+        ]
+        + [
+            {"source": "dlx", "vhost": vhost, "destination": f"team{t}-dlq", "destination_type": "queue", "routing_key": f"team{t}.#", "arguments": {}}
+            for t in range(teams)
+        ],
+        "policies": [
+            {"vhost": vhost, "name": "dead-letters", "pattern": "^app", "apply-to": "queues", "priority": 0,
+             "definition": {"dead-letter-exchange": "dlx"}}
+        ],
+    }
+    call("POST", f"definitions/{segment}", definitions)
+
+
+if __name__ == "__main__":
+    main()
