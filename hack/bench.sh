@@ -53,11 +53,14 @@ if [[ "$mode" == "--smoke" ]]; then
   sizes=("smoke 2 200 100 1 1")
   output="$root/.scratch/bench-smoke$suffix.md"
   gate_runs=5 poll_runs=1
+  shared_sizes=("200 20")
 else
   # name queues messages keys runs runs-of-the-slow-manual-contenders
   sizes=("typical 20 20000 10000 5 3" "large 1000 1000000 200000 3 1")
   output="$root/BENCHMARKS$suffix.md"
   gate_runs=100 poll_runs=10
+  # queues teams: a shared vhost under a vhost-wide dead-letter policy (hack/bench_shared.py)
+  shared_sizes=("10000 300" "50000 300")
 fi
 
 mgmt="$CSTEST_RABBITMQ_URL/api"
@@ -106,6 +109,21 @@ floor_seconds() { # server time of each purge request + one DeleteRange, summed
   } | awk '{s += $1 - $2} END {printf "%.4f\n", s}'
 }
 
+measure() { # SHELL_COMMAND: prints "wall cpu rss_kib" of the command's process tree
+  # Wall time and CPU seconds (user + system) of the process tree from getrusage (GNU time rounds
+  # CPU to 10 ms, more than cleanslate uses here); peak RSS from GNU time, whose small C parent
+  # does not inflate it the way a forked Python child would.
+  local wall cpu
+  read -r wall cpu < <("$py" -c '
+import resource, subprocess, sys, time
+started = time.perf_counter()
+subprocess.run(sys.argv[1:], check=True)
+wall = time.perf_counter() - started
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{wall:.4f} {usage.ru_utime + usage.ru_stime:.4f}")' /usr/bin/time -f '%M' -o "$work/rss" bash -c "$1")
+  echo "$wall $cpu $(cat "$work/rss")"
+}
+
 median() { sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else printf "%.4f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
 results="$work/results.tsv"
@@ -130,20 +148,39 @@ for size in "${sizes[@]}"; do
         # Wall time and CPU seconds (user + system) of the contender's process tree from getrusage
         # (GNU time rounds CPU to 10 ms, more than cleanslate uses here); peak RSS from GNU time,
         # whose small C parent does not inflate it the way a forked Python child would.
-        read -r wall cpu < <("$py" -c '
-import resource, subprocess, sys, time
-started = time.perf_counter()
-subprocess.run(sys.argv[1:], check=True)
-wall = time.perf_counter() - started
-usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(f"{wall:.4f} {usage.ru_utime + usage.ru_stime:.4f}")' /usr/bin/time -f '%M' -o "$work/rss" bash -c "$(contender_cmd "$contender")")
-        rss="$(cat "$work/rss")"
+        read -r wall cpu rss < <(measure "$(contender_cmd "$contender")")
         printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$contender" "$wall" "$cpu" "$rss" >>"$results"
       fi
       verify "$name/$contender" "$keep_before"
     done
   done
 done
+
+# The shared vhost: the cost of selecting one named queue (dead letters reported, the default) and
+# a pattern with exact discovery, against rabbitmqadmin doing the same selection, on a vhost of
+# thousands of queues that are not ours. The queues hold no messages: this measures selection.
+shared_results="$work/shared.tsv"
+: >"$shared_results"
+admin="python3 $work/rabbitmqadmin -H 127.0.0.1 -P ${CSTEST_RABBITMQ_URL##*:} -u $CSTEST_RABBITMQ_USERNAME -p $CSTEST_RABBITMQ_PASSWORD -V bench-shared"
+cs_shared="env CLEANSLATE_ENVIRONMENT=dev CLEANSLATE_TARGETS=rabbitmq CLEANSLATE_RABBITMQ_URL=$CSTEST_RABBITMQ_URL CLEANSLATE_RABBITMQ_USERNAME=$CSTEST_RABBITMQ_USERNAME CLEANSLATE_RABBITMQ_PASSWORD=$CSTEST_RABBITMQ_PASSWORD CLEANSLATE_RABBITMQ_VHOST=bench-shared CLEANSLATE_TIMEOUT=5m RUST_LOG=warn"
+for shared in "${shared_sizes[@]}"; do
+  read -r queues teams <<<"$shared"
+  echo "bench: shared vhost of $queues queues"
+  "$py" hack/bench_shared.py bench-shared "$queues" "$teams"
+  for selection in named pattern; do
+    for contender in cleanslate rabbitmqadmin; do
+      case "$selection/$contender" in
+        named/cleanslate) cmd="$cs_shared CLEANSLATE_RABBITMQ_QUEUES=app7 $bin purge" ;;
+        named/rabbitmqadmin) cmd="$admin purge queue name=app7 >/dev/null" ;;
+        pattern/cleanslate) cmd="$cs_shared CLEANSLATE_RABBITMQ_QUEUE_PATTERN='app1[0-9]' CLEANSLATE_RABBITMQ_DEAD_LETTERS=exact $bin purge" ;;
+        pattern/rabbitmqadmin) cmd="$admin -f tsv -q list queues name | grep -E '^app1[0-9]\$' | while read -r q; do $admin purge queue name=\$q >/dev/null; done" ;;
+      esac
+      read -r wall cpu rss < <(measure "$cmd")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$queues" "$selection" "$contender" "$wall" "$cpu" "$rss" >>"$shared_results"
+    done
+  done
+done
+curl -fsS -o /dev/null -u "$auth" -X DELETE "$mgmt/vhosts/bench-shared"
 
 echo "bench: gate reaction"
 gate_table="$(CSBENCH_GATE_RUNS=$gate_runs CSBENCH_POLL_RUNS=$poll_runs cargo bench --quiet --bench gate_reaction 2>/dev/null | grep '^|')"
@@ -208,6 +245,21 @@ kept="$(sed -n '/^<!-- kept -->$/,/^<!-- \/kept -->$/p' "$output" 2>/dev/null ||
     echo "Under the chart's 100m CPU limit, cleanslate's $(printf '%.4f' "$cs_cpu") CPU s need at least $(awk -v c="$cs_cpu" 'BEGIN {printf "%.3f", c / 0.1}') s of wall time."
     echo
   done
+  echo "## Shared vhost: one named queue, and a pattern with exact discovery"
+  echo
+  echo "A vhost of other teams' queues (\`hack/bench_shared.py\`): every \`appN\` under one vhost-wide dead-letter"
+  echo "policy to a topic exchange with team dead-letter queues bound by wildcards, and bound to an application"
+  echo "exchange. \`named\`: \`CLEANSLATE_RABBITMQ_QUEUES=app7\` (dead letters reported, the default) against"
+  echo "\`rabbitmqadmin purge queue name=app7\`. \`pattern\`: \`app1[0-9]\` (11 queues) with"
+  echo "\`CLEANSLATE_RABBITMQ_DEAD_LETTERS=exact\` (the whole vhost listed and routed) against \`rabbitmqadmin list queues\`"
+  echo "filtered by \`grep\` and one \`rabbitmqadmin purge\` per queue. One run each; the Job's budget is 128Mi and 100m CPU."
+  echo
+  echo "| queues in the vhost | selection | contender | wall | CPU s | peak RSS |"
+  echo "|---|---|---|---|---|---|"
+  while IFS=$'\t' read -r queues selection contender wall cpu rss; do
+    printf '| %s | %s | %s | %.3f s | %.3f | %.1f MiB |\n' "$queues" "$selection" "$contender" "$wall" "$cpu" "$(awk -v k="$rss" 'BEGIN {print k / 1024}')"
+  done <"$shared_results"
+  echo
   cat <<'READING'
 ## Reading the numbers
 
