@@ -112,12 +112,12 @@ floor_seconds() { # server time of each purge request + one DeleteRange, summed
 measure() { # SHELL_COMMAND: prints "wall cpu rss_kib" of the command's process tree
   # Wall time and CPU seconds (user + system) of the process tree from getrusage (GNU time rounds
   # CPU to 10 ms, more than cleanslate uses here); peak RSS from GNU time, whose small C parent
-  # does not inflate it the way a forked Python child would.
+  # does not inflate it the way a forked Python child would. The command's stdout (logs) is dropped.
   local wall cpu
   read -r wall cpu < <("$py" -c '
 import resource, subprocess, sys, time
 started = time.perf_counter()
-subprocess.run(sys.argv[1:], check=True)
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
 wall = time.perf_counter() - started
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(f"{wall:.4f} {usage.ru_utime + usage.ru_stime:.4f}")' /usr/bin/time -f '%M' -o "$work/rss" bash -c "$1")

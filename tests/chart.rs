@@ -213,6 +213,11 @@ fn disabled_renders_only_unchanged_apps() {
 /// Renders tests/fixtures/parent-chart (cleanslate as a dependency, under `alias` when given) with
 /// `helm dependency update` and `helm template`; returns the manifest text.
 fn render_parent(alias: Option<&str>) -> String {
+    render_parent_with(alias, &[])
+}
+
+/// [`render_parent`] with extra `helm template` arguments.
+fn render_parent_with(alias: Option<&str>, extra: &[&str]) -> String {
     let scratch = tempfile::tempdir().expect("tempdir");
     let parent = scratch.path().join("tests/fixtures/parent-chart");
     std::fs::create_dir_all(parent.join("templates")).unwrap();
@@ -220,11 +225,11 @@ fn render_parent(alias: Option<&str>) -> String {
         let mut text = std::fs::read_to_string(repo_root().join("tests/fixtures/parent-chart").join(file)).unwrap();
         if let Some(alias) = alias {
             text = match file {
-                "Chart.yaml" => {
-                    text.replace("    repository: file://", &format!("    alias: {alias}\n    repository: file://"))
-                }
+                "Chart.yaml" => text
+                    .replace("    repository: file://", &format!("    alias: {alias}\n    repository: file://"))
+                    .replace("condition: cleanslate.enabled", &format!("condition: {alias}.enabled")),
                 "values.yaml" => text.replace("cleanslate:\n", &format!("{alias}:\n")),
-                _ => text,
+                _ => text.replace(r#"(index .Values "cleanslate")"#, &format!(r#"(index .Values "{alias}")"#)),
             };
         }
         std::fs::write(parent.join(file), text).unwrap();
@@ -237,6 +242,7 @@ fn render_parent(alias: Option<&str>) -> String {
         .args(["template", "shop"])
         .arg(&parent)
         .args(["--namespace", "dev"])
+        .args(extra)
         .output()
         .expect("helm runs");
     assert!(output.status.success(), "parent renders: {}", String::from_utf8_lossy(&output.stderr));
@@ -890,5 +896,109 @@ fn entries_that_render_empty_are_refused() {
         )
         .expect_err("an empty entry is refused");
         assert!(err.contains(key) && err.contains("renders empty"), "{key}: names the key and why: {err}");
+    }
+}
+
+/// The umbrella-chart convention: a parent's `condition: cleanslate.enabled` (and under an alias,
+/// `<alias>.enabled`) switches the dependency off and on; the strict schema accepts the key.
+#[test]
+fn a_parent_switches_the_dependency_with_its_condition() {
+    for alias in [None, Some("cleanup-hooks")] {
+        let key = format!("{}.enabled", alias.unwrap_or("cleanslate"));
+        let on = render_parent_with(alias, &[]);
+        assert!(on.contains("kind: Job"), "{key}=true: the purge Job is rendered");
+        let off = render_parent_with(alias, &["--set", &format!("{key}=false")]);
+        assert!(!off.contains("kind: Job") && !off.contains("cleanslate"), "{key}=false: nothing of cleanslate: {off}");
+        assert!(off.contains("name: shop-api"), "{key}=false: the parent's own Deployment stays");
+    }
+    assert!(try_render("shop", "dev", &["--set", "enabled=true"]).is_ok(), "the chart itself accepts `enabled`");
+}
+
+/// Hook events without an install event or an upgrade event would leave every gate of that
+/// deploy waiting for a Job that never runs: the render fails saying which is missing.
+#[test]
+fn hook_events_must_cover_install_and_upgrade() {
+    for (events, missing) in [
+        ("{post-install}", "no upgrade event"),
+        ("{pre-install}", "no upgrade event"),
+        ("{pre-upgrade}", "no install event"),
+        ("{post-upgrade,pre-upgrade}", "no install event"),
+    ] {
+        let err = try_render(
+            "shop",
+            "dev",
+            &["-f", &values_file("values-dev.yaml"), "--set", &format!("cleanup.hook.events={events}")],
+        )
+        .expect_err("refused");
+        assert!(err.contains("cleanup.hook.events") && err.contains(missing), "{events}: says why: {err}");
+    }
+    for events in ["{post-install,pre-upgrade}", "{pre-install,pre-upgrade}", "{pre-install,post-upgrade}"] {
+        assert!(
+            try_render(
+                "shop",
+                "dev",
+                &["-f", &values_file("values-dev.yaml"), "--set", &format!("cleanup.hook.events={events}")]
+            )
+            .is_ok(),
+            "{events} renders"
+        );
+    }
+}
+
+/// Pod annotations, labels, node selector, tolerations, affinity and priority class reach every
+/// cleanslate pod: the purge Job's, the test Pod and the resume Job's (a mesh opted out of, a
+/// tainted node pool, cost labels), and the chart's own labels and hook annotations win.
+#[test]
+fn pod_knobs_reach_every_cleanslate_pod() {
+    let docs = dev(&[
+        "--set-string",
+        "cleanup.podAnnotations.sidecar\\.istio\\.io/inject=false",
+        "--set",
+        "cleanup.podLabels.team=platform",
+        "--set",
+        "cleanup.podLabels.app\\.kubernetes\\.io/component=mine",
+        "--set",
+        "cleanup.nodeSelector.pool=ci",
+        "--set-json",
+        r#"cleanup.tolerations=[{"key":"pool","operator":"Equal","value":"ci","effect":"NoSchedule"}]"#,
+        "--set-json",
+        r#"cleanup.affinity={"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"pool","operator":"In","values":["ci"]}]}]}}}"#,
+        "--set",
+        "cleanup.priorityClassName=batch-low",
+        "--set-json",
+        "cleanup.quiesce.workloads=[\"deployment/api\"]",
+    ]);
+    let pods = [
+        ("purge Job", &find(&docs, "Job", "shop-cleanslate-purge")["spec"]["template"]),
+        ("resume Job", &find(&docs, "Job", "shop-cleanslate-resume")["spec"]["template"]),
+        ("test Pod", find(&docs, "Pod", "shop-cleanslate-test-purge")),
+    ];
+    for (what, pod) in pods {
+        let (metadata, spec) = (&pod["metadata"], &pod["spec"]);
+        assert_eq!(metadata["annotations"]["sidecar.istio.io/inject"], json!("false"), "{what}: annotation");
+        assert_eq!(metadata["labels"]["team"], json!("platform"), "{what}: label");
+        assert_ne!(metadata["labels"]["app.kubernetes.io/component"], json!("mine"), "{what}: the chart's label wins");
+        assert_eq!(spec["nodeSelector"]["pool"], json!("ci"), "{what}: node selector");
+        assert_eq!(spec["tolerations"][0]["key"], json!("pool"), "{what}: toleration");
+        assert!(spec["affinity"]["nodeAffinity"].is_object(), "{what}: affinity");
+        assert_eq!(spec["priorityClassName"], json!("batch-low"), "{what}: priority class");
+    }
+    let test_pod = find(&docs, "Pod", "shop-cleanslate-test-purge");
+    assert_eq!(test_pod["metadata"]["annotations"]["helm.sh/hook"], json!("test"), "the hook annotation stays");
+}
+
+/// A refusal (77) or a configuration error (78) fails the purge and resume Jobs at once through
+/// their pod failure policy (restartPolicy Never), instead of being retried backoffLimit times.
+#[test]
+fn refusals_and_configuration_errors_are_not_retried() {
+    let docs = dev(&["--set-json", "cleanup.quiesce.workloads=[\"deployment/api\"]"]);
+    for (job, container) in [("shop-cleanslate-purge", "purge"), ("shop-cleanslate-resume", "resume")] {
+        let spec = &find(&docs, "Job", job)["spec"];
+        let rule = &spec["podFailurePolicy"]["rules"][0];
+        assert_eq!(rule["action"], json!("FailJob"), "{job}: fails the Job");
+        assert_eq!(rule["onExitCodes"]["containerName"], json!(container), "{job}: its container");
+        assert_eq!(rule["onExitCodes"]["operator"], json!("In"), "{job}: operator");
+        assert_eq!(rule["onExitCodes"]["values"], json!([77, 78]), "{job}: the final exit codes");
+        assert_eq!(spec["template"]["spec"]["restartPolicy"], json!("Never"), "{job}: required by the policy");
     }
 }

@@ -240,6 +240,66 @@ production-eu, PROD, prod2, prd01. */ -}}
 {{- if and $v.cleanup.enabled (not $v.cleanup.targets.queue) (not $v.cleanup.targets.database) -}}
 {{- fail "cleanslate: cleanup.enabled is true but cleanup.targets selects neither queue nor database" -}}
 {{- end -}}
+{{- /* Every gate waits for a Job of its revision: the Job must run on every install and every upgrade. */ -}}
+{{- $events := $v.cleanup.hook.events -}}
+{{- if and $v.cleanup.enabled (not (or (has "pre-install" $events) (has "post-install" $events))) -}}
+{{- fail (printf "cleanslate: cleanup.hook.events %v has no install event (pre-install or post-install): the gated pods of an install would wait for a Job that never runs" $events) -}}
+{{- end -}}
+{{- if and $v.cleanup.enabled (not (or (has "pre-upgrade" $events) (has "post-upgrade" $events))) -}}
+{{- fail (printf "cleanslate: cleanup.hook.events %v has no upgrade event (pre-upgrade or post-upgrade): the gated pods of every upgrade would wait for a Job that never runs" $events) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Pod-level knobs of every cleanslate pod (the purge Job's, the test Pod, the resume Job's), like every
+chart platform teams run: labels and annotations (cost allocation, opting out of a mesh's injection),
+and where it may run (tainted or dedicated node pools). The pod's own labels win over podLabels.
+*/}}
+{{- define "cleanslate.podLabels" -}}
+{{- with omit .Values.cleanup.podLabels "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/part-of" "helm.sh/chart" }}
+{{- toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "cleanslate.podAnnotations" -}}
+{{- with omit .Values.cleanup.podAnnotations "helm.sh/hook" "helm.sh/hook-weight" "helm.sh/hook-delete-policy" "helm.sh/hook-output-log-policy" "argocd.argoproj.io/hook" "argocd.argoproj.io/sync-wave" "argocd.argoproj.io/hook-delete-policy" }}
+{{- toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "cleanslate.podScheduling" -}}
+{{- $c := .Values.cleanup -}}
+{{- with $c.nodeSelector -}}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $c.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $c.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $c.priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+A Job's pod failure policy: a refusal (77) or a configuration error (78) in CONTAINER fails the Job at
+once instead of being retried backoffLimit times (the same input fails the same way). Needs the pod's
+restartPolicy Never. Beta and on by default since Kubernetes 1.26, GA in 1.31
+(https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy).
+*/}}
+{{- define "cleanslate.podFailurePolicy" -}}
+podFailurePolicy:
+  rules:
+    - action: FailJob
+      onExitCodes:
+        containerName: {{ . }}
+        operator: In
+        values: [77, 78]
 {{- end -}}
 
 {{/* Hook events of the Job's RBAC and Secret: every event of the Job, plus test for the test Pod. */}}
