@@ -47,10 +47,18 @@ impl Management {
     /// policy and counts, and finding its dead-letter policy would mean resolving every policy by
     /// pattern. The policy's name is filled in from a second listing without statistics
     /// (`disable_stats=true&enable_queue_totals=true`, which answers from the queue records), so the
-    /// policy that RabbitMQ really applied is used, and a queue without one needs none.
-    pub(super) async fn list_queues(&self, policy: &RetryPolicy, deadline: Instant) -> Result<Vec<QueueInfo>> {
+    /// policy that RabbitMQ really applied is used, and a queue without one needs none. Only when
+    /// `every_policy` is asked for (an opt-in that takes dead-letter queues judges every queue of the
+    /// vhost as a possible feeder); to report, the selected queues' policies are resolved from the
+    /// policies themselves, and the broker is spared a second listing of the whole vhost.
+    pub(super) async fn list_queues(
+        &self,
+        policy: &RetryPolicy,
+        deadline: Instant,
+        every_policy: bool,
+    ) -> Result<Vec<QueueInfo>> {
         let mut queues = self.list_queues_with(policy, deadline, "").await?;
-        if queues.iter().any(QueueInfo::unsampled) {
+        if every_policy && queues.iter().any(QueueInfo::unsampled) {
             // Only an aid: when it fails, those queues stay as listed, which makes their policy
             // unknown or resolved by pattern, never guessed.
             let records: BTreeMap<String, QueueInfo> = match self

@@ -230,8 +230,12 @@ impl Management {
         policy: &RetryPolicy,
         deadline: Instant,
     ) -> Result<Selection> {
-        let all: BTreeMap<String, QueueInfo> =
-            self.list_queues(policy, deadline).await?.into_iter().map(|q| (q.name.clone(), q)).collect();
+        let all: BTreeMap<String, QueueInfo> = self
+            .list_queues(policy, deadline, config.dead_letters.takes_queues())
+            .await?
+            .into_iter()
+            .map(|q| (q.name.clone(), q))
+            .collect();
         let mut selection = Selection::default();
         let mut chosen = BTreeSet::new();
         for name in &config.queues {
