@@ -151,6 +151,9 @@ fn main() -> ExitCode {
             }
         }
     });
+    // A blocking task still running (a routing analysis a signal interrupted) must not hold the exit
+    // past the pod's grace period.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match exit {
         Ok(Outcome::Done) => {
             termination::write(&termination::success_line(command.name()));

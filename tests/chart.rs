@@ -897,6 +897,13 @@ fn entries_that_render_empty_are_refused() {
         .expect_err("an empty entry is refused");
         assert!(err.contains(key) && err.contains("renders empty"), "{key}: names the key and why: {err}");
     }
+    let err = try_render(
+        "shop",
+        "dev",
+        &["-f", &values_file("values-dev.yaml"), "--set-json", r#"cleanup.rabbitmq.vhost="{{ .Values.nothing }}""#],
+    )
+    .expect_err("an empty vhost is refused");
+    assert!(err.contains("cleanup.rabbitmq.vhost renders empty"), "the vhost: names it: {err}");
 }
 
 /// The umbrella-chart convention: a parent's `condition: cleanslate.enabled` (and under an alias,

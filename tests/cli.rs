@@ -270,6 +270,8 @@ async fn empty_list_entries_are_configuration_errors() {
         ("CLEANSLATE_ETCD_ENDPOINTS", &format!("{},", etcd_endpoint())),
         ("CLEANSLATE_TARGETS", "rabbitmq,"),
         ("CLEANSLATE_QUIESCE", "deployment/api,"),
+        ("CLEANSLATE_RABBITMQ_VHOST", ""),
+        ("CLEANSLATE_TARGETS", ""),
     ] {
         let run = cleanslate(
             &["purge"],

@@ -681,7 +681,7 @@ async fn a_failed_apply_after_the_purge_is_mended_by_the_next_upgrade() {
     world.cleanup().await;
 }
 
-/// An upgrade whose purge fails after the quiesce (a named stream cannot be purged): Helm stops at the pre-upgrade Job, and the
+/// An upgrade whose purge fails after the quiesce (the broker answers it 503): Helm stops at the pre-upgrade Job, and the
 /// old workloads are already back at their counts, without the record; the marker says failed and
 /// names them.
 #[tokio::test]
@@ -690,18 +690,21 @@ async fn failed_upgrade_restores_the_old_workloads() {
     let mut cluster = FakeCluster::start(NAMESPACE).await;
     install(&world, &mut cluster, &[]).await;
     world.seed().await;
-    // A named stream passes the preflight (it exists) and fails its purge after the quiesce.
-    world.rabbit.declare(&world.vhost, "audit-stream", json!({"x-queue-type": "stream"})).await;
+    // The preflight's reads go through; the purge itself is answered 503 after the quiesce.
+    let proxy = support::proxy::Proxy::for_url(&rabbit_url());
+    proxy.forward_failing(&["DELETE "]);
     let upgrade = world.render(&[
         "--is-upgrade".into(),
         "--set".into(),
         "cleanup.revision=2".into(),
         "--set".into(),
-        "cleanup.rabbitmq.queues={monorepo,audit-stream}".into(),
+        format!("cleanup.rabbitmq.url={}", proxy.url()),
+        "--set".into(),
+        "cleanup.retry.attempts=1".into(),
     ]);
     let runs = run_hooks(&mut cluster, &upgrade, "pre-upgrade").await;
     let job = job_run(&runs, "shop-cleanslate-purge");
-    assert_eq!(job.code, 1, "the stream's purge fails: {}", job.all_output());
+    assert_eq!(job.code, 1, "the purge fails: {}", job.all_output());
     for deployment in ["shop-producer", "shop-consumer"] {
         assert_eq!(replicas(&cluster, deployment), (1, None), "{deployment}: restored, record removed");
         assert_eq!(cluster.api.pods_of(NAMESPACE, deployment).len(), 1, "{deployment}: running again");

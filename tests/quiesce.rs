@@ -181,7 +181,7 @@ async fn stops_the_writer_before_purging_then_resume_restores() {
     env.cleanup().await;
 }
 
-/// A purge that fails after the quiesce (a named stream): the stopped workloads go back to their counts, the record is removed,
+/// A purge that fails after the quiesce (the broker answers the purge 503): the stopped workloads go back to their counts, the record is removed,
 /// the run exits non-zero and the marker says failed, naming what was restored.
 #[tokio::test]
 async fn failed_purge_restores_the_workloads() {
@@ -189,15 +189,17 @@ async fn failed_purge_restores_the_workloads() {
     env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
     env.api.apply_workload(NS, &deployment("shop-consumer", Some(1)));
     env.seed().await;
-    // A named stream passes the preflight (it exists) and fails its purge (400 not_implemented).
-    env.rabbit.declare(&env.vhost, "audit-stream", json!({"x-queue-type": "stream"})).await;
+    // The preflight's reads go through; the purge itself is answered 503 (a proxy whose upstream
+    // timed out), after the quiesce.
+    let proxy = support::proxy::Proxy::for_url(&rabbit_url());
+    proxy.forward_failing(&["DELETE "]);
     env.api.grant_on(TOKEN, "events", &["create"], None);
     let vars = env.vars(
         "deployment/shop-producer,deployment/shop-consumer",
-        &[("CLEANSLATE_RABBITMQ_QUEUES", "monorepo,audit-stream"), ("CLEANSLATE_EVENTS", "true")],
+        &[("CLEANSLATE_RABBITMQ_URL", &proxy.url()), ("CLEANSLATE_RETRY_ATTEMPTS", "1"), ("CLEANSLATE_EVENTS", "true")],
     );
     let run = cleanslate(&["purge"], &vars).await;
-    assert_eq!(run.code, 1, "the stream's purge fails: {}", run.all_output());
+    assert_eq!(run.code, 1, "the purge fails: {}", run.all_output());
     let failed: Vec<Value> = env
         .api
         .events()
@@ -210,7 +212,7 @@ async fn failed_purge_restores_the_workloads() {
     assert_eq!(failed[0]["type"], json!("Warning"), "a warning");
     let note = failed[0]["note"].as_str().unwrap_or_default();
     assert!(
-        note.contains("audit-stream") && note.contains("restored deployment/shop-producer"),
+        note.contains("503") && note.contains("restored deployment/shop-producer"),
         "why, and what was restored: {note}"
     );
     assert_eq!(
@@ -232,7 +234,8 @@ async fn failed_purge_restores_the_workloads() {
     env.cleanup().await;
 }
 
-/// A backend that fails the preflight (a wrong RabbitMQ password, an unreachable management API)
+/// A backend that fails the preflight (a wrong RabbitMQ password, an unreachable management API, a
+/// named queue that can never be purged)
 /// stops nothing and deletes nothing on the other backend: the apps are not bounced for a
 /// configuration error, and the etcd prefix is not half-erased under the running version.
 #[tokio::test]
@@ -241,9 +244,11 @@ async fn a_failing_preflight_stops_and_deletes_nothing() {
     env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
     env.seed().await;
     let dead = format!("http://127.0.0.1:{}", free_port());
+    env.rabbit.declare(&env.vhost, "audit-stream", json!({"x-queue-type": "stream"})).await;
     for (case, setting) in [
         ("wrong password", ("CLEANSLATE_RABBITMQ_PASSWORD", "not-the-password")),
         ("unreachable broker", ("CLEANSLATE_RABBITMQ_URL", dead.as_str())),
+        ("a named stream", ("CLEANSLATE_RABBITMQ_QUEUES", "monorepo,audit-stream")),
     ] {
         let run =
             cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[setting, ("CLEANSLATE_TIMEOUT", "3s")]))

@@ -261,6 +261,26 @@ async fn unreadable_bindings_still_purge_the_named_queues() {
             rabbit.publish(&vhost, queue, 2).await;
         }
     }
+    // A bindings read that never answers (a slow listing behind a proxy) costs its own small
+    // budget, not the run's deadline: the named queues are purged well before the deadline.
+    let hanging = Proxy::for_url(&rabbit_url());
+    hanging.forward_hanging(&["/bindings"]);
+    let vars = with(
+        purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "orders,parcels")]),
+        &[("CLEANSLATE_RABBITMQ_URL", &hanging.url()), ("CLEANSLATE_TIMEOUT", "30s")],
+    );
+    let started = std::time::Instant::now();
+    let run = cleanslate(&["purge"], &vars).await;
+    assert_eq!(run.code, 0, "a hanging discovery read still purges the named queues: {}", run.all_output());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "within the discovery budget: {:?}",
+        started.elapsed()
+    );
+    assert!(run.stdout.contains("dead letters go is unknown"), "and says what is unknown: {}", run.stdout);
+    for queue in ["orders", "parcels"] {
+        assert_eq!(rabbit.count(&vhost, queue).await, 0, "hanging: {queue} purged");
+    }
     rabbit.delete_vhost(&vhost).await;
 }
 
@@ -291,10 +311,11 @@ async fn missing_queues_warn_or_fail() {
     rabbit.delete_vhost(&vhost).await;
 }
 
-/// A stream cannot be purged: the run reports it by name with RabbitMQ's reason, exits 1, and
-/// still purges the other queues.
+/// A named stream can never be purged: the preflight refuses the run as a configuration error (78),
+/// naming it, before anything is purged (or any workload stopped, or any key deleted): the same
+/// input would fail every attempt of the Job the same way.
 #[tokio::test]
-async fn unpurgeable_stream_is_reported_by_name() {
+async fn named_stream_is_refused_before_anything_is_purged() {
     let rabbit = Rabbit::connect().await;
     let vhost = fresh_vhost(&rabbit, "stream").await;
     rabbit.declare(&vhost, "events", json!({"x-queue-type": "stream"})).await;
@@ -303,10 +324,14 @@ async fn unpurgeable_stream_is_reported_by_name() {
 
     let run = cleanslate(&["purge"], &purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "events,jobs")])).await;
 
-    assert_eq!(run.code, 1, "an unpurgeable queue fails the run: {}", run.all_output());
-    assert!(run.stderr.contains("\"events\""), "names the stream: {}", run.stderr);
-    assert!(run.stderr.contains("not supported by stream queues"), "carries RabbitMQ's reason: {}", run.stderr);
-    assert_eq!(rabbit.count(&vhost, "jobs").await, 0, "the other queue is still purged");
+    assert_eq!(run.code, 78, "a named queue that can never be purged is a configuration error: {}", run.all_output());
+    assert!(
+        run.stderr.contains("\"events\"") && run.stderr.contains("stream cannot be purged"),
+        "names the stream and why: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("nothing was stopped or deleted"), "says nothing was touched: {}", run.stderr);
+    assert_eq!(rabbit.count(&vhost, "jobs").await, 3, "nothing was purged");
     rabbit.delete_vhost(&vhost).await;
 }
 

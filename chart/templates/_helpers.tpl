@@ -492,7 +492,11 @@ every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" 
       name: {{ default (include "cleanslate.suffixed" (list $fullname "credentials")) $c.rabbitmq.existingSecret }}
       key: {{ $c.rabbitmq.passwordKey }}
 - name: CLEANSLATE_RABBITMQ_VHOST
-  value: {{ tpl $c.rabbitmq.vhost . | quote }}
+  {{- $vhost := tpl $c.rabbitmq.vhost . }}
+  {{- if not (trim $vhost) }}
+  {{- fail (printf "cleanup.rabbitmq.vhost renders empty (%q): the purge would go to the default vhost `/`; name the vhost" $c.rabbitmq.vhost) }}
+  {{- end }}
+  value: {{ $vhost | quote }}
 - name: CLEANSLATE_RABBITMQ_QUEUES
   value: {{ include "cleanslate.tplList" (dict "list" $c.rabbitmq.queues "ctx" . "key" "cleanup.rabbitmq.queues") | quote }}
 {{- if $c.rabbitmq.queuePattern }}

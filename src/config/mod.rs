@@ -546,7 +546,15 @@ fn quiesce_config(env: &Env, required_by_resume: bool) -> Result<Option<QuiesceC
 }
 
 fn targets(value: &Option<String>) -> Result<(bool, bool)> {
-    let Some(text) = present(value) else { return Ok((true, true)) };
+    let text = match value.as_deref() {
+        None => return Ok((true, true)),
+        Some(text) if text.trim().is_empty() => {
+            return Err(config_error(
+                "CLEANSLATE_TARGETS is set but empty: unset it for both, or name rabbitmq, etcd or both",
+            ));
+        }
+        Some(text) => text,
+    };
     let (mut rabbitmq, mut etcd) = (false, false);
     for item in entries("CLEANSLATE_TARGETS", text)? {
         match item.to_ascii_lowercase().as_str() {
@@ -590,8 +598,18 @@ fn rabbit_config(raw: &RawEnv) -> Result<RabbitConfig> {
             "CLEANSLATE_RABBITMQ_QUEUES or CLEANSLATE_RABBITMQ_QUEUE_PATTERN is required to select queues",
         ));
     }
-    // The vhost is not trimmed away when it is just "/": present() trims, so read it directly.
-    let vhost = raw.rabbitmq_vhost.clone().filter(|v| !v.is_empty()).unwrap_or_else(|| "/".to_string());
+    // Unset means the default vhost; set but empty is a template that rendered empty, and must not
+    // send the purge of these names to `/`, where another team's queues may have them.
+    let vhost = match raw.rabbitmq_vhost.as_deref() {
+        None => "/".to_string(),
+        Some(text) if text.trim().is_empty() => {
+            return Err(config_error(
+                "CLEANSLATE_RABBITMQ_VHOST is set but empty: unset it for the default vhost `/`, or name the vhost",
+            ));
+        }
+        // Not trimmed: a vhost name is taken as it is.
+        Some(text) => text.to_string(),
+    };
     if is_dot_segment(&vhost) {
         // `api/queues/.` would be normalised to `api/queues`, the queues of every vhost.
         return Err(config_error(format!(

@@ -21,7 +21,7 @@ use anyhow::{Result, anyhow};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::config::{Mode, PurgeConfig};
+use crate::config::{MarkerConfig, Mode, PurgeConfig, QuiesceConfig};
 use crate::error::{Kind, classified, kind_of};
 use crate::etcd;
 use crate::events::Reason;
@@ -145,28 +145,11 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     // Quiesce: nothing is purged while the previous version's writers may still run.
     let progress = quiesce::Progress::default();
     let mut quiesce_failure = None;
-    if let (Some(_), Some((kube, settings))) = (&prepared, &quiesce_target) {
-        let cleaned_up_to = match &marker_target {
-            Some((marker_kube, marker)) => match last_cleaned(marker_kube, marker).await {
-                Ok(cleaned) => Some(cleaned),
-                Err(err) => {
-                    quiesce_failure = Some(err.context("nothing was stopped"));
-                    None
-                }
-            },
-            None => None,
-        };
-        if quiesce_failure.is_none() {
-            let stopping =
-                tokio::time::timeout(settings.timeout, quiesce::stop(kube, settings, cleaned_up_to, &progress));
-            tokio::select! {
-                stopped = stopping => match stopped {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => quiesce_failure = Some(err.context("stopping the workloads (quiesce)")),
-                    Err(_) => quiesce_failure = Some(progress.timeout_error(settings.timeout)),
-                },
-                signal = shutdown.recv() => interrupted = Some(signal),
-            }
+    if let (Some(_), Some(target)) = (&prepared, &quiesce_target) {
+        let stopped = stop_writers(target, marker_target.as_ref(), &progress);
+        tokio::select! {
+            stopped = stopped => quiesce_failure = stopped.err(),
+            signal = shutdown.recv() => interrupted = Some(signal),
         }
     }
     if let Some(err) = quiesce_failure {
@@ -205,45 +188,10 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
 
     // Put the workloads back: after a failure the previous version keeps running; in the helm
     // test Pod the reset is complete only when they run again.
-    let mut resume_failures = Vec::new();
-    if let Some((kube, settings)) = &quiesce_target {
-        let stopped = progress.stopped();
-        let failed = !summary.failures.is_empty();
-        if !stopped.is_empty() && (failed || settings.resume_after_purge) {
-            let budget = if interrupted.is_some() { SIGNAL_RESTORE_BUDGET } else { RESTORE_BUDGET };
-            let report = quiesce::restore(kube, &settings.namespace, &stopped, Instant::now() + budget).await;
-            let restored = report.describe_restored();
-            if failed {
-                if !restored.is_empty() {
-                    summary.failures.push(restored);
-                }
-                for line in report.describe_failed() {
-                    summary.fail(report.kind, line);
-                }
-            } else {
-                if !restored.is_empty() {
-                    info!(workloads = %restored, "workloads resumed after the purge (CLEANSLATE_QUIESCE_RESUME)");
-                }
-                resume_failures = report.describe_failed();
-                if !resume_failures.is_empty() {
-                    summary.kind = summary.kind.worst(report.kind);
-                }
-            }
-        } else if !stopped.is_empty() {
-            // Stopped until the release's apply and the resume Job start them again. If Helm's
-            // apply fails after this purge (an immutable field, a webhook), no post-upgrade hook
-            // runs: say how to recover where the operator will look, in this Job's log.
-            let list: Vec<String> = stopped.iter().map(ToString::to_string).collect();
-            info!(
-                workloads = %list.join(","),
-                "workloads stay stopped until this release's apply and its resume Job start them; if the apply fails, \
-                 run `CLEANSLATE_NAMESPACE={} CLEANSLATE_QUIESCE={} cleanslate resume` or upgrade again (the next \
-                 successful upgrade restores the recorded counts); `cleanslate status` shows what is stopped",
-                settings.namespace,
-                list.join(",")
-            );
-        }
-    }
+    let resume_failures = match &quiesce_target {
+        Some(target) => put_back(target, &progress, &mut summary, interrupted.is_some()).await,
+        None => Vec::new(),
+    };
 
     let duration_ms = clock.elapsed().as_millis() as u64;
     let mut kind = summary.kind;
@@ -251,70 +199,19 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
 
     // Not on the signal path: the pod's grace period is for the restore and the marker.
     if let Some((kube, settings)) = marker_target.as_ref().filter(|_| interrupted.is_none()) {
-        let (reason, note) = if summary.failures.is_empty() {
-            let line = crate::termination::success_line("purge");
-            (Reason::CleanupSucceeded, summary.dead_letters_line().map_or(line.clone(), |dl| format!("{line}; {dl}")))
-        } else {
-            (
-                Reason::CleanupFailed,
-                format!("cleanup of revision {} failed: {}", settings.revision, summary.failures.join("; ")),
-            )
-        };
-        kube.events().on_own_pod(&settings.namespace, reason, note).await;
+        publish_outcome(kube, settings, &summary).await;
     }
-    if let Some((kube, settings)) = marker_target {
-        let record = Marker {
-            revision: settings.revision,
-            status: if summary.failures.is_empty() { RunStatus::Succeeded } else { RunStatus::Failed },
-            dry_run,
-            started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
-            finished_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            duration_ms,
-            queues_purged: summary.queues_purged,
-            messages_purged: summary.messages_purged,
-            queues_with_unknown_counts: summary.queues_with_unknown_counts,
-            keys_deleted: summary.keys_deleted,
-            message: summary.failures.join("; "),
-            dead_letters: summary.dead_letters_line().unwrap_or_default(),
-            job: settings.pod_name.clone().unwrap_or_default(),
-            // Filled in from the marker already there, by `marker::merge`.
-            attempt: 0,
-            is_final: false,
-            last_succeeded_revision: None,
-            last_succeeded_at: String::new(),
-        };
-        let written = match interrupted {
-            // Best effort within the pod's grace period.
-            Some(_) => tokio::time::timeout(SIGNAL_MARKER_BUDGET, write_marker(&kube, settings, &record, job_at_start))
-                .await
-                .unwrap_or_else(|_| Err(anyhow!("writing the marker: no answer within {SIGNAL_MARKER_BUDGET:?}"))),
-            None => write_marker(&kube, settings, &record, job_at_start).await,
-        };
-        if let Err(err) = written {
-            error!(marker = %settings.name, namespace = %settings.namespace, error = %format!("{err:#}"), "marker not written");
+    if let Some(target) = &marker_target {
+        let record = marker_record(target.1, &summary, dry_run, started_at, duration_ms);
+        if let Err(err) = record_run(target, &record, job_at_start, interrupted.is_some()).await {
             kind = kind.worst(kind_of(&err));
             if summary.failures.is_empty() && interrupted.is_none() {
                 // The run fails after all: put back what it stopped (unless the helm test run
                 // already did), or the apps stay at 0 while the Job retries and Helm gives up.
-                if let Some((kube, quiesce)) = &quiesce_target
-                    && !quiesce.resume_after_purge
-                    && !progress.stopped().is_empty()
-                {
-                    let report = quiesce::restore(
-                        kube,
-                        &quiesce.namespace,
-                        &progress.stopped(),
-                        Instant::now() + RESTORE_BUDGET,
-                    )
-                    .await;
-                    let mut lines = vec![report.describe_restored()];
-                    lines.extend(report.describe_failed());
-                    lines.retain(|line| !line.is_empty());
-                    if !lines.is_empty() {
-                        return Err(err.context(lines.join("; ")));
-                    }
-                }
-                return Err(err);
+                return Err(match &quiesce_target {
+                    Some(target) if !target.1.resume_after_purge => restore_after(target, &progress, err).await,
+                    _ => err,
+                });
             }
         }
     }
@@ -332,6 +229,164 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         // what failed, whatever the log format.
         Err(classified(kind, summary.failures.join("; ")))
     }
+}
+
+/// A Kubernetes client with the settings it was made for.
+type Target<'a, T> = (KubeClient, &'a T);
+
+/// Stops the listed workloads and waits for their pods, within the quiesce timeout. The marker is
+/// read first: without it, pods that wait in their gates cannot be told from pods that ran, so an
+/// unreadable marker stops nothing.
+async fn stop_writers(
+    (kube, settings): &Target<'_, QuiesceConfig>,
+    marker: Option<&Target<'_, MarkerConfig>>,
+    progress: &quiesce::Progress,
+) -> Result<()> {
+    let cleaned_up_to = match marker {
+        Some((marker_kube, marker)) => {
+            Some(last_cleaned(marker_kube, marker).await.map_err(|err| err.context("nothing was stopped"))?)
+        }
+        None => None,
+    };
+    match tokio::time::timeout(settings.timeout, quiesce::stop(kube, settings, cleaned_up_to, progress)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.context("stopping the workloads (quiesce)")),
+        Err(_) => Err(progress.timeout_error(settings.timeout)),
+    }
+}
+
+/// Starts the stopped workloads again after a failure (the previous version keeps running) or in
+/// the helm test Pod; otherwise says how to recover if the release's apply fails. Returns the
+/// resume failures of a successful run (a failed run's go into `summary`).
+async fn put_back(
+    (kube, settings): &Target<'_, QuiesceConfig>,
+    progress: &quiesce::Progress,
+    summary: &mut Summary,
+    signalled: bool,
+) -> Vec<String> {
+    let stopped = progress.stopped();
+    let failed = !summary.failures.is_empty();
+    if stopped.is_empty() {
+        return Vec::new();
+    }
+    if !failed && !settings.resume_after_purge {
+        // Stopped until the release's apply and the resume Job start them again. If Helm's apply
+        // fails after this purge (an immutable field, a webhook), no post-upgrade hook runs: say
+        // how to recover where the operator will look, in this Job's log.
+        let list: Vec<String> = stopped.iter().map(ToString::to_string).collect();
+        info!(
+            workloads = %list.join(","),
+            "workloads stay stopped until this release's apply and its resume Job start them; if the apply fails, \
+             run `CLEANSLATE_NAMESPACE={} CLEANSLATE_QUIESCE={} cleanslate resume` or upgrade again (the next \
+             successful upgrade restores the recorded counts); `cleanslate status` shows what is stopped",
+            settings.namespace,
+            list.join(",")
+        );
+        return Vec::new();
+    }
+    let budget = if signalled { SIGNAL_RESTORE_BUDGET } else { RESTORE_BUDGET };
+    let report = quiesce::restore(kube, &settings.namespace, &stopped, Instant::now() + budget).await;
+    let restored = report.describe_restored();
+    if failed {
+        if !restored.is_empty() {
+            summary.failures.push(restored);
+        }
+        for line in report.describe_failed() {
+            summary.fail(report.kind, line);
+        }
+        return Vec::new();
+    }
+    if !restored.is_empty() {
+        info!(workloads = %restored, "workloads resumed after the purge (CLEANSLATE_QUIESCE_RESUME)");
+    }
+    let resume_failures = report.describe_failed();
+    if !resume_failures.is_empty() {
+        summary.kind = summary.kind.worst(report.kind);
+    }
+    resume_failures
+}
+
+/// The run's Event on its own pod: what it did (and the dead letters it only reported), or why it
+/// failed.
+async fn publish_outcome(kube: &KubeClient, settings: &MarkerConfig, summary: &Summary) {
+    let (reason, note) = if summary.failures.is_empty() {
+        let line = crate::termination::success_line("purge");
+        (Reason::CleanupSucceeded, summary.dead_letters_line().map_or(line.clone(), |dl| format!("{line}; {dl}")))
+    } else {
+        (
+            Reason::CleanupFailed,
+            format!("cleanup of revision {} failed: {}", settings.revision, summary.failures.join("; ")),
+        )
+    };
+    kube.events().on_own_pod(&settings.namespace, reason, note).await;
+}
+
+/// The marker's record of this run.
+fn marker_record(
+    settings: &MarkerConfig,
+    summary: &Summary,
+    dry_run: bool,
+    started_at: SystemTime,
+    duration_ms: u64,
+) -> Marker {
+    Marker {
+        revision: settings.revision,
+        status: if summary.failures.is_empty() { RunStatus::Succeeded } else { RunStatus::Failed },
+        dry_run,
+        started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
+        finished_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        duration_ms,
+        queues_purged: summary.queues_purged,
+        messages_purged: summary.messages_purged,
+        queues_with_unknown_counts: summary.queues_with_unknown_counts,
+        keys_deleted: summary.keys_deleted,
+        message: summary.failures.join("; "),
+        dead_letters: summary.dead_letters_line().unwrap_or_default(),
+        job: settings.pod_name.clone().unwrap_or_default(),
+        // Filled in from the marker already there, by `marker::merge`.
+        attempt: 0,
+        is_final: false,
+        last_succeeded_revision: None,
+        last_succeeded_at: String::new(),
+    }
+}
+
+/// Writes the record to the marker; after a signal, best effort within the pod's grace period.
+async fn record_run(
+    (kube, settings): &Target<'_, MarkerConfig>,
+    record: &Marker,
+    job_at_start: Option<crate::kube::JobProgress>,
+    signalled: bool,
+) -> Result<()> {
+    let written = if signalled {
+        tokio::time::timeout(SIGNAL_MARKER_BUDGET, write_marker(kube, settings, record, job_at_start))
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("writing the marker: no answer within {SIGNAL_MARKER_BUDGET:?}")))
+    } else {
+        write_marker(kube, settings, record, job_at_start).await
+    };
+    if let Err(err) = &written {
+        error!(marker = %settings.name, namespace = %settings.namespace, error = %format!("{err:#}"), "marker not written");
+    }
+    written
+}
+
+/// `err`, with what was put back (or could not be) when the stopped workloads are restored
+/// because the run fails after a successful purge.
+async fn restore_after(
+    (kube, settings): &Target<'_, QuiesceConfig>,
+    progress: &quiesce::Progress,
+    err: anyhow::Error,
+) -> anyhow::Error {
+    let stopped = progress.stopped();
+    if stopped.is_empty() {
+        return err;
+    }
+    let report = quiesce::restore(kube, &settings.namespace, &stopped, Instant::now() + RESTORE_BUDGET).await;
+    let mut lines = vec![report.describe_restored()];
+    lines.extend(report.describe_failed());
+    lines.retain(|line| !line.is_empty());
+    if lines.is_empty() { err } else { err.context(lines.join("; ")) }
 }
 
 /// Refuses a production environment unless explicitly allowed, before any connection.
@@ -387,5 +442,5 @@ async fn execute(
         Some(Ok::<_, anyhow::Error>(EtcdReport { plan, counts: deletion.committed, failure: deletion.failure }))
     };
     let (rabbit, etcd) = tokio::join!(rabbit_side, etcd_side);
-    summary::summarize(rabbit, etcd, false)
+    summary::summarize(rabbit, etcd)
 }

@@ -11,10 +11,10 @@ use anyhow::{Result, anyhow};
 use tokio::time::Instant;
 use tracing::info;
 
-use crate::config::{EtcdConfig, MissingQueue, RabbitConfig, RetryPolicy};
-use crate::error::{classified, kind_of};
+use crate::config::{EtcdConfig, MissingQueue, RabbitConfig, RetryPolicy, is_dot_segment};
+use crate::error::{Kind, classified, kind_of};
 use crate::etcd::{self, KeyRange, RangePlan};
-use crate::rabbitmq::{Management, Selection};
+use crate::rabbitmq::{Management, Reason, Selection};
 
 /// What the preflight resolved: the run executes exactly this.
 pub(super) struct Prepared<'a> {
@@ -59,7 +59,7 @@ pub(super) async fn run<'a>(
     let mut kind = None;
     let mut note = |side: &str, err: anyhow::Error| {
         let err_kind = kind_of(&err);
-        kind = Some(kind.map_or(err_kind, |k: crate::error::Kind| k.worst(err_kind)));
+        kind = Some(kind.map_or(err_kind, |k: Kind| k.worst(err_kind)));
         failures.push(format!("{side}: {err:#}"));
     };
     let rabbit = match rabbit {
@@ -94,6 +94,31 @@ async fn select_queues(
     deadline: Instant,
 ) -> Result<Selection> {
     let selection = client.select(settings, policy, deadline).await?;
+    // A named queue that can never be purged fails now, before anything is stopped or deleted: the
+    // same input fails the same way on every attempt.
+    let unpurgeable: Vec<String> = selection
+        .queues
+        .iter()
+        .filter(|q| q.reason == Reason::Named)
+        .filter_map(|q| {
+            let why = if is_dot_segment(&q.info.name) {
+                Some("its name is a URL dot segment the management API cannot address; purge it with rabbitmqctl purge_queue")
+            } else {
+                q.info.unpurgeable()
+            };
+            why.map(|why| format!("{:?}: {why}", q.info.name))
+        })
+        .collect();
+    if !unpurgeable.is_empty() {
+        return Err(classified(
+            Kind::Config,
+            format!(
+                "named queues that cannot be purged, in vhost {:?}: {}; remove them from CLEANSLATE_RABBITMQ_QUEUES",
+                settings.vhost,
+                unpurgeable.join("; ")
+            ),
+        ));
+    }
     if settings.missing == MissingQueue::Fail && !selection.missing.is_empty() {
         return Err(anyhow!(
             "named queues missing in vhost {:?}: {} (CLEANSLATE_RABBITMQ_MISSING=fail); no queue was purged",
@@ -135,8 +160,9 @@ async fn prepare_etcd<'a>(
 ) -> Result<PreparedEtcd<'a>> {
     let session = etcd::Session::new(settings, request_timeout);
     session.connect(policy, deadline).await?;
+    // Side-effect free, so a plan checks it too: a plan that passes is a purge that may delete.
+    session.check_delete(&plan.ranges, policy, deadline).await?;
     if !dry_run {
-        session.check_delete(&plan.ranges, policy, deadline).await?;
         return Ok(PreparedEtcd { session, plan, counts: Vec::new() });
     }
     let protected: Vec<KeyRange> = plan.protected.iter().map(|p| KeyRange::prefix(p.as_bytes())).collect();

@@ -18,7 +18,7 @@ pub(super) struct RabbitReport {
 /// The etcd side's result.
 pub(super) struct EtcdReport {
     pub plan: RangePlan,
-    /// Keys deleted per committed range, or keys that would be deleted in a dry run.
+    /// Keys deleted per committed range.
     pub counts: Vec<u64>,
     /// What stopped the ranges after `counts` from being deleted.
     pub failure: Option<anyhow::Error>,
@@ -163,11 +163,7 @@ pub(super) fn log_outcome(summary: &Summary, dry_run: bool, duration_ms: u64, re
 }
 
 /// Totals and failures of an executed run, from each side's report.
-pub(super) fn summarize(
-    rabbit: Option<Result<RabbitReport>>,
-    etcd: Option<Result<EtcdReport>>,
-    dry_run: bool,
-) -> Summary {
+pub(super) fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Result<EtcdReport>>) -> Summary {
     let mut summary = Summary::default();
     match rabbit {
         None => {}
@@ -212,7 +208,7 @@ pub(super) fn summarize(
     match etcd {
         None => {}
         Some(Err(err)) => summary.fail(kind_of(&err), format!("etcd: {err:#}")),
-        Some(Ok(report)) if !dry_run => {
+        Some(Ok(report)) => {
             // Committed transactions stay committed: their keys are reported even on failure.
             summary.keys_deleted = report.counts.iter().take(report.plan.ranges.len()).sum();
             if let Some(err) = report.failure {
@@ -225,7 +221,6 @@ pub(super) fn summarize(
                 summary.fail(kind_of(&err), line);
             }
         }
-        Some(Ok(_)) => {}
     }
     summary
 }

@@ -156,10 +156,10 @@ impl Management {
             // whether the same credentials may ask who they are tells which.
             StatusCode::UNAUTHORIZED => self.unauthorized(what, &reason).await,
             StatusCode::FORBIDDEN => Attempt::Permanent(self.permission_error(what, status, &reason)),
-            // A queue the broker cannot serve now fails at once: retrying would hold its slot until
-            // the deadline while the other queues wait (the run reports it by name, exit 1).
-            StatusCode::BAD_REQUEST if unavailable_bad_request(&reason) => Attempt::Permanent(anyhow!(
-                "{what}: RabbitMQ answered {status}{reason} (its node or quorum is unavailable; its messages are still there)"
+            // A node or quorum unavailable: maybe for a moment (a leader moving). The purge checks the
+            // queue's state and fails at once when it is down (`purging.rs`).
+            StatusCode::BAD_REQUEST if unavailable_bad_request(&reason) => Attempt::Transient(anyhow!(
+                "{what}: RabbitMQ answered {status}{reason} (a node or quorum unavailable; its messages are still there)"
             )),
             s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
                 Attempt::Transient(anyhow!("{what}: RabbitMQ answered {s}{reason}"))

@@ -1,6 +1,7 @@
-//! RabbitMQ through the management HTTP API: list queues, find dead-letter queues, purge.
+//! RabbitMQ through the management HTTP API: read the selected queues, find (and report) their
+//! dead-letter queues, purge.
 //!
-//! Eight endpoints are all this needs, so they are written here over reqwest rather than through the
+//! A dozen endpoints are all this needs, so they are written here over reqwest rather than through the
 //! `rabbitmq_http_client` crate: that crate would bring a second reqwest major (0.13, with aws-lc)
 //! and its own error type, while the exit code depends on the exact status (401/403 at once,
 //! 429/5xx retried, 400 reported with RabbitMQ's reason).
@@ -9,7 +10,8 @@
 //! - every path segment must be percent-encoded, the default vhost `/` included (`%2F`);
 //! - the list endpoint's `name` filter is a case-insensitive substring or regex, so exact and
 //!   whole-name matching is done here; and its pages shift while queues come and go (a page past
-//!   the end answers 400), so the listing is one unpaginated request: one consistent snapshot;
+//!   the end answers 400), so a whole-vhost listing is one unpaginated request (one consistent
+//!   snapshot), and named queues are read one by one (their states from one filtered page);
 //! - a purge answers 204 with no count, so counts come from the listing and are approximate
 //!   (message counts are sampled statistics), and absent with statistics off: *unknown*, never 0;
 //! - a purge answers 404 both for a deleted queue and for one that exists but is unavailable (its
@@ -81,7 +83,7 @@ impl QueueInfo {
     }
 
     /// Why a purge of this queue cannot work, from the listing alone.
-    fn unpurgeable(&self) -> Option<&'static str> {
+    pub fn unpurgeable(&self) -> Option<&'static str> {
         if self.kind() == "stream" {
             Some("a stream cannot be purged (RabbitMQ answers 400 not_implemented)")
         } else if self.exclusive == Some(true) {
@@ -111,10 +113,10 @@ impl QueueInfo {
     /// The dead-letter exchange and routing key, from queue arguments first, then the policy
     /// (arguments win over policies in RabbitMQ: <https://www.rabbitmq.com/docs/dlx>).
     pub fn dead_letter_target(&self, policy: &DeadLetterKeys) -> Option<(String, Option<String>)> {
-        let arguments = self.arguments.clone().unwrap_or_default();
-        let exchange = arguments.exchange.or_else(|| policy.exchange.clone())?;
-        let routing_key = arguments.routing_key.or_else(|| policy.routing_key.clone());
-        Some((exchange, routing_key))
+        let arguments = self.arguments.as_ref();
+        let exchange = arguments.and_then(|a| a.exchange.as_ref()).or(policy.exchange.as_ref())?;
+        let routing_key = arguments.and_then(|a| a.routing_key.as_ref()).or(policy.routing_key.as_ref());
+        Some((exchange.clone(), routing_key.cloned()))
     }
 
     /// Whether the listing lacks what the queue record has (not sampled by the statistics yet).

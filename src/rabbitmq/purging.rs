@@ -13,6 +13,9 @@ use crate::config::{RetryPolicy, is_dot_segment};
 use crate::retry::{self, Attempt};
 use crate::tally::Tally;
 
+/// How long the state read after a failed purge attempt may take.
+const STATE_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Which pass a purge belongs to: the second pass over dead-letter queues counts nothing again.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pass {
@@ -22,11 +25,9 @@ enum Pass {
 
 impl Management {
     /// Purges one queue, retrying transient failures. A 404 is checked: only a queue that is
-    /// really gone has vanished; one that still exists is unavailable, and that is a failure.
-    pub async fn purge_one(&self, queue: &Selected, policy: &RetryPolicy, deadline: Instant) -> QueueOutcome {
-        self.purge_in(queue, Pass::First, policy, deadline).await
-    }
-
+    /// really gone has vanished. A queue the broker cannot serve fails at once instead of holding
+    /// its slot until the deadline: its listed state says so before the purge, or after a failed
+    /// attempt (a 404 for a queue that exists, a 400 that names a node or quorum, no answer).
     async fn purge_in(&self, queue: &Selected, pass: Pass, policy: &RetryPolicy, deadline: Instant) -> QueueOutcome {
         let name = &queue.info.name;
         if is_dot_segment(name) {
@@ -61,17 +62,21 @@ impl Management {
         let queue_url = self.url(&["queues", &self.vhost, name], "columns=name");
         let started = std::time::Instant::now();
         let result = retry::run(policy, deadline, &what, || async {
-            let reason = match self.send(Method::DELETE, url.clone(), &what).await? {
-                Reply::Found(_) => return Ok(true),
-                Reply::NotFound(reason) => reason,
+            let reason = match self.send(Method::DELETE, url.clone(), &what).await {
+                Ok(Reply::Found(_)) => return Ok(true),
+                Ok(Reply::NotFound(reason)) => reason,
+                Err(Attempt::Transient(err)) => return Err(self.unless_unavailable(name, err, deadline).await),
+                Err(permanent) => return Err(permanent),
             };
             match self.send(Method::GET, queue_url.clone(), &what).await? {
                 Reply::NotFound(_) => Ok(false),
-                // Unavailable now: waiting would hold this slot until the deadline (fail fast).
-                Reply::Found(_) => Err(Attempt::Permanent(anyhow!(
-                    "{what}: RabbitMQ answered 404{reason}, but the queue exists: it is unavailable (its node down, \
-                     crashed, or its leader moving), and its messages are still there"
-                ))),
+                Reply::Found(_) => {
+                    let err = anyhow!(
+                        "{what}: RabbitMQ answered 404{reason}, but the queue exists: it is unavailable (its node down, \
+                         crashed, or its leader moving), and its messages are still there"
+                    );
+                    Err(self.unless_unavailable(name, err, deadline).await)
+                }
             }
         })
         .await;
@@ -110,6 +115,23 @@ impl Management {
                 warn!(vhost = %self.vhost, queue = %name, error = %message, duration_ms, "queue not purged");
                 QueueOutcome::Failed(message)
             }
+        }
+    }
+
+    /// A failed purge attempt, made final when the listing says the queue cannot be served now
+    /// (`down`, `crashed`, `stopped`, `minority`: retrying would hold the slot until the deadline),
+    /// or left to the retries (a quorum leader moving for a moment, a slow answer). One quick read.
+    async fn unless_unavailable(&self, name: &str, err: anyhow::Error, deadline: Instant) -> Attempt {
+        let once = RetryPolicy { attempts: 1, backoff: std::time::Duration::from_millis(100) };
+        let soon = deadline.min(Instant::now() + STATE_CHECK);
+        match self.queue_states(&[name], &once, soon).await {
+            Ok(states) => match states.get(name).map(String::as_str) {
+                Some(state @ ("down" | "crashed" | "stopped" | "minority")) => Attempt::Permanent(
+                    err.context(format!("queue {name:?} is {state}: not purged, its messages are still there")),
+                ),
+                _ => Attempt::Transient(err),
+            },
+            Err(_) => Attempt::Transient(err),
         }
     }
 

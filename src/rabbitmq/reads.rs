@@ -23,8 +23,31 @@ use crate::retry::{self, Attempt};
 /// that tens of thousands of queues stay a few megabytes (the Job has 128Mi).
 const QUEUE_COLUMNS: &str = "name,type,exclusive,state,policy,messages_ready,messages_unacknowledged,consumers,arguments,effective_policy_definition";
 
-/// Names per filtered page: RabbitMQ's largest page.
+/// Names per filtered page: RabbitMQ's largest page (`?MAX_PAGE_SIZE`).
 const STATE_PAGE: usize = 500;
+/// Bytes of encoded filter per page: the request line must stay well under Cowboy's default
+/// `max_request_line_length` (8000), or the broker answers 414.
+const STATE_FILTER_BYTES: usize = 3000;
+
+/// `names` in pages that fit both limits; a name longer than a page gets a page of its own.
+fn state_pages<'a>(names: &[&'a str]) -> Vec<Vec<&'a str>> {
+    let mut pages: Vec<Vec<&str>> = Vec::new();
+    let mut bytes = 0;
+    for name in names {
+        let cost = super::client::encode_segment(&regex_literal(name)).len() + 3;
+        match pages.last_mut() {
+            Some(page) if page.len() < STATE_PAGE && bytes + cost <= STATE_FILTER_BYTES => {
+                page.push(name);
+                bytes += cost;
+            }
+            _ => {
+                pages.push(vec![name]);
+                bytes = cost;
+            }
+        }
+    }
+    pages
+}
 
 /// `text` as a PCRE literal: every ASCII character that is not a letter or digit escaped (a
 /// backslash before any such character is a literal in PCRE, RabbitMQ's regex engine).
@@ -212,7 +235,7 @@ impl Management {
             state: Option<String>,
         }
         let mut states = BTreeMap::new();
-        for chunk in names.chunks(STATE_PAGE) {
+        for chunk in state_pages(names) {
             let alternatives: Vec<String> = chunk.iter().map(|name| regex_literal(name)).collect();
             let filter = format!("^({})$", alternatives.join("|"));
             let query = format!(
@@ -313,6 +336,19 @@ impl ExchangeRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pages hold at most 500 names and about 3 kB of encoded filter.
+    #[test]
+    fn state_pages_fit_the_request_line() {
+        let short: Vec<String> = (0..1200).map(|i| format!("q{i}")).collect();
+        let short: Vec<&str> = short.iter().map(String::as_str).collect();
+        assert!(state_pages(&short).iter().all(|page| page.len() <= 500), "500 at most");
+        let long: Vec<String> = (0..200).map(|i| format!("team.orders.dead-letters.{i}")).collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        let pages = state_pages(&long);
+        assert!(pages.len() > 1, "long names take several pages");
+        assert_eq!(pages.iter().map(Vec::len).sum::<usize>(), 200, "every name once");
+    }
 
     /// Names with regex characters match only themselves.
     #[test]

@@ -32,6 +32,19 @@ const DEAD_LETTER_KEYS: &[&str] = &["dead-letter-exchange", "dead-letter-routing
 /// letters are unknown instead of reading a whole vhost one exchange at a time.
 const MAX_EXCHANGES_FOLLOWED: usize = 64;
 
+/// The least time discovery gets: a few requests on a healthy broker take milliseconds.
+const DISCOVERY_MIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What reading where dead letters go may spend: one attempt per read, and a quarter of what is
+/// left of the deadline (at least [`DISCOVERY_MIN`], never past the deadline). It only informs the
+/// report or an opt-in, so a hanging or failing read ends as "unknown", never as a run that ran
+/// out of time before purging the selected queues.
+fn discovery_budget(policy: &RetryPolicy, deadline: Instant) -> (RetryPolicy, Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let budget = (left / 4).max(DISCOVERY_MIN);
+    (RetryPolicy { attempts: 1, backoff: policy.backoff }, deadline.min(Instant::now() + budget))
+}
+
 /// Named queues read at once.
 const READS_IN_FLIGHT: usize = 8;
 
@@ -123,15 +136,19 @@ impl Management {
             self.check_vhost_visible(policy, deadline).await?;
         }
         if config.dead_letters == DeadLetters::Report && !selection.queues.is_empty() {
+            let (policy, deadline) = &discovery_budget(policy, deadline);
+            let deadline = *deadline;
             match self.routes_of(&selection, policy, deadline).await {
                 Ok((targets, topology)) => {
-                    let reported = report_dead_letters(&mut selection, &targets, &topology);
+                    report_dead_letters(&mut selection, &targets, &topology);
+                    let reported = std::mem::take(&mut selection.dead_letter_candidates);
                     // Bindings only exist to queues that exist; the default exchange names a queue
                     // that may not.
                     let mut existing = Vec::new();
                     for candidate in reported {
                         let bound = topology.bindings.iter().any(|b| b.destination == candidate.queue);
-                        if bound || matches!(self.queue(&candidate.queue, policy, deadline).await, Ok(Some(_))) {
+                        // A read that fails keeps it in the report: better named once too often.
+                        if bound || !matches!(self.queue(&candidate.queue, policy, deadline).await, Ok(None)) {
                             existing.push(candidate);
                         }
                     }
@@ -260,6 +277,8 @@ impl Management {
         // To report, only the selected queues' settings matter; to take, every queue's (an
         // unselected one that feeds the same dead-letter queue makes it shared, not ours).
         let taking = config.dead_letters.takes_queues();
+        let (policy, deadline) = &discovery_budget(policy, deadline);
+        let deadline = *deadline;
         let mut settings = DeadLetterSettings::default();
         for (name, info) in all.iter().filter(|(name, _)| taking || chosen.contains(*name)) {
             let keys = self.dead_letter_keys(info, &mut settings, policy, deadline).await;
@@ -296,7 +315,7 @@ impl Management {
             selection.dead_letter_candidates.retain(|c| all.contains_key(&c.queue));
             return Ok(selection);
         }
-        take_dead_letter_queues(&mut selection, all, settings, topology, chosen).await?;
+        take_dead_letter_queues(&mut selection, all, settings, topology, chosen, deadline).await?;
         Ok(selection)
     }
 
@@ -368,12 +387,11 @@ impl Management {
 /// Names every queue the selected queues' dead letters can reach (wildcard routes and unproven
 /// ones included) that is not selected itself, with the queue that feeds it; and notes which
 /// selected queues other selected queues dead-letter into (purged after them, and once more).
-/// Returns the reported queues.
 fn report_dead_letters(
     selection: &mut Selection,
     targets: &BTreeMap<String, (String, Option<String>)>,
     topology: &Topology,
-) -> Vec<Candidate> {
+) {
     let chosen: BTreeSet<String> = selection.queues.iter().map(|q| q.info.name.clone()).collect();
     let mut reported: BTreeMap<String, Candidate> = BTreeMap::new();
     for (source, (exchange, key)) in targets.iter().filter(|(queue, _)| chosen.contains(*queue)) {
@@ -399,7 +417,6 @@ fn report_dead_letters(
     }
     selection.dead_letter_targets = reached_by_one_another(&chosen, targets, topology);
     selection.dead_letter_candidates = reported.into_values().collect();
-    selection.dead_letter_candidates.clone()
 }
 
 /// Adds the dead-letter queues that only selected queues' dead letters provably reach,
@@ -413,6 +430,7 @@ async fn take_dead_letter_queues(
     settings: DeadLetterSettings,
     topology: Topology,
     mut chosen: BTreeSet<String>,
+    deadline: Instant,
 ) -> Result<()> {
     for (name, target) in &settings.targets {
         if chosen.contains(name) && !topology.has_exchange(&target.0) {
@@ -442,9 +460,15 @@ async fn take_dead_letter_queues(
         candidates.retain(|c| all.contains_key(&c.queue));
         let second_pass = reached_by_one_another(&chosen, &targets, &topology);
         (added, candidates, second_pass)
-    })
-    .await
-    .map_err(|err| anyhow!("analysing dead-letter routes: {err}"))?;
+    });
+    let analysed = match tokio::time::timeout_at(deadline, analysed).await {
+        Ok(joined) => joined.map_err(|err| anyhow!("analysing dead-letter routes: {err}"))?,
+        Err(_) => {
+            // Nothing discovered is taken: the selected queues are purged all the same.
+            selection.dead_letters_unknown = Some("the dead-letter routing analysis did not finish in time".into());
+            return Ok(());
+        }
+    };
     let (added, candidates, second_pass) = analysed;
     selection.queues.extend(added);
     selection.dead_letter_candidates = candidates;
