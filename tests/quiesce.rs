@@ -750,3 +750,42 @@ async fn an_unreadable_marker_stops_nothing() {
     assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "nothing purged");
     env.cleanup().await;
 }
+
+/// The dead-letter queues a run only reports reach where operators look after the deploy: the
+/// marker (`deadLettersNotPurged`) and the `CleanupSucceeded` Event name each with its source and
+/// the value to add, and the queue keeps its messages.
+#[tokio::test]
+async fn reported_dead_letters_reach_the_marker_and_the_event() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(1)));
+    env.seed().await;
+    env.rabbit.declare(&env.vhost, "monorepo-dlq", json!({})).await;
+    env.rabbit
+        .declare(
+            &env.vhost,
+            "orders",
+            json!({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "monorepo-dlq"}),
+        )
+        .await;
+    env.rabbit.publish(&env.vhost, "monorepo-dlq", 2).await;
+    env.api.grant_on(TOKEN, "events", &["create"], None);
+    let vars = env.vars(
+        "deployment/shop-producer",
+        &[("CLEANSLATE_RABBITMQ_QUEUES", "monorepo,orders"), ("CLEANSLATE_EVENTS", "true")],
+    );
+    let run = cleanslate(&["purge"], &vars).await;
+    assert_eq!(run.code, 0, "the purge succeeds: {}", run.all_output());
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo-dlq").await, 2, "the reported queue keeps its messages");
+    let marker = env.marker();
+    let reported = marker["deadLettersNotPurged"].as_str().unwrap_or_default();
+    assert!(
+        reported.contains("monorepo-dlq (dead letters of orders)") && reported.contains("cleanup.rabbitmq.queues"),
+        "the marker names it with the value to add: {marker:?}"
+    );
+    let succeeded: Vec<Value> =
+        env.api.events().into_iter().filter(|e| e["reason"] == json!("CleanupSucceeded")).collect();
+    assert_eq!(succeeded.len(), 1, "one CleanupSucceeded Event: {:?}", env.api.events());
+    let note = succeeded[0]["note"].as_str().unwrap_or_default();
+    assert!(note.contains("monorepo-dlq (dead letters of orders)"), "the Event names it: {note}");
+    env.cleanup().await;
+}
