@@ -8,6 +8,9 @@ use serde_json::{Value, json};
 use support::chart::*;
 use support::repo_root;
 
+/// Example targets for a render that turns cleanup on without values-dev.yaml (the chart has none).
+const TARGETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/targets.yaml");
+
 fn values_file(name: &str) -> String {
     repo_root().join("chart").join(name).to_str().unwrap().to_string()
 }
@@ -39,15 +42,20 @@ fn schema_rejects_typos_and_bad_durations() {
 #[test]
 fn production_is_refused_at_render_time() {
     let prod = values_file("values-prod.yaml");
-    let err = try_render("shop", "prod", &["-f", &prod, "--set", "cleanup.enabled=true"]).expect_err("refused");
+    let err = try_render("shop", "prod", &["-f", &prod, "--set", "cleanup.enabled=true", "-f", TARGETS])
+        .expect_err("refused");
     assert!(err.contains("allowProduction"), "says how to allow it: {err}");
-    let err = try_render("shop", "prod", &["--set", "cleanup.enabled=true", "--set", "cleanup.environment=PROD"])
-        .expect_err("any case");
+    let err = try_render(
+        "shop",
+        "prod",
+        &["--set", "cleanup.enabled=true", "-f", TARGETS, "--set", "cleanup.environment=PROD"],
+    )
+    .expect_err("any case");
     assert!(err.contains("PROD"), "names the environment: {err}");
     let allowed = render(
         "shop",
         "prod",
-        &["-f", &prod, "--set", "cleanup.enabled=true", "--set", "cleanup.allowProduction=true"],
+        &["-f", &prod, "--set", "cleanup.enabled=true", "-f", TARGETS, "--set", "cleanup.allowProduction=true"],
     );
     let job = find(&allowed, "Job", "shop-cleanslate-purge");
     let env = &pod_spec(job)["containers"][0]["env"];
@@ -337,14 +345,23 @@ fn large_revisions_render_as_integers() {
 fn production_guard_matches_tokens() {
     for environment in ["prod", "PROD", "prd", "production-eu", "eu-prod", "eu_Prd_2", "Production", "prod2", "prd01"] {
         let set = format!("cleanup.environment={environment}");
-        let err = try_render("shop", "dev", &["--set", "cleanup.enabled=true", "--set", &set])
+        let err = try_render("shop", "dev", &["--set", "cleanup.enabled=true", "-f", TARGETS, "--set", &set])
             .expect_err(&format!("{environment} refused"));
         assert!(err.contains("allowProduction") && err.contains(environment), "{environment}: {err}");
         assert!(
             try_render(
                 "shop",
                 "dev",
-                &["--set", "cleanup.enabled=true", "--set", &set, "--set", "cleanup.allowProduction=true"]
+                &[
+                    "--set",
+                    "cleanup.enabled=true",
+                    "-f",
+                    TARGETS,
+                    "--set",
+                    &set,
+                    "--set",
+                    "cleanup.allowProduction=true"
+                ]
             )
             .is_ok(),
             "{environment} allowed with allowProduction"
@@ -353,7 +370,7 @@ fn production_guard_matches_tokens() {
     for environment in ["dev", "staging", "preprod", "product-demo", "reproduction"] {
         let set = format!("cleanup.environment={environment}");
         assert!(
-            try_render("shop", "dev", &["--set", "cleanup.enabled=true", "--set", &set]).is_ok(),
+            try_render("shop", "dev", &["--set", "cleanup.enabled=true", "-f", TARGETS, "--set", &set]).is_ok(),
             "{environment} renders"
         );
     }
@@ -403,7 +420,7 @@ fn active_deadline_fits_every_attempt() {
     let err = try_render(
         "shop",
         "dev",
-        &["--set", "cleanup.enabled=true", "--set", "cleanup.hook.activeDeadlineSeconds=120"],
+        &["--set", "cleanup.enabled=true", "-f", TARGETS, "--set", "cleanup.hook.activeDeadlineSeconds=120"],
     )
     .expect_err("120 s cannot hold three attempts");
     assert!(err.contains("activeDeadlineSeconds 120") && err.contains("at least 255"), "says what is needed: {err}");
@@ -617,7 +634,9 @@ fn every_rendered_pod_is_restricted() {
     let mut pods = 0;
     for file in &files {
         let path = values_file(file);
-        for extra in [vec![], vec!["--set", "cleanup.enabled=true", "--set", "cleanup.allowProduction=true"]] {
+        for extra in
+            [vec![], vec!["--set", "cleanup.enabled=true", "-f", TARGETS, "--set", "cleanup.allowProduction=true"]]
+        {
             let mut args = vec!["-f", path.as_str()];
             args.extend(extra.iter().copied());
             for doc in render("shop", "dev", &args) {
@@ -760,7 +779,7 @@ fn resume_job_hooks_and_defaults() {
     );
     let staging = render("shop", "staging", &["-f", &values_file("values-staging.yaml")]);
     assert!(staging.iter().any(|d| name(d) == "shop-cleanslate-resume"), "on in staging");
-    let plain = render("shop", "dev", &["--set", "cleanup.enabled=true"]);
+    let plain = render("shop", "dev", &["--set", "cleanup.enabled=true", "-f", TARGETS]);
     assert!(!plain.iter().any(|d| name(d).ends_with("-resume")), "off by default in values.yaml");
     let job = &pod_spec(find(&plain, "Job", "shop-cleanslate-purge"))["containers"][0];
     assert_eq!(env_value(job, "CLEANSLATE_QUIESCE"), None, "no quiesce without cleanup.quiesce.enabled");
@@ -1008,4 +1027,45 @@ fn refusals_and_configuration_errors_are_not_retried() {
         assert_eq!(rule["onExitCodes"]["values"], json!([77, 78]), "{job}: the final exit codes");
         assert_eq!(spec["template"]["spec"]["restartPolicy"], json!("Never"), "{job}: required by the policy");
     }
+}
+
+/// No default targets: turning cleanup on without naming a queue, a prefix, the broker or etcd
+/// fails the render saying what to set, rather than planning to purge example names on a shared
+/// broker; values-dev.yaml carries the requirements document's example.
+#[test]
+fn enabling_cleanup_without_targets_is_refused() {
+    for (args, says) in [
+        (vec!["--set", "cleanup.enabled=true"], "cleanup.rabbitmq.url"),
+        (
+            vec!["--set", "cleanup.enabled=true", "--set", "cleanup.rabbitmq.url=http://mq:15672"],
+            "cleanup.rabbitmq.queues",
+        ),
+        (
+            vec![
+                "--set",
+                "cleanup.enabled=true",
+                "--set",
+                "cleanup.targets.queue=false",
+                "--set",
+                "cleanup.etcd.endpoints={http://etcd:2379}",
+            ],
+            "cleanup.etcd.prefixes",
+        ),
+        (vec!["--set", "cleanup.enabled=true", "--set", "cleanup.targets.queue=false"], "cleanup.etcd.endpoints"),
+    ] {
+        let err = try_render("shop", "dev", &args).expect_err("refused");
+        assert!(err.contains(says), "{args:?}: names {says}: {err}");
+    }
+    let pattern_only = [
+        "--set",
+        "cleanup.enabled=true",
+        "--set",
+        "cleanup.targets.database=false",
+        "--set",
+        "cleanup.rabbitmq.url=http://mq:15672",
+        "--set",
+        "cleanup.rabbitmq.queuePattern=shop-.*",
+    ];
+    assert!(try_render("shop", "dev", &pattern_only).is_ok(), "a pattern alone names the queues");
+    assert!(try_render("shop", "dev", &[]).is_ok(), "cleanup off needs no targets");
 }

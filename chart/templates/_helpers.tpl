@@ -240,6 +240,23 @@ production-eu, PROD, prod2, prd01. */ -}}
 {{- if and $v.cleanup.enabled (not $v.cleanup.targets.queue) (not $v.cleanup.targets.database) -}}
 {{- fail "cleanslate: cleanup.enabled is true but cleanup.targets selects neither queue nor database" -}}
 {{- end -}}
+{{- /* No default targets: a shared broker or etcd may hold another team's `monorepo`. */ -}}
+{{- if and $v.cleanup.enabled $v.cleanup.targets.queue -}}
+{{- if not $v.cleanup.rabbitmq.url -}}
+{{- fail "cleanslate: cleanup.rabbitmq.url is empty: set the management API URL (http://rabbitmq:15672), or turn cleanup.targets.queue off" -}}
+{{- end -}}
+{{- if and (not $v.cleanup.rabbitmq.queues) (not $v.cleanup.rabbitmq.queuePattern) -}}
+{{- fail "cleanslate: nothing names the queues to purge: set cleanup.rabbitmq.queues (or queuePattern), or turn cleanup.targets.queue off; there are no default targets" -}}
+{{- end -}}
+{{- end -}}
+{{- if and $v.cleanup.enabled $v.cleanup.targets.database -}}
+{{- if not $v.cleanup.etcd.endpoints -}}
+{{- fail "cleanslate: cleanup.etcd.endpoints is empty: set the etcd endpoints (http://etcd:2379), or turn cleanup.targets.database off" -}}
+{{- end -}}
+{{- if not $v.cleanup.etcd.prefixes -}}
+{{- fail "cleanslate: nothing names the etcd prefixes to delete: set cleanup.etcd.prefixes, or turn cleanup.targets.database off; there are no default targets" -}}
+{{- end -}}
+{{- end -}}
 {{- /* Every gate waits for a Job of its revision: the Job must run on every install and every upgrade. */ -}}
 {{- $events := $v.cleanup.hook.events -}}
 {{- if and $v.cleanup.enabled (not (or (has "pre-install" $events) (has "post-install" $events))) -}}
