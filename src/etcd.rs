@@ -311,6 +311,14 @@ fn sort_error(err: etcd_client::Error, what: &str) -> Attempt {
             {
                 Attempt::Transient(anyhow!("{what}: etcd answered {}: {}", code_name(status.code()), status.message()))
             }
+            Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
+                if status.message().contains("user name is empty") =>
+            {
+                Attempt::Permanent(anyhow!(
+                    "{what}: etcd requires authentication ({}): set CLEANSLATE_ETCD_USERNAME and the password",
+                    status.message()
+                ))
+            }
             Code::PermissionDenied | Code::InvalidArgument | Code::Unauthenticated
                 if status.message().contains("permission denied") =>
             {
@@ -401,9 +409,11 @@ impl Session<'_> {
 
     /// Checks, deleting nothing, that every range may be deleted: each transaction the delete will
     /// send is sent with a comparison that never holds (a key's version below zero), so only its
-    /// empty failure branch runs, while etcd checks the permissions of both branches before it
-    /// evaluates anything (`checkTxnAuth`, etcd `server/etcdserver/apply_auth.go`). A missing
-    /// permission is then refused before the workloads are stopped or anything is deleted.
+    /// empty failure branch runs, while etcd checks the permissions of the comparisons and of both
+    /// branches before it evaluates anything (`checkTxnAuth`: `etcdserver/apply_auth.go` in 3.4,
+    /// `server/etcdserver/apply_auth.go` in 3.5, `CheckTxnAuth` in `server/etcdserver/txn/txn.go`
+    /// in 3.6). A missing permission is then refused before the workloads are stopped or anything
+    /// is deleted; the transaction changes nothing (no revision, no watch event).
     pub async fn check_delete(&self, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<()> {
         let what = "checking permission to delete the etcd ranges";
         for chunk in ranges.chunks(self.config.max_txn_ops.max(1)) {
