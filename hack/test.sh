@@ -105,29 +105,28 @@ store_tests() ( # ENV [EXTRA...]
   cargo test --locked --test rabbitmq --test etcd --test faults --test cli "$@" -- --include-ignored
 )
 
+# Waits for a background start of GENERATION (its PID, its log) and shows what it said.
+generation_up() { # GENERATION PID
+  local status=0
+  wait "$2" || status=$?
+  cat "$scratch_logs/services-$1.log"
+  if ((status)); then
+    echo "test: hack/services.sh up $1 failed (exit $status)" >&2
+    exit 1
+  fi
+}
+
 phase "second generation up"
-next_status=0
-wait "$services_next" || next_status=$?
+generation_up next "$services_next"
 services_next=""
-cat "$scratch_logs/services-next.log"
-if ((next_status)); then
-  echo "test: hack/services.sh up next failed (exit $next_status)" >&2
-  exit 1
-fi
 next_env="$(hack/services.sh env next)"
 
 phase "store tests against the second generation"
 store_tests "$next_env" --test rabbitmq4 2>&1 | tee -a "$test_log"
 
 phase "third generation up"
-newest_status=0
-wait "$services_newest" || newest_status=$?
+generation_up newest "$services_newest"
 services_newest=""
-cat "$scratch_logs/services-newest.log"
-if ((newest_status)); then
-  echo "test: hack/services.sh up newest failed (exit $newest_status)" >&2
-  exit 1
-fi
 newest_env="$(hack/services.sh env newest)"
 
 phase "store tests against the third generation"

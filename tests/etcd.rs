@@ -5,6 +5,17 @@ mod support;
 
 use support::*;
 
+/// Runs the `etcdctl` commands of `setup` (users, roles, `auth enable`, with root's password
+/// `Etcd-Root-Pw-9c2`) on `server`, and returns a client logged in as root.
+async fn with_users(server: &EtcdServer, setup: &[Vec<&str>]) -> etcd_client::Client {
+    for args in setup {
+        let out = server.etcdctl(args);
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let options = etcd_client::ConnectOptions::new().with_user("root", "Etcd-Root-Pw-9c2");
+    etcd_client::Client::connect([&server.endpoint], Some(options)).await.expect("admin connects")
+}
+
 fn purge_vars(prefixes: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     with(with(service_vars(), &[("CLEANSLATE_TARGETS", "etcd"), ("CLEANSLATE_ETCD_PREFIXES", prefixes)]), extra)
 }
@@ -252,12 +263,7 @@ async fn a_permission_missing_for_a_later_transaction_deletes_nothing() {
         vec!["user", "grant-role", "cleaner", "cleaner"],
         vec!["auth", "enable"],
     ];
-    for args in &setup {
-        let out = server.etcdctl(args);
-        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let options = etcd_client::ConnectOptions::new().with_user("root", "Etcd-Root-Pw-9c2");
-    let mut admin = etcd_client::Client::connect([&server.endpoint], Some(options)).await.expect("admin connects");
+    let mut admin = with_users(&server, &setup).await;
     for i in 0..130 {
         admin.put(format!("t/k{i:03}/a"), "v", None).await.expect("seed");
     }
@@ -328,12 +334,7 @@ async fn a_key_scoped_user_purges_its_prefix() {
         vec!["user", "grant-role", "team", "team"],
         vec!["auth", "enable"],
     ];
-    for args in &setup {
-        let out = server.etcdctl(args);
-        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let options = etcd_client::ConnectOptions::new().with_user("root", "Etcd-Root-Pw-9c2");
-    let mut admin = etcd_client::Client::connect([&server.endpoint], Some(options)).await.expect("admin connects");
+    let mut admin = with_users(&server, &setup).await;
     put_keys(&mut admin, "team/", 5).await;
     put_keys(&mut admin, "team-other/", 3).await;
     let vars = |password: &str| {
