@@ -116,8 +116,10 @@ impl Management {
         }
         let found: Vec<&str> = selection.queues.iter().map(|q| q.info.name.as_str()).collect();
         if !found.is_empty() {
-            // Only an aid: without the states, an unavailable queue fails by its purge's answer.
-            match self.queue_states(&found, policy, deadline).await {
+            // Only an aid (without the states, an unavailable queue fails by its purge's answer),
+            // so on the small budget of discovery.
+            let (policy, deadline) = discovery_budget(policy, deadline);
+            match self.queue_states(&found, &policy, deadline).await {
                 Ok(states) => {
                     for queue in &mut selection.queues {
                         if let Some(state) = states.get(&queue.info.name) {
