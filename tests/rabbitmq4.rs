@@ -102,6 +102,7 @@ async fn policy_dead_lettering_with_statistics_off() {
 #[tokio::test]
 #[ignore = "needs hack/services.sh up next (hack/test.sh runs it)"]
 async fn a_queue_on_a_stopped_node_is_not_reported_as_purged() {
+    let _cluster = CLUSTER.lock().await;
     let urls: Vec<String> = required_env("CSTEST_RABBITMQ_CLUSTER_URLS").split(',').map(String::from).collect();
     let nodes: Vec<String> = required_env("CSTEST_RABBITMQ_CLUSTER_NODES").split(',').map(String::from).collect();
     let (first, second) = (Rabbit::at(&urls[0]), Rabbit::at(&urls[1]));
@@ -161,6 +162,7 @@ async fn a_queue_on_a_stopped_node_is_not_reported_as_purged() {
 #[tokio::test]
 #[ignore = "needs hack/services.sh up next (hack/test.sh runs it)"]
 async fn a_crashed_node_does_not_hold_up_the_other_queues() {
+    let _cluster = CLUSTER.lock().await;
     let urls: Vec<String> = required_env("CSTEST_RABBITMQ_CLUSTER_URLS").split(',').map(String::from).collect();
     let (first, second) = (Rabbit::at(&urls[0]), Rabbit::at(&urls[1]));
     let vhost = unique("node-crash");
@@ -200,6 +202,9 @@ async fn a_crashed_node_does_not_hold_up_the_other_queues() {
     assert_eq!(first.count(&vhost, "on-b").await, 3, "on-b's messages are still there");
     first.delete_vhost(&vhost).await;
 }
+
+/// The cluster tests stop, kill and start the same node: one at a time, whatever the test threads.
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs `hack/services.sh cluster ARGS`, which returns once the node is down or back.
 async fn cluster(args: &[&str]) {
