@@ -342,22 +342,9 @@ impl Management {
         if info.policy_name() == Some("") {
             return DeadLetterKeys::default();
         }
-        if settings.policies.is_none() {
-            settings.policies = Some(self.policies(policy, deadline).await);
-        }
-        let resolved = match settings.policies.as_ref().expect("read above") {
-            Ok(policies) => policies
-                .effective(&info.name, info.kind(), info.policy_name(), DEAD_LETTER_KEYS)
-                .map_err(|unknown| unknown.0),
-            Err(why) => Err(why.clone()),
-        };
-        match resolved {
-            Ok(definition) => DeadLetterKeys::from_policy(&definition),
-            Err(why) => {
-                settings.unknown.get_or_insert(why);
-                DeadLetterKeys::default()
-            }
-        }
+        let subject = (info.name.as_str(), info.kind(), info.policy_name());
+        let definition = self.effective_policy(subject, DEAD_LETTER_KEYS, settings, policy, deadline).await;
+        DeadLetterKeys::from_policy(&definition.unwrap_or_default())
     }
 
     /// An exchange's alternate exchange: its argument, else its policy's (policies read once).
@@ -371,23 +358,30 @@ impl Management {
         if let Some(alternate) = exchange.alternate_argument() {
             return Some(alternate.to_string());
         }
-        let named = exchange.policy_name()?;
+        let subject = (exchange.name.as_str(), "exchange", Some(exchange.policy_name()?));
+        let definition = self.effective_policy(subject, &["alternate-exchange"], settings, policy, deadline).await?;
+        definition.get("alternate-exchange").and_then(|v| v.as_str()).map(str::to_string)
+    }
+
+    /// The definition (as far as `keys` go) of the policy that applies to `subject` (name, kind,
+    /// the policy the answer names), from the vhost's policies, read once per run. `None` when it
+    /// cannot be known; the reason is recorded in `settings.unknown`.
+    async fn effective_policy(
+        &self,
+        (name, kind, named): (&str, &str, Option<&str>),
+        keys: &[&str],
+        settings: &mut DeadLetterSettings,
+        policy: &RetryPolicy,
+        deadline: Instant,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
         if settings.policies.is_none() {
             settings.policies = Some(self.policies(policy, deadline).await);
         }
         let resolved = match settings.policies.as_ref().expect("read above") {
-            Ok(policies) => policies
-                .effective(&exchange.name, "exchange", Some(named), &["alternate-exchange"])
-                .map_err(|unknown| unknown.0),
+            Ok(policies) => policies.effective(name, kind, named, keys).map_err(|unknown| unknown.0),
             Err(why) => Err(why.clone()),
         };
-        match resolved {
-            Ok(definition) => definition.get("alternate-exchange").and_then(|v| v.as_str()).map(str::to_string),
-            Err(why) => {
-                settings.unknown.get_or_insert(why);
-                None
-            }
-        }
+        resolved.map_err(|why| settings.unknown.get_or_insert(why).clone()).ok()
     }
 }
 
