@@ -62,22 +62,14 @@ pub(super) async fn run<'a>(
         kind = Some(kind.map_or(err_kind, |k: Kind| k.worst(err_kind)));
         failures.push(format!("{side}: {err:#}"));
     };
-    let rabbit = match rabbit {
-        Some(Ok(selection)) => Some(selection),
-        Some(Err(err)) => {
-            note("rabbitmq", err);
-            None
-        }
-        None => None,
-    };
-    let etcd = match etcd {
-        Some(Ok(prepared)) => Some(prepared),
-        Some(Err(err)) => {
-            note("etcd", err);
-            None
-        }
-        None => None,
-    };
+    let rabbit = rabbit.transpose().unwrap_or_else(|err| {
+        note("rabbitmq", err);
+        None
+    });
+    let etcd = etcd.transpose().unwrap_or_else(|err| {
+        note("etcd", err);
+        None
+    });
     match kind {
         Some(kind) => Err(classified(kind, format!("preflight: {}", failures.join("; ")))),
         None => Ok(Prepared { rabbit, etcd }),
