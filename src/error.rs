@@ -12,13 +12,16 @@ use std::fmt;
 /// The kinds of failure whose handling differs, from least to most telling.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
-    /// Anything else that went wrong after retries: bad credentials, a queue that cannot be purged.
+    /// Anything else that went wrong after retries: a queue that cannot be purged, a write refused.
     #[default]
     Failed,
     /// The deadline passed with work left, or a server that was reached did not answer in time.
     Deadline,
     /// A dependency could not be reached (connection refused, DNS, TLS handshake).
     Unreachable,
+    /// RabbitMQ or etcd rejected the credentials or lacks a permission: a retry with the same
+    /// configuration gets the same answer.
+    Denied,
     /// A missing or malformed variable; nothing was touched.
     Config,
     /// A safety guard said no; nothing was touched.

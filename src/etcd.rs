@@ -314,26 +314,35 @@ fn sort_error(err: etcd_client::Error, what: &str) -> Attempt {
             Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
                 if status.message().contains("user name is empty") =>
             {
-                Attempt::Permanent(anyhow!(
-                    "{what}: etcd requires authentication ({}): set CLEANSLATE_ETCD_USERNAME and the password",
-                    status.message()
+                Attempt::Permanent(classified(
+                    Kind::Denied,
+                    format!(
+                        "{what}: etcd requires authentication ({}): set CLEANSLATE_ETCD_USERNAME and the password",
+                        status.message()
+                    ),
                 ))
             }
             Code::PermissionDenied | Code::InvalidArgument | Code::Unauthenticated
                 if status.message().contains("permission denied") =>
             {
-                Attempt::Permanent(anyhow!(
-                    "{what}: etcd refused the permission ({}): the user needs readwrite on every prefix in \
+                Attempt::Permanent(classified(
+                    Kind::Denied,
+                    format!(
+                        "{what}: etcd refused the permission ({}): the user needs readwrite on every prefix in \
                      CLEANSLATE_ETCD_PREFIXES (etcdctl role grant-permission ROLE readwrite PREFIX --prefix)",
-                    status.message()
+                        status.message()
+                    ),
                 ))
             }
             Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
                 if status.message().contains("auth") || status.message().contains("permission") =>
             {
-                Attempt::Permanent(anyhow!(
-                    "{what}: etcd refused the credentials ({}); check CLEANSLATE_ETCD_USERNAME and the password",
-                    status.message()
+                Attempt::Permanent(classified(
+                    Kind::Denied,
+                    format!(
+                        "{what}: etcd refused the credentials ({}); check CLEANSLATE_ETCD_USERNAME and the password",
+                        status.message()
+                    ),
                 ))
             }
             code => Attempt::Permanent(anyhow!("{what}: etcd answered {}: {}", code_name(code), status.message())),

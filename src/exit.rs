@@ -28,6 +28,9 @@ pub enum Exit {
     Refused = 77,
     /// A variable is missing or malformed; nothing was touched (`EX_CONFIG`).
     Config = 78,
+    /// RabbitMQ or etcd rejected the credentials or a permission is missing: final, like 77 and
+    /// 78, so the Job does not retry it (one past sysexits' range, which has no code for it).
+    Denied = 79,
     /// Stopped by SIGINT (128 + 2: Ctrl-C in a terminal).
     Interrupted = 130,
     /// Stopped by SIGTERM (128 + 15, the shell convention Kubernetes users recognise).
@@ -49,6 +52,7 @@ impl From<Kind> for Exit {
             Kind::Unreachable => Exit::Unavailable,
             Kind::Config => Exit::Config,
             Kind::Refused => Exit::Refused,
+            Kind::Denied => Exit::Denied,
         }
     }
 }
@@ -90,6 +94,7 @@ mod tests {
             (Exit::Deadline, 75),
             (Exit::Refused, 77),
             (Exit::Config, 78),
+            (Exit::Denied, 79),
             (Exit::Interrupted, 130),
             (Exit::Terminated, 143),
         ];
@@ -101,8 +106,14 @@ mod tests {
     /// Every kind has its own status, and the kind under any context decides it.
     #[test]
     fn kinds_and_signals_map_to_their_codes() {
-        let cases =
-            [(Kind::Failed, 1), (Kind::Deadline, 75), (Kind::Unreachable, 69), (Kind::Config, 78), (Kind::Refused, 77)];
+        let cases = [
+            (Kind::Failed, 1),
+            (Kind::Deadline, 75),
+            (Kind::Unreachable, 69),
+            (Kind::Config, 78),
+            (Kind::Refused, 77),
+            (Kind::Denied, 79),
+        ];
         for (kind, code) in cases {
             let err = classified(kind, "x").context("doing something");
             assert_eq!(exit_for(&err).code(), code, "{kind:?}");

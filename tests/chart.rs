@@ -1024,7 +1024,7 @@ fn refusals_and_configuration_errors_are_not_retried() {
         assert_eq!(rule["action"], json!("FailJob"), "{job}: fails the Job");
         assert_eq!(rule["onExitCodes"]["containerName"], json!(container), "{job}: its container");
         assert_eq!(rule["onExitCodes"]["operator"], json!("In"), "{job}: operator");
-        assert_eq!(rule["onExitCodes"]["values"], json!([77, 78]), "{job}: the final exit codes");
+        assert_eq!(rule["onExitCodes"]["values"], json!([77, 78, 79]), "{job}: the final exit codes");
         assert_eq!(spec["template"]["spec"]["restartPolicy"], json!("Never"), "{job}: required by the policy");
     }
 }

@@ -148,7 +148,7 @@ async fn auth_enabled_etcd() {
     };
 
     let wrong = cleanslate(&["purge"], &settings("Not-The-Pw-0")).await;
-    assert_eq!(wrong.code, 1, "wrong password fails: {}", wrong.all_output());
+    assert_eq!(wrong.code, 79, "wrong password fails (79: final): {}", wrong.all_output());
     assert!(wrong.stderr.contains("refused the credentials"), "says why: {}", wrong.stderr);
     assert!(!wrong.stdout.contains("retrying"), "not retried: {}", wrong.stdout);
     wrong.assert_no_secret(&["Not-The-Pw-0", root_password]);
@@ -282,7 +282,7 @@ async fn a_permission_missing_for_a_later_transaction_deletes_nothing() {
         ),
     )
     .await;
-    assert_eq!(run.code, 1, "the second transaction is refused: {}", run.all_output());
+    assert_eq!(run.code, 79, "the second transaction is refused (79: final): {}", run.all_output());
     assert_eq!(count_keys(&mut admin, "t/").await, 130, "nothing was deleted, not even the first 128 ranges");
     assert!(
         run.stderr.contains("preflight")

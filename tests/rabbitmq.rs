@@ -350,7 +350,7 @@ async fn wrong_password_fails_at_once() {
     )
     .await;
 
-    assert_eq!(run.code, 1, "bad credentials fail: {}", run.all_output());
+    assert_eq!(run.code, 79, "bad credentials fail (79: final): {}", run.all_output());
     assert!(run.first_stderr_line().contains("rejected the login"), "says what is wrong: {}", run.stderr);
     assert!(!run.stdout.contains("retrying"), "no retry storm: {}", run.stdout);
     run.assert_no_secret(&[wrong, &rabbit_password()]);
@@ -381,7 +381,7 @@ async fn missing_permission_fails_with_a_hint() {
     )
     .await;
 
-    assert_eq!(run.code, 1, "permission problem fails: {}", run.all_output());
+    assert_eq!(run.code, 79, "permission problem fails (79: final): {}", run.all_output());
     assert!(run.stderr.contains("lacks permission"), "permission hint: {}", run.stderr);
     assert!(!run.stdout.contains("retrying"), "not retried: {}", run.stdout);
     run.assert_no_secret(&["Reader-Pw-55"]);
@@ -755,7 +755,7 @@ async fn login_and_permission_are_told_apart() {
     let base = purge_vars(&vhost, &[("CLEANSLATE_RABBITMQ_QUEUES", "q")]);
 
     let wrong = cleanslate(&["purge"], &with(base.clone(), &[("CLEANSLATE_RABBITMQ_PASSWORD", "Wrong-Pw-4x")])).await;
-    assert_eq!(wrong.code, 1, "fails: {}", wrong.all_output());
+    assert_eq!(wrong.code, 79, "fails: {}", wrong.all_output());
     assert!(wrong.first_stderr_line().contains("rejected the login"), "login hint: {}", wrong.stderr);
     assert!(!wrong.stderr.contains("lacks permission"), "not the permission hint: {}", wrong.stderr);
 
@@ -767,7 +767,7 @@ async fn login_and_permission_are_told_apart() {
         &with(base, &[("CLEANSLATE_RABBITMQ_USERNAME", &user), ("CLEANSLATE_RABBITMQ_PASSWORD", "Outsider-Pw-8")]),
     )
     .await;
-    assert_eq!(outsider.code, 1, "fails: {}", outsider.all_output());
+    assert_eq!(outsider.code, 79, "fails: {}", outsider.all_output());
     assert!(outsider.stderr.contains("lacks permission"), "permission hint: {}", outsider.stderr);
     outsider.assert_no_secret(&["Outsider-Pw-8", "Wrong-Pw-4x", &rabbit_password()]);
     assert_eq!(rabbit.count(&vhost, "q").await, 2, "nothing purged");

@@ -304,8 +304,9 @@ priorityClassName: {{ . | quote }}
 {{- end -}}
 
 {{/*
-A Job's pod failure policy: a refusal (77) or a configuration error (78) in CONTAINER fails the Job at
-once instead of being retried backoffLimit times (the same input fails the same way). Needs the pod's
+A Job's pod failure policy: a refusal (77), a configuration error (78) or rejected credentials or a
+missing permission (79) in CONTAINER fails the Job at once instead of being retried backoffLimit times
+(the same input fails the same way). Needs the pod's
 restartPolicy Never. Beta and on by default since Kubernetes 1.26, GA in 1.31
 (https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy).
 */}}
@@ -316,7 +317,7 @@ podFailurePolicy:
       onExitCodes:
         containerName: {{ . }}
         operator: In
-        values: [77, 78]
+        values: [77, 78, 79]
 {{- end -}}
 
 {{/* Hook events of the Job's RBAC and Secret: every event of the Job, plus test for the test Pod. */}}

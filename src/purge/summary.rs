@@ -185,10 +185,10 @@ pub(super) fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Resul
                     }
                     QueueOutcome::Vanished => {}
                     QueueOutcome::Skipped(why) => summary.queues_skipped.push(format!("{} ({why})", queue.info.name)),
-                    QueueOutcome::Failed(message) => {
+                    QueueOutcome::Failed { kind, message } => {
                         summary.queues_failed += 1;
                         not_purged.push(queue.info.name.as_str());
-                        summary.fail(Kind::Failed, format!("queue {:?}: {message}", queue.info.name));
+                        summary.fail(*kind, format!("queue {:?}: {message}", queue.info.name));
                     }
                 }
             }

@@ -172,9 +172,12 @@ impl Management {
     async fn unauthorized(&self, what: &str, reason: &str) -> Attempt {
         let whoami = self.request(Method::GET, self.url(&["whoami"], ""), what).await;
         let login_error = |detail: &str| {
-            Attempt::Permanent(anyhow!(
-                "{what}: RabbitMQ rejected the login of user {:?} (401{detail}); check CLEANSLATE_RABBITMQ_USERNAME and the password",
-                self.username
+            Attempt::Permanent(classified(
+                Kind::Denied,
+                format!(
+                    "{what}: RabbitMQ rejected the login of user {:?} (401{detail}); check CLEANSLATE_RABBITMQ_USERNAME and the password",
+                    self.username
+                ),
             ))
         };
         match whoami {
@@ -184,9 +187,12 @@ impl Management {
             Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
                 let whoami_reason = response_reason(response).await;
                 if whoami_reason.to_ascii_lowercase().contains("management user") {
-                    Attempt::Permanent(anyhow!(
-                        "{what}: user {:?} may log in but not use the management API (401{whoami_reason}); give it the management tag",
-                        self.username
+                    Attempt::Permanent(classified(
+                        Kind::Denied,
+                        format!(
+                            "{what}: user {:?} may log in but not use the management API (401{whoami_reason}); give it the management tag",
+                            self.username
+                        ),
                     ))
                 } else {
                     login_error(if reason.is_empty() { &whoami_reason } else { reason })
@@ -210,11 +216,14 @@ impl Management {
     }
 
     fn permission_error(&self, what: &str, status: StatusCode, reason: &str) -> anyhow::Error {
-        anyhow!(
-            "{what}: user {:?} lacks permission ({}{reason}); it needs the management tag, access to vhost {:?} and read permission on the queues",
-            self.username,
-            status.as_u16(),
-            self.vhost
+        classified(
+            Kind::Denied,
+            format!(
+                "{what}: user {:?} lacks permission ({}{reason}); it needs the management tag, access to vhost {:?} and read permission on the queues",
+                self.username,
+                status.as_u16(),
+                self.vhost
+            ),
         )
     }
 

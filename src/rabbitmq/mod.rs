@@ -40,6 +40,8 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
+use crate::error::Kind;
+
 pub use crate::dead_letters::Candidate;
 pub use client::{Management, encode_segment};
 pub use records::DeadLetterKeys;
@@ -197,8 +199,9 @@ pub enum QueueOutcome {
     /// Found by a pattern or as a dead-letter queue, but of a kind that cannot be purged: warned
     /// about and named, not a failure (a *named* one is).
     Skipped(String),
-    /// It could not be purged; RabbitMQ's reason, or the last error after retries.
-    Failed(String),
+    /// It could not be purged: RabbitMQ's reason, or the last error after retries, and its kind
+    /// (a purge the user is refused fails the run as [`Kind::Denied`], a retry would not help).
+    Failed { kind: Kind, message: String },
 }
 
 #[cfg(test)]

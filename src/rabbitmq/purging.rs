@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use super::client::{Management, Reply};
 use super::{QueueOutcome, Reason, Selected, Selection};
 use crate::config::{RetryPolicy, is_dot_segment};
+use crate::error::{Kind, kind_of};
 use crate::retry::{self, Attempt};
 use crate::tally::Tally;
 
@@ -38,7 +39,7 @@ impl Management {
                 "a queue named {name:?} cannot be addressed through the management HTTP API (URL dot segment); purge it with rabbitmqctl purge_queue"
             );
             warn!(vhost = %self.vhost, queue = %name, "queue not purged: name is a URL dot segment");
-            return QueueOutcome::Failed(message);
+            return QueueOutcome::Failed { kind: Kind::Failed, message };
         }
         if queue.reason != Reason::Named
             && let Some(why) = queue.info.unpurgeable()
@@ -55,7 +56,7 @@ impl Management {
                 self.vhost
             );
             warn!(vhost = %self.vhost, queue = %name, state, "queue not purged: unavailable");
-            return QueueOutcome::Failed(message);
+            return QueueOutcome::Failed { kind: Kind::Failed, message };
         }
         let what = format!("purging queue {:?} in vhost {:?}", name, self.vhost);
         let url = self.url(&["queues", &self.vhost, name, "contents"], "");
@@ -113,7 +114,7 @@ impl Management {
             Err(err) => {
                 let message = format!("{err:#}");
                 warn!(vhost = %self.vhost, queue = %name, error = %message, duration_ms, "queue not purged");
-                QueueOutcome::Failed(message)
+                QueueOutcome::Failed { kind: kind_of(&err), message }
             }
         }
     }
@@ -164,7 +165,7 @@ impl Management {
             info!(vhost = %self.vhost, queues = again.len(), "second pass over dead-letter queues");
         }
         for (i, outcome) in self.purge_some(selection, again, concurrency, policy, deadline, None).await {
-            if let QueueOutcome::Failed(message) = outcome {
+            if let QueueOutcome::Failed { message, .. } = outcome {
                 // The queue was purged; only what arrived during the run may be left.
                 warn!(
                     vhost = %self.vhost,
