@@ -155,17 +155,11 @@ fn hook_annotations_follow_the_design() {
     ] {
         let doc = find(&docs, kind_, name_);
         assert!(hook_weight(doc) < job_weight, "{kind_} before the Job");
+        assert_eq!(hook_events(doc), ["post-install", "pre-upgrade"], "{kind_} on every event of the Job, no other");
         assert_eq!(
-            hook_events(doc),
-            ["post-install", "pre-upgrade", "test"],
-            "{kind_} on every event of the Job and the test"
-        );
-        assert!(
-            doc["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
-                .as_str()
-                .unwrap()
-                .contains("before-hook-creation"),
-            "{kind_} policy"
+            annotation(doc, "helm.sh/hook-delete-policy"),
+            Some("before-hook-creation,hook-succeeded"),
+            "{kind_}: exists only while the Job's hooks run"
         );
     }
     let marker = find(&docs, "ConfigMap", "shop-cleanslate-marker");
@@ -177,6 +171,8 @@ fn hook_annotations_follow_the_design() {
     );
     let test = find(&docs, "Pod", "shop-cleanslate-test-purge");
     assert_eq!(hook_events(test), ["test"], "test hook");
+    let tests: Vec<String> = hooks_for(&docs, "test").iter().map(|d| format!("{} {}", kind(d), name(d))).collect();
+    assert_eq!(tests, ["Pod shop-cleanslate-test-purge"], "Helm lists every test-hook resource as a test: only the Pod");
     let order: Vec<&str> = hooks_for(&docs, "post-install").iter().map(|d| kind(d)).collect();
     assert_eq!(order.last(), Some(&"Job"), "the Job runs last: {order:?}");
 }
@@ -689,17 +685,22 @@ fn quiesce_rbac_names_exactly_the_workloads() {
         find(&docs, "Role", "shop-cleanslate-purge")["rules"],
         json!([
             marker,
-            own_job,
             events,
             deployments[0],
             deployments[1],
             statefulsets[0],
             statefulsets[1],
             pods,
-            pod_deletes
+            pod_deletes,
+            own_job
         ]),
         "purge Role: the marker, exactly the named workloads and their scale, pods to watch, and (with a \
          StatefulSet) to delete"
+    );
+    assert_eq!(
+        find(&docs, "Role", "shop-cleanslate-test")["rules"],
+        json!([marker, events, deployments[0], deployments[1], statefulsets[0], statefulsets[1], pods, pod_deletes]),
+        "helm test's Role: the purge's rights without the Job's"
     );
     let without_statefulsets = dev(&[]);
     let rules = find(&without_statefulsets, "Role", "shop-cleanslate-purge")["rules"].clone();
@@ -764,6 +765,11 @@ fn resume_job_hooks_and_defaults() {
     for kind_ in ["ServiceAccount", "Role", "RoleBinding"] {
         let doc = find(&docs, kind_, "shop-cleanslate-resume");
         assert_eq!(hook_events(doc), ["post-upgrade", "post-rollback"], "{kind_} on the resume Job's events");
+        assert_eq!(
+            annotation(doc, "helm.sh/hook-delete-policy"),
+            Some("before-hook-creation,hook-succeeded"),
+            "{kind_}: exists only while the resume hooks run"
+        );
         assert!(hook_weight(doc) < hook_weight(resume), "{kind_} before the resume Job");
         assert!(hook_weight(doc) > hook_weight(purge), "{kind_} after the purge Job (post-install order)");
     }
@@ -1068,4 +1074,85 @@ fn enabling_cleanup_without_targets_is_refused() {
     ];
     assert!(try_render("shop", "dev", &pattern_only).is_ok(), "a pattern alone names the queues");
     assert!(try_render("shop", "dev", &[]).is_ok(), "cleanup off needs no targets");
+}
+
+/// TLS from Secrets in cert-manager's shape: each Secret mounted read-only on the purge Job and the
+/// test Pod, only the keys named, and the variables pointing at the mounted files; the client
+/// certificate is optional; an https etcd without a CA is refused at render time.
+#[test]
+fn tls_secrets_are_mounted_and_passed() {
+    let docs = dev(&[
+        "--set",
+        "cleanup.rabbitmq.tls.existingSecret=mq-ca",
+        "--set",
+        "cleanup.etcd.tls.existingSecret=etcd-client",
+        "--set",
+        "cleanup.etcd.tls.caKey=root.pem",
+        "--set-json",
+        r#"cleanup.etcd.endpoints=["https://etcd-0.etcd:2379"]"#,
+    ]);
+    let job = find(&docs, "Job", "shop-cleanslate-purge");
+    let test = find(&docs, "Pod", "shop-cleanslate-test-purge");
+    for (what, pod) in [("Job", pod_spec(job)), ("test Pod", pod_spec(test))] {
+        let container = &pod["containers"][0];
+        for (var, path) in [
+            ("CLEANSLATE_RABBITMQ_CA_FILE", "/etc/cleanslate/rabbitmq-tls/ca.crt"),
+            ("CLEANSLATE_ETCD_CA_FILE", "/etc/cleanslate/etcd-tls/root.pem"),
+            ("CLEANSLATE_ETCD_CERT_FILE", "/etc/cleanslate/etcd-tls/tls.crt"),
+            ("CLEANSLATE_ETCD_KEY_FILE", "/etc/cleanslate/etcd-tls/tls.key"),
+        ] {
+            assert_eq!(env_value(container, var).as_deref(), Some(path), "{what}: {var}");
+        }
+        assert_eq!(
+            container["volumeMounts"],
+            json!([
+                {"name": "rabbitmq-tls", "mountPath": "/etc/cleanslate/rabbitmq-tls", "readOnly": true},
+                {"name": "etcd-tls", "mountPath": "/etc/cleanslate/etcd-tls", "readOnly": true}
+            ]),
+            "{what}: read-only mounts"
+        );
+        assert_eq!(
+            pod["volumes"],
+            json!([
+                {"name": "rabbitmq-tls", "secret": {"secretName": "mq-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"name": "etcd-tls", "secret": {"secretName": "etcd-client", "items": [
+                    {"key": "root.pem", "path": "root.pem"},
+                    {"key": "tls.crt", "path": "tls.crt"},
+                    {"key": "tls.key", "path": "tls.key"}
+                ]}}
+            ]),
+            "{what}: the Secrets' named keys"
+        );
+    }
+
+    let ca_only = dev(&[
+        "--set",
+        "cleanup.etcd.tls.existingSecret=etcd-ca",
+        "--set",
+        "cleanup.etcd.tls.certKey=",
+        "--set",
+        "cleanup.etcd.tls.keyKey=",
+    ]);
+    let container = &pod_spec(find(&ca_only, "Job", "shop-cleanslate-purge"))["containers"][0];
+    assert_eq!(env_value(container, "CLEANSLATE_ETCD_CA_FILE").as_deref(), Some("/etc/cleanslate/etcd-tls/ca.crt"));
+    assert_eq!(env_value(container, "CLEANSLATE_ETCD_CERT_FILE"), None, "no client certificate");
+    assert_eq!(env_value(container, "CLEANSLATE_RABBITMQ_CA_FILE"), None, "RabbitMQ without a Secret: system roots");
+
+    let plain = dev(&[]);
+    let job = pod_spec(find(&plain, "Job", "shop-cleanslate-purge"));
+    assert!(job.get("volumes").is_none() && job["containers"][0].get("volumeMounts").is_none(), "no TLS, no mounts");
+
+    let file = values_file("values-dev.yaml");
+    for (args, says) in [
+        (vec!["--set-json", r#"cleanup.etcd.endpoints=["https://etcd:2379"]"#], "cleanup.etcd.tls.existingSecret"),
+        (
+            vec!["--set", "cleanup.etcd.tls.existingSecret=etcd-client", "--set", "cleanup.etcd.tls.keyKey="],
+            "certKey and keyKey go together",
+        ),
+    ] {
+        let mut all = vec!["-f", file.as_str()];
+        all.extend(args.iter().copied());
+        let err = try_render("shop", "dev", &all).expect_err("refused");
+        assert!(err.contains(says), "{args:?}: says {says}: {err}");
+    }
 }

@@ -256,6 +256,15 @@ production-eu, PROD, prod2, prd01. */ -}}
 {{- if not $v.cleanup.etcd.prefixes -}}
 {{- fail "cleanslate: nothing names the etcd prefixes to delete: set cleanup.etcd.prefixes, or turn cleanup.targets.database off; there are no default targets" -}}
 {{- end -}}
+{{- $tls := $v.cleanup.etcd.tls -}}
+{{- range $v.cleanup.etcd.endpoints -}}
+{{- if and (hasPrefix "https://" .) (not $tls.existingSecret) -}}
+{{- fail (printf "cleanslate: etcd endpoint %s is https: set cleanup.etcd.tls.existingSecret to a Secret with the CA (%s) that signed its certificate" . $tls.caKey) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $tls.existingSecret (ne (empty $tls.certKey) (empty $tls.keyKey)) -}}
+{{- fail "cleanslate: cleanup.etcd.tls.certKey and keyKey go together: set both for a client certificate, or empty both for none" -}}
+{{- end -}}
 {{- end -}}
 {{- /* Every gate waits for a Job of its revision: the Job must run on every install and every upgrade. */ -}}
 {{- $events := $v.cleanup.hook.events -}}
@@ -323,9 +332,50 @@ podFailurePolicy:
 {{/* Hook events of the Job's RBAC and Secret: every event of the Job, plus test for the test Pod. */}}
 {{- define "cleanslate.supportHookEvents" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
-{{- $events := $v.cleanup.hook.events -}}
-{{- if $v.cleanup.test.enabled -}}{{- $events = append $events "test" -}}{{- end -}}
-{{- join "," (uniq $events) -}}
+{{- join "," (uniq $v.cleanup.hook.events) -}}
+{{- end -}}
+
+{{/*
+Delete policy of the hook identities (ServiceAccount, Role, RoleBinding, dev Secret): they exist only
+while the hooks of their event run. Helm deletes hook-succeeded resources once every hook of the event
+succeeded, and those of a failed event too (after the failed hook), as cert-manager's startupapicheck
+RBAC does (REFERENCES 7.4); before-hook-creation clears one a killed Helm left behind.
+*/}}
+{{- define "cleanslate.identityDeletePolicy" -}}before-hook-creation,hook-succeeded{{- end -}}
+
+{{/* ServiceAccount, Role and RoleBinding of `helm test`'s Pod, and its dev Secret. */}}
+{{- define "cleanslate.testServiceAccountName" -}}
+{{- include "cleanslate.suffixed" (list (include "cleanslate.fullname" .) "test") -}}
+{{- end -}}
+
+{{/*
+Rules of a purge identity (the hook Job's, the test Pod's): read and update only the marker, which
+the chart creates (RBAC cannot limit `create` to a name, so no create at all); Events; with quiesce,
+get/patch on exactly the workloads it stops and get/update on their scale subresource, and list/watch
+on pods to wait for them (a label selector cannot be limited by resourceNames); delete on pods only
+with StatefulSets.
+*/}}
+{{- define "cleanslate.purgeRules" -}}
+- apiGroups: [""]
+  resources: [configmaps]
+  resourceNames: [{{ include "cleanslate.markerName" . | quote }}]
+  # What src/kube.rs sends for the marker: GET and PUT (update); no patch, no create.
+  verbs: [get, update]
+{{- include "cleanslate.eventsRule" . }}
+{{- with include "cleanslate.quiesceRules" . }}
+{{- . | trim | nindent 0 }}
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+{{- if contains "statefulset/" (include "cleanslate.quiesceWorkloads" $) }}
+# Only with StatefulSets: an OrderedReady set with unhealthy pods never finishes a scale to 0, so
+# once it is at 0 src/quiesce.rs deletes those pods (gracefully). RBAC cannot name pods that do
+# not exist yet, so this covers the namespace's pods.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [delete]
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/*
@@ -470,11 +520,17 @@ every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" 
 {{- join "," $out -}}
 {{- end -}}
 
-{{/* Environment of `cleanslate purge`, shared by the hook Job and the test Pod. */}}
+{{/*
+Environment of `cleanslate purge`, shared by the hook Job and the test Pod.
+Argument: dict "ctx" . "credentials" NAME (the Secret the chart renders for dev credentials: the hook's
+for the Job, the test identity's for the test Pod; an existingSecret wins over both).
+*/}}
 {{- define "cleanslate.purgeEnv" -}}
+{{- $ctx := .ctx -}}
+{{- $rendered := .credentials -}}
+{{- with $ctx -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- $c := $v.cleanup -}}
-{{- $fullname := include "cleanslate.fullname" . -}}
 {{- $targets := list -}}
 {{- if $c.targets.queue }}{{ $targets = append $targets "rabbitmq" }}{{ end -}}
 {{- if $c.targets.database }}{{ $targets = append $targets "etcd" }}{{ end -}}
@@ -502,12 +558,12 @@ every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" 
 - name: CLEANSLATE_RABBITMQ_USERNAME
   valueFrom:
     secretKeyRef:
-      name: {{ default (include "cleanslate.suffixed" (list $fullname "credentials")) $c.rabbitmq.existingSecret }}
+      name: {{ default $rendered $c.rabbitmq.existingSecret }}
       key: {{ $c.rabbitmq.usernameKey }}
 - name: CLEANSLATE_RABBITMQ_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ default (include "cleanslate.suffixed" (list $fullname "credentials")) $c.rabbitmq.existingSecret }}
+      name: {{ default $rendered $c.rabbitmq.existingSecret }}
       key: {{ $c.rabbitmq.passwordKey }}
 - name: CLEANSLATE_RABBITMQ_VHOST
   {{- $vhost := tpl $c.rabbitmq.vhost . }}
@@ -525,6 +581,10 @@ every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" 
   value: {{ $c.rabbitmq.deadLetters | quote }}
 - name: CLEANSLATE_RABBITMQ_MISSING
   value: {{ $c.rabbitmq.missing | quote }}
+{{- if $c.rabbitmq.tls.existingSecret }}
+- name: CLEANSLATE_RABBITMQ_CA_FILE
+  value: {{ printf "/etc/cleanslate/rabbitmq-tls/%s" $c.rabbitmq.tls.caKey | quote }}
+{{- end }}
 {{- end }}
 {{- if $c.targets.database }}
 - name: CLEANSLATE_ETCD_ENDPOINTS
@@ -539,13 +599,25 @@ every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" 
 - name: CLEANSLATE_ETCD_USERNAME
   valueFrom:
     secretKeyRef:
-      name: {{ default (include "cleanslate.suffixed" (list $fullname "credentials")) $c.etcd.existingSecret }}
+      name: {{ default $rendered $c.etcd.existingSecret }}
       key: {{ $c.etcd.usernameKey }}
 - name: CLEANSLATE_ETCD_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ default (include "cleanslate.suffixed" (list $fullname "credentials")) $c.etcd.existingSecret }}
+      name: {{ default $rendered $c.etcd.existingSecret }}
       key: {{ $c.etcd.passwordKey }}
+{{- end }}
+{{- with $c.etcd.tls }}
+{{- if .existingSecret }}
+- name: CLEANSLATE_ETCD_CA_FILE
+  value: {{ printf "/etc/cleanslate/etcd-tls/%s" .caKey | quote }}
+{{- if .certKey }}
+- name: CLEANSLATE_ETCD_CERT_FILE
+  value: {{ printf "/etc/cleanslate/etcd-tls/%s" .certKey | quote }}
+- name: CLEANSLATE_ETCD_KEY_FILE
+  value: {{ printf "/etc/cleanslate/etcd-tls/%s" .keyKey | quote }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- with include "cleanslate.quiesceWorkloads" . }}
@@ -568,6 +640,46 @@ every namespace: prefixes: ["{{ .Release.Namespace }}/"]. Argument: dict "list" 
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+{{- end -}}
+{{- end -}}
+
+{{/*
+TLS material of the purge (Job and test Pod): each configured Secret mounted read-only, only the keys
+named (a missing key stops the pod from starting, with the key's name in its Events). The paths are
+the ones purgeEnv passes.
+*/}}
+{{- define "cleanslate.tlsVolumes" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- $c := $v.cleanup -}}
+{{- if and $c.targets.queue $c.rabbitmq.tls.existingSecret }}
+- name: rabbitmq-tls
+  secret:
+    secretName: {{ $c.rabbitmq.tls.existingSecret }}
+    items:
+      - {key: {{ $c.rabbitmq.tls.caKey }}, path: {{ $c.rabbitmq.tls.caKey }}}
+{{- end }}
+{{- if and $c.targets.database $c.etcd.tls.existingSecret }}
+- name: etcd-tls
+  secret:
+    secretName: {{ $c.etcd.tls.existingSecret }}
+    items:
+      - {key: {{ $c.etcd.tls.caKey }}, path: {{ $c.etcd.tls.caKey }}}
+      {{- if $c.etcd.tls.certKey }}
+      - {key: {{ $c.etcd.tls.certKey }}, path: {{ $c.etcd.tls.certKey }}}
+      - {key: {{ $c.etcd.tls.keyKey }}, path: {{ $c.etcd.tls.keyKey }}}
+      {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "cleanslate.tlsVolumeMounts" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- $c := $v.cleanup -}}
+{{- if and $c.targets.queue $c.rabbitmq.tls.existingSecret }}
+- {name: rabbitmq-tls, mountPath: /etc/cleanslate/rabbitmq-tls, readOnly: true}
+{{- end }}
+{{- if and $c.targets.database $c.etcd.tls.existingSecret }}
+- {name: etcd-tls, mountPath: /etc/cleanslate/etcd-tls, readOnly: true}
+{{- end }}
 {{- end -}}
 
 {{/*
