@@ -29,6 +29,13 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// A failure the same input repeats on every attempt: a refusal, a configuration error, rejected
+    /// credentials. The chart's Jobs fail at once on their exit codes (`podFailurePolicy`), so such
+    /// a failure is the last attempt whatever the attempt number.
+    pub fn is_final(self) -> bool {
+        matches!(self, Kind::Denied | Kind::Config | Kind::Refused)
+    }
+
     /// The more telling of two: a refusal or a configuration error explains everything after it,
     /// unreachability explains a timeout, and a timeout explains unfinished work.
     pub fn worst(self, other: Kind) -> Kind {

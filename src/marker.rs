@@ -200,7 +200,7 @@ pub fn may_replace(existing: Option<&Marker>, new_revision: u64) -> bool {
 ///
 /// `run` carries what this run did; its `attempt`, `is_final` and last-success fields are filled in
 /// here: the attempt number counts runs of the same revision, a failure is final from attempt
-/// `job_attempts` on, and the last success is the higher of the recorded one and this run's.
+/// `job_attempts` on (or at once when `run` says no retry can change it), and the last success is the higher of the recorded one and this run's.
 pub fn merge(existing: Option<&Marker>, run: &Marker, job_attempts: u32) -> Option<Marker> {
     if !may_replace(existing, run.revision) {
         return older_success(existing?, run);
@@ -213,7 +213,7 @@ pub fn merge(existing: Option<&Marker>, run: &Marker, job_attempts: u32) -> Opti
     // The Job's own count (set on `run` by the caller when known) also knows attempts that never
     // wrote, and is not pushed up by other runs of the revision (`helm test`, by hand).
     next.attempt = if run.attempt > 0 { run.attempt } else { counted };
-    next.is_final = run.status == RunStatus::Failed && next.attempt >= job_attempts.max(1);
+    next.is_final = run.status == RunStatus::Failed && (run.is_final || next.attempt >= job_attempts.max(1));
     let recorded = existing.and_then(|m| m.last_succeeded_revision.map(|r| (r, m.last_succeeded_at.clone())));
     let this_run = (run.status == RunStatus::Succeeded).then(|| (run.revision, run.finished_at.clone()));
     match recorded.into_iter().chain(this_run).max_by_key(|(revision, _)| *revision) {
@@ -373,6 +373,11 @@ mod tests {
         let second = merge(Some(&first), &run(3, RunStatus::Failed), 2).expect("written");
         assert_eq!((second.attempt, second.is_final), (2, true), "the last attempt is final");
         assert!(matches!(verdict(Some(&second), 3), Verdict::Failed(_)), "final failure fails the gate");
+        // Rejected credentials on the first of three attempts: the Job ends on its exit code.
+        let mut denied = run(4, RunStatus::Failed);
+        denied.is_final = true;
+        let denied = merge(Some(&second), &denied, 3).expect("written");
+        assert_eq!((denied.attempt, denied.is_final), (1, true), "a failure no retry changes is final at once");
         // A success at 3, then a failing `helm test` (a one-shot run) at 3: pods of 3 still start.
         let ok = merge(Some(&second), &run(3, RunStatus::Succeeded), 2).expect("written");
         assert_eq!(ok.last_succeeded_revision, Some(3), "success recorded");

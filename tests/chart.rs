@@ -172,7 +172,11 @@ fn hook_annotations_follow_the_design() {
     let test = find(&docs, "Pod", "shop-cleanslate-test-purge");
     assert_eq!(hook_events(test), ["test"], "test hook");
     let tests: Vec<String> = hooks_for(&docs, "test").iter().map(|d| format!("{} {}", kind(d), name(d))).collect();
-    assert_eq!(tests, ["Pod shop-cleanslate-test-purge"], "Helm lists every test-hook resource as a test: only the Pod");
+    assert_eq!(
+        tests,
+        ["Pod shop-cleanslate-test-purge"],
+        "Helm lists every test-hook resource as a test: only the Pod"
+    );
     let order: Vec<&str> = hooks_for(&docs, "post-install").iter().map(|d| kind(d)).collect();
     assert_eq!(order.last(), Some(&"Job"), "the Job runs last: {order:?}");
 }

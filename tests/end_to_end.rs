@@ -124,7 +124,9 @@ fn start_gates(cluster: &FakeCluster, docs: &[Value], suffix: &str) -> Vec<GateP
 /// retries are used up.
 async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Vec<(String, Run)> {
     let mut runs = Vec::new();
+    let mut succeeded_hooks = Vec::new();
     for hook in hooks_for(docs, event) {
+        succeeded_hooks.push(hook);
         match kind(hook) {
             "Job" | "Pod" => {
                 let spec = pod_spec(hook);
@@ -146,9 +148,9 @@ async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Ve
                         format!("{}-r{attempt}", name(hook))
                     };
                     let run = finish(cluster.spawn(spec, container, &pod)).await;
-                    let succeeded = run.code == 0;
+                    let done = run.code == 0 || fails_the_job_at_once(hook, run.code);
                     last = Some(run);
-                    if succeeded {
+                    if done {
                         break;
                     }
                 }
@@ -156,6 +158,7 @@ async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Ve
                 let failed = run.code != 0;
                 runs.push((name(hook).to_string(), run));
                 if failed {
+                    succeeded_hooks.pop();
                     break;
                 }
             }
@@ -174,7 +177,22 @@ async fn run_hooks(cluster: &mut FakeCluster, docs: &[Value], event: &str) -> Ve
             _ => cluster.apply(hook),
         }
     }
+    cluster.delete_succeeded_hooks(&succeeded_hooks);
     runs
+}
+
+/// The Job controller's `podFailurePolicy`: a `FailJob` rule whose `onExitCodes` (operator `In`)
+/// holds the container's exit code fails the Job without another pod
+/// (https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy).
+fn fails_the_job_at_once(job: &Value, code: i32) -> bool {
+    let rules = job["spec"]["podFailurePolicy"]["rules"].as_array().cloned().unwrap_or_default();
+    rules.iter().any(|rule| {
+        rule["action"] == "FailJob"
+            && rule["onExitCodes"]["operator"] == "In"
+            && rule["onExitCodes"]["values"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|c| c.as_i64() == Some(code.into())))
+    })
 }
 
 /// What `helm install` does before the post-install hooks: the pre-install hooks (the marker is
@@ -281,6 +299,10 @@ async fn install_upgrade_and_helm_test() {
     let runs = run_hooks(&mut cluster, &install, "post-install").await;
     all_succeeded(&runs, "install");
     assert_eq!(runs.len(), 1, "only the purge Job: no resume Job on install");
+    assert!(
+        !cluster.has_rights("shop-cleanslate-purge"),
+        "no standing rights: Helm deleted the Job's identity once its hooks succeeded"
+    );
     let job = job_run(&runs, "shop-cleanslate-purge");
     // First install: the apps' pods wait in their gates, so they have written nothing and are
     // neither stopped nor restarted; the purge still ran before any main container started.
@@ -325,6 +347,7 @@ async fn install_upgrade_and_helm_test() {
     let upgrade = world.render(&["--is-upgrade".into(), "--set".into(), "cleanup.revision=2".into()]);
     let runs = run_hooks(&mut cluster, &upgrade, "pre-upgrade").await;
     all_succeeded(&runs, "upgrade");
+    assert!(!cluster.has_rights("shop-cleanslate-purge"), "the upgrade's identity is gone once its hooks succeeded");
     world.assert_clean("after upgrade").await;
     assert_eq!(marker(&cluster)["revision"], json!("2"), "marker at revision 2");
     for resource in release_resources(&upgrade) {
@@ -366,11 +389,12 @@ async fn failing_job_fails_the_gates_fast() {
     let runs = run_hooks(&mut cluster, &docs, "post-install").await;
     assert_eq!(runs.len(), 1, "Helm stops at the failed Job: the resume Job does not run");
     let job = job_run(&runs, "shop-cleanslate-purge");
-    assert_eq!(job.code, 1, "the Job fails: {}", job.all_output());
+    assert_eq!(job.code, 79, "the Job fails on rejected credentials: {}", job.all_output());
+    assert!(!job.stdout.contains("attempt\":2"), "and ends at once (podFailurePolicy): {}", job.stdout);
     // What `kubectl describe pod` and Helm's hook-failure output show.
     let message = cluster.termination_message("shop-cleanslate-purge-x7k2p", "purge").expect("a termination message");
     assert!(
-        message.starts_with("cleanslate purge failed (exit 1)") && message.contains("rejected the login"),
+        message.starts_with("cleanslate purge failed (exit 79)") && message.contains("rejected the login"),
         "the termination message names the failure: {message}"
     );
     assert!(!message.contains("Wrong-E2e-Pw"), "and no secret: {message}");
@@ -591,6 +615,8 @@ async fn upgrade_stops_the_old_writer_and_leaves_nothing_it_wrote() {
     };
     let (written, job) = tokio::join!(writer, job);
     assert_eq!(job.code, 0, "upgrade Job succeeds: {}", job.all_output());
+    // Every pre-upgrade hook succeeded: Helm deletes those with hook-succeeded.
+    cluster.delete_succeeded_hooks(&hooks);
     assert!(written > 1, "the old writer was running ({written} writes)");
     world.assert_clean("after the pre-upgrade purge").await;
     assert_eq!(replicas(&cluster, "shop-producer"), (0, Some("1".into())), "producer stopped, count recorded");
@@ -624,7 +650,8 @@ async fn upgrade_stops_the_old_writer_and_leaves_nothing_it_wrote() {
         let token = FakeCluster::token_of(account);
         let mut used = cluster.api.used(&token);
         used.extend(rare.iter().cloned());
-        assert_eq!(cluster.api.granted(&token), used, "{account}: granted = used");
+        assert_eq!(cluster.api.ever_granted(&token), used, "{account}: granted = used");
+        assert!(cluster.api.granted(&token).is_empty(), "{account}: no rights left once its hooks succeeded");
     }
     world.cleanup().await;
 }
@@ -790,4 +817,93 @@ async fn hook_time_on_install_and_upgrade() {
         "hook time: install median {} ms (min {}, max {}); upgrade median {} ms (min {}, max {})",
         install_ms[2], install_ms[0], install_ms[4], upgrade_ms[2], upgrade_ms[0], upgrade_ms[4]
     );
+}
+
+/// TLS through the chart: an etcd that takes only mutual TLS and RabbitMQ's management API over
+/// https with a private CA, each reached through the Secret the values name (`tls.existingSecret`,
+/// mounted as the kubelet would), by the install's Job and by `helm test`'s Pod. The etcd CA and
+/// certificates are made here; the broker's https listener uses the CA `hack/services.sh` made.
+#[tokio::test]
+async fn the_chart_purges_over_mutual_tls_and_https() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ca.issue("etcd");
+    let client = ca.issue("cleanslate");
+    let ca_file = write_file(dir.path(), "ca.pem", &ca.pem);
+    let etcd = EtcdServer::start(
+        true,
+        &[
+            "--cert-file".into(),
+            write_file(dir.path(), "server.pem", &server.cert_pem),
+            "--key-file".into(),
+            write_file(dir.path(), "server.key", &server.key_pem),
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            ca_file.clone(),
+        ],
+    )
+    .await;
+    let client_crt = write_file(dir.path(), "client.pem", &client.cert_pem);
+    let client_key = write_file(dir.path(), "client.key", &client.key_pem);
+    let etcdctl = |args: &[&str]| {
+        let mut all = vec!["--cacert", &ca_file as &str, "--cert", &client_crt, "--key", &client_key];
+        all.extend(args);
+        let out = etcd.etcdctl(&all);
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let keys =
+        |prefix: &str| etcdctl(&["get", "--prefix", "--keys-only", prefix]).lines().filter(|l| !l.is_empty()).count();
+    let seed = || {
+        for key in ["tls/monorepo/a", "tls/monorepo/b", "tls/monorepo-keep/c"] {
+            etcdctl(&["put", key, "v"]);
+        }
+    };
+
+    let rabbit = Rabbit::connect().await;
+    let vhost = unique("e2e-tls");
+    rabbit.create_vhost(&vhost).await;
+    for queue in ["monorepo", "monorepo-dlq"] {
+        rabbit.declare(&vhost, queue, json!({})).await;
+        rabbit.publish(&vhost, queue, 2).await;
+    }
+    seed();
+
+    let mut cluster = FakeCluster::start(NAMESPACE).await;
+    let rabbit_ca = std::fs::read_to_string(rabbit_ca_file()).expect("the broker's CA (hack/services.sh)");
+    cluster.add_secret("rabbitmq-ca", &[("ca.crt", &rabbit_ca)]);
+    cluster
+        .add_secret("etcd-client", &[("ca.crt", &ca.pem), ("tls.crt", &client.cert_pem), ("tls.key", &client.key_pem)]);
+    let mut args = service_values(&vhost);
+    args.extend([
+        "--set".to_string(),
+        format!("cleanup.rabbitmq.url={}", rabbit_tls_url()),
+        "--set".into(),
+        "cleanup.rabbitmq.tls.existingSecret=rabbitmq-ca".into(),
+        "--set-json".into(),
+        format!("cleanup.etcd.endpoints=[\"{}\"]", etcd.endpoint),
+        "--set-json".into(),
+        r#"cleanup.etcd.prefixes=["tls/monorepo/"]"#.into(),
+        "--set".into(),
+        "cleanup.etcd.tls.existingSecret=etcd-client".into(),
+    ]);
+    let docs = render(RELEASE, NAMESPACE, &args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    install_resources(&mut cluster, &docs).await;
+    let runs = run_hooks(&mut cluster, &docs, "post-install").await;
+    all_succeeded(&runs, "install over TLS");
+    assert_eq!(rabbit.count(&vhost, "monorepo").await, 0, "purged over https");
+    assert_eq!(keys("tls/monorepo/"), 0, "deleted over mutual TLS");
+    assert_eq!(keys("tls/monorepo-keep/"), 1, "the sibling prefix survives");
+
+    rabbit.publish(&vhost, "monorepo", 2).await;
+    seed();
+    let runs = run_hooks(&mut cluster, &docs, "test").await;
+    all_succeeded(&runs, "helm test over TLS");
+    assert_eq!(rabbit.count(&vhost, "monorepo").await, 0, "helm test purged over https");
+    assert_eq!(keys("tls/monorepo/"), 0, "helm test deleted over mutual TLS");
+    for (_, run) in &runs {
+        run.assert_no_secret(&[&client.key_pem[40..80], &rabbit_password()]);
+    }
+    rabbit.delete_vhost(&vhost).await;
 }

@@ -343,9 +343,10 @@ fn marker_record(
         message: summary.failures.join("; "),
         dead_letters: summary.dead_letters_line().unwrap_or_default(),
         job: settings.pod_name.clone().unwrap_or_default(),
-        // Filled in from the marker already there, by `marker::merge`.
+        // Filled in from the marker already there, by `marker::merge`; a failure that no retry
+        // changes is final now (the Job's podFailurePolicy ends it on this exit code).
         attempt: 0,
-        is_final: false,
+        is_final: !summary.failures.is_empty() && summary.kind.is_final(),
         last_succeeded_revision: None,
         last_succeeded_at: String::new(),
     }

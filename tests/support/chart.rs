@@ -213,6 +213,41 @@ impl FakeCluster {
         }
     }
 
+    /// A Secret the user created before the release (an `existingSecret`): name → key → value.
+    pub fn add_secret(&mut self, name: &str, data: &[(&str, &str)]) {
+        self.secrets.insert(name.into(), data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    }
+
+    /// What Helm does with an event's hooks that carry `hook-succeeded` once every hook of the event
+    /// succeeded, and with those that already succeeded when a later one failed (pkg/action/hooks.go;
+    /// REFERENCES 1.3): it deletes them. A deleted RoleBinding or ServiceAccount takes its grants with
+    /// it; a deleted Secret can no longer be read.
+    pub fn delete_succeeded_hooks(&mut self, hooks: &[&Value]) {
+        for hook in hooks {
+            let policy = hook["metadata"]["annotations"]["helm.sh/hook-delete-policy"].as_str().unwrap_or_default();
+            if !policy.split(',').any(|p| p.trim() == "hook-succeeded") {
+                continue;
+            }
+            match kind(hook) {
+                "RoleBinding" => {
+                    for subject in hook["subjects"].as_array().expect("subjects") {
+                        self.api.revoke(&Self::token_of(subject["name"].as_str().unwrap()));
+                    }
+                }
+                "ServiceAccount" => self.api.revoke(&Self::token_of(name(hook))),
+                "Secret" => {
+                    self.secrets.remove(name(hook));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether the ServiceAccount `service_account`'s pods may still do anything.
+    pub fn has_rights(&self, service_account: &str) -> bool {
+        !self.api.granted(&Self::token_of(service_account)).is_empty()
+    }
+
     /// The termination message the container `container` of pod `pod_name` left, as
     /// `kubectl describe pod` shows it.
     pub fn termination_message(&self, pod_name: &str, container: &str) -> Option<String> {
@@ -263,6 +298,10 @@ impl FakeCluster {
             } else {
                 panic!("env {key} has a source the harness does not resolve: {var}");
             };
+            let value = match self.mounted_path(pod_spec, container, pod_name, &value) {
+                Some(local) => local,
+                None => value,
+            };
             let value = if key == "CLEANSLATE_TERMINATION_MESSAGE_PATH" {
                 // The kubelet mounts a file at the container's terminationMessagePath: the binary
                 // must be told that same path, which the harness then maps to a file of its own.
@@ -279,6 +318,36 @@ impl FakeCluster {
             env.push((key, value));
         }
         env
+    }
+
+    /// A path inside one of the container's Secret volume mounts, as the kubelet would give it: the
+    /// Secret's `items` (only the keys named, each at its `path`; a missing key fails the pod, as
+    /// "couldn't find key" does) written under a directory of the harness's, and the path mapped there.
+    fn mounted_path(&self, pod_spec: &Value, container: &Value, pod_name: &str, value: &str) -> Option<String> {
+        let mounts = container["volumeMounts"].as_array()?;
+        let mount = mounts.iter().find(|m| {
+            let at = m["mountPath"].as_str().unwrap_or_default();
+            !at.is_empty() && value.starts_with(&format!("{at}/"))
+        })?;
+        assert_eq!(mount["readOnly"], Value::Bool(true), "Secret mounts are read-only: {mount}");
+        let volume_name = mount["name"].as_str().expect("mount name");
+        let volume = pod_spec["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == volume_name))
+            .unwrap_or_else(|| panic!("mount {volume_name} has no volume"));
+        let secret_name = volume["secret"]["secretName"].as_str().expect("a Secret volume");
+        let data = self.secrets.get(secret_name).unwrap_or_else(|| panic!("Secret {secret_name} does not exist"));
+        let dir = self.termination.path().join(format!("{pod_name}.volumes")).join(volume_name);
+        std::fs::create_dir_all(&dir).expect("volume dir");
+        for item in volume["secret"]["items"].as_array().expect("the chart names the keys it mounts") {
+            let key = item["key"].as_str().unwrap();
+            let content = data
+                .get(key)
+                .unwrap_or_else(|| panic!("couldn't find key {key} in Secret {secret_name}: pod not started"));
+            std::fs::write(dir.join(item["path"].as_str().unwrap()), content).expect("write volume file");
+        }
+        let relative = &value[mount["mountPath"].as_str().unwrap().len() + 1..];
+        Some(dir.join(relative).display().to_string())
     }
 
     /// Starts `container` (the cleanslate image: ENTRYPOINT /cleanslate, args from the manifest).

@@ -91,6 +91,9 @@ struct Store {
     history: Vec<Event>,
     compacted_at: u64,
     tokens: HashMap<String, Vec<Grant>>,
+    /// Grants taken away (a hook RoleBinding Helm deleted), kept so a test can still compare what
+    /// a Role granted with what its pods used.
+    revoked: HashMap<String, Vec<Grant>>,
     fail_next: Vec<u16>,
     conflicts: usize,
     gone_next_watch: bool,
@@ -235,7 +238,10 @@ impl KubeApi {
     }
 
     pub fn revoke(&self, token: &str) {
-        self.store().tokens.remove(token);
+        let mut store = self.store();
+        if let Some(grants) = store.tokens.remove(token) {
+            store.revoked.entry(token.to_string()).or_default().extend(grants);
+        }
     }
 
     /// The next `count` requests answer `code` (e.g. 500, 503) with a Status.
@@ -313,11 +319,20 @@ impl KubeApi {
         let _ = self.shared.events.send(None);
     }
 
-    /// Every (resource, verb) `token` was granted.
+    /// Every (resource, verb) `token` is granted now.
     pub fn granted(&self, token: &str) -> std::collections::BTreeSet<(String, String)> {
         let store = self.store();
         let grants = store.tokens.get(token).cloned().unwrap_or_default();
         grants.iter().flat_map(|g| g.verbs.iter().map(move |v| (g.resource.clone(), v.clone()))).collect()
+    }
+
+    /// Every (resource, verb) `token` was ever granted, revoked grants included.
+    pub fn ever_granted(&self, token: &str) -> std::collections::BTreeSet<(String, String)> {
+        let mut all = self.granted(token);
+        let store = self.store();
+        let revoked = store.revoked.get(token).cloned().unwrap_or_default();
+        all.extend(revoked.iter().flat_map(|g| g.verbs.iter().map(move |v| (g.resource.clone(), v.clone()))));
+        all
     }
 
     /// Every (resource, verb) `token` used so far.
