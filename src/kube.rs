@@ -19,7 +19,7 @@ use anyhow::Result;
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v1::Scale;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -499,6 +499,18 @@ impl KubeClient {
     pub async fn list_config_maps(&self, namespace: &str, selector: &str) -> Result<Vec<ConfigMap>, KubeError> {
         let params = kube::api::ListParams::default().labels(selector);
         Ok(bounded(self.config_maps(namespace).list(&params)).await?.items)
+    }
+
+    /// The Secrets matching `selector` (Helm's release records: `owner=helm,name=<release>`), read
+    /// with the caller's own rights.
+    pub async fn list_secrets(&self, namespace: &str, selector: &str) -> Result<Vec<Secret>, KubeError> {
+        let params = kube::api::ListParams::default().labels(selector);
+        Ok(bounded(self.api::<Secret>(namespace).list(&params)).await?.items)
+    }
+
+    /// The Secret, or `None` when it does not exist.
+    pub async fn get_secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, KubeError> {
+        found(bounded(self.api::<Secret>(namespace).get(name)).await)
     }
 
     /// Every Deployment and StatefulSet in the namespace.

@@ -29,6 +29,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT, handed to the runs that must clean up before exiting.
 //! - [`gate`]: read, then watch, until the marker allows this revision.
 
+pub mod cli;
 pub mod config;
 pub mod dead_letters;
 pub mod error;
@@ -43,6 +44,7 @@ pub mod policies;
 pub mod purge;
 pub mod quiesce;
 pub mod rabbitmq;
+pub mod release;
 pub mod retry;
 pub mod shutdown;
 pub mod status;

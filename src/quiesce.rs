@@ -161,25 +161,34 @@ async fn give_up_replicas(
 
 /// What a stop would do, for `plan` and dry runs: reads each workload (nothing is written) and says
 /// which would be stopped from how many replicas, which are missing or already at 0. A StatefulSet
-/// that a quiesce would refuse is refused here too.
-pub async fn preview(kube: &KubeClient, config: &QuiesceConfig) -> Result<()> {
+/// that a quiesce would refuse is refused here too. Returns those it would stop, with their counts.
+pub async fn preview(kube: &KubeClient, config: &QuiesceConfig) -> Result<Vec<String>> {
     let deadline = Instant::now() + config.timeout;
     refuse_volume_loss(kube, config, deadline).await?;
+    let mut would_stop = Vec::new();
     for workload in &config.workloads {
         let what = format!("reading {workload}");
         let current = call(&what, workload, deadline, || kube.get_workload(&config.namespace, workload)).await?;
         match current.flatten() {
-            None => info!(workload = %workload, "would skip: not found"),
+            None => info!(
+                workload = %workload,
+                namespace = %config.namespace,
+                "would skip: not found in namespace {}",
+                config.namespace
+            ),
             Some(current) => match (current.replicas.unwrap_or(1), current.annotation(ANNOTATION)) {
                 (0, Some(recorded)) => {
                     info!(workload = %workload, recorded_replicas = recorded, "already stopped by an earlier run; would wait for its pods")
                 }
                 (0, None) => info!(workload = %workload, "would skip: already at 0 replicas"),
-                (replicas, _) => info!(workload = %workload, replicas, "would stop before purging (quiesce)"),
+                (replicas, _) => {
+                    info!(workload = %workload, replicas, "would stop before purging (quiesce)");
+                    would_stop.push(format!("{workload} ({replicas})"));
+                }
             },
         }
     }
-    Ok(())
+    Ok(would_stop)
 }
 
 /// Refuses, before anything is stopped, a StatefulSet whose claims a scale-down deletes

@@ -49,13 +49,34 @@ impl Survivors {
     }
 }
 
-/// Unknown commands and flags are usage errors (64); --help and --version succeed.
+/// Unknown commands and flags are usage errors (64); --help and --version succeed; each command
+/// has its own help listing the variables it reads; completions are generated for three shells.
 #[tokio::test]
 async fn usage_errors_and_help() {
-    for args in [vec![], vec!["clean"], vec!["--force"], vec!["purge", "--now"]] {
+    for args in [vec![], vec!["clean"], vec!["--force"], vec!["purge", "--now"], vec!["plan", "a", "b"]] {
         let run = cleanslate(&args, &[]).await;
         assert_eq!(run.code, 64, "{args:?} is a usage error: {}", run.all_output());
-        assert!(run.stderr.contains("usage: cleanslate"), "{args:?}: usage shown: {}", run.stderr);
+        assert!(run.stderr.contains("Usage: cleanslate"), "{args:?}: usage shown: {}", run.stderr);
+    }
+    for (command, reads) in [
+        ("purge", "CLEANSLATE_RABBITMQ_URL"),
+        ("plan", "RELEASE"),
+        ("gate", "CLEANSLATE_GATE_TIMEOUT"),
+        ("resume", "CLEANSLATE_QUIESCE"),
+        ("status", "--json"),
+    ] {
+        let help = cleanslate(&[command, "--help"], &[]).await;
+        assert_eq!(help.code, 0, "{command} --help succeeds: {}", help.all_output());
+        assert!(
+            help.stdout.contains(&format!("Usage: cleanslate {command}")) && help.stdout.contains(reads),
+            "{command} --help is its own, naming {reads}: {}",
+            help.stdout
+        );
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let script = cleanslate(&["completions", shell], &[]).await;
+        assert_eq!(script.code, 0, "{shell} completions: {}", script.all_output());
+        assert!(script.stdout.contains("cleanslate") && script.stdout.contains("status"), "{shell}: a script");
     }
     let help = cleanslate(&["--help"], &[]).await;
     assert_eq!(help.code, 0, "help succeeds");

@@ -159,3 +159,109 @@ async fn no_kubeconfig_is_a_configuration_error() {
     assert_eq!(run.code, 78, "configuration error: {}", run.all_output());
     assert!(run.first_stderr_line().contains("kubeconfig"), "{}", run.stderr);
 }
+
+/// Helm's record of `release` revision `version` (deployed), as Helm 3 and 4 store it: a Secret
+/// `sh.helm.release.v1.<release>.v<version>` labelled owner/name/status/version, whose `release`
+/// key is base64 of gzipped JSON with every rendered hook manifest.
+fn put_helm_record(api: &KubeApi, release: &str, version: u64, docs: &[Value]) {
+    use std::io::Write;
+    let hooks: Vec<Value> = docs
+        .iter()
+        .filter(|d| d["metadata"]["annotations"].get("helm.sh/hook").is_some())
+        .map(|d| {
+            json!({"name": d["metadata"]["name"], "kind": d["kind"], "path": "cleanslate/templates/x.yaml",
+                   "manifest": serde_yaml::to_string(d).expect("YAML"),
+                   "events": support::chart::hook_events(d)})
+        })
+        .collect();
+    let record = json!({"name": release, "namespace": NS, "version": version,
+                        "info": {"status": "deployed"}, "hooks": hooks, "manifest": ""});
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(record.to_string().as_bytes()).expect("gzip");
+    let text = base64::engine::general_purpose::STANDARD.encode(gz.finish().expect("gzip"));
+    let labels = json!({"owner": "helm", "name": release, "status": "deployed", "version": version.to_string()});
+    api.put_secret(NS, &format!("sh.helm.release.v1.{release}.v{version}"), labels, &[("release", text.as_bytes())]);
+}
+
+/// "What would the next deploy purge?" in one command: `plan shop` and `status shop` with no
+/// `CLEANSLATE_*` set read the release's configuration from its Helm record through the kubeconfig
+/// (the dev credentials from the recorded hook Secret, since Helm deleted it after the hooks),
+/// and the plan sums up what it would purge and stop. A variable set by hand still wins.
+#[tokio::test]
+async fn plan_and_status_read_the_release_from_the_cluster() {
+    let api = stopped_release().await;
+    api.apply_workload(NS, &deployment_manifest("shop-consumer", Some(1)));
+    api.grant_on(TOKEN, "secrets", &["get", "list"], None);
+    let rabbit = Rabbit::connect().await;
+    let vhost = unique("plan-release");
+    rabbit.create_vhost(&vhost).await;
+    for queue in ["monorepo", "monorepo-dlq"] {
+        rabbit.declare(&vhost, queue, json!({})).await;
+        rabbit.publish(&vhost, queue, 3).await;
+    }
+    let mut etcd = etcd().await;
+    let prefix = format!("{}/monorepo/", unique("/plan-release"));
+    put_keys(&mut etcd, &prefix, 4).await;
+    let values = repo_root().join("chart/values-dev.yaml");
+    let docs = support::chart::render(
+        "shop",
+        NS,
+        &[
+            "-f",
+            values.to_str().unwrap(),
+            "--set",
+            &format!("cleanup.rabbitmq.url={}", rabbit_url()),
+            "--set-string",
+            &format!("cleanup.rabbitmq.vhost={vhost}"),
+            "--set-string",
+            &format!("cleanup.rabbitmq.username={}", rabbit_user()),
+            "--set-string",
+            &format!("cleanup.rabbitmq.password={}", rabbit_password()),
+            "--set-json",
+            &format!("cleanup.etcd.endpoints=[\"{}\"]", etcd_endpoint()),
+            "--set-json",
+            &format!("cleanup.etcd.prefixes=[\"{prefix}\"]"),
+        ],
+    );
+    put_helm_record(&api, "shop", 6, &docs);
+    let home = tempfile::tempdir().expect("home");
+    let path = write_file(home.path(), "config", &kubeconfig(&api, json!({"token": TOKEN})));
+    let env = vars(&[("KUBECONFIG", &path), ("CLEANSLATE_LOG_FORMAT", "text")]);
+
+    let plan = cleanslate_on_laptop(&["plan", "shop"], home.path(), &env).await;
+    assert_eq!(plan.code, 0, "plan shop: {}", plan.all_output());
+    assert!(plan.stdout.contains("revision=6"), "says which revision it read: {}", plan.stdout);
+    assert!(
+        plan.stdout.contains("would purge 2 queues") && plan.stdout.contains("would delete 4 etcd keys"),
+        "sums up what it would purge: {}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("would stop deployment/shop-consumer (1)"),
+        "names what it would stop: {}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("keys_to_delete=4"), "in the plan's own words: {}", plan.stdout);
+    plan.assert_no_secret(&[&rabbit_password(), TOKEN]);
+    assert_eq!(rabbit.count(&vhost, "monorepo").await, 3, "a plan purges nothing");
+    assert_eq!(count_keys(&mut etcd, &prefix).await, 4, "a plan deletes nothing");
+
+    let narrowed = with(env.clone(), &[("CLEANSLATE_TARGETS", "etcd")]);
+    let plan = cleanslate_on_laptop(&["plan", "shop", "-n", NS], home.path(), &narrowed).await;
+    assert_eq!(plan.code, 0, "{}", plan.all_output());
+    assert!(!plan.stdout.contains("would purge 2 queues"), "the variable set by hand wins: {}", plan.stdout);
+
+    let status = cleanslate_on_laptop(&["status", "shop"], home.path(), &env).await;
+    assert_eq!(status.code, 1, "the producer is still stopped: {}", status.all_output());
+    assert!(status.stdout.contains("deployment/shop-producer"), "{}", status.stdout);
+    assert!(api.requests().iter().all(|r| r.method == "GET"), "plan and status write nothing");
+
+    let missing = cleanslate_on_laptop(&["plan", "blog"], home.path(), &env).await;
+    assert_eq!(missing.code, 78, "{}", missing.all_output());
+    assert!(
+        missing.stderr.contains("no Helm release \"blog\"") && missing.stderr.contains(NS),
+        "names where it looked: {}",
+        missing.stderr
+    );
+    rabbit.delete_vhost(&vhost).await;
+}

@@ -82,6 +82,19 @@ impl Env {
     /// configuration error naming it; any other variable that is not UTF-8 is none of ours and is
     /// skipped (`std::env::vars` would panic on it).
     pub fn from_process() -> Result<Env> {
+        Env::from_pairs(Env::process_pairs()?)
+    }
+
+    /// `base` (a release's Job variables, see `release`) under the process environment: a
+    /// variable set in the process wins, as an explicit setting should.
+    pub fn layered(base: Vec<(String, String)>) -> Result<Env> {
+        let mut all: std::collections::BTreeMap<String, String> = base.into_iter().collect();
+        all.extend(Env::process_pairs()?);
+        Env::from_pairs(all)
+    }
+
+    /// The process environment's pairs (see [`Env::from_process`]).
+    fn process_pairs() -> Result<Vec<(String, String)>> {
         let mut pairs = Vec::new();
         for (name, value) in std::env::vars_os() {
             match (name.into_string(), value.into_string()) {
@@ -92,7 +105,7 @@ impl Env {
                 _ => {}
             }
         }
-        Env::from_pairs(pairs)
+        Ok(pairs)
     }
 
     /// Builds the environment from pairs; `CLEANSLATE_*` names must be known.

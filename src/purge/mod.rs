@@ -86,10 +86,21 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         Some((kube, marker)) => read_job(kube, marker).await,
         None => None,
     };
+    info!(
+        environment = config.environment.as_deref().unwrap_or(""),
+        dry_run,
+        rabbitmq = config.rabbitmq.is_some(),
+        etcd = config.etcd.is_some(),
+        quiesce = config.quiesce.is_some(),
+        timeout_ms = config.timeout.as_millis() as u64,
+        "{}",
+        if mode == Mode::Plan { "planning" } else { "purge started" }
+    );
+    let mut would_stop = Vec::new();
     let quiesce_target = match &config.quiesce {
         Some(settings) if !dry_run => Some((KubeClient::new(&settings.kube).await?, settings)),
         Some(settings) => {
-            quiesce::preview(&KubeClient::new(&settings.kube).await?, settings).await?;
+            would_stop = quiesce::preview(&KubeClient::new(&settings.kube).await?, settings).await?;
             None
         }
         None => None,
@@ -102,16 +113,6 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     }
     let started_at = SystemTime::now();
     let clock = Instant::now();
-    info!(
-        environment = config.environment.as_deref().unwrap_or(""),
-        dry_run,
-        rabbitmq = config.rabbitmq.is_some(),
-        etcd = config.etcd.is_some(),
-        quiesce = config.quiesce.is_some(),
-        timeout_ms = config.timeout.as_millis() as u64,
-        "{}",
-        if mode == Mode::Plan { "planning" } else { "purge started" }
-    );
 
     // Preflight: every backend reached, authenticated and its selection resolved, before anything
     // is stopped or deleted. CLEANSLATE_TIMEOUT bounds the preflight and the purge together; the
@@ -160,7 +161,8 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     if let Some(prepared) = prepared.filter(|_| summary.failures.is_empty() && interrupted.is_none()) {
         if dry_run {
             let etcd_counts = prepared.etcd.as_ref().map(|e| e.counts.clone()).unwrap_or_default();
-            summary = Summary::of_plan(prepared.rabbit.as_ref(), &etcd_counts);
+            summary =
+                Summary { workloads_to_stop: would_stop, ..Summary::of_plan(prepared.rabbit.as_ref(), &etcd_counts) };
         } else {
             let deadline = Instant::now() + config.timeout.saturating_sub(preflight_took).max(Duration::from_secs(1));
             let tally = crate::tally::Tally::default();

@@ -46,6 +46,8 @@ pub struct Summary {
     /// Why where the dead letters go is unknown, when it is.
     pub dead_letters_unknown: Option<String>,
     pub failures: Vec<String>,
+    /// What a plan or dry run would stop before purging (`deployment/api (2)`).
+    pub workloads_to_stop: Vec<String>,
     /// The most telling kind among the failures (meaningless while there are none).
     pub kind: Kind,
 }
@@ -107,7 +109,31 @@ pub(super) fn log_outcome(summary: &Summary, dry_run: bool, duration_ms: u64, re
         summary.queues_with_unknown_counts,
     );
     let verb = if dry_run { "would purge" } else { "purged" };
-    if summary.failures.is_empty() {
+    if summary.failures.is_empty() && dry_run {
+        // What it would do, in the plan's own words: nothing was purged, deleted or stopped.
+        let stop = summary.workloads_to_stop.join(", ");
+        info!(
+            status = "planned",
+            queues_to_purge = summary.queues_purged,
+            messages_to_purge_approx = messages_known,
+            keys_to_delete = summary.keys_deleted,
+            workloads_to_stop = %stop,
+            dead_letter_queues_not_purged = %reported,
+            queues_skipped = %skipped,
+            duration_ms,
+            "plan finished, nothing changed: would purge {} queues ({} messages), would delete {} etcd keys, would stop {}",
+            summary.queues_purged,
+            messages_known.map_or_else(|| "unknown".to_string(), |n| format!("~{n}")),
+            summary.keys_deleted,
+            if stop.is_empty() { "nothing".to_string() } else { stop.clone() }
+        );
+        crate::termination::on_success(format!(
+            "would purge {} queues, {} etcd keys{}",
+            summary.queues_purged,
+            summary.keys_deleted,
+            revision.map(|r| format!(" (revision {r}, dry run)")).unwrap_or_default()
+        ));
+    } else if summary.failures.is_empty() {
         info!(
             status = "succeeded",
             dry_run,
@@ -119,15 +145,7 @@ pub(super) fn log_outcome(summary: &Summary, dry_run: bool, duration_ms: u64, re
             dead_letter_queues_not_purged = %reported,
             queues_skipped = %skipped,
             duration_ms,
-            "{}",
-            if dry_run {
-                format!(
-                    "plan finished, nothing changed: would purge {} queues and delete {} etcd keys",
-                    summary.queues_purged, summary.keys_deleted
-                )
-            } else {
-                "purge finished".to_string()
-            }
+            "purge finished"
         );
         let messages = messages_known.map_or_else(|| "unknown".to_string(), |n| format!("~{n}"));
         crate::termination::on_success(format!(

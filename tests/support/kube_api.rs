@@ -203,6 +203,8 @@ impl KubeApi {
             )
             .route("/api/v1/namespaces/{namespace}/configmaps", axum::routing::get(collection).post(collection))
             .route("/apis/batch/v1/namespaces/{namespace}/jobs/{name}", axum::routing::get(job))
+            .route("/api/v1/namespaces/{namespace}/secrets", axum::routing::get(secrets))
+            .route("/api/v1/namespaces/{namespace}/secrets/{name}", axum::routing::get(secret))
             .route("/apis/events.k8s.io/v1/namespaces/{namespace}/events", axum::routing::post(create_event))
             .route("/apis/events.k8s.io/v1/namespaces/{namespace}/events/{name}", axum::routing::patch(patch_event))
             .merge(apps::routes())
@@ -235,6 +237,23 @@ impl KubeApi {
             names: names.map(|n| n.iter().map(|s| s.to_string()).collect()),
         };
         self.store().tokens.entry(token.to_string()).or_default().push(grant);
+    }
+
+    /// Stores a Secret as the API server holds it (`data` base64-encoded), with `labels`.
+    pub fn put_secret(&self, namespace: &str, name: &str, labels: Value, data: &[(&str, &[u8])]) {
+        use base64::Engine;
+        let encoded: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(base64::engine::general_purpose::STANDARD.encode(v))))
+            .collect();
+        let object = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                            "data": encoded});
+        let mut store = self.store();
+        store.resource_version += 1;
+        let mut object = object;
+        object["metadata"]["resourceVersion"] = json!(store.resource_version.to_string());
+        store.objects.insert(key("secrets", namespace, name), object);
     }
 
     pub fn revoke(&self, token: &str) {
@@ -532,6 +551,52 @@ fn admit(
             "{qualified}{target} is forbidden: User \"system:serviceaccount:test\" cannot {verb} resource \"{resource}\"{in_group}"
         ),
     )))
+}
+
+/// `GET` a Secret by name (read only: Secrets are what Helm and users create, never cleanslate).
+async fn secret(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, name)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v1/namespaces/{namespace}/secrets/{name}");
+    let mut store = shared.store.lock().unwrap();
+    if let Err(response) = admit(&mut store, &headers, &method, &path, "", "secrets", "get", Some(&name)) {
+        return *response;
+    }
+    match store.objects.get(&key("secrets", &namespace, &name)) {
+        Some(object) => axum::Json(object.clone()).into_response(),
+        None => status_response(404, "NotFound", format!("secrets \"{name}\" not found")),
+    }
+}
+
+/// `GET` the Secrets of a namespace, by label selector (how `helm` finds a release's records).
+async fn secrets(
+    State(shared): State<Arc<Shared>>,
+    Path(namespace): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v1/namespaces/{namespace}/secrets");
+    let query_text = serde_urlencoded_like(&query);
+    let mut store = shared.store.lock().unwrap();
+    if let Err(response) = admit(&mut store, &headers, &method, &path, &query_text, "secrets", "list", None) {
+        return *response;
+    }
+    let requirements = match apps::parse_selector(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
+        Ok(requirements) => requirements,
+        Err(message) => return status_response(400, "BadRequest", message),
+    };
+    let wanted = move |ns: &str, _: &str, object: &Value| ns == namespace && apps::matches(&requirements, object);
+    list_response(&store, "secrets", "SecretList", &query, &wanted)
+}
+
+fn serde_urlencoded_like(query: &HashMap<String, String>) -> String {
+    let mut pairs: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    pairs.join("&")
 }
 
 async fn one(
