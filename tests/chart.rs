@@ -384,12 +384,26 @@ fn job_deadline(docs: &[Value]) -> i64 {
 /// and the Job's back-off when unset; a set value that is too short fails the render, naming it.
 #[test]
 fn active_deadline_fits_every_attempt() {
-    // values-dev quiesces: 3 attempts × (30 s + 15 s marker + 45 s quiesce + 30 s start) + 10 s + 20 s back-off.
-    assert_eq!(job_deadline(&dev(&[])), 390, "derived from the defaults");
+    // values-dev and values-staging: 2 attempts × (30 s + 15 s marker + 40 s quiesce + 30 s start) +
+    // 10 s back-off, inside Helm's and Flux's default 5 minutes with room for the resume hook.
+    for file in ["values-dev.yaml", "values-staging.yaml"] {
+        let path = values_file(file);
+        let docs = render("shop", "dev", &["-f", &path]);
+        assert_eq!(job_deadline(&docs), 240, "{file}: the purge Job's deadline");
+        let resume = find(&docs, "Job", "shop-cleanslate-resume");
+        let resume_deadline = resume["spec"]["activeDeadlineSeconds"].as_i64().unwrap();
+        assert_eq!(resume_deadline, 130, "{file}: the resume Job's own: 2 × (30 s + 30 s) + 10 s");
+        assert!(job_deadline(&docs) + 60 <= 300, "{file}: a minute left of Helm's 5 for the resume hook");
+    }
     assert_eq!(
         job_deadline(&dev(&["--set", "cleanup.quiesce.enabled=false"])),
+        160,
+        "2 × (30 + 15 + 30) + 10 without quiesce"
+    );
+    assert_eq!(
+        job_deadline(&render("shop", "dev", &["--set", "cleanup.enabled=true", "-f", TARGETS])),
         255,
-        "3 × (30 + 15 + 30) + 30 without quiesce"
+        "the chart's defaults: 3 × (30 + 15 + 30) + 10 + 20"
     );
     // 2 attempts × (120 + 45) + 10.
     assert_eq!(
@@ -416,7 +430,7 @@ fn active_deadline_fits_every_attempt() {
         136
     );
     let test_pod = find(&dev(&[]), "Pod", "shop-cleanslate-test-purge").clone();
-    assert_eq!(test_pod["spec"]["activeDeadlineSeconds"], json!(120), "the test Pod is one attempt, quiesce included");
+    assert_eq!(test_pod["spec"]["activeDeadlineSeconds"], json!(115), "the test Pod is one attempt, quiesce included");
     let err = try_render(
         "shop",
         "dev",
@@ -721,7 +735,7 @@ fn quiesce_rbac_names_exactly_the_workloads() {
         Some("deployment/shop-producer,deployment/api,statefulset/worker"),
         "the gated apps (not the ungated consumer) and the listed workloads"
     );
-    assert_eq!(env_value(container, "CLEANSLATE_QUIESCE_TIMEOUT").as_deref(), Some("45s"), "default timeout");
+    assert_eq!(env_value(container, "CLEANSLATE_QUIESCE_TIMEOUT").as_deref(), Some("40s"), "values-dev's timeout");
     assert_eq!(
         env_value(container, "CLEANSLATE_QUIESCE_RESUME"),
         None,

@@ -224,6 +224,24 @@ or the last retry is always killed. Derived when unset; a set value that is too 
 {{- end -}}
 {{- end -}}
 
+{{/*
+activeDeadlineSeconds of the resume Job: its own attempts (the run's timeout plus 30 s to start each),
+not the purge's (no quiesce wait, no purge), so a deploy's two hooks together stay inside Helm's and
+Flux's default 5-minute timeout with values-dev.yaml.
+*/}}
+{{- define "cleanslate.resumeDeadlineSeconds" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- $hook := $v.cleanup.hook -}}
+{{- $attempt := add (include "cleanslate.seconds" $v.cleanup.timeout | int64) 30 -}}
+{{- $backoff := 0 -}}
+{{- $delay := 10 -}}
+{{- range until (int $hook.backoffLimit) -}}
+{{- $backoff = add $backoff (min $delay 360) -}}
+{{- $delay = mul $delay 2 -}}
+{{- end -}}
+{{- add (mul (add (int $hook.backoffLimit) 1) $attempt) $backoff -}}
+{{- end -}}
+
 {{/* Render-time guard: production needs allowProduction. The binary refuses again at run time (template-time guards are bypassed by tools that render with `helm template`). */}}
 {{- define "cleanslate.validate" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
