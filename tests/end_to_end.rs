@@ -390,7 +390,14 @@ async fn failing_job_fails_the_gates_fast() {
     assert_eq!(runs.len(), 1, "Helm stops at the failed Job: the resume Job does not run");
     let job = job_run(&runs, "shop-cleanslate-purge");
     assert_eq!(job.code, 79, "the Job fails on rejected credentials: {}", job.all_output());
-    assert!(!job.stdout.contains("attempt\":2"), "and ends at once (podFailurePolicy): {}", job.stdout);
+    assert!(!job.stdout.contains("attempt=2"), "and ends at once (podFailurePolicy): {}", job.stdout);
+    // What Helm prints of the failed hook (hook-output-log-policy): the pod's log, one line per
+    // event with its time first, in order, plain text rather than escaped JSON.
+    let lines: Vec<&str> = job.stdout.lines().collect();
+    assert!(lines.len() >= 3 && lines.iter().all(|l| !l.starts_with('{')), "plain lines: {}", job.stdout);
+    let times: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap_or_default()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "in order: {}", job.stdout);
+    assert!(job.stdout.contains("ERROR purge failed"), "the failure as a sentence: {}", job.stdout);
     // What `kubectl describe pod` and Helm's hook-failure output show.
     let message = cluster.termination_message("shop-cleanslate-purge-x7k2p", "purge").expect("a termination message");
     assert!(
