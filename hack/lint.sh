@@ -34,4 +34,8 @@ if [[ -f chart/Chart.yaml ]]; then
     rm -f "$rendered"
   done
 fi
+if [[ -f chart/README.md ]]; then
+  echo "lint: chart/README.md values table"
+  "$root/.tools/venv/bin/python" hack/values-table.py --check
+fi
 echo "lint: ok"

@@ -224,19 +224,20 @@ fn render_parent(alias: Option<&str>) -> String {
     render_parent_with(alias, &[])
 }
 
-/// [`render_parent`] with extra `helm template` arguments.
-fn render_parent_with(alias: Option<&str>, extra: &[&str]) -> String {
+/// The parent chart fixture (cleanslate under `alias` when given) in a scratch directory, with
+/// `helm dependency update` run as the README says.
+fn parent_chart(alias: Option<&str>) -> (tempfile::TempDir, std::path::PathBuf) {
     let scratch = tempfile::tempdir().expect("tempdir");
     let parent = scratch.path().join("tests/fixtures/parent-chart");
     std::fs::create_dir_all(parent.join("templates")).unwrap();
-    for file in ["Chart.yaml", "values.yaml", "templates/api.yaml"] {
+    for file in ["Chart.yaml", "values.yaml", "values-dev.yaml", "templates/api.yaml", "templates/NOTES.txt"] {
         let mut text = std::fs::read_to_string(repo_root().join("tests/fixtures/parent-chart").join(file)).unwrap();
         if let Some(alias) = alias {
             text = match file {
                 "Chart.yaml" => text
                     .replace("    repository: file://", &format!("    alias: {alias}\n    repository: file://"))
                     .replace("condition: cleanslate.enabled", &format!("condition: {alias}.enabled")),
-                "values.yaml" => text.replace("cleanslate:\n", &format!("{alias}:\n")),
+                "values.yaml" | "values-dev.yaml" => text.replace("cleanslate:\n", &format!("{alias}:\n")),
                 _ => text.replace(r#"(index .Values "cleanslate")"#, &format!(r#"(index .Values "{alias}")"#)),
             };
         }
@@ -246,6 +247,12 @@ fn render_parent_with(alias: Option<&str>, extra: &[&str]) -> String {
     let update =
         std::process::Command::new(helm()).args(["dependency", "update"]).arg(&parent).output().expect("helm runs");
     assert!(update.status.success(), "dependency update: {}", String::from_utf8_lossy(&update.stderr));
+    (scratch, parent)
+}
+
+/// [`render_parent`] with extra `helm template` arguments.
+fn render_parent_with(alias: Option<&str>, extra: &[&str]) -> String {
+    let (_scratch, parent) = parent_chart(alias);
     let output = std::process::Command::new(helm())
         .args(["template", "shop"])
         .arg(&parent)
@@ -255,6 +262,42 @@ fn render_parent_with(alias: Option<&str>, extra: &[&str]) -> String {
         .expect("helm runs");
     assert!(output.status.success(), "parent renders: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Helm shows no dependency's NOTES: a parent that includes `cleanslate.notes` in its own shows
+/// what cleanslate's would have said (what is purged, the Job's name, the --wait warning), also
+/// under an alias; with the dependency switched off it shows nothing of it.
+#[test]
+fn a_parent_shows_cleanslates_notes() {
+    let helm4 = if helm_major() >= 4 { helm() } else { repo_root().join(".tools/bin/helm") };
+    for alias in [None, Some("cleanup")] {
+        let (_scratch, parent) = parent_chart(alias);
+        let notes = |extra: &[&str]| {
+            let output = std::process::Command::new(&helm4)
+                .args(["install", "shop"])
+                .arg(&parent)
+                .args(["--dry-run=client", "-n", "dev"])
+                .args(extra)
+                .output()
+                .expect("helm runs");
+            assert!(output.status.success(), "{alias:?}: {}", String::from_utf8_lossy(&output.stderr));
+            String::from_utf8_lossy(&output.stdout).split("NOTES:").nth(1).unwrap_or_default().to_string()
+        };
+        let on = notes(&[]);
+        assert!(on.contains("shop is deployed."), "the parent's own notes: {on}");
+        assert!(
+            on.contains("cleanslate is ON for shop")
+                && on.contains("purges RabbitMQ queues shop-orders, shop-orders-dlq")
+                && on.contains("WARNING: the Job runs post-install"),
+            "{alias:?}: cleanslate's notes in the parent's: {on}"
+        );
+        let docs = parse_documents(&render_parent(alias));
+        let job = docs.iter().find(|d| kind(d) == "Job" && name(d).ends_with("-purge")).expect("the subchart's Job");
+        assert!(on.contains(&format!("logs job/{}", name(job))), "{alias:?}: names the Job the subchart renders: {on}");
+        let key = alias.unwrap_or("cleanslate");
+        let off = notes(&["--set", &format!("{key}.enabled=false")]);
+        assert!(!off.contains("cleanslate is"), "{alias:?}: switched off, nothing of it: {off}");
+    }
 }
 
 /// A parent chart with cleanslate as a dependency (also under an alias) includes the gate; the gate
@@ -1173,4 +1216,39 @@ fn tls_secrets_are_mounted_and_passed() {
         let err = try_render("shop", "dev", &all).expect_err("refused");
         assert!(err.contains(says), "{args:?}: says {says}: {err}");
     }
+}
+
+/// The README's embedding example is the fixture's `values-dev.yaml`, word for word, and with it the
+/// parent renders the purge Job with those targets and the gate in its own Deployment; the chart's
+/// own `values-dev.yaml` passed to the parent changes nothing (its keys are not under `cleanslate:`).
+#[test]
+fn the_readmes_embedding_example_works() {
+    let example = std::fs::read_to_string(repo_root().join("tests/fixtures/parent-chart/values-dev.yaml")).unwrap();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    assert!(readme.contains(&format!("```yaml\n{example}```")), "the README shows the fixture's values-dev.yaml as it is");
+    let (_scratch, parent) = parent_chart(None);
+    let render = |values: &str| {
+        let output = std::process::Command::new(helm())
+            .args(["template", "shop"])
+            .arg(&parent)
+            .args(["--namespace", "dev", "-f", values])
+            .output()
+            .expect("helm runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        parse_documents(&String::from_utf8_lossy(&output.stdout))
+    };
+    let docs = render(parent.join("values-dev.yaml").to_str().unwrap());
+    let job = find(&docs, "Job", "shop-cleanslate-purge");
+    let container = &pod_spec(job)["containers"][0];
+    assert_eq!(env_value(container, "CLEANSLATE_RABBITMQ_QUEUES").as_deref(), Some("shop-orders"));
+    assert_eq!(env_value(container, "CLEANSLATE_QUIESCE").as_deref(), Some("deployment/shop-api"));
+    let api = find(&docs, "Deployment", "shop-api");
+    assert_eq!(pod_spec(api)["initContainers"][0]["name"], json!("cleanslate-gate"), "the parent's pods are gated");
+    let ignored = render(&values_file("values-dev.yaml"));
+    let job = find(&ignored, "Job", "shop-cleanslate-purge");
+    assert_eq!(
+        env_value(&pod_spec(job)["containers"][0], "CLEANSLATE_RABBITMQ_QUEUES").as_deref(),
+        Some("shop-orders,shop-orders-dlq"),
+        "the chart's own values-dev.yaml does not reach a dependency: the parent's values.yaml still rules"
+    );
 }
