@@ -230,7 +230,7 @@ async fn stop_one(
     loop {
         let what = format!("reading {workload}");
         let Some(current) = call(&what, workload, deadline, || kube.get_workload(namespace, workload)).await? else {
-            info!(workload = %workload, "workload not found, nothing to stop (first install, or not deployed yet)");
+            info!(workload = %workload, namespace, "workload not found in namespace {namespace}, nothing to stop (first install, or not deployed yet)");
             return Ok(None);
         };
         let current = current.ok_or_else(|| anyhow!("{what}: conflict on a read"))?;
@@ -692,7 +692,12 @@ pub async fn run(config: &ResumeConfig) -> Result<()> {
                 info!(workload = %workload, replicas = count, "already running again; annotation removed");
             }
             Ok(Ok(Resumed::NotStopped)) => info!(workload = %workload, "not stopped by cleanslate, nothing to do"),
-            Ok(Ok(Resumed::Missing)) => info!(workload = %workload, "workload not found, nothing to do"),
+            Ok(Ok(Resumed::Missing)) => info!(
+                workload = %workload,
+                namespace = %settings.namespace,
+                "workload not found in namespace {}, nothing to do",
+                settings.namespace
+            ),
             Ok(Err(err)) => {
                 kind = kind.worst(kind_of(&err));
                 failures.push(format!("{workload}: {err:#}"));

@@ -1225,7 +1225,10 @@ fn tls_secrets_are_mounted_and_passed() {
 fn the_readmes_embedding_example_works() {
     let example = std::fs::read_to_string(repo_root().join("tests/fixtures/parent-chart/values-dev.yaml")).unwrap();
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    assert!(readme.contains(&format!("```yaml\n{example}```")), "the README shows the fixture's values-dev.yaml as it is");
+    assert!(
+        readme.contains(&format!("```yaml\n{example}```")),
+        "the README shows the fixture's values-dev.yaml as it is"
+    );
     let (_scratch, parent) = parent_chart(None);
     let render = |values: &str| {
         let output = std::process::Command::new(helm())

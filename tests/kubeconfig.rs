@@ -226,11 +226,11 @@ async fn plan_and_status_read_the_release_from_the_cluster() {
     put_helm_record(&api, "shop", 6, &docs);
     let home = tempfile::tempdir().expect("home");
     let path = write_file(home.path(), "config", &kubeconfig(&api, json!({"token": TOKEN})));
-    let env = vars(&[("KUBECONFIG", &path), ("CLEANSLATE_LOG_FORMAT", "text")]);
+    let env = vars(&[("KUBECONFIG", &path)]);
 
     let plan = cleanslate_on_laptop(&["plan", "shop"], home.path(), &env).await;
     assert_eq!(plan.code, 0, "plan shop: {}", plan.all_output());
-    assert!(plan.stdout.contains("revision=6"), "says which revision it read: {}", plan.stdout);
+    assert!(plan.stdout.contains(r#""revision":6"#), "says which revision it read: {}", plan.stdout);
     assert!(
         plan.stdout.contains("would purge 2 queues") && plan.stdout.contains("would delete 4 etcd keys"),
         "sums up what it would purge: {}",
@@ -241,7 +241,7 @@ async fn plan_and_status_read_the_release_from_the_cluster() {
         "names what it would stop: {}",
         plan.stdout
     );
-    assert!(plan.stdout.contains("keys_to_delete=4"), "in the plan's own words: {}", plan.stdout);
+    assert!(plan.stdout.contains(r#""keys_to_delete":4"#), "in the plan's own words: {}", plan.stdout);
     plan.assert_no_secret(&[&rabbit_password(), TOKEN]);
     assert_eq!(rabbit.count(&vhost, "monorepo").await, 3, "a plan purges nothing");
     assert_eq!(count_keys(&mut etcd, &prefix).await, 4, "a plan deletes nothing");

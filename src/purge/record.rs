@@ -38,7 +38,7 @@ pub(super) async fn read_job(kube: &KubeClient, settings: &MarkerConfig) -> Opti
     match tokio::time::timeout(Duration::from_secs(5), kube.job_progress(&settings.namespace, job)).await {
         Ok(Ok(Some(progress))) => Some(progress),
         Ok(Ok(None)) => {
-            warn!(job = %job, "the Job was not found; counting attempts in the marker");
+            warn!(job = %job, namespace = %settings.namespace, "the Job was not found in namespace {}; counting attempts in the marker", settings.namespace);
             None
         }
         Ok(Err(err)) => {

@@ -74,9 +74,11 @@ impl Management {
         for name in &selection.missing {
             match config.missing {
                 MissingQueue::Ignore => {
-                    warn!(vhost = %self.vhost, queue = %name, "named queue does not exist, skipped")
+                    warn!(vhost = %self.vhost, queue = %name, "named queue does not exist in vhost {:?}, skipped", self.vhost)
                 }
-                MissingQueue::Fail => warn!(vhost = %self.vhost, queue = %name, "named queue does not exist"),
+                MissingQueue::Fail => {
+                    warn!(vhost = %self.vhost, queue = %name, "named queue does not exist in vhost {:?}", self.vhost)
+                }
             }
         }
         if let Some(why) = &selection.dead_letters_unknown {
