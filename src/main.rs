@@ -104,16 +104,23 @@ async fn run(command: &Command, env: Env, shutdown: Shutdown) -> Result<Outcome>
 /// The environment with the release's own purge configuration under it, when a release is named
 /// (`plan <release>`, `status <release>`); the returned value keeps its TLS files alive. `required`:
 /// a plan needs it; status reports what it can without it (the caller may not read Secrets).
+/// `-n` wins over `CLEANSLATE_NAMESPACE`, which wins over the release's own (a flag is the most
+/// explicit setting); with no release, `-n` alone still sets the namespace.
 async fn with_release(
     env: Env,
     release: Option<&str>,
     namespace: Option<&str>,
-    required: bool,
+    for_plan: bool,
 ) -> Result<(Env, Option<release::Resolved>)> {
-    let Some(release) = release else { return Ok((env, None)) };
+    let flag: Vec<(String, String)> =
+        namespace.map(|ns| vec![("CLEANSLATE_NAMESPACE".to_string(), ns.to_string())]).unwrap_or_default();
+    let Some(release) = release else {
+        return Ok((if flag.is_empty() { env } else { Env::layered(Vec::new(), flag)? }, None));
+    };
     let (namespace, kube) = config::operator_kube(&env, namespace)?;
     let client = KubeClient::new(&kube).await?;
-    match release::resolve(&client, &namespace, release).await {
+    let secrets = if for_plan { release::Secrets::Read } else { release::Secrets::Skip };
+    match release::resolve(&client, &namespace, release, secrets).await {
         Ok(resolved) => {
             info!(
                 release,
@@ -123,11 +130,11 @@ async fn with_release(
             );
             let mut vars = resolved.vars.clone();
             vars.push(("CLEANSLATE_NAMESPACE".into(), namespace));
-            Ok((Env::layered(vars)?, Some(resolved)))
+            Ok((Env::layered(vars, flag)?, Some(resolved)))
         }
-        Err(err) if !required => {
+        Err(err) if !for_plan => {
             warn!(release, error = %format!("{err:#}"), "the release's purge configuration could not be read");
-            Ok((env, None))
+            Ok((if flag.is_empty() { env } else { Env::layered(Vec::new(), flag)? }, None))
         }
         Err(err) => Err(err),
     }

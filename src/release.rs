@@ -11,7 +11,8 @@
 //! temporary directory that lives as long as the [`Resolved`] value).
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 
 use anyhow::{Context, Result, anyhow};
 use base64::Engine;
@@ -61,9 +62,18 @@ struct Hook {
     manifest: String,
 }
 
+/// Whether to read the Secrets the Job's variables and files come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Secrets {
+    /// Credentials and TLS files too: what `plan` needs to reach RabbitMQ and etcd.
+    Read,
+    /// Literal values only: `status` needs the marker and the workloads, never a credential.
+    Skip,
+}
+
 /// The configuration the release `release` in `namespace` purges with: its last deployed revision
 /// (or, when none is deployed, its latest one).
-pub async fn resolve(kube: &KubeClient, namespace: &str, release: &str) -> Result<Resolved> {
+pub async fn resolve(kube: &KubeClient, namespace: &str, release: &str, secrets: Secrets) -> Result<Resolved> {
     let selector = format!("owner=helm,name={release}");
     let records = kube.list_secrets(namespace, &selector).await.map_err(|err| {
         reading_error(err, &format!("listing Secrets labelled {selector} in namespace {namespace:?}"))
@@ -82,16 +92,16 @@ pub async fn resolve(kube: &KubeClient, namespace: &str, release: &str) -> Resul
     let (job_name, job) = purge_job(&record)
         .map_err(|message| classified(Kind::Config, format!("release {release:?} revision {revision}: {message}")))?;
     let spec = job.spec.and_then(|s| s.template.spec).unwrap_or_default();
-    let container = spec
-        .containers
-        .iter()
-        .find(|c| runs_purge(c))
-        .cloned()
-        .ok_or_else(|| anyhow!("release {release:?}: Job {job_name:?} runs no purge container"))?;
+    let container = spec.containers.iter().find(|c| runs_purge(c)).cloned().ok_or_else(|| {
+        classified(Kind::Config, format!("release {release:?}: Job {job_name:?} runs no purge container"))
+    })?;
     let mut files = None;
     let mut vars = Vec::new();
     for var in container.env.clone().unwrap_or_default() {
         if !var.name.starts_with("CLEANSLATE_") || POD_ONLY.contains(&var.name.as_str()) {
+            continue;
+        }
+        if secrets == Secrets::Skip && (var.value.is_none() || mounted_in(&container, var.value.as_deref())) {
             continue;
         }
         let Some(value) = value_of(kube, namespace, &record, &var).await? else { continue };
@@ -156,7 +166,10 @@ fn runs_purge(container: &Container) -> bool {
 fn purge_job(record: &Record) -> Result<(String, Job), String> {
     let mut found = Vec::new();
     for hook in record.hooks.iter().filter(|h| h.kind == "Job") {
-        let Ok(job) = serde_yaml::from_str::<Job>(&hook.manifest) else { continue };
+        let job = match serde_yaml::from_str::<Job>(&hook.manifest) {
+            Ok(job) => job,
+            Err(err) => return Err(format!("its hook Job {:?} could not be read ({err})", hook.name)),
+        };
         let runs = job
             .spec
             .as_ref()
@@ -229,6 +242,12 @@ fn hook_secret(record: &Record, name: &str) -> Option<BTreeMap<String, Vec<u8>>>
     Some(data)
 }
 
+/// Whether `value` is a path under one of the container's volume mounts.
+fn mounted_in(container: &Container, value: Option<&str>) -> bool {
+    let Some(value) = value else { return false };
+    container.volume_mounts.iter().flatten().any(|m| value.starts_with(&format!("{}/", m.mount_path)))
+}
+
 /// A path under one of the container's Secret volume mounts, copied to a private directory: the
 /// file the kubelet would have mounted there.
 async fn mounted(
@@ -257,13 +276,35 @@ async fn mounted(
         .map_or(relative.to_string(), |item| item.key.clone());
     let bytes = secret_key(kube, namespace, record, &secret_name, &key, value).await?;
     if files.is_none() {
-        *files = Some(tempfile::Builder::new().prefix("cleanslate-").tempdir().context("a temporary directory")?);
+        *files = Some(private_dir()?);
     }
-    let dir = files.as_ref().expect("just made").path().join(&mount.name);
-    std::fs::create_dir_all(&dir).context("a temporary directory")?;
-    let path = dir.join(relative.replace('/', "_"));
-    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    let path = write_private(files.as_ref().expect("just made").path(), &mount.name, relative, &bytes)?;
     Ok(Some(path.display().to_string()))
+}
+
+/// A temporary directory only this user may enter (the files are TLS keys; a shared CI runner or
+/// jump host has other users). It goes when the `Resolved` holding it is dropped.
+fn private_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("cleanslate-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .context("a temporary directory")
+}
+
+/// Writes `bytes` as `volume/relative` under `dir`, readable by this user only.
+fn write_private(dir: &std::path::Path, volume: &str, relative: &str, bytes: &[u8]) -> Result<std::path::PathBuf> {
+    let dir = dir.join(volume);
+    std::fs::DirBuilder::new().mode(0o700).recursive(true).create(&dir).context("a temporary directory")?;
+    let path = dir.join(relative.replace('/', "_"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -281,6 +322,17 @@ mod tests {
         );
         secret.data = Some([("release".to_string(), k8s_openapi::ByteString(text.into_bytes()))].into());
         secret
+    }
+
+    /// TLS material copied from Secrets is readable by this user only, whatever the umask.
+    #[test]
+    fn copied_files_are_private() {
+        let dir = private_dir().expect("dir");
+        let path = write_private(dir.path(), "etcd-tls", "tls.key", b"key").expect("written");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.path()), 0o700, "the directory");
+        assert_eq!(mode(path.parent().unwrap()), 0o700, "the volume's directory");
+        assert_eq!(mode(&path), 0o600, "the key");
     }
 
     /// The last deployed revision wins over a later failed one; the record decodes.

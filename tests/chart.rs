@@ -155,7 +155,11 @@ fn hook_annotations_follow_the_design() {
     ] {
         let doc = find(&docs, kind_, name_);
         assert!(hook_weight(doc) < job_weight, "{kind_} before the Job");
-        assert_eq!(hook_events(doc), ["post-install", "pre-upgrade"], "{kind_} on every event of the Job, no other");
+        assert_eq!(
+            hook_events(doc),
+            ["post-install", "pre-upgrade", "post-delete"],
+            "{kind_} on every event of the Job, and post-delete (an uninstall deletes what a failed Helm 3 event left)"
+        );
         assert_eq!(
             annotation(doc, "helm.sh/hook-delete-policy"),
             Some("before-hook-creation,hook-succeeded"),
@@ -802,8 +806,14 @@ fn resume_job_hooks_and_defaults() {
         ["post-upgrade", "post-rollback"],
         "after an upgrade, and after a rollback (a failed upgrade rolled back by --atomic or by hand); not on install"
     );
-    for doc in docs.iter().filter(|d| name(d) == "shop-cleanslate-resume") {
-        assert_eq!(hook_events(doc), ["post-upgrade", "post-rollback"], "{} {}: same events", kind(doc), name(doc));
+    for doc in docs.iter().filter(|d| name(d) == "shop-cleanslate-resume" && kind(d) != "Job") {
+        assert_eq!(
+            hook_events(doc),
+            ["post-upgrade", "post-rollback", "post-delete"],
+            "{} {}: the Job's events, and the uninstall's",
+            kind(doc),
+            name(doc)
+        );
     }
     let with_outside = dev(&["--set-json", r#"cleanup.quiesce.workloads=["deployment/api"]"#]);
     assert_eq!(
@@ -825,7 +835,11 @@ fn resume_job_hooks_and_defaults() {
     );
     for kind_ in ["ServiceAccount", "Role", "RoleBinding"] {
         let doc = find(&docs, kind_, "shop-cleanslate-resume");
-        assert_eq!(hook_events(doc), ["post-upgrade", "post-rollback"], "{kind_} on the resume Job's events");
+        assert_eq!(
+            hook_events(doc),
+            ["post-upgrade", "post-rollback", "post-delete"],
+            "{kind_} on the resume Job's events"
+        );
         assert_eq!(
             annotation(doc, "helm.sh/hook-delete-policy"),
             Some("before-hook-creation,hook-succeeded"),
@@ -1087,7 +1101,13 @@ fn refusals_and_configuration_errors_are_not_retried() {
     let docs = dev(&["--set-json", "cleanup.quiesce.workloads=[\"deployment/api\"]"]);
     for (job, container) in [("shop-cleanslate-purge", "purge"), ("shop-cleanslate-resume", "resume")] {
         let spec = &find(&docs, "Job", job)["spec"];
-        let rule = &spec["podFailurePolicy"]["rules"][0];
+        let disruption = &spec["podFailurePolicy"]["rules"][0];
+        assert_eq!(
+            disruption,
+            &json!({"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}),
+            "{job}: an eviction or preemption does not use up a retry"
+        );
+        let rule = &spec["podFailurePolicy"]["rules"][1];
         assert_eq!(rule["action"], json!("FailJob"), "{job}: fails the Job");
         assert_eq!(rule["onExitCodes"]["containerName"], json!(container), "{job}: its container");
         assert_eq!(rule["onExitCodes"]["operator"], json!("In"), "{job}: operator");

@@ -340,6 +340,11 @@ restartPolicy Never. Beta and on by default since Kubernetes 1.26, GA in 1.31
 {{- define "cleanslate.podFailurePolicy" -}}
 podFailurePolicy:
   rules:
+    # A pod evicted or preempted (node drain, a higher priority class) is retried without using up
+    # backoffLimit: the disruption says nothing about the run.
+    - action: Ignore
+      onPodConditions:
+        - type: DisruptionTarget
     - action: FailJob
       onExitCodes:
         containerName: {{ . }}
@@ -347,17 +352,23 @@ podFailurePolicy:
         values: [77, 78, 79]
 {{- end -}}
 
-{{/* Hook events of the Job's RBAC and Secret: every event of the Job, plus test for the test Pod. */}}
+{{/*
+Hook events of the Job's RBAC and Secret: every event of the Job, and post-delete. Helm 3 deletes a
+failed event's hooks by hook-failed only (the failed Job), so the identity of a failed deploy stays
+until the next one; post-delete re-creates and at once deletes it (before-hook-creation, then
+hook-succeeded) when the release is uninstalled, so nothing that carries rights outlives it.
+*/}}
 {{- define "cleanslate.supportHookEvents" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
-{{- join "," (uniq $v.cleanup.hook.events) -}}
+{{- join "," (uniq (append $v.cleanup.hook.events "post-delete")) -}}
 {{- end -}}
 
 {{/*
 Delete policy of the hook identities (ServiceAccount, Role, RoleBinding, dev Secret): they exist only
 while the hooks of their event run. Helm deletes hook-succeeded resources once every hook of the event
-succeeded, and those of a failed event too (after the failed hook), as cert-manager's startupapicheck
-RBAC does (REFERENCES 7.4); before-hook-creation clears one a killed Helm left behind.
+succeeded, as cert-manager's startupapicheck RBAC does (REFERENCES 7.4). After a failed event Helm 4
+deletes the hooks that had succeeded; Helm 3 leaves them until the next run of the event (whose
+before-hook-creation replaces them) or the uninstall (the post-delete event).
 */}}
 {{- define "cleanslate.identityDeletePolicy" -}}before-hook-creation,hook-succeeded{{- end -}}
 

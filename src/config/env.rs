@@ -85,11 +85,13 @@ impl Env {
         Env::from_pairs(Env::process_pairs()?)
     }
 
-    /// `base` (a release's Job variables, see `release`) under the process environment: a
-    /// variable set in the process wins, as an explicit setting should.
-    pub fn layered(base: Vec<(String, String)>) -> Result<Env> {
+    /// `base` (a release's Job variables, see `release`) under the process environment, and `top`
+    /// (what the command line says: `-n`) over it: a variable set in the process wins over the
+    /// release's, a flag over both, as explicit settings should.
+    pub fn layered(base: Vec<(String, String)>, top: Vec<(String, String)>) -> Result<Env> {
         let mut all: std::collections::BTreeMap<String, String> = base.into_iter().collect();
         all.extend(Env::process_pairs()?);
+        all.extend(top);
         Env::from_pairs(all)
     }
 

@@ -740,9 +740,6 @@ fn marker_config(env: &Env, required_by_gate: bool) -> Result<Option<MarkerConfi
     }))
 }
 
-/// The namespace to work in and how to reach the Kubernetes API: from the variables, else from
-/// the pod's service-account mount and the in-cluster variables, else (on an operator's machine)
-/// from the kubeconfig, as kubectl does.
 /// Where an operator's command (`plan <release>`, `status <release>`) talks to Kubernetes: as for
 /// the other commands (a kubeconfig outside a pod), in `namespace` when given (`-n`).
 pub fn operator_kube(env: &Env, namespace: Option<&str>) -> Result<(String, KubeConfig)> {
@@ -750,6 +747,9 @@ pub fn operator_kube(env: &Env, namespace: Option<&str>) -> Result<(String, Kube
     Ok((namespace.map_or(found, str::to_string), kube))
 }
 
+/// The namespace to work in and how to reach the Kubernetes API: from the variables, else from
+/// the pod's service-account mount and the in-cluster variables, else (on an operator's machine)
+/// from the kubeconfig, as kubectl does.
 fn kube_target(env: &Env) -> Result<(String, KubeConfig)> {
     let raw = &env.raw;
     let sa = Path::new(SERVICE_ACCOUNT_DIR);

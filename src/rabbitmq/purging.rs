@@ -114,7 +114,10 @@ impl Management {
             Err(err) => {
                 let message = format!("{err:#}");
                 warn!(vhost = %self.vhost, queue = %name, error = %message, duration_ms, "queue not purged");
-                QueueOutcome::Failed { kind: kind_of(&err), message }
+                // Refused credentials or permission end the Job at once (exit 79); anything else
+                // that survived the retries is a failed operation (exit 1), partial work reported.
+                let kind = if kind_of(&err) == Kind::Denied { Kind::Denied } else { Kind::Failed };
+                QueueOutcome::Failed { kind, message }
             }
         }
     }
