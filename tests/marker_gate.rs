@@ -313,9 +313,10 @@ async fn purge_writes_failed_and_dry_run_markers_and_none_without_a_marker() {
     );
     failing.extend(cluster.vars(JOB_TOKEN, 5));
     let run = cleanslate(&["purge"], &failing).await;
-    assert_eq!(run.code, 1, "purge fails: {}", run.all_output());
+    assert_eq!(run.code, 79, "purge fails on the refused login: {}", run.all_output());
     let data = cluster.marker_data();
     assert_eq!(data["status"], json!("failed"), "failed status");
+    assert_eq!(data["final"], json!("true"), "final at once: the Job does not retry a refused login");
     assert!(data["message"].as_str().unwrap().contains("rejected the login"), "message: {data:?}");
     let marker_text = serde_json::to_string(&data).unwrap();
     assert!(!marker_text.contains(password) && !marker_text.contains(&rabbit_password()), "no secret in the marker");
@@ -382,15 +383,18 @@ async fn marker_revision_never_goes_backwards() {
     }
 }
 
-/// Variables of a purge at `revision` that fails (wrong RabbitMQ password), as attempt of a Job that
-/// runs at most `job_attempts` times.
+/// Variables of a purge at `revision` that fails in a way a retry may fix (RabbitMQ not reachable:
+/// exit 69), as attempt of a Job that runs at most `job_attempts` times. (Rejected credentials would
+/// be final at once: exit 79, which the Job does not retry.)
 fn failing_purge_vars(cluster: &Cluster, revision: u64, job_attempts: u32) -> Vec<(String, String)> {
     let mut all = with(
         service_vars(),
         &[
             ("CLEANSLATE_TARGETS", "rabbitmq"),
             ("CLEANSLATE_RABBITMQ_QUEUES", "q"),
-            ("CLEANSLATE_RABBITMQ_PASSWORD", "Wrong-Rmq-Pw-55"),
+            ("CLEANSLATE_RABBITMQ_URL", "http://127.0.0.1:9"),
+            ("CLEANSLATE_RETRY_ATTEMPTS", "1"),
+            ("CLEANSLATE_TIMEOUT", "3s"),
             ("CLEANSLATE_JOB_ATTEMPTS", &job_attempts.to_string()),
         ],
     );
@@ -408,19 +412,19 @@ async fn last_success_survives_later_failures() {
     let run = cleanslate(&["purge"], &purge_vars(&cluster, JOB_TOKEN, 3, &prefix)).await;
     assert_eq!(run.code, 0, "revision 3 cleaned: {}", run.all_output());
     let run = cleanslate(&["purge"], &failing_purge_vars(&cluster, 3, 1)).await;
-    assert_eq!(run.code, 1, "the helm test run fails: {}", run.all_output());
+    assert_eq!(run.code, 69, "the helm test run fails: {}", run.all_output());
     assert_eq!(cluster.marker_data()["status"], json!("failed"), "latest attempt recorded as failed");
     let gate = cleanslate(&["gate"], &cluster.gate_vars(3, "5s")).await;
     assert_eq!(gate.code, 0, "a restarted pod of 3 passes after a failed helm test: {}", gate.all_output());
 
     let run = cleanslate(&["purge"], &failing_purge_vars(&cluster, 4, 1)).await;
-    assert_eq!(run.code, 1, "the upgrade's purge fails: {}", run.all_output());
+    assert_eq!(run.code, 69, "the upgrade's purge fails: {}", run.all_output());
     assert_eq!(cluster.marker_data()["lastSucceededRevision"], json!("3"), "last success kept");
     let gate = cleanslate(&["gate"], &cluster.gate_vars(3, "5s")).await;
     assert_eq!(gate.code, 0, "the running version's pods still start: {}", gate.all_output());
     let gate = cleanslate(&["gate"], &cluster.gate_vars(4, "30s")).await;
     assert_eq!(gate.code, 1, "pods of the failed revision fail: {}", gate.all_output());
-    assert!(gate.first_stderr_line().contains("rejected the login"), "with the Job's message: {}", gate.stderr);
+    assert!(gate.first_stderr_line().contains("not reachable"), "with the Job's message: {}", gate.stderr);
 }
 
 /// A failed attempt that the Job will retry keeps gates waiting; the last attempt's failure fails
@@ -432,13 +436,13 @@ async fn only_the_last_attempt_fails_gates() {
     let gate = spawn_gate(&cluster.gate_vars(2, "60s"));
     cluster.wait_for_watches(1).await;
     let run = cleanslate(&["purge"], &failing_purge_vars(&cluster, 2, 2)).await;
-    assert_eq!(run.code, 1, "first attempt fails: {}", run.all_output());
+    assert_eq!(run.code, 69, "first attempt fails: {}", run.all_output());
     assert_eq!(cluster.marker_data()["final"], json!("false"), "a retry will come");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut gate = gate;
     assert!(gate.try_wait().expect("gate state").is_none(), "the gate still waits for the retry");
     let run = cleanslate(&["purge"], &failing_purge_vars(&cluster, 2, 2)).await;
-    assert_eq!(run.code, 1, "second and last attempt fails: {}", run.all_output());
+    assert_eq!(run.code, 69, "second and last attempt fails: {}", run.all_output());
     assert_eq!(cluster.marker_data()["final"], json!("true"), "no retry left");
     let started = Instant::now();
     let run = finish(gate).await;
@@ -506,6 +510,7 @@ async fn a_killed_attempt_counts_and_the_last_failure_fails_gates() {
         &[
             ("CLEANSLATE_JOB_NAME", JOB),
             ("CLEANSLATE_RABBITMQ_URL", "http://127.0.0.1:9"),
+            ("CLEANSLATE_RETRY_ATTEMPTS", "3"),
             ("CLEANSLATE_RETRY_BACKOFF", "30s"),
             ("CLEANSLATE_TIMEOUT", "50s"),
         ],
@@ -519,7 +524,7 @@ async fn a_killed_attempt_counts_and_the_last_failure_fails_gates() {
     // Attempt 2 of 2 fails.
     let last = with(failing_purge_vars(&cluster, 2, 2), &[("CLEANSLATE_JOB_NAME", JOB)]);
     let run = cleanslate(&["purge"], &last).await;
-    assert_eq!(run.code, 1, "the last attempt fails: {}", run.all_output());
+    assert_eq!(run.code, 69, "the last attempt fails: {}", run.all_output());
     let marker = cluster.marker_data();
     assert_eq!(marker["attempt"], json!("2"), "the Job's count, killed attempt included: {marker:?}");
     assert_eq!(marker["final"], json!("true"), "no attempt left: {marker:?}");
