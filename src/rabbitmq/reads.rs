@@ -16,6 +16,7 @@ use super::QueueInfo;
 use super::client::Management;
 use crate::config::RetryPolicy;
 use crate::dead_letters::{BindingInfo, ExchangeInfo};
+use crate::error::{Kind, classified};
 use crate::policies::{Policies, PolicyInfo};
 use crate::retry::{self, Attempt};
 
@@ -204,12 +205,15 @@ impl Management {
     pub(super) async fn check_vhost_visible(&self, policy: &RetryPolicy, deadline: Instant) -> Result<()> {
         match self.exchange("amq.direct", policy, deadline).await? {
             Some(_) => Ok(()),
-            None => Err(anyhow!(
-                "reading vhost {:?}: user {:?} lacks permission on it, or it does not exist (RabbitMQ 4 answers 404 \
-                 to both): give the user access to the vhost (rabbitmqctl set_permissions -p VHOST USER ...) or fix \
-                 CLEANSLATE_RABBITMQ_VHOST",
-                self.vhost,
-                self.username
+            // Either way final: the same user and vhost get the same answer on every attempt.
+            None => Err(classified(
+                Kind::Denied,
+                format!(
+                    "reading vhost {:?}: user {:?} lacks permission on it, or it does not exist (RabbitMQ 4 answers \
+                     404 to both): give the user access to the vhost (rabbitmqctl set_permissions -p VHOST USER ...) \
+                     or fix CLEANSLATE_RABBITMQ_VHOST",
+                    self.vhost, self.username
+                ),
             )),
         }
     }
