@@ -19,6 +19,9 @@ pub enum Kind {
     Deadline,
     /// A dependency could not be reached (connection refused, DNS, TLS handshake).
     Unreachable,
+    /// The workloads did not stop within the quiesce timeout: they were started again, and a retry
+    /// would only stop them again (another outage).
+    QuiesceTimeout,
     /// RabbitMQ or etcd rejected the credentials or lacks a permission: a retry with the same
     /// configuration gets the same answer.
     Denied,
@@ -29,11 +32,24 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// A failure the same input repeats on every attempt: a refusal, a configuration error, rejected
-    /// credentials. The chart's Jobs fail at once on their exit codes (`podFailurePolicy`), so such
+    /// A failure the same input repeats on every attempt (a refusal, a configuration error, rejected
+    /// credentials), or one a retry would make worse (a quiesce that timed out). The chart's Jobs fail at once on their exit codes (`podFailurePolicy`), so such
     /// a failure is the last attempt whatever the attempt number.
     pub fn is_final(self) -> bool {
-        matches!(self, Kind::Denied | Kind::Config | Kind::Refused)
+        matches!(self, Kind::QuiesceTimeout | Kind::Denied | Kind::Config | Kind::Refused)
+    }
+
+    /// A stable name, for the marker (`failureKind`) and `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Failed => "failed",
+            Kind::Deadline => "deadline",
+            Kind::Unreachable => "unreachable",
+            Kind::QuiesceTimeout => "quiesce-timeout",
+            Kind::Denied => "denied",
+            Kind::Config => "configuration",
+            Kind::Refused => "refused",
+        }
     }
 
     /// The more telling of two: a refusal or a configuration error explains everything after it,

@@ -31,6 +31,9 @@ pub enum Exit {
     /// RabbitMQ or etcd rejected the credentials or a permission is missing: final, like 77 and
     /// 78, so the Job does not retry it (one past sysexits' range, which has no code for it).
     Denied = 79,
+    /// The workloads did not stop within the quiesce timeout; they were started again. Final: a
+    /// retry would stop them again, a second outage in one deploy.
+    QuiesceTimeout = 80,
     /// Stopped by SIGINT (128 + 2: Ctrl-C in a terminal).
     Interrupted = 130,
     /// Stopped by SIGTERM (128 + 15, the shell convention Kubernetes users recognise).
@@ -53,6 +56,7 @@ impl From<Kind> for Exit {
             Kind::Config => Exit::Config,
             Kind::Refused => Exit::Refused,
             Kind::Denied => Exit::Denied,
+            Kind::QuiesceTimeout => Exit::QuiesceTimeout,
         }
     }
 }
@@ -95,6 +99,7 @@ mod tests {
             (Exit::Refused, 77),
             (Exit::Config, 78),
             (Exit::Denied, 79),
+            (Exit::QuiesceTimeout, 80),
             (Exit::Interrupted, 130),
             (Exit::Terminated, 143),
         ];

@@ -100,6 +100,9 @@ pub struct JobProgress {
     /// The Job has been marked failed (`Failed` or `FailureTarget` condition: its deadline passed,
     /// its backoff limit was reached): no pod comes after the running ones.
     pub failing: bool,
+    /// What was left of the Job's `activeDeadlineSeconds` when it was read (from its
+    /// `status.startTime`), when it has one.
+    pub deadline_left: Option<Duration>,
 }
 
 impl JobProgress {
@@ -126,6 +129,13 @@ pub struct Workload {
     pub pod_management_policy: Option<String>,
     /// The pod template's cleanslate gate, when it has one.
     pub gate: Option<Gate>,
+    /// The pod template's `terminationGracePeriodSeconds` (Kubernetes' default is 30): how long
+    /// its pods may take to stop.
+    pub grace_period_seconds: Option<i64>,
+    /// `status.readyReplicas` (absent means none).
+    pub ready_replicas: Option<i32>,
+    /// `spec.selector.matchLabels`, as a label selector (`app=shop,tier=web`).
+    pub selector: String,
 }
 
 impl Workload {
@@ -140,12 +150,21 @@ impl Workload {
     }
 }
 
+/// `matchLabels` as a label selector.
+fn match_labels(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> String {
+    let labels = selector.match_labels.iter().flatten();
+    labels.map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
 impl From<Deployment> for Workload {
     fn from(object: Deployment) -> Workload {
         let spec = object.spec.unwrap_or_default();
         Workload {
             replicas: spec.replicas,
             gate: spec.template.spec.as_ref().and_then(gate_of),
+            grace_period_seconds: spec.template.spec.as_ref().and_then(|s| s.termination_grace_period_seconds),
+            ready_replicas: object.status.and_then(|s| s.ready_replicas),
+            selector: match_labels(&spec.selector),
             metadata: object.metadata,
             ..Default::default()
         }
@@ -186,6 +205,9 @@ impl From<StatefulSet> for Workload {
             pvc_when_scaled: spec.persistent_volume_claim_retention_policy.and_then(|p| p.when_scaled),
             pod_management_policy: spec.pod_management_policy,
             gate: spec.template.spec.as_ref().and_then(gate_of),
+            grace_period_seconds: spec.template.spec.as_ref().and_then(|s| s.termination_grace_period_seconds),
+            ready_replicas: object.status.and_then(|s| s.ready_replicas),
+            selector: match_labels(&spec.selector),
             metadata: object.metadata,
         }
     }
@@ -271,6 +293,21 @@ impl KubeClient {
     /// The ConfigMap, or `None` when it does not exist.
     pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<ConfigMap>, KubeError> {
         found(bounded(self.config_maps(namespace).get(name)).await)
+    }
+
+    /// Whether this identity may write the ConfigMap: a server-side dry run of an update (when
+    /// `object` exists) or a create, which the API server authorizes and admits like the real write
+    /// and does not persist (`dryRun=All`,
+    /// <https://kubernetes.io/docs/reference/using-api/api-concepts/#dry-run>).
+    pub async fn check_write(&self, namespace: &str, object: &ConfigMap, exists: bool) -> Result<(), KubeError> {
+        let params = PostParams { dry_run: true, ..Self::post_params() };
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let api = self.config_maps(namespace);
+        if exists {
+            bounded(api.replace(&name, &params, object)).await.map(drop)
+        } else {
+            bounded(api.create(&params, object)).await.map(drop)
+        }
     }
 
     /// Creates the ConfigMap; 409 when it already exists.
@@ -410,11 +447,12 @@ impl KubeClient {
         &self,
         namespace: &str,
         workload: &WorkloadRef,
-        key: &str,
-        value: Option<&str>,
+        annotations: &[(&str, Option<&str>)],
         resource_version: &str,
     ) -> Result<Workload, KubeError> {
-        let patch = json!({"metadata": {"resourceVersion": resource_version, "annotations": {key: value}}});
+        let annotations: serde_json::Map<String, serde_json::Value> =
+            annotations.iter().map(|(key, value)| (key.to_string(), json!(value))).collect();
+        let patch = json!({"metadata": {"resourceVersion": resource_version, "annotations": annotations}});
         self.merge_patch_workload(namespace, workload, &patch).await
     }
 
@@ -487,10 +525,22 @@ impl KubeClient {
                 .iter()
                 .flatten()
                 .any(|c| matches!(c.type_.as_str(), "Failed" | "FailureTarget") && c.status == "True");
+            let spec = job.spec.unwrap_or_default();
+            let deadline_left = match (spec.active_deadline_seconds, status.start_time.as_ref()) {
+                (Some(seconds), Some(started)) => {
+                    let ends = started.0.as_second().saturating_add(seconds);
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    Some(Duration::from_secs(ends.saturating_sub(now).max(0) as u64))
+                }
+                _ => None,
+            };
             JobProgress {
                 failed: status.failed.unwrap_or(0).max(0) as u32,
-                backoff_limit: job.spec.and_then(|s| s.backoff_limit).unwrap_or(6).max(0) as u32,
+                backoff_limit: spec.backoff_limit.unwrap_or(6).max(0) as u32,
                 failing,
+                deadline_left,
             }
         }))
     }

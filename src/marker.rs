@@ -24,6 +24,8 @@ use std::collections::BTreeMap;
 /// The labels every marker carries.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "cleanslate");
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// The label that says which part of the release an object is; the marker's is `marker`.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 
 /// How the run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +64,9 @@ pub struct Marker {
     pub keys_deleted: u64,
     /// The error summary of a failed run; empty on success.
     pub message: String,
+    /// What kind of failure it was (`Kind::as_str`: `configuration`, `denied`, `unreachable`, …);
+    /// empty on success. `status` picks the next step from it.
+    pub failure_kind: String,
     /// The dead-letter queues of the selected queues that were reported, not purged, each with the
     /// queue that feeds it (or why where dead letters go is unknown); empty when there are none.
     pub dead_letters: String,
@@ -104,6 +109,7 @@ impl Marker {
             ("queuesWithUnknownCounts", self.queues_with_unknown_counts.to_string()),
             ("keysDeleted", self.keys_deleted.to_string()),
             ("message", message),
+            ("failureKind", self.failure_kind.clone()),
             ("deadLettersNotPurged", crate::text::fit_bytes(self.dead_letters.clone(), MAX_MESSAGE)),
             ("job", self.job.clone()),
             ("attempt", self.attempt.to_string()),
@@ -156,6 +162,7 @@ impl Marker {
             queues_with_unknown_counts: number("queuesWithUnknownCounts"),
             keys_deleted: number("keysDeleted"),
             message: text("message"),
+            failure_kind: text("failureKind"),
             dead_letters: text("deadLettersNotPurged"),
             job: text("job"),
         })
@@ -277,6 +284,7 @@ mod tests {
             queues_with_unknown_counts: 0,
             keys_deleted: 10,
             message: String::new(),
+            failure_kind: String::new(),
             dead_letters: String::new(),
             job: "cleanslate-purge-abc".into(),
             attempt: 1,

@@ -38,6 +38,81 @@ use crate::retry::{self, Attempt};
 /// The annotation that records the replica count a stopped workload goes back to.
 pub const ANNOTATION: &str = "cleanslate.io/quiesced-replicas";
 
+/// The annotation that names the marker whose cleanup stopped a workload: `resume` starts every
+/// workload stopped for its marker, whatever its own list says (a rollback runs the hooks of an
+/// older revision, whose list may not name what a newer one stopped).
+pub const OWNER_ANNOTATION: &str = "cleanslate.io/quiesced-for";
+
+/// Time a workload's pods get beyond their own grace period to be gone (the kubelet's kill, the
+/// API's deletion): the quiesce waits at least grace period + this.
+pub const GRACE_MARGIN: Duration = Duration::from_secs(15);
+
+/// The writers a purge stops, as found in the cluster before it stops any.
+#[derive(Clone, Debug)]
+pub struct Writers {
+    /// The listed workloads, then the live ones gated on the marker that this identity may stop.
+    pub config: QuiesceConfig,
+    /// Live workloads gated on the marker that this identity may not stop (its Role does not name
+    /// them: rendered by a tool without Helm's `lookup`): reported, not stopped.
+    pub not_permitted: Vec<WorkloadRef>,
+    /// The longest `terminationGracePeriodSeconds` among the workloads to stop (30 when unset).
+    pub longest_grace: Option<Duration>,
+}
+
+/// The workloads to stop: the listed ones, and with `gated` every Deployment and StatefulSet whose
+/// pod template has a gate reading this release's marker: the release's live writers, including an
+/// app the new revision removed or renamed (it runs until Helm deletes it after the apply) and a
+/// parent chart's own gated Deployment. A gated workload this identity may not read is reported, not
+/// stopped. Without the right to list workloads (a Role from before this was added), the listed
+/// ones only.
+pub async fn writers(kube: &KubeClient, config: &QuiesceConfig) -> Result<Writers> {
+    let mut writers = Writers { config: config.clone(), not_permitted: Vec::new(), longest_grace: None };
+    let all = match kube.list_workloads(&config.namespace).await {
+        Ok(all) => all,
+        Err(err) if matches!(err.code(), Some(401 | 403)) => {
+            if config.gated {
+                warn!(
+                    namespace = %config.namespace,
+                    error = %err,
+                    "cannot list the workloads: only the listed ones are stopped (the Role needs list on deployments and statefulsets)"
+                );
+            }
+            return Ok(writers);
+        }
+        Err(err) => return Err(anyhow!("listing the workloads in namespace {:?}: {err}", config.namespace)),
+    };
+    if let Some(marker) = config.marker.as_deref().filter(|_| config.gated) {
+        for (reference, workload) in &all {
+            let gated_here = workload.gate.as_ref().is_some_and(|g| g.marker == marker);
+            if !gated_here || writers.config.workloads.contains(reference) {
+                continue;
+            }
+            match kube.get_workload(&config.namespace, reference).await {
+                Err(err) if matches!(err.code(), Some(401 | 403)) => {
+                    warn!(
+                        workload = %reference,
+                        marker,
+                        "gated on this release's marker but not named in this Job's Role: not stopped, it may write \
+                         through the purge; add it to cleanup.quiesce.workloads (a tool that renders without Helm's \
+                         lookup, such as Argo CD, cannot find it for the Role)"
+                    );
+                    writers.not_permitted.push(reference.clone());
+                }
+                _ => {
+                    info!(workload = %reference, "gated on this release's marker: stopped with the listed workloads");
+                    writers.config.workloads.push(reference.clone());
+                }
+            }
+        }
+    }
+    writers.longest_grace = all
+        .iter()
+        .filter(|(reference, _)| writers.config.workloads.contains(reference))
+        .map(|(_, workload)| Duration::from_secs(workload.grace_period_seconds.unwrap_or(30).max(0) as u64))
+        .max();
+    Ok(writers)
+}
+
 /// API calls are retried briefly: the API server restarts, the run's deadline bounds the rest.
 const API_RETRY: RetryPolicy = RetryPolicy { attempts: 5, backoff: Duration::from_millis(200) };
 /// Pause after a failed list or watch before trying again.
@@ -97,9 +172,10 @@ impl Progress {
             format!("pods still present: {}", left.join("; "))
         };
         classified(
-            Kind::Deadline,
+            Kind::QuiesceTimeout,
             format!(
-                "quiesce did not finish within {} (CLEANSLATE_QUIESCE_TIMEOUT): {what}",
+                "quiesce did not finish within {} (CLEANSLATE_QUIESCE_TIMEOUT, at least the workloads' grace period \
+                 plus 15 s): {what}; not retried, a retry would stop them again",
                 humantime::format_duration(timeout)
             ),
         )
@@ -125,7 +201,7 @@ pub async fn stop(
     let mut waits = Vec::new();
     for workload in &config.workloads {
         if let Some((selector, ordered)) =
-            stop_one(kube, &config.namespace, workload, cleaned_up_to.as_ref(), deadline, progress).await?
+            stop_one(kube, config, workload, cleaned_up_to.as_ref(), deadline, progress).await?
         {
             waits.push(wait_gone(kube, &config.namespace, workload, selector, ordered, progress));
         }
@@ -164,6 +240,8 @@ async fn give_up_replicas(
 /// that a quiesce would refuse is refused here too. Returns those it would stop, with their counts.
 pub async fn preview(kube: &KubeClient, config: &QuiesceConfig) -> Result<Vec<String>> {
     let deadline = Instant::now() + config.timeout;
+    let writers = writers(kube, config).await?;
+    let config = &writers.config;
     refuse_volume_loss(kube, config, deadline).await?;
     let mut would_stop = Vec::new();
     for workload in &config.workloads {
@@ -221,12 +299,13 @@ async fn refuse_volume_loss(kube: &KubeClient, config: &QuiesceConfig, deadline:
 /// skipped (missing, or already at 0 without our annotation).
 async fn stop_one(
     kube: &KubeClient,
-    namespace: &str,
+    config: &QuiesceConfig,
     workload: &WorkloadRef,
     cleaned_up_to: Option<&CleanedUpTo>,
     deadline: Instant,
     progress: &Progress,
 ) -> Result<Option<(String, bool)>> {
+    let namespace = config.namespace.as_str();
     loop {
         let what = format!("reading {workload}");
         let Some(current) = call(&what, workload, deadline, || kube.get_workload(namespace, workload)).await? else {
@@ -272,8 +351,12 @@ async fn stop_one(
         // Recorded before the write: if this run is stopped mid-way, restore looks at it.
         progress.mark_stopped(workload, replicas);
         let value = replicas.to_string();
+        let mut record = vec![(ANNOTATION, Some(value.as_str()))];
+        if let Some(marker) = config.marker.as_deref() {
+            record.push((OWNER_ANNOTATION, Some(marker)));
+        }
         let annotated = call(&format!("recording the replicas of {workload}"), workload, deadline, || {
-            kube.annotate_workload(namespace, workload, ANNOTATION, Some(&value), &resource_version)
+            kube.annotate_workload(namespace, workload, &record, &resource_version)
         })
         .await?;
         let Some(Some(annotated)) = annotated else {
@@ -418,16 +501,34 @@ fn gate_finished(pod: &Pod, container: &str) -> bool {
     initialized || gate_done
 }
 
-/// Whether a main container of the pod has ever started (running, finished, or restarted).
+/// Whether a main container of the pod, or a native sidecar, has ever started (running, finished,
+/// or restarted). A native sidecar is an init container with `restartPolicy: Always` (Kubernetes
+/// 1.29+ by default): the kubelet starts it before the next init container and keeps it running
+/// beside them, so one placed before the gate runs, and may write, while the gate still waits
+/// (<https://kubernetes.io/docs/concepts/workloads/pods/sidecar-containers/>).
 fn has_run(pod: &Pod) -> bool {
-    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
-    statuses.into_iter().flatten().any(|status| {
+    let started = |status: &k8s_openapi::api::core::v1::ContainerStatus| {
         let state = status.state.as_ref();
         status.started == Some(true)
             || status.restart_count > 0
             || state.is_some_and(|s| s.running.is_some() || s.terminated.is_some())
             || status.last_state.as_ref().is_some_and(|s| s.terminated.is_some() || s.running.is_some())
-    })
+    };
+    let sidecars: BTreeSet<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|spec| spec.init_containers.iter().flatten())
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+        .map(|c| c.name.as_str())
+        .collect();
+    let status = pod.status.as_ref();
+    let main = status.and_then(|s| s.container_statuses.as_ref()).into_iter().flatten();
+    let sidecar_statuses = status
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|s| sidecars.contains(s.name.as_str()));
+    main.chain(sidecar_statuses).any(started)
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -595,7 +696,7 @@ pub async fn resume_one(
         }
         let rv = resource_version.unwrap_or_default();
         let removed = call(&format!("removing {ANNOTATION} from {workload}"), workload, deadline, || {
-            kube.annotate_workload(namespace, workload, ANNOTATION, None, &rv)
+            kube.annotate_workload(namespace, workload, &[(ANNOTATION, None), (OWNER_ANNOTATION, None)], &rv)
         })
         .await?;
         match removed {
@@ -676,11 +777,12 @@ pub async fn run(config: &ResumeConfig) -> Result<()> {
     let kube = KubeClient::new(&settings.kube).await?;
     let deadline = Instant::now() + config.timeout;
     let started = std::time::Instant::now();
-    info!(namespace = %settings.namespace, workloads = settings.workloads.len(), "resume started");
+    let workloads = stopped_for(&kube, settings).await?;
+    info!(namespace = %settings.namespace, workloads = workloads.len(), "resume started");
     let mut resumed = Vec::new();
     let mut failures = Vec::new();
     let mut kind = Kind::Failed;
-    for workload in &settings.workloads {
+    for workload in &workloads {
         let outcome =
             tokio::time::timeout_at(deadline, resume_one(&kube, &settings.namespace, workload, deadline)).await;
         match outcome {
@@ -721,6 +823,30 @@ pub async fn run(config: &ResumeConfig) -> Result<()> {
         error!(resumed = %resumed.join(", "), failures = %failures.join("; "), duration_ms, "resume failed");
         Err(classified(kind, failures.join("; ")))
     }
+}
+
+/// The workloads to resume: the listed ones, then, with a marker, every workload in the namespace
+/// whose quiesce record names that marker, whatever the list says: a rollback runs the target
+/// revision's resume Job, whose list may not name what a newer revision stopped, and a workload that
+/// leaves `replicas` out (HPA-managed) is not brought back by Helm's apply.
+async fn stopped_for(kube: &KubeClient, settings: &QuiesceConfig) -> Result<Vec<WorkloadRef>> {
+    let mut workloads = settings.workloads.clone();
+    let Some(marker) = settings.marker.as_deref() else { return Ok(workloads) };
+    let all = kube.list_workloads(&settings.namespace).await.map_err(|err| {
+        anyhow!(
+            "listing the workloads in namespace {:?} to find those stopped for {marker}: {err} (the resume Role needs \
+             list on deployments and statefulsets)",
+            settings.namespace
+        )
+    })?;
+    for (reference, workload) in all {
+        let ours = workload.annotation(OWNER_ANNOTATION) == Some(marker) && workload.annotation(ANNOTATION).is_some();
+        if ours && !workloads.contains(&reference) {
+            info!(workload = %reference, marker, "stopped for this release's cleanup: resumed whatever the list says");
+            workloads.push(reference);
+        }
+    }
+    Ok(workloads)
 }
 
 /// One API call with retries for transient failures. `Ok(None)`: the object does not exist (404

@@ -11,7 +11,7 @@ use crate::config::{Output, StatusConfig};
 use crate::error::{Kind, classified};
 use crate::kube::{KubeClient, KubeError, data_of};
 use crate::marker::{self, Marker, RunStatus};
-use crate::quiesce::ANNOTATION;
+use crate::quiesce::{ANNOTATION, OWNER_ANNOTATION};
 
 /// The whole answer, as `--json` prints it.
 #[derive(Debug, Serialize)]
@@ -22,9 +22,27 @@ pub struct Report {
     pub marker: Option<String>,
     pub last_run: Option<LastRun>,
     pub stopped_workloads: Vec<Stopped>,
-    /// The last run succeeded (not a dry run) and nothing is left stopped.
+    /// Gated workloads of the release that do not have their desired ready replicas, with why.
+    pub unready_workloads: Vec<Unready>,
+    /// Cleanup is on for the release (its purge Job, or workloads gated on its marker, say so)
+    /// but its marker is missing.
+    pub marker_missing: bool,
+    /// The last run succeeded (not a dry run), nothing is left stopped, and every gated workload
+    /// has its desired ready replicas.
     pub clean: bool,
     pub next: String,
+}
+
+/// A gated workload short of its desired ready replicas.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unready {
+    pub workload: String,
+    pub desired: i32,
+    pub ready: i32,
+    /// What its pods are doing: waiting in the gate (since when), the gate's own failure message,
+    /// or not ready for a reason of the app's.
+    pub why: String,
 }
 
 /// The marker's record of the last run.
@@ -72,7 +90,7 @@ pub async fn run(config: &StatusConfig) -> Result<()> {
 
 fn reading(err: KubeError, what: &str, namespace: &str) -> anyhow::Error {
     let hint = match err.code() {
-        Some(401) | Some(403) => "; status needs get/list on configmaps, deployments and statefulsets",
+        Some(401) | Some(403) => "; status needs get/list on configmaps, deployments, statefulsets and pods",
         _ => "",
     };
     let kind = if matches!(err, KubeError::Transport(_)) { Kind::Unreachable } else { Kind::Failed };
@@ -106,10 +124,13 @@ async fn gather(kube: &KubeClient, config: &StatusConfig) -> Result<Report> {
     let workloads = kube.list_workloads(namespace).await.map_err(|err| reading(err, "workloads", namespace))?;
     // The release's own workloads (its instance label), those named in CLEANSLATE_QUIESCE, and with
     // only a marker name every one: another release's stopped workloads are not this one's business.
+    // A workload whose quiesce record names this release's marker is this release's business too.
+    let found_marker = marker_object.as_ref().and_then(|cm| cm.metadata.name.clone()).or_else(|| config.marker.clone());
     let ours = |reference: &crate::config::WorkloadRef, workload: &crate::kube::Workload| {
         let instance = workload.metadata.labels.as_ref().and_then(|l| l.get(marker::INSTANCE_LABEL));
+        let stopped_for_us = found_marker.is_some() && workload.annotation(OWNER_ANNOTATION) == found_marker.as_deref();
         match &config.release {
-            Some(release) => instance == Some(release) || config.workloads.contains(reference),
+            Some(release) => instance == Some(release) || config.workloads.contains(reference) || stopped_for_us,
             None => true,
         }
     };
@@ -125,18 +146,85 @@ async fn gather(kube: &KubeClient, config: &StatusConfig) -> Result<Report> {
             })
         })
         .collect();
-    let clean = record.as_ref().is_some_and(|m| m.status == RunStatus::Succeeded && !m.dry_run) && stopped.is_empty();
     let marker_name = marker_object.as_ref().and_then(|cm| cm.metadata.name.clone());
-    let next = next_step(config, marker_name.as_deref(), record.as_ref(), &stopped);
+    // The marker the release's gates read: the one found, the one configured, or the one its
+    // workloads' gates name.
+    let expected_marker = marker_name.clone().or_else(|| config.marker.clone()).or_else(|| {
+        workloads
+            .iter()
+            .filter(|(reference, workload)| ours(reference, workload))
+            .find_map(|(_, workload)| workload.gate.as_ref().map(|g| g.marker.clone()))
+    });
+    let marker_missing = marker_object.is_none() && expected_marker.is_some();
+    let mut unready = Vec::new();
+    if let Some(expected) = expected_marker.as_deref() {
+        for (reference, workload) in &workloads {
+            let gated = workload.gate.as_ref().is_some_and(|g| g.marker == expected);
+            let desired = workload.replicas.unwrap_or(1);
+            let ready = workload.ready_replicas.unwrap_or(0);
+            if gated && ready < desired {
+                let why = why_unready(kube, namespace, workload).await;
+                unready.push(Unready { workload: reference.to_string(), desired, ready, why });
+            }
+        }
+    }
+    let clean = record.as_ref().is_some_and(|m| m.status == RunStatus::Succeeded && !m.dry_run)
+        && stopped.is_empty()
+        && unready.is_empty();
+    let facts = Facts {
+        marker: marker_name.as_deref(),
+        expected_marker: expected_marker.as_deref(),
+        record: record.as_ref(),
+        stopped: &stopped,
+        unready: &unready,
+    };
+    let next = next_step(config, &facts);
     Ok(Report {
         namespace: namespace.clone(),
         release: config.release.clone(),
         marker: marker_name,
         last_run,
         stopped_workloads: stopped,
+        unready_workloads: unready,
+        marker_missing,
         clean,
         next,
     })
+}
+
+/// Why a gated workload's pods are not ready: the first pod whose gate still waits (and since when),
+/// or whose gate failed (with the gate's own message, its termination message), else the app's.
+async fn why_unready(kube: &KubeClient, namespace: &str, workload: &crate::kube::Workload) -> String {
+    let gate = workload.gate.as_ref().map(|g| g.container.clone()).unwrap_or_default();
+    let pods = match kube.list_pods(namespace, &workload.selector).await {
+        Ok(pods) => pods,
+        Err(err) => return format!("its pods could not be read ({err})"),
+    };
+    if pods.is_empty() {
+        return "no pod yet".into();
+    }
+    for pod in &pods {
+        let statuses = pod.status.as_ref().and_then(|s| s.init_container_statuses.as_ref());
+        let Some(status) = statuses.into_iter().flatten().find(|s| s.name == gate) else { continue };
+        let terminated = status
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .or_else(|| status.last_state.as_ref().and_then(|s| s.terminated.as_ref()));
+        if let Some(done) = terminated.filter(|t| t.exit_code != 0) {
+            let message = done.message.clone().unwrap_or_default();
+            return format!(
+                "its gate failed (exit {}){}",
+                done.exit_code,
+                if message.is_empty() { String::new() } else { format!(": {}", message.trim()) }
+            );
+        }
+        if let Some(running) = status.state.as_ref().and_then(|s| s.running.as_ref()) {
+            let since = running.started_at.as_ref().map(|t| format!(" since {}", t.0)).unwrap_or_default();
+            return format!("waiting in its gate{since} for the marker");
+        }
+    }
+    "its gates passed: not ready for a reason of the app's (kubectl describe)".into()
 }
 
 fn last_run(m: &Marker) -> LastRun {
@@ -160,15 +248,27 @@ fn last_run(m: &Marker) -> LastRun {
     }
 }
 
-/// What to run next, in one sentence.
-fn next_step(config: &StatusConfig, marker: Option<&str>, record: Option<&Marker>, stopped: &[Stopped]) -> String {
+/// What `next_step` decides from.
+struct Facts<'a> {
+    marker: Option<&'a str>,
+    expected_marker: Option<&'a str>,
+    record: Option<&'a Marker>,
+    stopped: &'a [Stopped],
+    unready: &'a [Unready],
+}
+
+/// What to run next, in one sentence, for the most pressing problem: something left stopped, a
+/// missing marker, a failed run (a configuration, refusal or credentials failure needs a fixed
+/// upgrade; `helm test` would only repeat it), a gated workload that does not come up.
+fn next_step(config: &StatusConfig, facts: &Facts) -> String {
     let who = match (&config.release, &config.marker) {
         (Some(release), _) => format!("release {release:?}"),
         (None, Some(name)) => format!("marker {name:?}"),
         (None, None) => "this release".into(),
     };
-    if !stopped.is_empty() {
-        let list: Vec<&str> = stopped.iter().map(|s| s.workload.as_str()).collect();
+    let release = config.release.as_deref().unwrap_or("<release>");
+    if !facts.stopped.is_empty() {
+        let list: Vec<&str> = facts.stopped.iter().map(|s| s.workload.as_str()).collect();
         return format!(
             "start the stopped workloads again: CLEANSLATE_NAMESPACE={} CLEANSLATE_QUIESCE={} cleanslate resume \
              (the next successful helm upgrade also restores them)",
@@ -176,29 +276,56 @@ fn next_step(config: &StatusConfig, marker: Option<&str>, record: Option<&Marker
             list.join(",")
         );
     }
-    let Some(record) = record else {
-        return match marker {
+    if let (None, Some(expected)) = (facts.marker, facts.expected_marker) {
+        return format!(
+            "the marker ConfigMap {expected} is missing (deleted?), so gated pods that start wait for it: \
+             `helm test {release} -n {}` recreates it (or the next helm upgrade does)",
+            config.namespace
+        );
+    }
+    let Some(record) = facts.record else {
+        return match facts.marker {
             Some(name) => format!("marker {name} has no run recorded yet: the cleanup Job has not finished a run"),
             None => format!(
-                "no marker found for {who} in namespace {:?}: cleanup is off there, or the release was not installed \
-                 with cleanup on",
+                "no marker found for {who} in namespace {:?}, and nothing gated on one: cleanup is off there",
                 config.namespace
             ),
         };
     };
-    match (record.status, record.dry_run) {
-        (RunStatus::Failed, _) => format!(
-            "the cleanup of revision {} failed ({}); fix that, then run helm upgrade again or helm test (which reruns the \
-             cleanup); pods of revision {} still start",
-            record.revision,
-            if record.message.is_empty() { "no message" } else { &record.message },
-            record.last_succeeded_revision.map_or_else(|| "none".to_string(), |r| r.to_string()),
-        ),
-        (RunStatus::Succeeded, true) => {
-            format!("the last run (revision {}) was a dry run: nothing was purged", record.revision)
-        }
-        (RunStatus::Succeeded, false) => "nothing to do: clean and running".to_string(),
+    if record.status == RunStatus::Failed {
+        let message = if record.message.is_empty() { "no message" } else { &record.message };
+        let still = record.last_succeeded_revision.map_or_else(|| "none".to_string(), |r| r.to_string());
+        return match record.failure_kind.as_str() {
+            "configuration" | "refused" | "denied" => format!(
+                "the cleanup of revision {} failed in a way no retry changes ({message}): fix the values, the \
+                 credentials or the permissions and run helm upgrade (helm test would re-run the same \
+                 configuration); pods of revision {still} still start",
+                record.revision
+            ),
+            _ => format!(
+                "the cleanup of revision {} failed ({message}); when the cause is gone, run helm test {release} \
+                 (it reruns the cleanup) or helm upgrade; pods of revision {still} still start",
+                record.revision
+            ),
+        };
     }
+    if let Some(first) = facts.unready.first() {
+        return format!(
+            "{} has {} of {} ready: {}",
+            first.workload,
+            first.ready,
+            first.desired,
+            if first.why.contains("failed") || first.why.contains("waiting") {
+                format!("{}; if the gate cannot read the marker, bind its ServiceAccount (gate.serviceAccount)", first.why)
+            } else {
+                first.why.clone()
+            }
+        );
+    }
+    if record.dry_run {
+        return format!("the last run (revision {}) was a dry run: nothing was purged", record.revision);
+    }
+    "nothing to do: clean and running".to_string()
 }
 
 /// The report as aligned lines for a terminal.
@@ -247,6 +374,14 @@ fn table(report: &Report) -> String {
         items.join(", ")
     };
     rows.push(("stopped", stopped));
+    if !report.unready_workloads.is_empty() {
+        let items: Vec<String> = report
+            .unready_workloads
+            .iter()
+            .map(|u| format!("{} ({} of {} ready: {})", u.workload, u.ready, u.desired, u.why))
+            .collect();
+        rows.push(("not ready", items.join("; ")));
+    }
     rows.push(("next", report.next.clone()));
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()

@@ -190,8 +190,28 @@ the quiesce timeout when quiesce is on, and 30 s for scheduling, the image pull 
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- $c := $v.cleanup -}}
 {{- $seconds := add (include "cleanslate.seconds" $c.timeout | int64) 15 30 -}}
-{{- with $c.quiesce -}}
-{{- if and .timeout (or .enabled .workloads) -}}{{- $seconds = add $seconds (include "cleanslate.seconds" .timeout | int64) -}}{{- end -}}
+{{- if $c.quiesce.enabled -}}{{- $seconds = add $seconds (include "cleanslate.quiesceSeconds" . | int64) -}}{{- end -}}
+{{- $seconds -}}
+{{- end -}}
+
+{{/*
+How long the quiesce may wait for the workloads' pods to be gone: cleanup.quiesce.timeout, or longer
+when a workload to stop gives its pods a longer grace period (`terminationGracePeriodSeconds`,
+read with `lookup` from the live workloads): that grace plus 15 s. A consumer that drains for 60 s is
+not cut short into a restore, and the Job's derived deadline holds it. Under `helm template` the
+binary still raises its wait to the grace period it reads, within what the deadline leaves.
+*/}}
+{{- define "cleanslate.quiesceSeconds" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- $seconds := include "cleanslate.seconds" $v.cleanup.quiesce.timeout | int64 -}}
+{{- $stopped := splitList "," (include "cleanslate.quiesceWorkloads" .) -}}
+{{- range $kind, $object := dict "deployment" "Deployment" "statefulset" "StatefulSet" -}}
+{{- range (lookup "apps/v1" $object $.Release.Namespace "").items -}}
+{{- if has (printf "%s/%s" $kind .metadata.name) $stopped -}}
+{{- $grace := .spec.template.spec.terminationGracePeriodSeconds | default 30 | int64 -}}
+{{- if gt (add $grace 15) $seconds -}}{{- $seconds = add $grace 15 -}}{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- $seconds -}}
 {{- end -}}
@@ -331,9 +351,9 @@ priorityClassName: {{ . | quote }}
 {{- end -}}
 
 {{/*
-A Job's pod failure policy: a refusal (77), a configuration error (78) or rejected credentials or a
-missing permission (79) in CONTAINER fails the Job at once instead of being retried backoffLimit times
-(the same input fails the same way). Needs the pod's
+A Job's pod failure policy: a refusal (77), a configuration error (78), rejected credentials or a
+missing permission (79), or a quiesce that timed out (80: a retry would stop the workloads again, a
+second outage) in CONTAINER fails the Job at once instead of being retried backoffLimit times. Needs the pod's
 restartPolicy Never. Beta and on by default since Kubernetes 1.26, GA in 1.31
 (https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy).
 */}}
@@ -349,7 +369,7 @@ podFailurePolicy:
       onExitCodes:
         containerName: {{ . }}
         operator: In
-        values: [77, 78, 79]
+        values: [77, 78, 79, 80]
 {{- end -}}
 
 {{/*
@@ -378,19 +398,31 @@ before-hook-creation replaces them) or the uninstall (the post-delete event).
 {{- end -}}
 
 {{/*
-Rules of a purge identity (the hook Job's, the test Pod's): read and update only the marker, which
-the chart creates (RBAC cannot limit `create` to a name, so no create at all); Events; with quiesce,
-get/patch on exactly the workloads it stops and get/update on their scale subresource, and list/watch
-on pods to wait for them (a label selector cannot be limited by resourceNames); delete on pods only
-with StatefulSets.
+Rules of a purge identity (the hook Job's, the test Pod's): read and update only the marker, and
+create it when it is missing (deleted by hand or by a janitor: a run that cannot record its outcome
+leaves restarting gated pods waiting; RBAC cannot limit `create` to a name); Events; with quiesce,
+list the workloads (to find the live ones gated on the marker), get/patch on exactly the workloads it
+stops and get/update on their scale subresource, and list/watch on pods to wait for them (a label
+selector cannot be limited by resourceNames); delete on pods only with StatefulSets.
 */}}
 {{- define "cleanslate.purgeRules" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
 - apiGroups: [""]
   resources: [configmaps]
   resourceNames: [{{ include "cleanslate.markerName" . | quote }}]
-  # What src/kube.rs sends for the marker: GET and PUT (update); no patch, no create.
+  # What src/kube.rs sends for the marker: GET and PUT (update), the latter also as a dry run first.
   verbs: [get, update]
+- apiGroups: [""]
+  resources: [configmaps]
+  # Only when the marker is missing (src/purge/record.rs); RBAC cannot name what it creates.
+  verbs: [create]
 {{- include "cleanslate.eventsRule" . }}
+{{- if $v.cleanup.quiesce.enabled }}
+- apiGroups: [apps]
+  resources: [deployments, statefulsets]
+  # To find the live workloads gated on this release's marker; stopping them needs the named rules.
+  verbs: [list]
+{{- end }}
 {{- with include "cleanslate.quiesceRules" . }}
 {{- . | trim | nindent 0 }}
 - apiGroups: [""]
@@ -456,7 +488,11 @@ argocd.argoproj.io/hook: Skip
 {{- join "," (uniq (prepend $v.cleanup.hook.deletePolicy "before-hook-creation")) -}}
 {{- end -}}
 
-{{/* Workloads that quiesce stops, comma-separated `deployment/NAME` and `statefulset/NAME`: the enabled, gated apps, then cleanup.quiesce.workloads. Empty when cleanup or quiesce is off. */}}
+{{/*
+Workloads that quiesce stops, comma-separated `deployment/NAME` and `statefulset/NAME`: the enabled,
+gated apps, cleanup.quiesce.workloads, then the live workloads whose pods' gate reads this release's
+marker (cleanslate.liveGatedWorkloads). Empty when cleanup or quiesce is off.
+*/}}
 {{- define "cleanslate.quiesceWorkloads" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- $list := list -}}
@@ -470,20 +506,51 @@ argocd.argoproj.io/hook: Skip
 {{- range $v.cleanup.quiesce.workloads -}}
 {{- $list = append $list . -}}
 {{- end -}}
+{{- with include "cleanslate.liveGatedWorkloads" . -}}
+{{- $list = concat $list (splitList "," .) -}}
+{{- end -}}
 {{- end -}}
 {{- join "," (uniq $list) -}}
 {{- end -}}
 
 {{/*
-Events of the resume Job and its RBAC. On install the chart's gated apps have run nothing (their pods
-wait in their gates), so the purge does not stop them and there is nothing to resume: post-install
-is there only when cleanup.quiesce.workloads lists workloads outside the chart, which may be running,
-or when gate.onTimeout is proceed (such a gate may let its pod start, so the purge stops it).
+The Deployments and StatefulSets running now whose pod template has a cleanslate gate reading this
+release's marker, found with Helm's `lookup` at install and upgrade time: the writers of the revision
+being replaced, including an app this upgrade removes or renames (it keeps running, and writing,
+until Helm deletes it after the apply) and a parent chart's own gated Deployment. Under
+`helm template`-based tools (Argo CD) `lookup` finds nothing: the Job then finds such workloads
+itself and reports those its Role does not name, and cleanup.quiesce.workloads has to list them.
+*/}}
+{{- define "cleanslate.liveGatedWorkloads" -}}
+{{- $marker := include "cleanslate.markerName" . -}}
+{{- $found := list -}}
+{{- range $kind, $object := dict "deployment" "Deployment" "statefulset" "StatefulSet" -}}
+{{- range (lookup "apps/v1" $object $.Release.Namespace "").items -}}
+{{- $workload := printf "%s/%s" $kind .metadata.name -}}
+{{- range (.spec.template.spec.initContainers | default list) -}}
+{{- if eq .name "cleanslate-gate" -}}
+{{- range (.env | default list) -}}
+{{- if and (eq .name "CLEANSLATE_MARKER") (eq (toString .value) $marker) -}}
+{{- $found = append $found $workload -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- join "," (uniq $found) -}}
+{{- end -}}
+
+{{/*
+Events of the resume Job and its RBAC: after every upgrade and every rollback whenever cleanup is on
+(a rollback runs the target revision's hooks, and that revision may have had quiesce off while a newer
+one stopped workloads), and after an install with quiesce on (a workload outside the chart, a pod whose
+native sidecar ran before its gate, or a gate that proceeds on its timeout may have been stopped).
 */}}
 {{- define "cleanslate.resumeHookEvents" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- $events := list "post-upgrade" "post-rollback" -}}
-{{- if or $v.cleanup.quiesce.workloads (eq (toString $v.gate.onTimeout) "proceed") -}}{{- $events = prepend $events "post-install" -}}{{- end -}}
+{{- if $v.cleanup.quiesce.enabled -}}{{- $events = prepend $events "post-install" -}}{{- end -}}
 {{- join "," $events -}}
 {{- end -}}
 
@@ -649,11 +716,15 @@ for the Job, the test identity's for the test Pod; an existingSecret wins over b
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if $c.quiesce.enabled }}
 {{- with include "cleanslate.quiesceWorkloads" . }}
 - name: CLEANSLATE_QUIESCE
   value: {{ . | quote }}
+{{- end }}
+- name: CLEANSLATE_QUIESCE_GATED
+  value: "true"
 - name: CLEANSLATE_QUIESCE_TIMEOUT
-  value: {{ $c.quiesce.timeout | quote }}
+  value: {{ printf "%ds" (include "cleanslate.quiesceSeconds" . | int64) | quote }}
 {{- end }}
 - name: CLEANSLATE_MARKER
   value: {{ include "cleanslate.markerName" . | quote }}
@@ -719,6 +790,13 @@ Usage in a parent chart: initContainers: {{ include "cleanslate.gate" . | ninden
 Renders nothing when cleanup is disabled.
 */}}
 {{- define "cleanslate.gate" -}}
+{{- include "cleanslate.gateContainer" (dict "ctx" . "token" false) -}}
+{{- end -}}
+
+{{/* The gate container; argument: dict "ctx" . "token" (mount cleanslate.gateVolumes' token). */}}
+{{- define "cleanslate.gateContainer" -}}
+{{- $token := .token -}}
+{{- with .ctx -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- if $v.cleanup.enabled -}}
 - name: cleanslate-gate
@@ -748,10 +826,50 @@ Renders nothing when cleanup is disabled.
       value: {{ $v.gate.onTimeout | quote }}
     - name: CLEANSLATE_LOG_FORMAT
       value: {{ $v.cleanup.logFormat | quote }}
+    {{- if $token }}
+    - name: CLEANSLATE_KUBE_TOKEN_FILE
+      value: /var/run/secrets/cleanslate.io/serviceaccount/token
+    - name: CLEANSLATE_KUBE_CA_FILE
+      value: /var/run/secrets/cleanslate.io/serviceaccount/ca.crt
+    {{- end }}
   resources:
     {{- toYaml $v.gate.resources | nindent 4 }}
   securityContext:
     {{- include "cleanslate.containerSecurityContext" . | nindent 4 }}
+  {{- if $token }}
+  volumeMounts:
+    - {name: cleanslate-kube-api-access, mountPath: /var/run/secrets/cleanslate.io/serviceaccount, readOnly: true}
+  {{- end }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The gate with its own service-account token: a projected volume (cleanslate.gateVolumes) like the one
+the kubelet mounts when token automounting is on (a bound, expiring token, the cluster CA from the
+kube-root-ca.crt ConfigMap, the namespace:
+https://kubernetes.io/docs/concepts/security/service-accounts/#get-a-token), so the gate can read the
+marker in pods and ServiceAccounts that set automountServiceAccountToken: false. The pod's volumes
+must include cleanslate.gateVolumes. The chart's own apps use it; a parent chart may.
+*/}}
+{{- define "cleanslate.gateWithToken" -}}
+{{- include "cleanslate.gateContainer" (dict "ctx" . "token" true) -}}
+{{- end -}}
+
+{{/* The pod volume cleanslate.gateWithToken mounts (nothing when cleanup is off). */}}
+{{- define "cleanslate.gateVolumes" -}}
+{{- $v := include "cleanslate.values" . | fromYaml -}}
+{{- if $v.cleanup.enabled -}}
+- name: cleanslate-kube-api-access
+  projected:
+    defaultMode: 0444
+    sources:
+      - serviceAccountToken: {path: token, expirationSeconds: 3607}
+      - configMap:
+          name: kube-root-ca.crt
+          items: [{key: ca.crt, path: ca.crt}]
+      - downwardAPI:
+          items: [{path: namespace, fieldRef: {apiVersion: v1, fieldPath: metadata.namespace}}]
 {{- end -}}
 {{- end -}}
 

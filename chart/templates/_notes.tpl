@@ -24,13 +24,14 @@ Read the marker:
   kubectl -n {{ .Release.Namespace }} get configmap {{ include "cleanslate.markerName" . }} -o jsonpath='{.data}'
 Read the Job's log:
   kubectl -n {{ .Release.Namespace }} logs job/{{ include "cleanslate.purgeServiceAccountName" . }}
-{{- with include "cleanslate.quiesceWorkloads" . }}
-Quiesce is on: before purging, the Job stops {{ . }}
+{{- if $v.cleanup.quiesce.enabled }}
+Quiesce is on: before purging, the Job stops the running workloads whose gate reads this marker{{ with include "cleanslate.quiesceWorkloads" . }}
+({{ . }} when this was rendered){{ end }}
 and waits until their pods are gone; {{ include "cleanslate.resumeServiceAccountName" $ }} starts them after the upgrade,
 and a failed purge puts them back at once. If Helm's apply fails after a successful purge (an
 immutable field, a webhook), no post-upgrade hook runs and they stay at 0: run
-  CLEANSLATE_NAMESPACE={{ $.Release.Namespace }} CLEANSLATE_QUIESCE={{ . }} cleanslate resume
-or upgrade again (the next successful upgrade restores the recorded counts).
+  CLEANSLATE_NAMESPACE={{ $.Release.Namespace }} CLEANSLATE_MARKER={{ include "cleanslate.markerName" $ }} cleanslate resume
+(it starts everything stopped for this marker), roll back, or upgrade again.
 Purge again now (the workloads are stopped and started again):
 {{- else }}
 Purge again now (pods are not restarted):
@@ -51,7 +52,7 @@ cleanup.hook.events=[pre-install,pre-upgrade] when RabbitMQ and etcd exist befor
 The Job may run up to {{ $deadline }} s (activeDeadlineSeconds, every retry included): give helm a
 --timeout above that (it waits 5m per hook by default), or it gives up while a retry can still succeed.
 {{- end }}
-{{- if and (has "pre-upgrade" $v.cleanup.hook.events) (not (include "cleanslate.quiesceWorkloads" .)) }}
+{{- if and (has "pre-upgrade" $v.cleanup.hook.events) (not $v.cleanup.quiesce.enabled) }}
 
 Note: pre-upgrade purges while the previous pods still run; they can refill queues and keys
 until they are replaced. cleanup.quiesce.enabled=true stops them first.

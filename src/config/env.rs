@@ -68,6 +68,7 @@ pub(super) struct RawEnv {
     pub(super) quiesce: Option<String>,
     pub(super) quiesce_timeout: Option<String>,
     pub(super) quiesce_resume: Option<String>,
+    pub(super) quiesce_gated: Option<String>,
 }
 
 /// The process environment, captured once. Tests build it from key/value lists instead of mutating

@@ -269,6 +269,12 @@ pub struct QuiesceConfig {
     /// Start the workloads again right after a successful purge: a full reset in one run, for the
     /// `helm test` Pod (the chart sets it there only; the hook Job leaves it to the resume Job).
     pub resume_after_purge: bool,
+    /// The marker this release's gates read (`CLEANSLATE_MARKER`): a purge with `gated` also stops
+    /// the live workloads whose pods' gate reads it, and `resume` also starts every workload whose
+    /// quiesce record names it, whatever the list says (a rollback runs an older revision's list).
+    pub marker: Option<String>,
+    /// `CLEANSLATE_QUIESCE_GATED`: stop the live workloads gated on the marker too.
+    pub gated: bool,
     pub namespace: String,
     pub kube: KubeConfig,
 }
@@ -419,7 +425,7 @@ impl ResumeConfig {
     /// Validates everything `resume` will use; `CLEANSLATE_QUIESCE` is required.
     pub fn from_env(env: &Env) -> Result<ResumeConfig> {
         Ok(ResumeConfig {
-            quiesce: quiesce_config(env, true)?.expect("required workload list is present"),
+            quiesce: quiesce_config(env, true)?.expect("a workload list or a marker is present"),
             timeout: parse_duration("CLEANSLATE_TIMEOUT", &env.raw.timeout, DEFAULT_TIMEOUT)?,
         })
     }
@@ -533,16 +539,27 @@ fn quiesce_config(env: &Env, required_by_resume: bool) -> Result<Option<QuiesceC
     }
     let timeout = parse_duration("CLEANSLATE_QUIESCE_TIMEOUT", &raw.quiesce_timeout, DEFAULT_QUIESCE_TIMEOUT)?;
     let resume_after_purge = parse_bool("CLEANSLATE_QUIESCE_RESUME", &raw.quiesce_resume, false)?;
-    if workloads.is_empty() {
+    let marker = present(&raw.marker).map(str::to_string);
+    let gated = parse_bool("CLEANSLATE_QUIESCE_GATED", &raw.quiesce_gated, false)?;
+    if gated && marker.is_none() {
+        return Err(config_error(
+            "CLEANSLATE_QUIESCE_GATED needs CLEANSLATE_MARKER: the gated workloads are those whose gate reads it",
+        ));
+    }
+    // Resume with a marker finds what was stopped for it by itself; a purge stops the listed
+    // workloads, or the gated ones.
+    let finds_its_own = if required_by_resume { marker.is_some() } else { gated };
+    if workloads.is_empty() && !finds_its_own {
         if required_by_resume {
             return Err(config_error(
-                "CLEANSLATE_QUIESCE is required: the workloads to resume, e.g. deployment/api,statefulset/worker",
+                "CLEANSLATE_QUIESCE is required without CLEANSLATE_MARKER: the workloads to resume, e.g. \
+                 deployment/api,statefulset/worker",
             ));
         }
         return Ok(None);
     }
     let (namespace, kube) = kube_target(env)?;
-    Ok(Some(QuiesceConfig { workloads, timeout, resume_after_purge, namespace, kube }))
+    Ok(Some(QuiesceConfig { workloads, timeout, resume_after_purge, marker, gated, namespace, kube }))
 }
 
 fn targets(value: &Option<String>) -> Result<(bool, bool)> {

@@ -36,7 +36,7 @@ mod record;
 mod summary;
 
 pub use record::kube_attempt;
-use record::{last_cleaned, read_job, write_marker};
+use record::{check_writable, last_cleaned, read_job, write_marker};
 pub use summary::Summary;
 use summary::{EtcdReport, RabbitReport};
 
@@ -86,6 +86,11 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         Some((kube, marker)) => read_job(kube, marker).await,
         None => None,
     };
+    // A run that could not record its outcome would leave restarting gated pods waiting: checked
+    // before anything is stopped or deleted.
+    if let Some((kube, marker)) = &marker_target {
+        check_writable(kube, marker).await?;
+    }
     info!(
         environment = config.environment.as_deref().unwrap_or(""),
         dry_run,
@@ -147,9 +152,14 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     let progress = quiesce::Progress::default();
     let mut quiesce_failure = None;
     if let (Some(_), Some(target)) = (&prepared, &quiesce_target) {
-        let stopped = stop_writers(target, marker_target.as_ref(), &progress);
+        // The purge and the marker write come after the quiesce, inside the Job's deadline.
+        let after_quiesce = config.timeout + MARKER_BUDGET + clock.elapsed();
+        let stopped = stop_writers(target, marker_target.as_ref(), job_at_start, after_quiesce, &progress);
         tokio::select! {
-            stopped = stopped => quiesce_failure = stopped.err(),
+            stopped = stopped => match stopped {
+                Ok(not_permitted) => summary.writers_not_stopped = not_permitted,
+                Err(err) => quiesce_failure = Some(err),
+            },
             signal = shutdown.recv() => interrupted = Some(signal),
         }
     }
@@ -239,22 +249,67 @@ type Target<'a, T> = (KubeClient, &'a T);
 /// Stops the listed workloads and waits for their pods, within the quiesce timeout. The marker is
 /// read first: without it, pods that wait in their gates cannot be told from pods that ran, so an
 /// unreadable marker stops nothing.
+///
+/// The writers are the listed workloads and, with `CLEANSLATE_QUIESCE_GATED`, the live ones gated on
+/// this release's marker (`quiesce::writers`); those this identity may not stop are returned, to be
+/// reported. The wait is at least the longest grace period of their pods plus a margin (a consumer
+/// that drains for 60 s must not be cut short into a restore and a retry), within what the Job's
+/// deadline leaves after the purge and the marker.
 async fn stop_writers(
     (kube, settings): &Target<'_, QuiesceConfig>,
     marker: Option<&Target<'_, MarkerConfig>>,
+    job_at_start: Option<crate::kube::JobProgress>,
+    after_quiesce: Duration,
     progress: &quiesce::Progress,
-) -> Result<()> {
+) -> Result<Vec<String>> {
+    let started = Instant::now();
     let cleaned_up_to = match marker {
         Some((marker_kube, marker)) => {
             Some(last_cleaned(marker_kube, marker).await.map_err(|err| err.context("nothing was stopped"))?)
         }
         None => None,
     };
-    match tokio::time::timeout(settings.timeout, quiesce::stop(kube, settings, cleaned_up_to, progress)).await {
-        Ok(Ok(())) => Ok(()),
+    let writers = quiesce::writers(kube, settings).await.map_err(|err| err.context("nothing was stopped"))?;
+    let timeout = quiesce_timeout(settings.timeout, writers.longest_grace, job_at_start, after_quiesce + started.elapsed());
+    let not_permitted: Vec<String> = writers.not_permitted.iter().map(ToString::to_string).collect();
+    match tokio::time::timeout(timeout, quiesce::stop(kube, &writers.config, cleaned_up_to, progress)).await {
+        Ok(Ok(())) => Ok(not_permitted),
         Ok(Err(err)) => Err(err.context("stopping the workloads (quiesce)")),
-        Err(_) => Err(progress.timeout_error(settings.timeout)),
+        Err(_) => Err(progress.timeout_error(timeout)),
     }
+}
+
+/// How long the quiesce may wait: the configured timeout, raised to the longest grace period of the
+/// workloads' pods plus [`quiesce::GRACE_MARGIN`], and lowered to what the Job's deadline leaves
+/// once `after` (the purge and the marker write, and what already ran) is set aside: a quiesce the
+/// Job's deadline kills leaves nothing to restore the workloads.
+fn quiesce_timeout(
+    configured: Duration,
+    longest_grace: Option<Duration>,
+    job: Option<crate::kube::JobProgress>,
+    after: Duration,
+) -> Duration {
+    let wanted = longest_grace.map_or(configured, |grace| configured.max(grace + quiesce::GRACE_MARGIN));
+    if wanted > configured {
+        info!(
+            configured_ms = configured.as_millis() as u64,
+            waits_ms = wanted.as_millis() as u64,
+            "the quiesce waits for the workloads' own grace period plus a margin"
+        );
+    }
+    let Some(room) = job.and_then(|j| j.deadline_left).map(|left| left.saturating_sub(after)) else {
+        return wanted;
+    };
+    if room < wanted {
+        warn!(
+            waits_ms = room.as_millis() as u64,
+            wanted_ms = wanted.as_millis() as u64,
+            "the Job's deadline leaves less than the workloads' grace period plus a margin: raise \
+             cleanup.quiesce.timeout (the chart derives the Job's deadline from it)"
+        );
+        return room.max(Duration::from_secs(1));
+    }
+    wanted
 }
 
 /// Starts the stopped workloads again after a failure (the previous version keeps running) or in
@@ -276,13 +331,15 @@ async fn put_back(
         // fails after this purge (an immutable field, a webhook), no post-upgrade hook runs: say
         // how to recover where the operator will look, in this Job's log.
         let list: Vec<String> = stopped.iter().map(ToString::to_string).collect();
+        let how = match &settings.marker {
+            Some(marker) => format!("CLEANSLATE_NAMESPACE={} CLEANSLATE_MARKER={marker}", settings.namespace),
+            None => format!("CLEANSLATE_NAMESPACE={} CLEANSLATE_QUIESCE={}", settings.namespace, list.join(",")),
+        };
         info!(
             workloads = %list.join(","),
             "workloads stay stopped until this release's apply and its resume Job start them; if the apply fails, \
-             run `CLEANSLATE_NAMESPACE={} CLEANSLATE_QUIESCE={} cleanslate resume` or upgrade again (the next \
-             successful upgrade restores the recorded counts); `cleanslate status` shows what is stopped",
-            settings.namespace,
-            list.join(",")
+             run `{how} cleanslate resume`, roll back (the rollback's resume Job starts them) or upgrade again; \
+             `cleanslate status` shows what is stopped"
         );
         return Vec::new();
     }
@@ -343,6 +400,7 @@ fn marker_record(
         queues_with_unknown_counts: summary.queues_with_unknown_counts,
         keys_deleted: summary.keys_deleted,
         message: summary.failures.join("; "),
+        failure_kind: if summary.failures.is_empty() { String::new() } else { summary.kind.as_str().to_string() },
         dead_letters: summary.dead_letters_line().unwrap_or_default(),
         job: settings.pod_name.clone().unwrap_or_default(),
         // Filled in from the marker already there, by `marker::merge`; a failure that no retry

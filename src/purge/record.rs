@@ -9,7 +9,9 @@ use tracing::{info, warn};
 
 use super::MARKER_BUDGET;
 use crate::config::{MarkerConfig, RetryPolicy};
-use crate::error::{Classified, Kind};
+use crate::error::{Classified, Kind, classified};
+use k8s_openapi::api::core::v1::ConfigMap;
+
 use crate::kube::{JobProgress, KubeClient, KubeError, data_of, new_config_map};
 use crate::marker::{self, Marker, RunStatus};
 use crate::quiesce;
@@ -97,12 +99,10 @@ pub(super) async fn write_marker(
                     newer.set(existing.map(|m| m.revision));
                     return None;
                 };
-                let mut object = current.unwrap_or_else(|| new_config_map(&settings.name, &settings.namespace));
-                let labels = object.metadata.labels.get_or_insert_default();
-                labels.insert(marker::MANAGED_BY.0.into(), marker::MANAGED_BY.1.into());
-                if let Some(release) = &settings.release {
-                    labels.insert(marker::INSTANCE_LABEL.into(), release.clone());
-                }
+                let mut object = labelled(
+                    current.unwrap_or_else(|| new_config_map(&settings.name, &settings.namespace)),
+                    settings,
+                );
                 object.data = Some(merged.to_data());
                 Some(object)
             })
@@ -123,6 +123,75 @@ pub(super) async fn write_marker(
         ),
     }
     Ok(())
+}
+
+/// Checks, before anything is stopped or deleted, that this run can record its outcome: a run that
+/// purges and cannot write the marker leaves every restarting gated pod waiting for it. The marker
+/// is updated in place, or created when it is missing (deleted by hand, by a janitor, by a clean-up
+/// of leftovers): both are tried as server-side dry runs, which the API server authorizes like the
+/// real write and does not persist. A refusal names the permission and stops the run (exit 79).
+pub(super) async fn check_writable(kube: &KubeClient, settings: &MarkerConfig) -> Result<()> {
+    let policy = RetryPolicy { attempts: 5, backoff: Duration::from_millis(200) };
+    let deadline = Instant::now() + MARKER_BUDGET;
+    let what = format!("checking that marker {}/{} can be written", settings.namespace, settings.name);
+    let missing = std::cell::Cell::new(false);
+    let reading = std::cell::Cell::new(true);
+    let checked = retry::run(&policy, deadline, &what, || {
+        let (missing, reading) = (&missing, &reading);
+        async move {
+            reading.set(true);
+            let current = kube.get(&settings.namespace, &settings.name).await.map_err(|err| kube_attempt(err, settings))?;
+            reading.set(false);
+            missing.set(current.is_none());
+            let object = current.unwrap_or_else(|| labelled(new_config_map(&settings.name, &settings.namespace), settings));
+            kube.check_write(&settings.namespace, &object, !missing.get()).await.map_err(|err| match err.code() {
+                Some(401 | 403) => Attempt::Permanent(anyhow::Error::new(err)),
+                _ => kube_attempt(err, settings),
+            })
+        }
+    })
+    .await;
+    match checked {
+        Ok(()) => {
+            if missing.get() {
+                warn!(marker = %settings.name, namespace = %settings.namespace, "the marker is missing: this run creates it");
+            }
+            Ok(())
+        }
+        Err(err) if is_forbidden(&err) => {
+            let (verb, state) = match (reading.get(), missing.get()) {
+                (true, _) => ("get", "cannot be read"),
+                (false, true) => ("create", "is missing"),
+                (false, false) => ("update", "exists"),
+            };
+            Err(classified(
+                Kind::Denied,
+                format!(
+                    "the marker ConfigMap {:?} in namespace {:?} {state} and this identity may not {verb} it ({verb} on \
+                     configmaps): the run could not record its outcome, so nothing was stopped or deleted; the chart's \
+                     purge and test Roles grant it ({err:#})",
+                    settings.name, settings.namespace
+                ),
+            ))
+        }
+        Err(err) => Err(err.context("nothing was stopped or deleted")),
+    }
+}
+
+fn is_forbidden(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| cause.downcast_ref::<KubeError>().is_some_and(|e| matches!(e.code(), Some(401 | 403))))
+}
+
+/// The marker's labels: cleanslate manages it, for this release, as its marker (what `status` and
+/// the chart select it by).
+fn labelled(mut object: ConfigMap, settings: &MarkerConfig) -> ConfigMap {
+    let labels = object.metadata.labels.get_or_insert_default();
+    labels.insert(marker::MANAGED_BY.0.into(), marker::MANAGED_BY.1.into());
+    labels.insert(marker::COMPONENT_LABEL.into(), "marker".into());
+    if let Some(release) = &settings.release {
+        labels.insert(marker::INSTANCE_LABEL.into(), release.clone());
+    }
+    object
 }
 
 /// Sorts a Kubernetes API failure for the retry loop, with an RBAC hint for 401/403.

@@ -48,6 +48,9 @@ pub struct Summary {
     pub failures: Vec<String>,
     /// What a plan or dry run would stop before purging (`deployment/api (2)`).
     pub workloads_to_stop: Vec<String>,
+    /// Live workloads gated on this release's marker that this run could not stop (its Role does
+    /// not name them): reported, since they may have written through the purge.
+    pub writers_not_stopped: Vec<String>,
     /// The most telling kind among the failures (meaningless while there are none).
     pub kind: Kind,
 }
@@ -170,6 +173,13 @@ pub(super) fn log_outcome(summary: &Summary, dry_run: bool, duration_ms: u64, re
             duration_ms,
             failures = %summary.failures.join("; "),
             "purge failed"
+        );
+    }
+    if !summary.writers_not_stopped.is_empty() {
+        warn!(
+            workloads = %summary.writers_not_stopped.join(", "),
+            "gated on this release's marker but not stopped (this Job's Role does not name them): they may have \
+             written through the purge; add them to cleanup.quiesce.workloads"
         );
     }
     if !with_consumers.is_empty() {

@@ -123,6 +123,8 @@ pub struct FakeCluster {
     credentials: PodCredentials,
     /// Where the kubelet would mount each container's termination-message file.
     termination: tempfile::TempDir,
+    /// ServiceAccounts created with `automountServiceAccountToken: false`.
+    pub automount_off: Vec<String>,
 }
 
 impl FakeCluster {
@@ -136,6 +138,7 @@ impl FakeCluster {
             roles: BTreeMap::new(),
             credentials,
             termination: tempfile::tempdir().expect("tempdir"),
+            automount_off: Vec::new(),
         }
     }
 
@@ -166,6 +169,9 @@ impl FakeCluster {
             }
             "Role" => {
                 self.roles.insert(name(doc).to_string(), doc.clone());
+            }
+            "ServiceAccount" if doc["automountServiceAccountToken"] == Value::Bool(false) => {
+                self.automount_off.push(name(doc).to_string());
             }
             "RoleBinding" => {
                 let role = &self.roles[doc["roleRef"]["name"].as_str().expect("roleRef")];
@@ -274,8 +280,24 @@ impl FakeCluster {
             ("KUBERNETES_SERVICE_HOST".to_string(), "127.0.0.1".to_string()),
             ("KUBERNETES_SERVICE_PORT".to_string(), port.clone()),
             ("KUBERNETES_PORT".to_string(), format!("tcp://127.0.0.1:{port}")),
+        ]);
+        // The kubelet mounts the ServiceAccount's token only when the pod (or else its ServiceAccount)
+        // does not turn automounting off
+        // (https://kubernetes.io/docs/tasks/configure-pod-container/configure-service-account/#opt-out-of-api-credential-automounting);
+        // the harness gives the mount's files by path, and without the mount the binary's default
+        // paths, which do not exist here, as they would not in such a pod.
+        let automount = pod_spec["automountServiceAccountToken"]
+            .as_bool()
+            .unwrap_or_else(|| self.automount_off.iter().all(|account| account != service_account));
+        let (token_file, ca_file) = if automount {
+            (token_file, self.credentials.ca_file())
+        } else {
+            let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+            (format!("{dir}/token"), format!("{dir}/ca.crt"))
+        };
+        env.extend([
             ("CLEANSLATE_KUBE_TOKEN_FILE".to_string(), token_file),
-            ("CLEANSLATE_KUBE_CA_FILE".to_string(), self.credentials.ca_file()),
+            ("CLEANSLATE_KUBE_CA_FILE".to_string(), ca_file),
         ]);
         for var in container["env"].as_array().cloned().unwrap_or_default() {
             let key = var["name"].as_str().expect("env name").to_string();
@@ -335,16 +357,40 @@ impl FakeCluster {
             .as_array()
             .and_then(|v| v.iter().find(|v| v["name"] == volume_name))
             .unwrap_or_else(|| panic!("mount {volume_name} has no volume"));
-        let secret_name = volume["secret"]["secretName"].as_str().expect("a Secret volume");
-        let data = self.secrets.get(secret_name).unwrap_or_else(|| panic!("Secret {secret_name} does not exist"));
         let dir = self.termination.path().join(format!("{pod_name}.volumes")).join(volume_name);
         std::fs::create_dir_all(&dir).expect("volume dir");
-        for item in volume["secret"]["items"].as_array().expect("the chart names the keys it mounts") {
-            let key = item["key"].as_str().unwrap();
-            let content = data
-                .get(key)
-                .unwrap_or_else(|| panic!("couldn't find key {key} in Secret {secret_name}: pod not started"));
-            std::fs::write(dir.join(item["path"].as_str().unwrap()), content).expect("write volume file");
+        if let Some(sources) = volume["projected"]["sources"].as_array() {
+            // A projected volume like the kubelet's own kube-api-access one: the ServiceAccount's
+            // token, the cluster CA from the kube-root-ca.crt ConfigMap, the namespace
+            // (https://kubernetes.io/docs/concepts/storage/projected-volumes/).
+            let account = pod_spec["serviceAccountName"].as_str().unwrap_or("default");
+            for source in sources {
+                if let Some(token) = source.get("serviceAccountToken") {
+                    std::fs::write(dir.join(token["path"].as_str().unwrap()), Self::token_of(account)).unwrap();
+                } else if source["configMap"]["name"] == "kube-root-ca.crt" {
+                    let ca = std::fs::read_to_string(self.credentials.ca_file()).unwrap();
+                    for item in source["configMap"]["items"].as_array().expect("items") {
+                        std::fs::write(dir.join(item["path"].as_str().unwrap()), &ca).unwrap();
+                    }
+                } else if let Some(items) = source["downwardAPI"]["items"].as_array() {
+                    for item in items {
+                        assert_eq!(item["fieldRef"]["fieldPath"], "metadata.namespace", "downwardAPI field: {item}");
+                        std::fs::write(dir.join(item["path"].as_str().unwrap()), &self.namespace).unwrap();
+                    }
+                } else {
+                    panic!("projected source the harness does not give: {source}");
+                }
+            }
+        } else {
+            let secret_name = volume["secret"]["secretName"].as_str().expect("a Secret or projected volume");
+            let data = self.secrets.get(secret_name).unwrap_or_else(|| panic!("Secret {secret_name} does not exist"));
+            for item in volume["secret"]["items"].as_array().expect("the chart names the keys it mounts") {
+                let key = item["key"].as_str().unwrap();
+                let content = data
+                    .get(key)
+                    .unwrap_or_else(|| panic!("couldn't find key {key} in Secret {secret_name}: pod not started"));
+                std::fs::write(dir.join(item["path"].as_str().unwrap()), content).expect("write volume file");
+            }
         }
         let relative = &value[mount["mountPath"].as_str().unwrap().len() + 1..];
         Some(dir.join(relative).display().to_string())
@@ -364,6 +410,61 @@ impl FakeCluster {
             .kill_on_drop(true)
             .spawn()
             .expect("container starts")
+    }
+}
+
+/// Renders as `helm install`/`helm upgrade` do against a cluster: `helm template --dry-run=server`
+/// with a kubeconfig for the stand-in, so the chart's `lookup` sees the live objects (plain
+/// `helm template` sees none). Helm 3's `template` reaches the cluster only with `--validate`
+/// (its OpenAPI validation left off: the stand-in serves no schemas).
+pub fn render_live(cluster: &FakeCluster, chart: &std::path::Path, release: &str, args: &[&str]) -> Vec<Value> {
+    use base64::Engine;
+    const HELM_USER: &str = "helm-operator-token";
+    for resource in ["deployments", "statefulsets", "configmaps", "secrets", "pods", "jobs"] {
+        cluster.api.grant_on(HELM_USER, resource, &["get", "list"], None);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "stand-in",
+                      "cluster": {"server": cluster.api.url, "certificate-authority-data": b64(&cluster.api.ca_pem)}}],
+        "users": [{"name": "helm", "user": {"token": HELM_USER}}],
+        "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "helm", "namespace": cluster.namespace}}],
+        "current-context": "stand-in",
+    });
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(&kubeconfig, serde_yaml::to_string(&config).unwrap()).unwrap();
+    let output = Command::new(helm())
+        .args(["template", release])
+        .arg(chart)
+        .args(["--namespace", &cluster.namespace, "--dry-run=server"])
+        .args(if helm_major() < 4 { &["--validate", "--disable-openapi-validation"][..] } else { &[][..] })
+        .args(args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", dir.path())
+        .output()
+        .expect("helm runs");
+    assert!(output.status.success(), "helm template --dry-run=server: {}", String::from_utf8_lossy(&output.stderr));
+    parse_documents(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// What Helm does after an upgrade's apply (and a rollback's): it deletes the release resources of
+/// the previous revision that the new one no longer renders (`kube.Client.Update`: "Deleting
+/// resources no longer in the release").
+pub fn delete_dropped(cluster: &mut FakeCluster, before: &[Value], after: &[Value]) {
+    let kept: Vec<(String, String)> =
+        release_resources(after).iter().map(|d| (kind(d).to_string(), name(d).to_string())).collect();
+    let namespace = cluster.namespace.clone();
+    for doc in release_resources(before) {
+        if kept.contains(&(kind(doc).to_string(), name(doc).to_string())) {
+            continue;
+        }
+        match kind(doc) {
+            "Deployment" => cluster.api.delete_workload(&namespace, "deployments", name(doc)),
+            "StatefulSet" => cluster.api.delete_workload(&namespace, "statefulsets", name(doc)),
+            _ => {}
+        }
     }
 }
 

@@ -38,6 +38,7 @@ use tokio::sync::broadcast;
 use super::TestCa;
 
 mod apps;
+mod discovery;
 pub mod ownership;
 
 #[allow(unused_imports)]
@@ -208,6 +209,7 @@ impl KubeApi {
             .route("/apis/events.k8s.io/v1/namespaces/{namespace}/events", axum::routing::post(create_event))
             .route("/apis/events.k8s.io/v1/namespaces/{namespace}/events/{name}", axum::routing::patch(patch_event))
             .merge(apps::routes())
+            .merge(discovery::routes())
             .layer(axum::middleware::from_fn_with_state(shared.clone(), authenticate_certificate))
             .with_state(shared.clone());
         let addr = listener.local_addr().unwrap();
@@ -602,10 +604,14 @@ fn serde_urlencoded_like(query: &HashMap<String, String>) -> String {
 async fn one(
     State(shared): State<Arc<Shared>>,
     Path((namespace, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // A server-side dry run is authorized and checked like the write, and not persisted
+    // (https://kubernetes.io/docs/reference/using-api/api-concepts/#dry-run).
+    let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
     let verb = match method {
         Method::GET => "get",
         Method::PUT => "update",
@@ -662,6 +668,9 @@ async fn one(
                 );
             }
             object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+            if dry_run {
+                return axum::Json(object).into_response();
+            }
             axum::Json(commit(&shared, &mut store, "MODIFIED", "configmaps", &namespace, &name, object)).into_response()
         }
         _ => {
@@ -803,6 +812,10 @@ async fn collection(
         }
         let mut object = object;
         object["metadata"]["uid"] = json!(format!("uid-{name}"));
+        if query.get("dryRun").is_some_and(|v| v == "All") {
+            // Authorized and checked like the create, not persisted.
+            return (StatusCode::CREATED, axum::Json(object)).into_response();
+        }
         let created = commit(&shared, &mut store, "ADDED", "configmaps", &namespace, &name, object);
         return (StatusCode::CREATED, axum::Json(created)).into_response();
     }

@@ -527,8 +527,7 @@ fn initial_pod_status(spec: &Value) -> Value {
         return json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
                       "containerStatuses": statuses});
     }
-    let init_statuses: Vec<Value> =
-        init.iter().map(|n| json!({"name": n, "ready": false, "restartCount": 0, "state": {"running": {}}})).collect();
+    let init_statuses = init_container_statuses(&spec["initContainers"]);
     let statuses: Vec<Value> = main
         .iter()
         .map(|n| {
@@ -538,6 +537,39 @@ fn initial_pod_status(spec: &Value) -> Value {
         .collect();
     json!({"phase": "Pending", "conditions": [{"type": "Initialized", "status": "False"}, {"type": "Ready", "status": "False"}],
            "initContainerStatuses": init_statuses, "containerStatuses": statuses})
+}
+
+/// The init containers' statuses of a pod still initializing. The kubelet runs init containers one at
+/// a time, in order; a native sidecar (an init container with `restartPolicy: Always`) is started, and
+/// keeps running beside the others, before the next one starts
+/// (<https://kubernetes.io/docs/concepts/workloads/pods/init-containers/>,
+/// <https://kubernetes.io/docs/concepts/workloads/pods/sidecar-containers/>). Here the gate (or, with
+/// none, the first regular init container) is the one still running: the regular ones before it have
+/// completed, the sidecars before it run (`started: true`), everything after it waits.
+fn init_container_statuses(init: &Value) -> Vec<Value> {
+    let containers: Vec<&Value> = init.as_array().into_iter().flatten().collect();
+    let sidecar = |c: &Value| c["restartPolicy"] == "Always";
+    let blocking = containers
+        .iter()
+        .position(|c| c["name"] == "cleanslate-gate")
+        .or_else(|| containers.iter().position(|c| !sidecar(c)));
+    containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let name = &c["name"];
+            match blocking {
+                Some(b) if i < b && sidecar(c) => {
+                    json!({"name": name, "ready": true, "started": true, "restartCount": 0, "state": {"running": {}}})
+                }
+                Some(b) if i < b => json!({"name": name, "ready": true, "restartCount": 0,
+                                           "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}),
+                Some(b) if i == b => json!({"name": name, "ready": false, "restartCount": 0, "state": {"running": {}}}),
+                _ => json!({"name": name, "ready": false, "restartCount": 0,
+                            "state": {"waiting": {"reason": "PodInitializing"}}}),
+            }
+        })
+        .collect()
 }
 
 /// A pod's Ready condition.
@@ -583,6 +615,30 @@ async fn delete_pod(
 }
 
 impl KubeApi {
+    /// Deletes a Deployment or StatefulSet as Helm does for a resource the new revision dropped
+    /// (background propagation, the default: the object goes at once, and the garbage collector
+    /// deletes its pods, which terminate gracefully).
+    pub fn delete_workload(&self, namespace: &str, resource: &str, name: &str) {
+        let resource: &'static str = match resource {
+            "deployments" => "deployments",
+            "statefulsets" => "statefulsets",
+            other => panic!("not a workload resource: {other}"),
+        };
+        let mut store = self.store();
+        let Some(object) = store.objects.get(&key(resource, namespace, name)).cloned() else { return };
+        commit(&self.shared, &mut store, "DELETED", resource, namespace, name, object);
+        let pods: Vec<String> = store
+            .apps
+            .owners
+            .iter()
+            .filter(|((ns, _), owner)| ns == namespace && owner.workload == name)
+            .map(|((_, pod), _)| pod.clone())
+            .collect();
+        for pod in pods {
+            terminate(&self.shared, &mut store, namespace, &pod);
+        }
+    }
+
     /// Creates or updates a Deployment or StatefulSet the way `helm install/upgrade` leaves it: a
     /// new object gets the API server's defaults; an existing one takes the manifest's labels,
     /// annotations and `spec` fields, and keeps what the manifest does not set (a `replicas` left
@@ -745,13 +801,17 @@ impl KubeApi {
             let mut spec = object["spec"].clone();
             let init = spec["initContainers"].take();
             let mut status = initial_pod_status(&spec);
-            // The kubelet keeps the finished init containers' statuses.
+            // The kubelet keeps the finished init containers' statuses; native sidecars keep running.
             status["initContainerStatuses"] = json!(
                 init.as_array()
                     .into_iter()
                     .flatten()
-                    .map(|c| json!({"name": c["name"], "ready": true, "restartCount": 0,
-                                "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}))
+                    .map(|c| if c["restartPolicy"] == "Always" {
+                        json!({"name": c["name"], "ready": true, "started": true, "restartCount": 0, "state": {"running": {}}})
+                    } else {
+                        json!({"name": c["name"], "ready": true, "restartCount": 0,
+                               "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}})
+                    })
                     .collect::<Vec<_>>()
             );
             status["conditions"] =
