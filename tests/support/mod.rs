@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod chart;
+pub mod helm;
 pub mod kube_api;
 pub mod marker_api;
 pub mod proxy;
