@@ -228,32 +228,6 @@ fn render_parent(alias: Option<&str>) -> String {
     render_parent_with(alias, &[])
 }
 
-/// The parent chart fixture (cleanslate under `alias` when given) in a scratch directory, with
-/// `helm dependency update` run as the README says.
-fn parent_chart(alias: Option<&str>) -> (tempfile::TempDir, std::path::PathBuf) {
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let parent = scratch.path().join("tests/fixtures/parent-chart");
-    std::fs::create_dir_all(parent.join("templates")).unwrap();
-    for file in ["Chart.yaml", "values.yaml", "values-dev.yaml", "templates/api.yaml", "templates/NOTES.txt"] {
-        let mut text = std::fs::read_to_string(repo_root().join("tests/fixtures/parent-chart").join(file)).unwrap();
-        if let Some(alias) = alias {
-            text = match file {
-                "Chart.yaml" => text
-                    .replace("    repository: file://", &format!("    alias: {alias}\n    repository: file://"))
-                    .replace("condition: cleanslate.enabled", &format!("condition: {alias}.enabled")),
-                "values.yaml" | "values-dev.yaml" => text.replace("cleanslate:\n", &format!("{alias}:\n")),
-                _ => text.replace(r#"(index .Values "cleanslate")"#, &format!(r#"(index .Values "{alias}")"#)),
-            };
-        }
-        std::fs::write(parent.join(file), text).unwrap();
-    }
-    std::os::unix::fs::symlink(repo_root().join("chart"), scratch.path().join("chart")).unwrap();
-    let update =
-        std::process::Command::new(helm()).args(["dependency", "update"]).arg(&parent).output().expect("helm runs");
-    assert!(update.status.success(), "dependency update: {}", String::from_utf8_lossy(&update.stderr));
-    (scratch, parent)
-}
-
 /// [`render_parent`] with extra `helm template` arguments.
 fn render_parent_with(alias: Option<&str>, extra: &[&str]) -> String {
     let (_scratch, parent) = parent_chart(alias);
@@ -1264,7 +1238,8 @@ fn the_readmes_embedding_example_works() {
     let job = find(&docs, "Job", "shop-cleanslate-purge");
     let container = &pod_spec(job)["containers"][0];
     assert_eq!(env_value(container, "CLEANSLATE_RABBITMQ_QUEUES").as_deref(), Some("shop-orders"));
-    assert_eq!(env_value(container, "CLEANSLATE_QUIESCE").as_deref(), Some("deployment/shop-api"));
+    assert_eq!(env_value(container, "CLEANSLATE_QUIESCE"), None, "no list: helm template looks up nothing");
+    assert_eq!(env_value(container, "CLEANSLATE_QUIESCE_GATED").as_deref(), Some("true"), "the Job finds them");
     let api = find(&docs, "Deployment", "shop-api");
     assert_eq!(pod_spec(api)["initContainers"][0]["name"], json!("cleanslate-gate"), "the parent's pods are gated");
     let ignored = render(&values_file("values-dev.yaml"));

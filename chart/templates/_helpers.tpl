@@ -862,7 +862,7 @@ must include cleanslate.gateVolumes. The chart's own apps use it; a parent chart
 {{- if $v.cleanup.enabled -}}
 - name: cleanslate-kube-api-access
   projected:
-    defaultMode: 0444
+    defaultMode: 292 # 0444: readable, not writable
     sources:
       - serviceAccountToken: {path: token, expirationSeconds: 3607}
       - configMap:

@@ -254,6 +254,28 @@ impl FakeCluster {
         !self.api.granted(&Self::token_of(service_account)).is_empty()
     }
 
+    /// What an operator's machine has for `cleanslate status` or a `resume` by hand: the API, a token
+    /// of someone who administers the namespace (reads everything there, scales workloads), the CA.
+    pub fn operator_vars(&self) -> Vec<(String, String)> {
+        const OPERATOR: &str = "operator-token";
+        self.api.grant(OPERATOR, &["get", "list"], None);
+        for resource in ["deployments", "statefulsets"] {
+            self.api.grant_on(OPERATOR, resource, &["get", "list", "patch"], None);
+        }
+        for resource in ["deployments/scale", "statefulsets/scale"] {
+            self.api.grant_on(OPERATOR, resource, &["get", "update"], None);
+        }
+        for resource in ["pods", "secrets"] {
+            self.api.grant_on(OPERATOR, resource, &["get", "list"], None);
+        }
+        vec![
+            ("CLEANSLATE_KUBE_API".into(), self.api.url.clone()),
+            ("CLEANSLATE_KUBE_TOKEN_FILE".into(), self.credentials.token_file(OPERATOR)),
+            ("CLEANSLATE_KUBE_CA_FILE".into(), self.credentials.ca_file()),
+            ("CLEANSLATE_NAMESPACE".into(), self.namespace.clone()),
+        ]
+    }
+
     /// The termination message the container `container` of pod `pod_name` left, as
     /// `kubectl describe pod` shows it.
     pub fn termination_message(&self, pod_name: &str, container: &str) -> Option<String> {
@@ -417,7 +439,7 @@ impl FakeCluster {
 /// with a kubeconfig for the stand-in, so the chart's `lookup` sees the live objects (plain
 /// `helm template` sees none). Helm 3's `template` reaches the cluster only with `--validate`
 /// (its OpenAPI validation left off: the stand-in serves no schemas).
-pub fn render_live(cluster: &FakeCluster, chart: &std::path::Path, release: &str, args: &[&str]) -> Vec<Value> {
+pub async fn render_live(cluster: &FakeCluster, chart: &std::path::Path, release: &str, args: &[&str]) -> Vec<Value> {
     use base64::Engine;
     const HELM_USER: &str = "helm-operator-token";
     for resource in ["deployments", "statefulsets", "configmaps", "secrets", "pods", "jobs"] {
@@ -435,15 +457,17 @@ pub fn render_live(cluster: &FakeCluster, chart: &std::path::Path, release: &str
     });
     let kubeconfig = dir.path().join("config");
     std::fs::write(&kubeconfig, serde_yaml::to_string(&config).unwrap()).unwrap();
-    let output = Command::new(helm())
+    // Asynchronously: the stand-in serves Helm's requests on this test's runtime.
+    let output = tokio::process::Command::new(helm())
         .args(["template", release])
         .arg(chart)
         .args(["--namespace", &cluster.namespace, "--dry-run=server"])
-        .args(if helm_major() < 4 { &["--validate", "--disable-openapi-validation"][..] } else { &[][..] })
+        .args(if helm_major() < 4 { &["--validate", "--disable-openapi-validation"][..] } else { &["--disable-openapi-validation"][..] })
         .args(args)
         .env("KUBECONFIG", &kubeconfig)
         .env("HOME", dir.path())
         .output()
+        .await
         .expect("helm runs");
     assert!(output.status.success(), "helm template --dry-run=server: {}", String::from_utf8_lossy(&output.stderr));
     parse_documents(&String::from_utf8_lossy(&output.stdout))
@@ -466,6 +490,32 @@ pub fn delete_dropped(cluster: &mut FakeCluster, before: &[Value], after: &[Valu
             _ => {}
         }
     }
+}
+
+/// The parent chart fixture (cleanslate under `alias` when given) in a scratch directory, with
+/// `helm dependency update` run as the README says.
+pub fn parent_chart(alias: Option<&str>) -> (tempfile::TempDir, std::path::PathBuf) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let parent = scratch.path().join("tests/fixtures/parent-chart");
+    std::fs::create_dir_all(parent.join("templates")).unwrap();
+    for file in ["Chart.yaml", "values.yaml", "values-dev.yaml", "templates/api.yaml", "templates/NOTES.txt"] {
+        let mut text = std::fs::read_to_string(repo_root().join("tests/fixtures/parent-chart").join(file)).unwrap();
+        if let Some(alias) = alias {
+            text = match file {
+                "Chart.yaml" => text
+                    .replace("    repository: file://", &format!("    alias: {alias}\n    repository: file://"))
+                    .replace("condition: cleanslate.enabled", &format!("condition: {alias}.enabled")),
+                "values.yaml" | "values-dev.yaml" => text.replace("cleanslate:\n", &format!("{alias}:\n")),
+                _ => text.replace(r#"(index .Values "cleanslate")"#, &format!(r#"(index .Values "{alias}")"#)),
+            };
+        }
+        std::fs::write(parent.join(file), text).unwrap();
+    }
+    std::os::unix::fs::symlink(repo_root().join("chart"), scratch.path().join("chart")).unwrap();
+    let update =
+        std::process::Command::new(helm()).args(["dependency", "update"]).arg(&parent).output().expect("helm runs");
+    assert!(update.status.success(), "dependency update: {}", String::from_utf8_lossy(&update.stderr));
+    (scratch, parent)
 }
 
 /// The pod spec of a Deployment, Job or Pod.

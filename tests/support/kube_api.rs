@@ -258,6 +258,13 @@ impl KubeApi {
         store.objects.insert(key("secrets", namespace, name), object);
     }
 
+    /// The token stays valid but is bound to nothing (its RoleBinding gone): every request is 403,
+    /// as for an authenticated ServiceAccount without rights.
+    pub fn unbind(&self, token: &str) {
+        self.revoke(token);
+        self.store().tokens.insert(token.to_string(), Vec::new());
+    }
+
     pub fn revoke(&self, token: &str) {
         let mut store = self.store();
         if let Some(grants) = store.tokens.remove(token) {

@@ -470,6 +470,7 @@ fn reconcile(shared: &Arc<Shared>, store: &mut Store, resource: &'static str, na
         );
         commit(shared, store, "ADDED", "pods", namespace, &pod, object);
     }
+    refresh_ready(store, namespace, name);
 }
 
 /// Marks a pod terminating; unless its workload is held, it is gone after the grace delay.
@@ -478,6 +479,9 @@ fn terminate(shared: &Arc<Shared>, store: &mut Store, namespace: &str, pod: &str
     object["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
     commit(shared, store, "MODIFIED", "pods", namespace, pod, object);
     let owner = store.apps.owners.get(&(namespace.to_string(), pod.to_string())).cloned();
+    if let Some(owner) = &owner {
+        refresh_ready(store, namespace, &owner.workload);
+    }
     if owner.is_some_and(|o| store.apps.held.contains(&(namespace.to_string(), o.workload))) {
         return;
     }
@@ -500,6 +504,11 @@ fn terminate(shared: &Arc<Shared>, store: &mut Store, namespace: &str, pod: &str
 fn remove_pod(shared: &Arc<Shared>, store: &mut Store, namespace: &str, pod: &str) {
     if let Some(object) = store.objects.get(&key("pods", namespace, pod)).cloned() {
         commit(shared, store, "DELETED", "pods", namespace, pod, object);
+    }
+    if let Some(owner) = store.apps.owners.get(&(namespace.to_string(), pod.to_string())).cloned() {
+        store.apps.owners.remove(&(namespace.to_string(), pod.to_string()));
+        refresh_ready(store, namespace, &owner.workload);
+        store.apps.owners.insert((namespace.to_string(), pod.to_string()), owner);
     }
     // The StatefulSet controller goes on with the next pod once one is gone.
     if let Some(owner) = store.apps.owners.remove(&(namespace.to_string(), pod.to_string()))
@@ -570,6 +579,31 @@ fn init_container_statuses(init: &Value) -> Vec<Value> {
             }
         })
         .collect()
+}
+
+/// The workload controller's `status.readyReplicas`: its own pods that are Ready and not
+/// terminating. Written in place, without a new `resourceVersion` (the real controller's status
+/// writes bump it; quiesce's conditional scale writes would then race them, which the tests of
+/// conflicts exercise on purpose elsewhere).
+fn refresh_ready(store: &mut Store, namespace: &str, name: &str) {
+    let pods: Vec<String> = store
+        .apps
+        .owners
+        .iter()
+        .filter(|((ns, _), owner)| ns == namespace && owner.workload == name)
+        .map(|((_, pod), _)| pod.clone())
+        .collect();
+    let ready = pods
+        .iter()
+        .filter_map(|pod| store.objects.get(&key("pods", namespace, pod)))
+        .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null() && is_ready(pod))
+        .count();
+    for resource in ["deployments", "statefulsets"] {
+        if let Some(object) = store.objects.get_mut(&key(resource, namespace, name)) {
+            object["status"]["readyReplicas"] = json!(ready);
+            object["status"]["replicas"] = json!(pods.len());
+        }
+    }
 }
 
 /// A pod's Ready condition.
@@ -819,6 +853,39 @@ impl KubeApi {
             object["status"] = status;
             commit(&self.shared, &mut store, "MODIFIED", "pods", namespace, &pod, object);
         }
+        refresh_ready(&mut store, namespace, name);
+    }
+
+    /// The gate init container of every pod of workload `name` exited with `code`, leaving
+    /// `message` as its termination message, as the kubelet reports it: the container terminated,
+    /// the pod still Pending (a failed init container is restarted with back-off under
+    /// `restartPolicy: Always`, `CrashLoopBackOff`, keeping the last termination).
+    pub fn gate_exited(&self, namespace: &str, name: &str, code: i32, message: &str) {
+        let mut store = self.store();
+        let pods: Vec<String> = store
+            .apps
+            .owners
+            .iter()
+            .filter(|((ns, _), owner)| ns == namespace && owner.workload == name)
+            .map(|((_, pod), _)| pod.clone())
+            .collect();
+        for pod in pods {
+            let Some(mut object) = store.objects.get(&key("pods", namespace, &pod)).cloned() else { continue };
+            let statuses = object["status"]["initContainerStatuses"].as_array_mut().cloned().unwrap_or_default();
+            let updated: Vec<Value> = statuses
+                .into_iter()
+                .map(|mut status| {
+                    if status["name"] == "cleanslate-gate" {
+                        status["state"] = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+                        status["lastState"] = json!({"terminated": {"exitCode": code, "reason": "Error", "message": message}});
+                        status["restartCount"] = json!(1);
+                    }
+                    status
+                })
+                .collect();
+            object["status"]["initContainerStatuses"] = json!(updated);
+            commit(&self.shared, &mut store, "MODIFIED", "pods", namespace, &pod, object);
+        }
     }
 
     /// The pod stops being healthy: Running, but not Ready (a crash loop, a failing probe).
@@ -829,6 +896,9 @@ impl KubeApi {
         object["status"]["containerStatuses"] =
             json!([{"name": "app", "ready": false, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]);
         commit(&self.shared, &mut store, "MODIFIED", "pods", namespace, pod, object);
+        if let Some(owner) = store.apps.owners.get(&(namespace.to_string(), pod.to_string())).cloned() {
+            refresh_ready(&mut store, namespace, &owner.workload);
+        }
     }
 
     /// From now on the pods of workload `name` stay (terminating) until [`KubeApi::release_pods`].
