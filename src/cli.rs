@@ -16,7 +16,7 @@ Variables (see the README's table for defaults and meaning):
   etcd:     CLEANSLATE_ETCD_ENDPOINTS, _PREFIXES, _PROTECTED_PREFIXES, _USERNAME, _PASSWORD
             (_PASSWORD_FILE), _CA_FILE, _CERT_FILE, _KEY_FILE, _MAX_TXN_OPS
   marker:   CLEANSLATE_MARKER, CLEANSLATE_NAMESPACE, CLEANSLATE_REVISION, CLEANSLATE_RELEASE
-  quiesce:  CLEANSLATE_QUIESCE, CLEANSLATE_QUIESCE_TIMEOUT, CLEANSLATE_QUIESCE_RESUME
+  quiesce:  CLEANSLATE_QUIESCE, CLEANSLATE_QUIESCE_GATED, CLEANSLATE_QUIESCE_TIMEOUT, CLEANSLATE_QUIESCE_RESUME
   Job:      CLEANSLATE_JOB_NAME, CLEANSLATE_JOB_ATTEMPTS, CLEANSLATE_POD_NAME, CLEANSLATE_EVENTS,
             CLEANSLATE_TERMINATION_MESSAGE_PATH
   Kubernetes: CLEANSLATE_KUBE_API, _TOKEN_FILE, _CA_FILE (else the pod's service account, else the
@@ -24,7 +24,7 @@ Variables (see the README's table for defaults and meaning):
 
 const EXIT_CODES: &str = "\
 Exit codes: 0 done, 1 failed, 64 usage, 69 unreachable, 75 deadline, 77 refused, 78 configuration,
-79 credentials or permission refused, 130/143 stopped by a signal.";
+79 credentials or permission refused, 80 quiesce timed out, 130/143 stopped by a signal.";
 
 /// `cleanslate`: a fresh state for dev and staging on every deploy.
 #[derive(Parser, Debug)]
@@ -63,7 +63,7 @@ pub enum Command {
     Plan(ReleaseArgs),
     /// Start the workloads a purge stopped (quiesce) again (the hook Job after an upgrade, or by hand).
     #[command(after_help = format!(
-        "Variables:\n  CLEANSLATE_QUIESCE, CLEANSLATE_NAMESPACE, CLEANSLATE_RELEASE, CLEANSLATE_EVENTS,\n  \
+        "Variables:\n  CLEANSLATE_QUIESCE, CLEANSLATE_MARKER (every workload stopped for it), CLEANSLATE_NAMESPACE,\n  CLEANSLATE_RELEASE, CLEANSLATE_EVENTS, \
          CLEANSLATE_KUBE_API/_TOKEN_FILE/_CA_FILE, CLEANSLATE_LOG_FORMAT\n\n{EXIT_CODES}"
     ))]
     Resume,

@@ -325,6 +325,7 @@ mod tests {
                 "deadLettersNotPurged",
                 "dryRun",
                 "durationMs",
+                "failureKind",
                 "final",
                 "finishedAt",
                 "job",

@@ -981,7 +981,11 @@ mod tests {
         let text = format!("{err:#}");
         assert!(text.contains("deployment/api: api-7d9f-x"), "names the pod: {text}");
         assert!(!text.contains("deployment/web"), "a workload without pods is not named: {text}");
-        assert_eq!(kind_of(&err), Kind::Deadline, "a quiesce timeout is a deadline (75)");
+        assert_eq!(
+            kind_of(&err),
+            Kind::QuiesceTimeout,
+            "a quiesce timeout is final (80): a retry would stop them again"
+        );
     }
 
     /// A workload is remembered once, in the order it was stopped.

@@ -316,7 +316,10 @@ fn next_step(config: &StatusConfig, facts: &Facts) -> String {
             first.ready,
             first.desired,
             if first.why.contains("failed") || first.why.contains("waiting") {
-                format!("{}; if the gate cannot read the marker, bind its ServiceAccount (gate.serviceAccount)", first.why)
+                format!(
+                    "{}; if the gate cannot read the marker, bind its ServiceAccount (gate.serviceAccount)",
+                    first.why
+                )
             } else {
                 first.why.clone()
             }

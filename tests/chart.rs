@@ -86,6 +86,16 @@ fn rbac_is_least_privilege() {
                 assert_eq!(rule["verbs"], json!(["create"]), "{}: Events are only created", name(role));
                 continue;
             }
+            // The marker when it is missing (RBAC cannot limit create to a name).
+            if rule["resources"] == json!(["configmaps"]) && rule["resourceNames"].is_null() {
+                assert_eq!(rule["verbs"], json!(["create"]), "{}: unnamed ConfigMaps are only created", name(role));
+                continue;
+            }
+            // The resume identity, for a rollback: the namespace's workloads (see resume-rbac.yaml).
+            if name(role) == "shop-cleanslate-resume" {
+                assert_eq!(rule["apiGroups"], json!(["apps"]), "resume: workloads only");
+                continue;
+            }
             assert_eq!(rule["resourceNames"], json!(["shop-cleanslate-marker"]), "{}: only the marker", name(role));
         }
     }
@@ -308,9 +318,14 @@ fn parent_chart_includes_the_gate() {
         let job = find(&docs, "Job", "shop-cleanslate-purge");
         assert_eq!(pod_spec(job)["containers"][0]["image"], gate["image"], "Job and gate run the same image");
         assert_eq!(
-            env_value(&pod_spec(job)["containers"][0], "CLEANSLATE_QUIESCE").as_deref(),
-            Some("deployment/shop-api"),
-            "quiesce stops only what the parent lists, not demo apps it does not render ({alias:?})"
+            env_value(&pod_spec(job)["containers"][0], "CLEANSLATE_QUIESCE"),
+            None,
+            "no list: not the demo apps it does not render, and `helm template` looks nothing up ({alias:?})"
+        );
+        assert_eq!(
+            env_value(&pod_spec(job)["containers"][0], "CLEANSLATE_QUIESCE_GATED").as_deref(),
+            Some("true"),
+            "the Job stops the live workloads gated on the marker ({alias:?})"
         );
         let role = find(&docs, "Role", "shop-cleanslate-purge");
         assert!(
@@ -715,6 +730,9 @@ fn quiesce_rbac_names_exactly_the_workloads() {
     ];
     let marker = json!({"apiGroups": [""], "resources": ["configmaps"],
                         "resourceNames": ["shop-cleanslate-marker"], "verbs": ["get", "update"]});
+    let create_marker = json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]});
+    let list_workloads =
+        json!({"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["list"]});
     let own_job = json!({"apiGroups": ["batch"], "resources": ["jobs"],
                          "resourceNames": ["shop-cleanslate-purge"], "verbs": ["get"]});
     let events = json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]});
@@ -724,7 +742,9 @@ fn quiesce_rbac_names_exactly_the_workloads() {
         find(&docs, "Role", "shop-cleanslate-purge")["rules"],
         json!([
             marker,
+            create_marker,
             events,
+            list_workloads,
             deployments[0],
             deployments[1],
             statefulsets[0],
@@ -738,7 +758,18 @@ fn quiesce_rbac_names_exactly_the_workloads() {
     );
     assert_eq!(
         find(&docs, "Role", "shop-cleanslate-test")["rules"],
-        json!([marker, events, deployments[0], deployments[1], statefulsets[0], statefulsets[1], pods, pod_deletes]),
+        json!([
+            marker,
+            create_marker,
+            events,
+            list_workloads,
+            deployments[0],
+            deployments[1],
+            statefulsets[0],
+            statefulsets[1],
+            pods,
+            pod_deletes
+        ]),
         "helm test's Role: the purge's rights without the Job's"
     );
     let without_statefulsets = dev(&[]);
@@ -746,8 +777,12 @@ fn quiesce_rbac_names_exactly_the_workloads() {
     assert!(!rules.to_string().contains("delete"), "no pod deletes without a StatefulSet: {rules}");
     assert_eq!(
         find(&docs, "Role", "shop-cleanslate-resume")["rules"],
-        json!([deployments[0], deployments[1], statefulsets[0], statefulsets[1], events]),
-        "resume Role: the same named workload rights and nothing else"
+        json!([
+            {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["list", "get", "patch"]},
+            {"apiGroups": ["apps"], "resources": ["deployments/scale", "statefulsets/scale"], "verbs": ["get", "update"]},
+            events
+        ]),
+        "resume Role: the namespace's workloads and their scale (a rollback runs an older revision's hooks), nothing else"
     );
     let job = find(&docs, "Job", "shop-cleanslate-purge");
     let container = &pod_spec(job)["containers"][0];
@@ -772,13 +807,14 @@ fn quiesce_rbac_names_exactly_the_workloads() {
 /// is off unless turned on (values.yaml, prod).
 #[test]
 fn resume_job_hooks_and_defaults() {
-    let docs = dev(&[]);
+    let docs = dev(&["--set", "cleanup.quiesce.enabled=false"]);
     let purge = find(&docs, "Job", "shop-cleanslate-purge");
     let resume = find(&docs, "Job", "shop-cleanslate-resume");
     assert_eq!(
         hook_events(resume),
         ["post-upgrade", "post-rollback"],
-        "after an upgrade, and after a rollback (a failed upgrade rolled back by --atomic or by hand); not on install"
+        "after every upgrade and rollback, with quiesce off too: a rollback runs this revision's hooks, and a \
+         newer revision may have stopped workloads"
     );
     for doc in docs.iter().filter(|d| name(d) == "shop-cleanslate-resume" && kind(d) != "Job") {
         assert_eq!(
@@ -789,17 +825,11 @@ fn resume_job_hooks_and_defaults() {
             name(doc)
         );
     }
-    let with_outside = dev(&["--set-json", r#"cleanup.quiesce.workloads=["deployment/api"]"#]);
+    let quiescing = dev(&[]);
     assert_eq!(
-        hook_events(find(&with_outside, "Job", "shop-cleanslate-resume")),
+        hook_events(find(&quiescing, "Job", "shop-cleanslate-resume")),
         ["post-install", "post-upgrade", "post-rollback"],
-        "on install too when a workload outside the chart may be running"
-    );
-    let proceeding = dev(&["--set", "gate.onTimeout=proceed"]);
-    assert_eq!(
-        hook_events(find(&proceeding, "Job", "shop-cleanslate-resume")),
-        ["post-install", "post-upgrade", "post-rollback"],
-        "and when a gate may let its pod start on a timeout (such apps are stopped on install)"
+        "with quiesce on, after the install too (a native sidecar or a workload outside the chart may have run)"
     );
     assert!(hook_weight(resume) > hook_weight(purge), "after the purge Job on post-install");
     assert_eq!(
@@ -827,15 +857,21 @@ fn resume_job_hooks_and_defaults() {
     let container = &pod_spec(resume)["containers"][0];
     assert_eq!(container["args"], json!(["resume"]), "runs cleanslate resume");
     assert_hardened(container, "resume Job");
+    let quiescing_container = &pod_spec(find(&quiescing, "Job", "shop-cleanslate-resume"))["containers"][0];
     assert_eq!(
-        env_value(container, "CLEANSLATE_QUIESCE").as_deref(),
+        env_value(quiescing_container, "CLEANSLATE_QUIESCE").as_deref(),
         Some("deployment/shop-consumer,deployment/shop-producer"),
         "resumes what the purge stops"
+    );
+    assert_eq!(
+        env_value(container, "CLEANSLATE_MARKER").as_deref(),
+        Some("shop-cleanslate-marker"),
+        "and whatever its quiesce record names this marker for"
     );
     let staging = render("shop", "staging", &["-f", &values_file("values-staging.yaml")]);
     assert!(staging.iter().any(|d| name(d) == "shop-cleanslate-resume"), "on in staging");
     let plain = render("shop", "dev", &["--set", "cleanup.enabled=true", "-f", TARGETS]);
-    assert!(!plain.iter().any(|d| name(d).ends_with("-resume")), "off by default in values.yaml");
+    assert!(plain.iter().any(|d| name(d).ends_with("-resume")), "whenever cleanup is on (rollbacks)");
     let job = &pod_spec(find(&plain, "Job", "shop-cleanslate-purge"))["containers"][0];
     assert_eq!(env_value(job, "CLEANSLATE_QUIESCE"), None, "no quiesce without cleanup.quiesce.enabled");
     let err = try_render("shop", "dev", &["--set-json", r#"cleanup.quiesce.workloads=["daemonset/agent"]"#])
@@ -1085,7 +1121,7 @@ fn refusals_and_configuration_errors_are_not_retried() {
         assert_eq!(rule["action"], json!("FailJob"), "{job}: fails the Job");
         assert_eq!(rule["onExitCodes"]["containerName"], json!(container), "{job}: its container");
         assert_eq!(rule["onExitCodes"]["operator"], json!("In"), "{job}: operator");
-        assert_eq!(rule["onExitCodes"]["values"], json!([77, 78, 79]), "{job}: the final exit codes");
+        assert_eq!(rule["onExitCodes"]["values"], json!([77, 78, 79, 80]), "{job}: the final exit codes");
         assert_eq!(spec["template"]["spec"]["restartPolicy"], json!("Never"), "{job}: required by the policy");
     }
 }

@@ -51,7 +51,9 @@ async fn a_deleted_marker_is_recreated_and_gated_pods_start() {
     let status = cleanslate(&["status", RELEASE], &cluster.operator_vars()).await;
     assert_eq!(status.code, 1, "not clean: {}", status.all_output());
     assert!(
-        status.stdout.contains("is missing") && status.stdout.contains("helm test") && !status.stdout.contains("cleanup is off"),
+        status.stdout.contains("is missing")
+            && status.stdout.contains("helm test")
+            && !status.stdout.contains("cleanup is off"),
         "a missing marker is not cleanup being off: {}",
         status.stdout
     );
@@ -92,7 +94,9 @@ async fn a_run_that_cannot_record_its_outcome_stops_nothing() {
     let run = job_run(&runs, "shop-cleanslate-test-purge");
     assert_eq!(run.code, 79, "refused: {}", run.all_output());
     assert!(
-        run.stderr.contains("is missing") && run.stderr.contains("create on configmaps") && run.stderr.contains("nothing was stopped"),
+        run.stderr.contains("is missing")
+            && run.stderr.contains("create on configmaps")
+            && run.stderr.contains("nothing was stopped"),
         "names the permission: {}",
         run.stderr
     );
@@ -129,8 +133,16 @@ async fn an_app_removed_by_the_upgrade_is_stopped_before_the_purge() {
     }
     let spec = pod_spec(job_doc);
     let running = tokio::sync::Notify::new();
-    let writer =
-        old_writer(&cluster.api, NAMESPACE, "shop-producer", &world.rabbit, &world.vhost, "monorepo", &world.prefix, &running);
+    let writer = old_writer(
+        &cluster.api,
+        NAMESPACE,
+        "shop-producer",
+        &world.rabbit,
+        &world.vhost,
+        "monorepo",
+        &world.prefix,
+        &running,
+    );
     let job = async {
         running.notified().await;
         finish(cluster.spawn(spec, &spec["containers"][0], "shop-cleanslate-purge-u2")).await
@@ -239,8 +251,16 @@ async fn a_parent_charts_gated_deployment_is_stopped_before_the_purge() {
     }
     let spec = pod_spec(job_doc);
     let running = tokio::sync::Notify::new();
-    let writer =
-        old_writer(&cluster.api, NAMESPACE, "shop-api", &world.rabbit, &world.vhost, "monorepo", &world.prefix, &running);
+    let writer = old_writer(
+        &cluster.api,
+        NAMESPACE,
+        "shop-api",
+        &world.rabbit,
+        &world.vhost,
+        "monorepo",
+        &world.prefix,
+        &running,
+    );
     let job = async {
         running.notified().await;
         finish(cluster.spawn(spec, &spec["containers"][0], "shop-cleanslate-purge-p2")).await
@@ -296,7 +316,9 @@ async fn status_names_a_pod_stuck_in_its_gate() {
     let status = cleanslate(&["status", RELEASE], &cluster.operator_vars()).await;
     assert_eq!(status.code, 1, "not running: {}", status.all_output());
     assert!(
-        status.stdout.contains("shop-producer") && status.stdout.contains("its gate failed") && status.stdout.contains("403"),
+        status.stdout.contains("shop-producer")
+            && status.stdout.contains("its gate failed")
+            && status.stdout.contains("403"),
         "names the workload and the gate's own message: {}",
         status.stdout
     );
@@ -324,7 +346,9 @@ async fn status_after_a_configuration_error_says_to_fix_and_upgrade() {
     let status = cleanslate(&["status", RELEASE], &cluster.operator_vars()).await;
     assert_eq!(status.code, 1, "{}", status.all_output());
     assert!(
-        status.stdout.contains("helm upgrade") && status.stdout.contains("fix the values") && !status.stdout.contains("run helm test"),
+        status.stdout.contains("helm upgrade")
+            && status.stdout.contains("fix the values")
+            && !status.stdout.contains("run helm test"),
         "the next step fits the failure: {}",
         status.stdout
     );
@@ -354,12 +378,8 @@ async fn a_slowly_draining_workload_is_waited_for() {
     let job = job_run(&runs, "shop-cleanslate-purge");
     assert_eq!(job.code, 0, "the purge succeeds on its first attempt: {}", job.all_output());
     assert!(job.stdout.contains("grace period"), "says why it waits longer: {}", job.stdout);
-    let stops = cluster
-        .api
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PUT" && r.path.ends_with("shop-consumer/scale"))
-        .count();
+    let stops =
+        cluster.api.requests().iter().filter(|r| r.method == "PUT" && r.path.ends_with("shop-consumer/scale")).count();
     assert_eq!(stops, 1, "stopped once");
     world.assert_clean("after the slow drain").await;
     world.cleanup().await;
@@ -386,12 +406,8 @@ async fn a_quiesce_that_times_out_is_not_retried() {
     let runs = run_hooks(&mut cluster, &upgrade, "pre-upgrade").await;
     let job = job_run(&runs, "shop-cleanslate-purge");
     assert_eq!(job.code, 80, "the quiesce timed out: {}", job.all_output());
-    let stops = cluster
-        .api
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PUT" && r.path.ends_with("shop-producer/scale"))
-        .count();
+    let stops =
+        cluster.api.requests().iter().filter(|r| r.method == "PUT" && r.path.ends_with("shop-producer/scale")).count();
     assert_eq!(stops, 2, "stopped once and put back once, no retry: {stops} scale writes");
     assert_eq!(replicas(&cluster, "shop-producer"), (1, None), "put back");
     assert_eq!(world.rabbit.count(&world.vhost, "monorepo").await, 3, "nothing purged");
@@ -433,7 +449,13 @@ async fn the_gate_works_without_an_automounted_token() {
     all_succeeded(&runs, "install");
     for gate in gates {
         let run = finish(gate.child).await;
-        assert_eq!(run.code, 0, "{}: the gate passes without the automounted token: {}", gate.deployment, run.all_output());
+        assert_eq!(
+            run.code,
+            0,
+            "{}: the gate passes without the automounted token: {}",
+            gate.deployment,
+            run.all_output()
+        );
     }
     world.cleanup().await;
 }

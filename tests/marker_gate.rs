@@ -240,9 +240,15 @@ async fn purge_writes_the_marker_after_success() {
     let prefix = format!("{}/app/", unique("/mk"));
     put_keys(&mut etcd, &prefix, 3).await;
     let run = cleanslate(&["purge"], &purge_vars(&cluster, JOB_TOKEN, 4, &prefix)).await;
-    // With the marker missing and a Role that cannot create, the write fails with an RBAC hint.
-    assert_eq!(run.code, 1, "marker cannot be created by the Job's Role: {}", run.all_output());
-    assert!(run.stderr.contains("get and update"), "RBAC hint: {}", run.stderr);
+    // With the marker missing and a Role that cannot create it, the run stops before deleting
+    // anything (it could not record its outcome), naming the permission; final (79).
+    assert_eq!(run.code, 79, "marker cannot be created by this Role: {}", run.all_output());
+    assert!(
+        run.stderr.contains("create on configmaps") && run.stderr.contains("nothing was stopped or deleted"),
+        "names the permission: {}",
+        run.stderr
+    );
+    assert_eq!(count_keys(&mut etcd, &prefix).await, 3, "nothing deleted");
 
     // The chart renders the marker as a hook resource with Helm's annotations and no data.
     let placeholder = json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -260,6 +266,7 @@ async fn purge_writes_the_marker_after_success() {
             "deadLettersNotPurged",
             "dryRun",
             "durationMs",
+            "failureKind",
             "final",
             "finishedAt",
             "job",

@@ -285,7 +285,7 @@ async fn quiesce_timeout_restores_and_names_the_pod() {
     let stuck = pods[2].clone();
     let run =
         cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[("CLEANSLATE_QUIESCE_TIMEOUT", "3s")])).await;
-    assert_eq!(run.code, 75, "a quiesce timeout is a deadline: {}", run.all_output());
+    assert_eq!(run.code, 80, "a quiesce timeout is final (a retry would stop them again): {}", run.all_output());
     for pod in &pods {
         assert!(run.first_stderr_line().contains(pod), "the error names the pod {pod}: {}", run.stderr);
     }
@@ -541,19 +541,21 @@ async fn sigterm_during_the_purge_restores_and_records_the_attempt() {
     env.cleanup().await;
 }
 
-/// The purge succeeds but the marker cannot be written (here: it was deleted and the Role may not
-/// create it): the run fails, so the stopped workloads are put back rather than left at 0 while the
-/// Job retries and Helm gives up.
+/// A run that could not write the marker (here: it was deleted and the Role may not create it) finds
+/// out before it stops anything: exit 79 naming the permission, the workloads untouched, nothing
+/// purged, rather than stopping them, purging, and failing to record it.
 #[tokio::test]
-async fn a_failed_marker_write_restores_the_workloads() {
+async fn a_marker_that_cannot_be_written_stops_nothing() {
     let mut env = Env::start(&["shop-producer"]).await;
     env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
     env.seed().await;
     env.api.delete(NS, MARKER);
     let run = cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[])).await;
-    assert_eq!(run.code, 1, "the marker write fails the run: {}", run.all_output());
-    assert!(run.stderr.contains("restored deployment/shop-producer (2 replicas)"), "says so: {}", run.stderr);
-    assert_eq!(env.state("shop-producer"), (2, None), "back at 2, record removed");
+    assert_eq!(run.code, 79, "refused before anything is stopped: {}", run.all_output());
+    assert!(run.stderr.contains("create on configmaps"), "names the permission: {}", run.stderr);
+    assert_eq!(env.state("shop-producer"), (2, None), "untouched");
+    assert_eq!(env.scale_writes("shop-producer"), 0, "no scale written");
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "nothing purged");
     env.cleanup().await;
 }
 

@@ -270,7 +270,8 @@ async fn stop_writers(
         None => None,
     };
     let writers = quiesce::writers(kube, settings).await.map_err(|err| err.context("nothing was stopped"))?;
-    let timeout = quiesce_timeout(settings.timeout, writers.longest_grace, job_at_start, after_quiesce + started.elapsed());
+    let timeout =
+        quiesce_timeout(settings.timeout, writers.longest_grace, job_at_start, after_quiesce + started.elapsed());
     let not_permitted: Vec<String> = writers.not_permitted.iter().map(ToString::to_string).collect();
     match tokio::time::timeout(timeout, quiesce::stop(kube, &writers.config, cleaned_up_to, progress)).await {
         Ok(Ok(())) => Ok(not_permitted),

@@ -462,7 +462,11 @@ pub async fn render_live(cluster: &FakeCluster, chart: &std::path::Path, release
         .args(["template", release])
         .arg(chart)
         .args(["--namespace", &cluster.namespace, "--dry-run=server"])
-        .args(if helm_major() < 4 { &["--validate", "--disable-openapi-validation"][..] } else { &["--disable-openapi-validation"][..] })
+        .args(if helm_major() < 4 {
+            &["--validate", "--disable-openapi-validation"][..]
+        } else {
+            &["--disable-openapi-validation"][..]
+        })
         .args(args)
         .env("KUBECONFIG", &kubeconfig)
         .env("HOME", dir.path())

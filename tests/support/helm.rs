@@ -3,7 +3,6 @@
 //! policies and the Job controller's retries (`run_hooks`), an install's release resources, and the
 //! gates of the pods they start.
 
-
 use serde_json::{Value, json};
 
 use super::chart::*;
@@ -257,7 +256,6 @@ pub fn secrets() -> Vec<String> {
         FakeCluster::token_of("shop-cleanslate-gate"),
     ]
 }
-
 
 /// Installs the release (post-install Job and resume Job) with `extra` values; returns the docs.
 pub async fn install(world: &World, cluster: &mut FakeCluster, extra: &[String]) -> Vec<Value> {

@@ -877,7 +877,8 @@ impl KubeApi {
                 .map(|mut status| {
                     if status["name"] == "cleanslate-gate" {
                         status["state"] = json!({"waiting": {"reason": "CrashLoopBackOff"}});
-                        status["lastState"] = json!({"terminated": {"exitCode": code, "reason": "Error", "message": message}});
+                        status["lastState"] =
+                            json!({"terminated": {"exitCode": code, "reason": "Error", "message": message}});
                         status["restartCount"] = json!(1);
                     }
                     status

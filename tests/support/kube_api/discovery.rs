@@ -102,5 +102,7 @@ fn resource_list(group: &str, version: &str) -> Response {
         })
         .collect();
     let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    json_response(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": list}))
+    json_response(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": list}),
+    )
 }
