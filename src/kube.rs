@@ -134,6 +134,13 @@ pub struct Workload {
     pub grace_period_seconds: Option<i64>,
     /// `status.readyReplicas` (absent means none).
     pub ready_replicas: Option<i32>,
+    /// `status.updatedReplicas`: pods of the current template.
+    pub updated_replicas: Option<i32>,
+    /// `status.replicas`: every pod, old templates' included (a rolling update keeps old ones).
+    pub status_replicas: Option<i32>,
+    /// `metadata.generation` and `status.observedGeneration`: the controller has seen the spec.
+    pub generation: Option<i64>,
+    pub observed_generation: Option<i64>,
     /// `spec.selector.matchLabels`, as a label selector (`app=shop,tier=web`).
     pub selector: String,
 }
@@ -142,6 +149,23 @@ impl Workload {
     /// The value of one annotation.
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+
+    /// Whether the current template runs with the desired ready replicas and nothing older is left,
+    /// as `kubectl rollout status` decides it: the controller saw this spec, every replica is of
+    /// the current template, and as many are ready. (`readyReplicas` alone counts an old pod that a
+    /// rolling update keeps while the new one waits in its gate.)
+    pub fn rolled_out(&self) -> bool {
+        let desired = self.replicas.unwrap_or(1);
+        let observed = match (self.generation, self.observed_generation) {
+            (Some(generation), Some(observed)) => observed >= generation,
+            _ => true,
+        };
+        let updated = self.updated_replicas.unwrap_or(0);
+        observed
+            && updated >= desired
+            && self.ready_replicas.unwrap_or(0) >= desired
+            && self.status_replicas.unwrap_or(updated) <= updated
     }
 
     /// Whether a `managedFields` entry of ours owns `spec.replicas`.
@@ -163,7 +187,11 @@ impl From<Deployment> for Workload {
             replicas: spec.replicas,
             gate: spec.template.spec.as_ref().and_then(gate_of),
             grace_period_seconds: spec.template.spec.as_ref().and_then(|s| s.termination_grace_period_seconds),
-            ready_replicas: object.status.and_then(|s| s.ready_replicas),
+            ready_replicas: object.status.as_ref().and_then(|s| s.ready_replicas),
+            updated_replicas: object.status.as_ref().and_then(|s| s.updated_replicas),
+            status_replicas: object.status.as_ref().map(|s| s.replicas.unwrap_or(0)),
+            observed_generation: object.status.as_ref().and_then(|s| s.observed_generation),
+            generation: object.metadata.generation,
             selector: match_labels(&spec.selector),
             metadata: object.metadata,
             ..Default::default()
@@ -206,7 +234,11 @@ impl From<StatefulSet> for Workload {
             pod_management_policy: spec.pod_management_policy,
             gate: spec.template.spec.as_ref().and_then(gate_of),
             grace_period_seconds: spec.template.spec.as_ref().and_then(|s| s.termination_grace_period_seconds),
-            ready_replicas: object.status.and_then(|s| s.ready_replicas),
+            ready_replicas: object.status.as_ref().and_then(|s| s.ready_replicas),
+            updated_replicas: object.status.as_ref().and_then(|s| s.updated_replicas),
+            status_replicas: object.status.as_ref().map(|s| s.replicas),
+            observed_generation: object.status.as_ref().and_then(|s| s.observed_generation),
+            generation: object.metadata.generation,
             selector: match_labels(&spec.selector),
             metadata: object.metadata,
         }
@@ -638,5 +670,23 @@ mod tests {
         assert!(!owns_replicas_for_us(&entry("helm", replicas)), "Helm's");
         let annotation = json!({"f:metadata": {"f:annotations": {"f:cleanslate.io/quiesced-replicas": {}}}});
         assert!(!owns_replicas_for_us(&entry(FIELD_MANAGER, annotation)), "our annotation only");
+    }
+
+    /// A rolling update that keeps an old Ready pod while the new one waits in its gate is not
+    /// rolled out, though `readyReplicas` says 1 of 1.
+    #[test]
+    fn an_old_ready_pod_does_not_make_a_rollout() {
+        let workload = |ready, updated, replicas| Workload {
+            replicas: Some(1),
+            ready_replicas: Some(ready),
+            updated_replicas: Some(updated),
+            status_replicas: Some(replicas),
+            ..Default::default()
+        };
+        assert!(workload(1, 1, 1).rolled_out(), "done");
+        assert!(!workload(1, 1, 2).rolled_out(), "the old pod is the ready one");
+        assert!(!workload(0, 1, 1).rolled_out(), "the new pod is not ready");
+        let stale = Workload { generation: Some(3), observed_generation: Some(2), ..workload(1, 1, 1) };
+        assert!(!stale.rolled_out(), "the controller has not seen the spec");
     }
 }

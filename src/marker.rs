@@ -70,6 +70,9 @@ pub struct Marker {
     /// The dead-letter queues of the selected queues that were reported, not purged, each with the
     /// queue that feeds it (or why where dead letters go is unknown); empty when there are none.
     pub dead_letters: String,
+    /// Live workloads gated on this marker that the run could not stop (its Role did not name
+    /// them), comma-separated: they may have written through the purge. Empty when none.
+    pub writers_not_stopped: String,
     /// The pod that ran the purge.
     pub job: String,
     /// Which attempt at `revision` this record is (1 for the first run of a revision); set by [`merge`].
@@ -111,6 +114,7 @@ impl Marker {
             ("message", message),
             ("failureKind", self.failure_kind.clone()),
             ("deadLettersNotPurged", crate::text::fit_bytes(self.dead_letters.clone(), MAX_MESSAGE)),
+            ("writersNotStopped", self.writers_not_stopped.clone()),
             ("job", self.job.clone()),
             ("attempt", self.attempt.to_string()),
             ("final", self.is_final.to_string()),
@@ -164,6 +168,7 @@ impl Marker {
             message: text("message"),
             failure_kind: text("failureKind"),
             dead_letters: text("deadLettersNotPurged"),
+            writers_not_stopped: text("writersNotStopped"),
             job: text("job"),
         })
     }
@@ -286,6 +291,7 @@ mod tests {
             message: String::new(),
             failure_kind: String::new(),
             dead_letters: String::new(),
+            writers_not_stopped: String::new(),
             job: "cleanslate-purge-abc".into(),
             attempt: 1,
             is_final: true,
@@ -338,7 +344,8 @@ mod tests {
                 "queuesWithUnknownCounts",
                 "revision",
                 "startedAt",
-                "status"
+                "status",
+                "writersNotStopped"
             ],
             "documented keys only"
         );

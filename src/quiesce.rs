@@ -55,7 +55,8 @@ pub struct Writers {
     /// Live workloads gated on the marker that this identity may not stop (its Role does not name
     /// them: rendered by a tool without Helm's `lookup`): reported, not stopped.
     pub not_permitted: Vec<WorkloadRef>,
-    /// The longest `terminationGracePeriodSeconds` among the workloads to stop (30 when unset).
+    /// The longest time the workloads to stop may take (`stop_time`: their grace period, one per
+    /// replica for an `OrderedReady` StatefulSet).
     pub longest_grace: Option<Duration>,
 }
 
@@ -108,9 +109,19 @@ pub async fn writers(kube: &KubeClient, config: &QuiesceConfig) -> Result<Writer
     writers.longest_grace = all
         .iter()
         .filter(|(reference, _)| writers.config.workloads.contains(reference))
-        .map(|(_, workload)| Duration::from_secs(workload.grace_period_seconds.unwrap_or(30).max(0) as u64))
+        .map(|(reference, workload)| stop_time(reference, workload))
         .max();
     Ok(writers)
+}
+
+/// How long a workload's pods may take to stop: their grace period (Kubernetes' default, 30 s, when
+/// unset), and for an `OrderedReady` StatefulSet one grace period per replica, since its controller
+/// stops them one at a time.
+fn stop_time(reference: &WorkloadRef, workload: &Workload) -> Duration {
+    let grace = Duration::from_secs(workload.grace_period_seconds.unwrap_or(30).max(0) as u64);
+    let ordered = reference.kind == WorkloadKind::StatefulSet
+        && workload.pod_management_policy.as_deref().unwrap_or("OrderedReady") == "OrderedReady";
+    if ordered { grace * workload.replicas.unwrap_or(1).max(1) as u32 } else { grace }
 }
 
 /// API calls are retried briefly: the API server restarts, the run's deadline bounds the rest.
@@ -657,6 +668,7 @@ pub async fn resume_one(
     kube: &KubeClient,
     namespace: &str,
     workload: &WorkloadRef,
+    marker: Option<&str>,
     deadline: Instant,
 ) -> Result<Resumed> {
     let mut scaled_to = None;
@@ -675,6 +687,13 @@ pub async fn resume_one(
                 None => Resumed::NotStopped,
             });
         };
+        // Stopped for another release's cleanup (its marker): that release's run or resume starts it.
+        if let (Some(ours), Some(theirs)) = (marker, current.annotation(OWNER_ANNOTATION))
+            && ours != theirs
+        {
+            info!(workload = %workload, stopped_for = theirs, "stopped for another release's cleanup: left to it");
+            return Ok(Resumed::NotStopped);
+        }
         let recorded = parse_recorded(workload, &text)?;
         let replicas = current.replicas.unwrap_or(1);
         let resource_version = current.metadata.resource_version.clone();
@@ -743,10 +762,16 @@ impl Restore {
 }
 
 /// Puts `workloads` back to their recorded counts, each on its own, within `deadline`.
-pub async fn restore(kube: &KubeClient, namespace: &str, workloads: &[WorkloadRef], deadline: Instant) -> Restore {
+pub async fn restore(
+    kube: &KubeClient,
+    namespace: &str,
+    workloads: &[WorkloadRef],
+    marker: Option<&str>,
+    deadline: Instant,
+) -> Restore {
     let mut report = Restore::default();
     for workload in workloads {
-        let outcome = tokio::time::timeout_at(deadline, resume_one(kube, namespace, workload, deadline)).await;
+        let outcome = tokio::time::timeout_at(deadline, resume_one(kube, namespace, workload, marker, deadline)).await;
         match outcome {
             Ok(Ok(Resumed::Scaled(count) | Resumed::AlreadyRunning(count))) => {
                 info!(workload = %workload, replicas = count, "workload restored");
@@ -783,8 +808,11 @@ pub async fn run(config: &ResumeConfig) -> Result<()> {
     let mut failures = Vec::new();
     let mut kind = Kind::Failed;
     for workload in &workloads {
-        let outcome =
-            tokio::time::timeout_at(deadline, resume_one(&kube, &settings.namespace, workload, deadline)).await;
+        let outcome = tokio::time::timeout_at(
+            deadline,
+            resume_one(&kube, &settings.namespace, workload, settings.marker.as_deref(), deadline),
+        )
+        .await;
         match outcome {
             Ok(Ok(Resumed::Scaled(count))) => {
                 info!(workload = %workload, replicas = count, "scaled back to the recorded count");
@@ -829,7 +857,7 @@ pub async fn run(config: &ResumeConfig) -> Result<()> {
 /// whose quiesce record names that marker, whatever the list says: a rollback runs the target
 /// revision's resume Job, whose list may not name what a newer revision stopped, and a workload that
 /// leaves `replicas` out (HPA-managed) is not brought back by Helm's apply.
-async fn stopped_for(kube: &KubeClient, settings: &QuiesceConfig) -> Result<Vec<WorkloadRef>> {
+pub async fn stopped_for(kube: &KubeClient, settings: &QuiesceConfig) -> Result<Vec<WorkloadRef>> {
     let mut workloads = settings.workloads.clone();
     let Some(marker) = settings.marker.as_deref() else { return Ok(workloads) };
     let all = kube.list_workloads(&settings.namespace).await.map_err(|err| {
@@ -986,6 +1014,24 @@ mod tests {
             Kind::QuiesceTimeout,
             "a quiesce timeout is final (80): a retry would stop them again"
         );
+    }
+
+    /// An OrderedReady StatefulSet stops one pod at a time: its stop time is one grace period per
+    /// replica; a Deployment's pods stop together.
+    #[test]
+    fn ordered_statefulsets_take_a_grace_period_per_replica() {
+        let workload = |replicas, policy: Option<&str>| Workload {
+            replicas: Some(replicas),
+            grace_period_seconds: Some(60),
+            pod_management_policy: policy.map(str::to_string),
+            ..Default::default()
+        };
+        let set = WorkloadRef { kind: WorkloadKind::StatefulSet, name: "db".into() };
+        assert_eq!(stop_time(&set, &workload(3, None)), Duration::from_secs(180), "OrderedReady by default");
+        assert_eq!(stop_time(&set, &workload(3, Some("Parallel"))), Duration::from_secs(60), "Parallel");
+        assert_eq!(stop_time(&deployment("api"), &workload(3, None)), Duration::from_secs(60), "a Deployment");
+        let unset = Workload { replicas: Some(2), ..Default::default() };
+        assert_eq!(stop_time(&deployment("api"), &unset), Duration::from_secs(30), "Kubernetes' default");
     }
 
     /// A workload is remembered once, in the order it was stopped.

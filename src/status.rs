@@ -124,15 +124,26 @@ async fn gather(kube: &KubeClient, config: &StatusConfig) -> Result<Report> {
     let workloads = kube.list_workloads(namespace).await.map_err(|err| reading(err, "workloads", namespace))?;
     // The release's own workloads (its instance label), those named in CLEANSLATE_QUIESCE, and with
     // only a marker name every one: another release's stopped workloads are not this one's business.
-    // A workload whose quiesce record names this release's marker is this release's business too.
-    let found_marker = marker_object.as_ref().and_then(|cm| cm.metadata.name.clone()).or_else(|| config.marker.clone());
-    let ours = |reference: &crate::config::WorkloadRef, workload: &crate::kube::Workload| {
+    let instance_ours = |reference: &crate::config::WorkloadRef, workload: &crate::kube::Workload| {
         let instance = workload.metadata.labels.as_ref().and_then(|l| l.get(marker::INSTANCE_LABEL));
-        let stopped_for_us = found_marker.is_some() && workload.annotation(OWNER_ANNOTATION) == found_marker.as_deref();
         match &config.release {
-            Some(release) => instance == Some(release) || config.workloads.contains(reference) || stopped_for_us,
+            Some(release) => instance == Some(release) || config.workloads.contains(reference),
             None => true,
         }
+    };
+    let marker_name = marker_object.as_ref().and_then(|cm| cm.metadata.name.clone());
+    // The marker the release's gates read: the one found, the one configured, or the one its
+    // workloads' gates name (when the marker itself is missing).
+    let expected_marker = marker_name.clone().or_else(|| config.marker.clone()).or_else(|| {
+        workloads
+            .iter()
+            .filter(|(reference, workload)| instance_ours(reference, workload))
+            .find_map(|(_, workload)| workload.gate.as_ref().map(|g| g.marker.clone()))
+    });
+    // A workload whose quiesce record names that marker is this release's business too.
+    let ours = |reference: &crate::config::WorkloadRef, workload: &crate::kube::Workload| {
+        instance_ours(reference, workload)
+            || (expected_marker.is_some() && workload.annotation(OWNER_ANNOTATION) == expected_marker.as_deref())
     };
     let stopped: Vec<Stopped> = workloads
         .iter()
@@ -146,15 +157,6 @@ async fn gather(kube: &KubeClient, config: &StatusConfig) -> Result<Report> {
             })
         })
         .collect();
-    let marker_name = marker_object.as_ref().and_then(|cm| cm.metadata.name.clone());
-    // The marker the release's gates read: the one found, the one configured, or the one its
-    // workloads' gates name.
-    let expected_marker = marker_name.clone().or_else(|| config.marker.clone()).or_else(|| {
-        workloads
-            .iter()
-            .filter(|(reference, workload)| ours(reference, workload))
-            .find_map(|(_, workload)| workload.gate.as_ref().map(|g| g.marker.clone()))
-    });
     let marker_missing = marker_object.is_none() && expected_marker.is_some();
     let mut unready = Vec::new();
     if let Some(expected) = expected_marker.as_deref() {
@@ -162,13 +164,15 @@ async fn gather(kube: &KubeClient, config: &StatusConfig) -> Result<Report> {
             let gated = workload.gate.as_ref().is_some_and(|g| g.marker == expected);
             let desired = workload.replicas.unwrap_or(1);
             let ready = workload.ready_replicas.unwrap_or(0);
-            if gated && ready < desired {
-                let why = why_unready(kube, namespace, workload).await;
+            if gated && !workload.rolled_out() {
+                let why = why_unready(kube, namespace, reference, workload).await;
                 unready.push(Unready { workload: reference.to_string(), desired, ready, why });
             }
         }
     }
-    let clean = record.as_ref().is_some_and(|m| m.status == RunStatus::Succeeded && !m.dry_run)
+    let clean = record
+        .as_ref()
+        .is_some_and(|m| m.status == RunStatus::Succeeded && !m.dry_run && m.writers_not_stopped.is_empty())
         && stopped.is_empty()
         && unready.is_empty();
     let facts = Facts {
@@ -194,9 +198,23 @@ async fn gather(kube: &KubeClient, config: &StatusConfig) -> Result<Report> {
 
 /// Why a gated workload's pods are not ready: the first pod whose gate still waits (and since when),
 /// or whose gate failed (with the gate's own message, its termination message), else the app's.
-async fn why_unready(kube: &KubeClient, namespace: &str, workload: &crate::kube::Workload) -> String {
+async fn why_unready(
+    kube: &KubeClient,
+    namespace: &str,
+    reference: &crate::config::WorkloadRef,
+    workload: &crate::kube::Workload,
+) -> String {
     let gate = workload.gate.as_ref().map(|g| g.container.clone()).unwrap_or_default();
-    let pods = match kube.list_pods(namespace, &workload.selector).await {
+    // The scale subresource's selector covers matchExpressions too; an empty one would match every
+    // pod of the namespace, other releases' included.
+    let selector = match kube.get_scale(namespace, reference).await {
+        Ok(Some(scale)) => scale.status.and_then(|s| s.selector).unwrap_or_default(),
+        _ => workload.selector.clone(),
+    };
+    if selector.trim().is_empty() {
+        return "its pods cannot be told apart (no selector)".into();
+    }
+    let pods = match kube.list_pods(namespace, &selector).await {
         Ok(pods) => pods,
         Err(err) => return format!("its pods could not be read ({err})"),
     };
@@ -302,12 +320,25 @@ fn next_step(config: &StatusConfig, facts: &Facts) -> String {
                  configuration); pods of revision {still} still start",
                 record.revision
             ),
+            "quiesce-timeout" => format!(
+                "the workloads of revision {} did not stop within the quiesce timeout ({message}): raise \
+                 cleanup.quiesce.timeout and upgrade (helm test would time out the same way); they were started again",
+                record.revision
+            ),
             _ => format!(
                 "the cleanup of revision {} failed ({message}); when the cause is gone, run helm test {release} \
                  (it reruns the cleanup) or helm upgrade; pods of revision {still} still start",
                 record.revision
             ),
         };
+    }
+    if !record.writers_not_stopped.is_empty() {
+        return format!(
+            "the last cleanup (revision {}) could not stop {}, gated on this release's marker (its Role did not name \
+             them: rendered without Helm's lookup, or created since): they may have written through the purge; add them \
+             to cleanup.quiesce.workloads and upgrade, or run helm test {release} once the next upgrade has named them",
+            record.revision, record.writers_not_stopped
+        );
     }
     if let Some(first) = facts.unready.first() {
         return format!(

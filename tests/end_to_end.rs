@@ -503,6 +503,15 @@ async fn failed_upgrade_restores_the_old_workloads() {
     for deployment in ["shop-producer", "shop-consumer"] {
         assert_eq!(replicas(&cluster, deployment), (1, None), "{deployment}: restored, record removed");
         assert_eq!(cluster.api.pods_of(NAMESPACE, deployment).len(), 1, "{deployment}: running again");
+        // values-dev's Job makes two attempts: the first leaves the workload stopped for the second,
+        // which takes it over and, failing too as the last, puts it back. One stop, one start.
+        let scale_writes = cluster
+            .api
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path.ends_with(&format!("/{deployment}/scale")))
+            .count();
+        assert_eq!(scale_writes, 2, "{deployment}: stopped once for the whole deploy, not once per attempt");
     }
     let data = marker(&cluster);
     assert_eq!(data["status"], json!("failed"), "marker failed: {data:?}");

@@ -459,3 +459,48 @@ async fn the_gate_works_without_an_automounted_token() {
     }
     world.cleanup().await;
 }
+
+/// Rendered without Helm's `lookup` (`helm template`, as Argo CD does), the Job's Role does not name
+/// a parent chart's gated Deployment: the Job finds it, cannot stop it, and says so; the marker records
+/// it, and `status` is not clean and says what to add.
+#[tokio::test]
+async fn a_gated_writer_the_role_does_not_name_is_reported() {
+    let world = World::new().await;
+    let mut cluster = FakeCluster::start(NAMESPACE).await;
+    let (_scratch, parent) = parent_chart(None);
+    let render = |extra: &[&str]| {
+        let mut command = std::process::Command::new(helm());
+        command.args(["template", RELEASE]).arg(&parent).args(["--namespace", NAMESPACE]);
+        command.args(["--set", &format!("cleanslate.cleanup.rabbitmq.url={}", rabbit_url())]);
+        command.args(["--set-string", &format!("cleanslate.cleanup.rabbitmq.vhost={}", world.vhost)]);
+        command.args(["--set-string", &format!("cleanslate.cleanup.rabbitmq.username={}", rabbit_user())]);
+        command.args(["--set-string", &format!("cleanslate.cleanup.rabbitmq.password={}", rabbit_password())]);
+        command.args(["--set-json", "cleanslate.cleanup.rabbitmq.queues=[\"monorepo\"]"]);
+        command.args(["--set-json", &format!("cleanslate.cleanup.etcd.endpoints=[\"{}\"]", etcd_endpoint())]);
+        command.args(["--set-json", &format!("cleanslate.cleanup.etcd.prefixes=[\"{}\"]", world.prefix)]);
+        command.args(extra);
+        let output = command.output().expect("helm runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        parse_documents(&String::from_utf8_lossy(&output.stdout))
+    };
+    let install = render(&[]);
+    install_resources(&mut cluster, &install).await;
+    all_succeeded(&run_hooks(&mut cluster, &install, "post-install").await, "install");
+    cluster.api.pass_gates(NAMESPACE, "shop-api");
+
+    let upgrade = render(&["--is-upgrade", "--set", "cleanslate.cleanup.revision=2"]);
+    let runs = run_hooks(&mut cluster, &upgrade, "pre-upgrade").await;
+    let job = job_run(&runs, "shop-cleanslate-purge");
+    assert_eq!(job.code, 0, "the purge goes on: {}", job.all_output());
+    assert!(
+        job.stdout.contains("deployment/shop-api") && job.stdout.contains("not stopped"),
+        "says which writer it could not stop: {}",
+        job.stdout
+    );
+    assert_eq!(replicas(&cluster, "shop-api"), (1, None), "left running: its Role does not name it");
+    assert_eq!(marker(&cluster)["writersNotStopped"], json!("deployment/shop-api"), "the marker records it");
+    let status = cleanslate(&["status", RELEASE], &cluster.operator_vars()).await;
+    assert_eq!(status.code, 1, "not clean: {}", status.all_output());
+    assert!(status.stdout.contains("cleanup.quiesce.workloads"), "says what to add: {}", status.stdout);
+    world.cleanup().await;
+}

@@ -279,7 +279,8 @@ async fn purge_writes_the_marker_after_success() {
             "queuesWithUnknownCounts",
             "revision",
             "startedAt",
-            "status"
+            "status",
+            "writersNotStopped"
         ],
         "documented keys"
     );

@@ -791,3 +791,30 @@ async fn reported_dead_letters_reach_the_marker_and_the_event() {
     assert!(note.contains("monorepo-dlq (dead letters of orders)"), "the Event names it: {note}");
     env.cleanup().await;
 }
+
+/// `resume` with the release's marker starts what was stopped for that marker, listed or not, and
+/// leaves alone a listed workload stopped for another release's marker (that release's run or
+/// resume starts it).
+#[tokio::test]
+async fn resume_starts_what_its_marker_stopped_and_nothing_of_another_release() {
+    let env = Env::start(&["ours", "theirs", "outside"]).await;
+    for resource in ["deployments", "statefulsets"] {
+        env.api.grant_on(TOKEN, resource, &["list"], None);
+    }
+    for (name, owner) in [("ours", MARKER), ("theirs", "blog-cleanslate-marker"), ("outside", MARKER)] {
+        let mut manifest = deployment(name, Some(0));
+        manifest["metadata"]["annotations"] =
+            json!({"cleanslate.io/quiesced-replicas": "2", "cleanslate.io/quiesced-for": owner});
+        env.api.apply_workload(NS, &manifest);
+    }
+    let run = cleanslate(
+        &["resume"],
+        &with(env.resume_vars("deployment/ours,deployment/theirs"), &[("CLEANSLATE_MARKER", MARKER)]),
+    )
+    .await;
+    assert_eq!(run.code, 0, "resume succeeds: {}", run.all_output());
+    assert_eq!(env.state("ours"), (2, None), "listed and stopped for this marker: started");
+    assert_eq!(env.state("outside"), (2, None), "not listed, stopped for this marker (a rollback's case): started");
+    assert_eq!(env.state("theirs").0, 0, "stopped for another release's marker: left to it");
+    env.cleanup().await;
+}

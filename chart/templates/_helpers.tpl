@@ -197,7 +197,9 @@ the quiesce timeout when quiesce is on, and 30 s for scheduling, the image pull 
 {{/*
 How long the quiesce may wait for the workloads' pods to be gone: cleanup.quiesce.timeout, or longer
 when a workload to stop gives its pods a longer grace period (`terminationGracePeriodSeconds`,
-read with `lookup` from the live workloads): that grace plus 15 s. A consumer that drains for 60 s is
+read with `lookup` from the live workloads; one per replica for an OrderedReady StatefulSet): that
+plus 15 s. `lookup` needs the deployer's `list` on Deployments and StatefulSets; Helm fails the render
+on a refusal. A consumer that drains for 60 s is
 not cut short into a restore, and the Job's derived deadline holds it. Under `helm template` the
 binary still raises its wait to the grace period it reads, within what the deadline leaves.
 */}}
@@ -208,7 +210,12 @@ binary still raises its wait to the grace period it reads, within what the deadl
 {{- range $kind, $object := dict "deployment" "Deployment" "statefulset" "StatefulSet" -}}
 {{- range (lookup "apps/v1" $object $.Release.Namespace "").items -}}
 {{- if has (printf "%s/%s" $kind .metadata.name) $stopped -}}
-{{- $grace := .spec.template.spec.terminationGracePeriodSeconds | default 30 | int64 -}}
+{{- $grace := 30 -}}
+{{- if not (kindIs "invalid" .spec.template.spec.terminationGracePeriodSeconds) -}}{{- $grace = .spec.template.spec.terminationGracePeriodSeconds | int64 -}}{{- end -}}
+{{- /* An OrderedReady StatefulSet stops its pods one at a time: one grace period per replica. */ -}}
+{{- if and (eq $kind "statefulset") (eq (.spec.podManagementPolicy | default "OrderedReady") "OrderedReady") -}}
+{{- $grace = mul $grace (max 1 (.spec.replicas | default 1 | int64)) -}}
+{{- end -}}
 {{- if gt (add $grace 15) $seconds -}}{{- $seconds = add $grace 15 -}}{{- end -}}
 {{- end -}}
 {{- end -}}

@@ -86,6 +86,8 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         Some((kube, marker)) => read_job(kube, marker).await,
         None => None,
     };
+    // The Job's deadline is measured from here (its `deadline_left` was read just now).
+    let job_read_at = Instant::now();
     // A run that could not record its outcome would leave restarting gated pods waiting: checked
     // before anything is stopped or deleted.
     if let Some((kube, marker)) = &marker_target {
@@ -151,13 +153,14 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     // Quiesce: nothing is purged while the previous version's writers may still run.
     let progress = quiesce::Progress::default();
     let mut quiesce_failure = None;
+    let mut writers_not_stopped = Vec::new();
     if let (Some(_), Some(target)) = (&prepared, &quiesce_target) {
         // The purge and the marker write come after the quiesce, inside the Job's deadline.
-        let after_quiesce = config.timeout + MARKER_BUDGET + clock.elapsed();
+        let after_quiesce = config.timeout + MARKER_BUDGET + RESTORE_BUDGET + job_read_at.elapsed();
         let stopped = stop_writers(target, marker_target.as_ref(), job_at_start, after_quiesce, &progress);
         tokio::select! {
             stopped = stopped => match stopped {
-                Ok(not_permitted) => summary.writers_not_stopped = not_permitted,
+                Ok(not_permitted) => writers_not_stopped = not_permitted,
                 Err(err) => quiesce_failure = Some(err),
             },
             signal = shutdown.recv() => interrupted = Some(signal),
@@ -193,6 +196,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
             }
         }
     }
+    summary.writers_not_stopped = writers_not_stopped;
     if let Some(signal) = interrupted {
         // Whatever finished before the signal is not known for sure: the marker says failed.
         summary.fail(Kind::Failed, format!("stopped by {} before the purge finished", signal.name()));
@@ -200,8 +204,9 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
 
     // Put the workloads back: after a failure the previous version keeps running; in the helm
     // test Pod the reset is complete only when they run again.
+    let retry_follows = retry_follows(job_at_start, &summary, interrupted.is_some());
     let resume_failures = match &quiesce_target {
-        Some(target) => put_back(target, &progress, &mut summary, interrupted.is_some()).await,
+        Some(target) => put_back(target, &progress, &mut summary, interrupted.is_some(), retry_follows).await,
         None => Vec::new(),
     };
 
@@ -220,8 +225,11 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
             if summary.failures.is_empty() && interrupted.is_none() {
                 // The run fails after all: put back what it stopped (unless the helm test run
                 // already did), or the apps stay at 0 while the Job retries and Helm gives up.
+                let retried = !kind_of(&err).is_final() && retry_follows_attempt(job_at_start);
                 return Err(match &quiesce_target {
-                    Some(target) if !target.1.resume_after_purge => restore_after(target, &progress, err).await,
+                    Some(target) if !target.1.resume_after_purge && !retried => {
+                        restore_after(target, &progress, err).await
+                    }
                     _ => err,
                 });
             }
@@ -271,7 +279,7 @@ async fn stop_writers(
     };
     let writers = quiesce::writers(kube, settings).await.map_err(|err| err.context("nothing was stopped"))?;
     let timeout =
-        quiesce_timeout(settings.timeout, writers.longest_grace, job_at_start, after_quiesce + started.elapsed());
+        quiesce_timeout(settings.timeout, writers.longest_grace, job_at_start, after_quiesce + started.elapsed())?;
     let not_permitted: Vec<String> = writers.not_permitted.iter().map(ToString::to_string).collect();
     match tokio::time::timeout(timeout, quiesce::stop(kube, &writers.config, cleaned_up_to, progress)).await {
         Ok(Ok(())) => Ok(not_permitted),
@@ -289,7 +297,7 @@ fn quiesce_timeout(
     longest_grace: Option<Duration>,
     job: Option<crate::kube::JobProgress>,
     after: Duration,
-) -> Duration {
+) -> Result<Duration> {
     let wanted = longest_grace.map_or(configured, |grace| configured.max(grace + quiesce::GRACE_MARGIN));
     if wanted > configured {
         info!(
@@ -299,18 +307,24 @@ fn quiesce_timeout(
         );
     }
     let Some(room) = job.and_then(|j| j.deadline_left).map(|left| left.saturating_sub(after)) else {
-        return wanted;
+        return Ok(wanted);
     };
     if room < wanted {
-        warn!(
-            waits_ms = room.as_millis() as u64,
-            wanted_ms = wanted.as_millis() as u64,
-            "the Job's deadline leaves less than the workloads' grace period plus a margin: raise \
-             cleanup.quiesce.timeout (the chart derives the Job's deadline from it)"
-        );
-        return room.max(Duration::from_secs(1));
+        // Stopping them now would be an outage that cannot end well: the deadline would cut the
+        // wait short into a restore. Refused before anything stops.
+        return Err(classified(
+            Kind::Config,
+            format!(
+                "the Job's deadline leaves {} s for the quiesce, and the workloads may take {} s to stop (their grace \
+                 period plus {} s): nothing was stopped or purged; raise cleanup.quiesce.timeout (the chart derives \
+                 the Job's deadline from it) or set cleanup.hook.activeDeadlineSeconds",
+                room.as_secs(),
+                wanted.as_secs(),
+                quiesce::GRACE_MARGIN.as_secs()
+            ),
+        ));
     }
-    wanted
+    Ok(wanted)
 }
 
 /// Starts the stopped workloads again after a failure (the previous version keeps running) or in
@@ -321,10 +335,34 @@ async fn put_back(
     progress: &quiesce::Progress,
     summary: &mut Summary,
     signalled: bool,
+    retry_follows: bool,
 ) -> Vec<String> {
-    let stopped = progress.stopped();
+    let mut stopped = progress.stopped();
     let failed = !summary.failures.is_empty();
+    if failed && !retry_follows && !signalled {
+        // The deploy's last word: what an earlier attempt of it left stopped for the next one goes
+        // back too, though this attempt failed before it took them over.
+        if let Ok(left) = quiesce::stopped_for(kube, settings).await {
+            for workload in left {
+                if !stopped.contains(&workload) {
+                    stopped.push(workload);
+                }
+            }
+        }
+    }
     if stopped.is_empty() {
+        return Vec::new();
+    }
+    if failed && retry_follows {
+        // The Job starts another attempt, which takes these over (at 0 with their record) instead
+        // of stopping them a second time: one outage per deploy. The last attempt, a signal and a
+        // final failure put them back.
+        let list: Vec<String> = stopped.iter().map(ToString::to_string).collect();
+        warn!(
+            workloads = %list.join(","),
+            "left stopped for the Job's next attempt, which takes them over; the last attempt puts them back if it fails too"
+        );
+        summary.failures.push(format!("left stopped for the Job's next attempt: {}", list.join(", ")));
         return Vec::new();
     }
     if !failed && !settings.resume_after_purge {
@@ -345,7 +383,9 @@ async fn put_back(
         return Vec::new();
     }
     let budget = if signalled { SIGNAL_RESTORE_BUDGET } else { RESTORE_BUDGET };
-    let report = quiesce::restore(kube, &settings.namespace, &stopped, Instant::now() + budget).await;
+    let report =
+        quiesce::restore(kube, &settings.namespace, &stopped, settings.marker.as_deref(), Instant::now() + budget)
+            .await;
     let restored = report.describe_restored();
     if failed {
         if !restored.is_empty() {
@@ -403,6 +443,7 @@ fn marker_record(
         message: summary.failures.join("; "),
         failure_kind: if summary.failures.is_empty() { String::new() } else { summary.kind.as_str().to_string() },
         dead_letters: summary.dead_letters_line().unwrap_or_default(),
+        writers_not_stopped: summary.writers_not_stopped.join(", "),
         job: settings.pod_name.clone().unwrap_or_default(),
         // Filled in from the marker already there, by `marker::merge`; a failure that no retry
         // changes is final now (the Job's podFailurePolicy ends it on this exit code).
@@ -444,11 +485,29 @@ async fn restore_after(
     if stopped.is_empty() {
         return err;
     }
-    let report = quiesce::restore(kube, &settings.namespace, &stopped, Instant::now() + RESTORE_BUDGET).await;
+    let report = quiesce::restore(
+        kube,
+        &settings.namespace,
+        &stopped,
+        settings.marker.as_deref(),
+        Instant::now() + RESTORE_BUDGET,
+    )
+    .await;
     let mut lines = vec![report.describe_restored()];
     lines.extend(report.describe_failed());
     lines.retain(|line| !line.is_empty());
     if lines.is_empty() { err } else { err.context(lines.join("; ")) }
+}
+
+/// Whether the Job will run another attempt after this one fails: it has attempts left and the
+/// failure is not one its `podFailurePolicy` ends at once. Then the stopped workloads stay stopped
+/// for that attempt. Without a Job (`helm test`'s Pod, a run by hand) nothing follows.
+fn retry_follows(job: Option<crate::kube::JobProgress>, summary: &Summary, signalled: bool) -> bool {
+    !signalled && !summary.failures.is_empty() && !summary.kind.is_final() && retry_follows_attempt(job)
+}
+
+fn retry_follows_attempt(job: Option<crate::kube::JobProgress>) -> bool {
+    job.is_some_and(|job| !job.failing && job.attempt() < job.attempts())
 }
 
 /// Refuses a production environment unless explicitly allowed, before any connection.
@@ -505,4 +564,49 @@ async fn execute(
     };
     let (rabbit, etcd) = tokio::join!(rabbit_side, etcd_side);
     summary::summarize(rabbit, etcd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::JobProgress;
+
+    fn job(failed: u32, backoff_limit: u32, left: Option<u64>) -> JobProgress {
+        JobProgress { failed, backoff_limit, failing: false, deadline_left: left.map(Duration::from_secs) }
+    }
+
+    /// The wait is the workloads' grace period plus the margin when that is longer, and a deadline
+    /// that cannot hold it is refused before anything stops.
+    #[test]
+    fn the_quiesce_waits_for_the_grace_period_within_the_deadline() {
+        let configured = Duration::from_secs(10);
+        let grace = Some(Duration::from_secs(60));
+        assert_eq!(quiesce_timeout(configured, None, None, Duration::ZERO).unwrap(), configured);
+        assert_eq!(quiesce_timeout(configured, grace, None, Duration::ZERO).unwrap(), Duration::from_secs(75));
+        assert_eq!(
+            quiesce_timeout(configured, grace, Some(job(0, 1, Some(200))), Duration::from_secs(60)).unwrap(),
+            Duration::from_secs(75),
+            "room enough"
+        );
+        let refused = quiesce_timeout(configured, grace, Some(job(0, 1, Some(100))), Duration::from_secs(60))
+            .expect_err("40 s left for a 75 s wait");
+        assert_eq!(kind_of(&refused), Kind::Config);
+        assert!(format!("{refused:#}").contains("nothing was stopped"), "{refused:#}");
+    }
+
+    /// A failed attempt leaves the workloads stopped only when the Job runs another one.
+    #[test]
+    fn only_a_retry_to_come_keeps_the_workloads_stopped() {
+        let failed = |kind| {
+            let mut summary = Summary::default();
+            summary.fail(kind, "x".into());
+            summary
+        };
+        assert!(retry_follows(Some(job(0, 1, None)), &failed(Kind::Unreachable), false), "attempt 1 of 2");
+        assert!(!retry_follows(Some(job(1, 1, None)), &failed(Kind::Unreachable), false), "the last attempt");
+        assert!(!retry_follows(Some(job(0, 1, None)), &failed(Kind::Denied), false), "a final failure");
+        assert!(!retry_follows(Some(job(0, 1, None)), &failed(Kind::Unreachable), true), "a signal");
+        assert!(!retry_follows(None, &failed(Kind::Unreachable), false), "no Job (helm test, by hand)");
+        assert!(!retry_follows(Some(job(0, 1, None)), &Summary::default(), false), "nothing failed");
+    }
 }

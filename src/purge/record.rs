@@ -147,7 +147,9 @@ pub(super) async fn check_writable(kube: &KubeClient, settings: &MarkerConfig) -
             match kube.check_write(&settings.namespace, &object, !missing.get()).await {
                 // Authorization comes before the conflict check: a 409 means the write is allowed.
                 Err(err) if matches!(err.code(), Some(409)) => Ok(()),
-                Err(err) if matches!(err.code(), Some(401 | 403)) => Err(Attempt::Permanent(anyhow::Error::new(err))),
+                // Retried for the few seconds the policy allows: a Role the hook created just before
+                // this Job can take a moment to apply (the gate does the same).
+                Err(err) if matches!(err.code(), Some(401 | 403)) => Err(Attempt::Transient(anyhow::Error::new(err))),
                 other => other.map_err(|err| kube_attempt(err, settings)),
             }
         }

@@ -581,27 +581,34 @@ fn init_container_statuses(init: &Value) -> Vec<Value> {
         .collect()
 }
 
-/// The workload controller's `status.readyReplicas`: its own pods that are Ready and not
-/// terminating. Written in place, without a new `resourceVersion` (the real controller's status
+/// The workload controller's `status.readyReplicas`, `updatedReplicas` and `replicas` over its own
+/// pods that are not terminating
+/// (<https://kubernetes.io/docs/concepts/workloads/controllers/deployment/#deployment-status>). Written in place, without a new `resourceVersion` (the real controller's status
 /// writes bump it; quiesce's conditional scale writes would then race them, which the tests of
 /// conflicts exercise on purpose elsewhere).
 fn refresh_ready(store: &mut Store, namespace: &str, name: &str) {
-    let pods: Vec<String> = store
+    let owned: Vec<(String, String)> = store
         .apps
         .owners
         .iter()
         .filter(|((ns, _), owner)| ns == namespace && owner.workload == name)
-        .map(|((_, pod), _)| pod.clone())
+        .map(|((_, pod), owner)| (pod.clone(), owner.template.clone()))
         .collect();
-    let ready = pods
+    let live: Vec<(Value, String)> = owned
         .iter()
-        .filter_map(|pod| store.objects.get(&key("pods", namespace, pod)))
-        .filter(|pod| pod["metadata"]["deletionTimestamp"].is_null() && is_ready(pod))
-        .count();
+        .filter_map(|(pod, template)| {
+            store.objects.get(&key("pods", namespace, pod)).map(|p| (p.clone(), template.clone()))
+        })
+        .filter(|(pod, _)| pod["metadata"]["deletionTimestamp"].is_null())
+        .collect();
     for resource in ["deployments", "statefulsets"] {
         if let Some(object) = store.objects.get_mut(&key(resource, namespace, name)) {
-            object["status"]["readyReplicas"] = json!(ready);
-            object["status"]["replicas"] = json!(pods.len());
+            let current = object["spec"]["template"].to_string();
+            let updated: Vec<&Value> = live.iter().filter(|(_, t)| *t == current).map(|(p, _)| p).collect();
+            // Every Ready pod counts, an old template's too (a rolling update keeps old pods).
+            object["status"]["readyReplicas"] = json!(live.iter().filter(|(p, _)| is_ready(p)).count());
+            object["status"]["updatedReplicas"] = json!(updated.len());
+            object["status"]["replicas"] = json!(live.len());
         }
     }
 }
