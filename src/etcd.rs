@@ -424,14 +424,18 @@ impl Session<'_> {
     /// in 3.6). A missing permission is then refused before the workloads are stopped or anything
     /// is deleted; the transaction changes nothing (no revision, no watch event).
     pub async fn check_delete(&self, ranges: &[KeyRange], policy: &RetryPolicy, deadline: Instant) -> Result<()> {
-        let what = "checking permission to delete the etcd ranges";
-        for chunk in ranges.chunks(self.config.max_txn_ops.max(1)) {
-            let Some(first) = chunk.first() else { continue };
-            let deletes: Vec<TxnOp> = chunk
-                .iter()
-                .map(|r| TxnOp::delete(r.start.clone(), Some(DeleteOptions::new().with_range(r.end_bytes()))))
-                .collect();
-            let never = Compare::version(first.start.clone(), CompareOp::Less, 0);
+        let what = "checking permission to delete the etcd ranges and write the seed";
+        let (ops, _) = delete_and_seed_ops(ranges, &self.config.seed);
+        for chunk in ops.chunks(self.config.max_txn_ops.max(1)) {
+            let Some(first) = ranges
+                .first()
+                .map(|r| r.start.clone())
+                .or_else(|| self.config.seed.first().map(|(k, _)| k.clone().into_bytes()))
+            else {
+                continue;
+            };
+            let deletes: Vec<TxnOp> = chunk.to_vec();
+            let never = Compare::version(first, CompareOp::Less, 0);
             let answer = retry::run(policy, deadline, what, || async {
                 let mut kv = self.client().await?.kv_client();
                 kv.txn(Txn::new().when([never.clone()]).and_then(deletes.clone())).await.map_err(|err| {
@@ -456,6 +460,10 @@ impl Session<'_> {
     /// committed range, as the server counted them, even when a later transaction failed (and in
     /// `tally` as each commits, for a run a signal stops). A transaction retried after a lost answer
     /// reports zero for the keys its first attempt already deleted.
+    ///
+    /// The seed's puts follow the deletes: in the same transaction when all fit in the server's
+    /// `--max-txn-ops` (one atomic step: no reader ever sees the prefix empty), else in the
+    /// transactions right after the last delete, before the marker is written either way.
     pub async fn delete(
         &self,
         ranges: &[KeyRange],
@@ -463,14 +471,55 @@ impl Session<'_> {
         deadline: Instant,
         tally: &Tally,
     ) -> Deletion {
-        let ops = ranges
-            .iter()
-            .map(|r| TxnOp::delete(r.start.clone(), Some(DeleteOptions::new().with_range(r.end_bytes()))))
-            .collect();
+        let (ops, owners) = delete_and_seed_ops(ranges, &self.config.seed);
         let (responses, failure) =
-            self.in_transactions(ops, "deleting etcd ranges", policy, deadline, Some(tally)).await;
-        Deletion { committed: responses.iter().map(deleted_keys).collect(), failure }
+            self.in_transactions(ops, "deleting etcd ranges and writing the seed", policy, deadline, Some(tally)).await;
+        // Keys deleted per range of the plan (a range cut around seed keys is several deletes);
+        // only ranges whose every delete committed are reported as done.
+        let done = responses.len().min(owners.len());
+        let mut committed: Vec<u64> = Vec::new();
+        for (owner, response) in owners.iter().zip(&responses).take(done) {
+            if committed.len() <= *owner {
+                committed.resize(owner + 1, 0);
+            }
+            committed[*owner] += deleted_keys(response);
+        }
+        if done < owners.len() && owners.get(done) == owners.get(done.saturating_sub(1)) && done > 0 {
+            // The range whose pieces were cut short is not done: its count stays in the tally.
+            committed.pop();
+        }
+        let seeded = responses.iter().filter(|op| matches!(op, TxnOpResponse::Put(_))).count() as u64;
+        Deletion { committed, seeded, failure }
     }
+}
+
+/// The deletes of every range, then the seed's puts, and for each delete the index of the range it
+/// belongs to. etcd refuses a transaction whose put lies inside one of its delete ranges ("duplicate
+/// key given in txn request": `checkIntervals`), so each seed key is cut out of the ranges (its put
+/// replaces the old value anyway): deletes and puts never overlap and can share a transaction.
+fn delete_and_seed_ops(ranges: &[KeyRange], seed: &[(String, String)]) -> (Vec<TxnOp>, Vec<usize>) {
+    let points: Vec<KeyRange> = seed
+        .iter()
+        .map(|(key, _)| {
+            let mut end = key.as_bytes().to_vec();
+            end.push(0);
+            KeyRange { start: key.as_bytes().to_vec(), end: Some(end) }
+        })
+        .collect();
+    let mut ops = Vec::new();
+    let mut owners = Vec::new();
+    for (index, range) in ranges.iter().enumerate() {
+        let mut pieces = vec![range.clone()];
+        for point in &points {
+            pieces = pieces.iter().flat_map(|piece| piece.minus(point)).collect();
+        }
+        for piece in pieces {
+            ops.push(TxnOp::delete(piece.start.clone(), Some(DeleteOptions::new().with_range(piece.end_bytes()))));
+            owners.push(index);
+        }
+    }
+    ops.extend(seed.iter().map(|(key, value)| TxnOp::put(key.as_bytes(), value.as_bytes(), None)));
+    (ops, owners)
 }
 
 /// Keys a delete operation removed (0 for anything else).
@@ -486,6 +535,8 @@ fn deleted_keys(op: &TxnOpResponse) -> u64 {
 #[derive(Debug)]
 pub struct Deletion {
     pub committed: Vec<u64>,
+    /// Seed keys written (their transactions committed).
+    pub seeded: u64,
     pub failure: Option<anyhow::Error>,
 }
 

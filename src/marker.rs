@@ -62,6 +62,8 @@ pub struct Marker {
     /// "unknown" when no purged queue had a count.
     pub queues_with_unknown_counts: u64,
     pub keys_deleted: u64,
+    /// Seed keys written after the delete (`CLEANSLATE_ETCD_SEED_FILE`).
+    pub keys_seeded: u64,
     /// The error summary of a failed run; empty on success.
     pub message: String,
     /// What kind of failure it was (`Kind::as_str`: `configuration`, `denied`, `unreachable`, …);
@@ -111,6 +113,7 @@ impl Marker {
             ("messagesPurged", self.messages_text()),
             ("queuesWithUnknownCounts", self.queues_with_unknown_counts.to_string()),
             ("keysDeleted", self.keys_deleted.to_string()),
+            ("keysSeeded", self.keys_seeded.to_string()),
             ("message", message),
             ("failureKind", self.failure_kind.clone()),
             ("deadLettersNotPurged", crate::text::fit_bytes(self.dead_letters.clone(), MAX_MESSAGE)),
@@ -165,6 +168,7 @@ impl Marker {
             messages_purged: number("messagesPurged"),
             queues_with_unknown_counts: number("queuesWithUnknownCounts"),
             keys_deleted: number("keysDeleted"),
+            keys_seeded: number("keysSeeded"),
             message: text("message"),
             failure_kind: text("failureKind"),
             dead_letters: text("deadLettersNotPurged"),
@@ -288,6 +292,7 @@ mod tests {
             messages_purged: 40,
             queues_with_unknown_counts: 0,
             keys_deleted: 10,
+            keys_seeded: 0,
             message: String::new(),
             failure_kind: String::new(),
             dead_letters: String::new(),
@@ -336,6 +341,7 @@ mod tests {
                 "finishedAt",
                 "job",
                 "keysDeleted",
+                "keysSeeded",
                 "lastSucceededAt",
                 "lastSucceededRevision",
                 "message",

@@ -369,3 +369,37 @@ async fn a_key_scoped_user_purges_its_prefix() {
         out.assert_no_secret(&[user_password, "Etcd-Root-Pw-9c2"]);
     }
 }
+
+/// The seed goes in the delete's own transaction when the server's operation limit allows (one new
+/// revision: no reader sees the prefix empty), and right after it when it does not; either way the
+/// prefix ends holding exactly the seed, with the seed's values.
+#[tokio::test]
+async fn the_seed_replaces_the_prefix_in_one_transaction_when_it_fits() {
+    let mut etcd = etcd().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (case, max_ops, one) in [("one transaction", "128", true), ("after the delete", "1", false)] {
+        let ns = unique("/seed");
+        let prefix = format!("{ns}/app/");
+        put_keys(&mut etcd, &prefix, 5).await;
+        etcd.put(format!("{prefix}lobby"), "stale", None).await.expect("put");
+        let seed = write_file(
+            dir.path(),
+            &format!("seed-{max_ops}.yaml"),
+            &format!("{prefix}lobby: open\n{prefix}flags/beta: \"true\"\n"),
+        );
+        let before = etcd.get("x", None).await.expect("revision").header().unwrap().revision();
+        let run = cleanslate(
+            &["purge"],
+            &purge_vars(&prefix, &[("CLEANSLATE_ETCD_SEED_FILE", &seed), ("CLEANSLATE_ETCD_MAX_TXN_OPS", max_ops)]),
+        )
+        .await;
+        assert_eq!(run.code, 0, "{case}: {}", run.all_output());
+        let after = etcd.get("x", None).await.expect("revision").header().unwrap().revision();
+        // A transaction that changes something is one revision (one that deletes nothing is none).
+        assert_eq!(after - before == 1, one, "{case}: {} revisions", after - before);
+        assert_eq!(count_keys(&mut etcd, &prefix).await, 2, "{case}: only the seed is left");
+        let lobby = etcd.get(format!("{prefix}lobby"), None).await.expect("get");
+        assert_eq!(lobby.kvs()[0].value_str().unwrap(), "open", "{case}: the seed's value replaced the stale one");
+        assert!(run.stdout.contains(r#""keys_seeded":2"#), "{case}: counted: {}", run.stdout);
+    }
+}

@@ -307,6 +307,9 @@ production-eu, PROD, prod2, prd01. */ -}}
 {{- fail (printf "cleanslate: etcd endpoint %s is https: set cleanup.etcd.tls.existingSecret to a Secret with the CA (%s) that signed its certificate" . $tls.caKey) -}}
 {{- end -}}
 {{- end -}}
+{{- if and $v.cleanup.etcd.seed $v.cleanup.etcd.seedConfigMap -}}
+{{- fail "cleanslate: set cleanup.etcd.seed or cleanup.etcd.seedConfigMap, not both" -}}
+{{- end -}}
 {{- if and $tls.existingSecret (ne (empty $tls.certKey) (empty $tls.keyKey)) -}}
 {{- fail "cleanslate: cleanup.etcd.tls.certKey and keyKey go together: set both for a client certificate, or empty both for none" -}}
 {{- end -}}
@@ -710,6 +713,10 @@ for the Job, the test identity's for the test Pod; an existingSecret wins over b
       name: {{ default $rendered $c.etcd.existingSecret }}
       key: {{ $c.etcd.passwordKey }}
 {{- end }}
+{{- if or $c.etcd.seed $c.etcd.seedConfigMap }}
+- name: CLEANSLATE_ETCD_SEED_FILE
+  value: {{ printf "/etc/cleanslate/seed/%s" $c.etcd.seedKey | quote }}
+{{- end }}
 {{- with $c.etcd.tls }}
 {{- if .existingSecret }}
 - name: CLEANSLATE_ETCD_CA_FILE
@@ -765,6 +772,13 @@ the ones purgeEnv passes.
     items:
       - {key: {{ $c.rabbitmq.tls.caKey }}, path: {{ $c.rabbitmq.tls.caKey }}}
 {{- end }}
+{{- if and $c.targets.database (or $c.etcd.seed $c.etcd.seedConfigMap) }}
+- name: etcd-seed
+  configMap:
+    name: {{ $c.etcd.seedConfigMap | default (include "cleanslate.suffixed" (list (include "cleanslate.fullname" .) "seed")) }}
+    items:
+      - {key: {{ $c.etcd.seedKey }}, path: {{ $c.etcd.seedKey }}}
+{{- end }}
 {{- if and $c.targets.database $c.etcd.tls.existingSecret }}
 - name: etcd-tls
   secret:
@@ -781,6 +795,9 @@ the ones purgeEnv passes.
 {{- define "cleanslate.tlsVolumeMounts" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 {{- $c := $v.cleanup -}}
+{{- if and $c.targets.database (or $c.etcd.seed $c.etcd.seedConfigMap) }}
+- {name: etcd-seed, mountPath: /etc/cleanslate/seed, readOnly: true}
+{{- end }}
 {{- if and $c.targets.queue $c.rabbitmq.tls.existingSecret }}
 - {name: rabbitmq-tls, mountPath: /etc/cleanslate/rabbitmq-tls, readOnly: true}
 {{- end }}

@@ -46,6 +46,7 @@ pub(super) struct RawEnv {
     pub(super) etcd_cert_file: Option<String>,
     pub(super) etcd_key_file: Option<String>,
     pub(super) etcd_max_txn_ops: Option<String>,
+    pub(super) etcd_seed_file: Option<String>,
     pub(super) marker: Option<String>,
     pub(super) namespace: Option<String>,
     pub(super) revision: Option<String>,

@@ -13,6 +13,7 @@
 
 mod env;
 mod parse;
+pub mod seed;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -140,6 +141,8 @@ pub struct EtcdConfig {
     pub tls: Option<EtcdTls>,
     /// Operations per transaction: the server's `--max-txn-ops` (128 unless an operator lowered it).
     pub max_txn_ops: usize,
+    /// The baseline written after the delete (`CLEANSLATE_ETCD_SEED_FILE`), key → value, checked.
+    pub seed: Vec<(String, String)>,
 }
 
 /// Files for etcd over TLS; a client certificate makes it mutual TLS.
@@ -727,7 +730,11 @@ fn etcd_config(raw: &RawEnv) -> Result<EtcdConfig> {
         // etcd refuses more than this many ops whatever its flag says (the gRPC message limit).
         100_000,
     )? as usize;
-    Ok(EtcdConfig { endpoints, prefixes, protected_prefixes, auth, tls, max_txn_ops })
+    let seed = match present(&raw.etcd_seed_file) {
+        Some(path) => seed::read_seed(path, &prefixes, &protected_prefixes)?,
+        None => Vec::new(),
+    };
+    Ok(EtcdConfig { endpoints, prefixes, protected_prefixes, auth, tls, max_txn_ops, seed })
 }
 
 fn marker_config(env: &Env, required_by_gate: bool) -> Result<Option<MarkerConfig>> {

@@ -174,8 +174,11 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     if let Some(prepared) = prepared.filter(|_| summary.failures.is_empty() && interrupted.is_none()) {
         if dry_run {
             let etcd_counts = prepared.etcd.as_ref().map(|e| e.counts.clone()).unwrap_or_default();
-            summary =
-                Summary { workloads_to_stop: would_stop, ..Summary::of_plan(prepared.rabbit.as_ref(), &etcd_counts) };
+            summary = Summary {
+                workloads_to_stop: would_stop,
+                keys_seeded: config.etcd.as_ref().map_or(0, |e| e.seed.len() as u64),
+                ..Summary::of_plan(prepared.rabbit.as_ref(), &etcd_counts)
+            };
         } else {
             let deadline = Instant::now() + config.timeout.saturating_sub(preflight_took).max(Duration::from_secs(1));
             let tally = crate::tally::Tally::default();
@@ -440,6 +443,7 @@ fn marker_record(
         messages_purged: summary.messages_purged,
         queues_with_unknown_counts: summary.queues_with_unknown_counts,
         keys_deleted: summary.keys_deleted,
+        keys_seeded: summary.keys_seeded,
         message: summary.failures.join("; "),
         failure_kind: if summary.failures.is_empty() { String::new() } else { summary.kind.as_str().to_string() },
         dead_letters: summary.dead_letters_line().unwrap_or_default(),
@@ -560,7 +564,15 @@ async fn execute(
         for prefix in &plan.protected {
             info!(prefix = %prefix, reason = "listed in CLEANSLATE_ETCD_PROTECTED_PREFIXES", "protected keys kept");
         }
-        Some(Ok::<_, anyhow::Error>(EtcdReport { plan, counts: deletion.committed, failure: deletion.failure }))
+        if deletion.seeded > 0 {
+            info!(keys_seeded = deletion.seeded, "wrote the seed (CLEANSLATE_ETCD_SEED_FILE)");
+        }
+        Some(Ok::<_, anyhow::Error>(EtcdReport {
+            plan,
+            counts: deletion.committed,
+            seeded: deletion.seeded,
+            failure: deletion.failure,
+        }))
     };
     let (rabbit, etcd) = tokio::join!(rabbit_side, etcd_side);
     summary::summarize(rabbit, etcd)

@@ -157,6 +157,9 @@ async fn prepare_etcd<'a>(
     if !dry_run {
         return Ok(PreparedEtcd { session, plan, counts: Vec::new() });
     }
+    for (key, value) in &settings.seed {
+        info!(key = %key, bytes = value.len(), "would seed key (CLEANSLATE_ETCD_SEED_FILE)");
+    }
     let protected: Vec<KeyRange> = plan.protected.iter().map(|p| KeyRange::prefix(p.as_bytes())).collect();
     let all: Vec<KeyRange> = plan.ranges.iter().chain(&protected).cloned().collect();
     let mut counts = session.count(&all, policy, deadline).await?;

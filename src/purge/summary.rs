@@ -20,6 +20,8 @@ pub(super) struct EtcdReport {
     pub plan: RangePlan,
     /// Keys deleted per committed range.
     pub counts: Vec<u64>,
+    /// Seed keys written.
+    pub seeded: u64,
     /// What stopped the ranges after `counts` from being deleted.
     pub failure: Option<anyhow::Error>,
 }
@@ -35,6 +37,8 @@ pub struct Summary {
     /// Purged queues whose count the broker did not give (statistics off): unknown, never 0.
     pub queues_with_unknown_counts: u64,
     pub keys_deleted: u64,
+    /// Seed keys written after the delete (in a plan: that would be).
+    pub keys_seeded: u64,
     /// Purged queues that had consumers: messages those hold unacknowledged survive the purge.
     pub queues_with_consumers: Vec<String>,
     /// Discovered queues (pattern, dead letters) that cannot be purged (streams, exclusive
@@ -120,14 +124,16 @@ pub(super) fn log_outcome(summary: &Summary, dry_run: bool, duration_ms: u64, re
             queues_to_purge = summary.queues_purged,
             messages_to_purge_approx = messages_known,
             keys_to_delete = summary.keys_deleted,
+            keys_to_seed = summary.keys_seeded,
             workloads_to_stop = %stop,
             dead_letter_queues_not_purged = %reported,
             queues_skipped = %skipped,
             duration_ms,
-            "plan finished, nothing changed: would purge {} queues ({} messages), would delete {} etcd keys, would stop {}",
+            "plan finished, nothing changed: would purge {} queues ({} messages), would delete {} etcd keys and seed {}, would stop {}",
             summary.queues_purged,
             messages_known.map_or_else(|| "unknown".to_string(), |n| format!("~{n}")),
             summary.keys_deleted,
+            summary.keys_seeded,
             if stop.is_empty() { "nothing".to_string() } else { stop.clone() }
         );
         crate::termination::on_success(format!(
@@ -144,6 +150,7 @@ pub(super) fn log_outcome(summary: &Summary, dry_run: bool, duration_ms: u64, re
             messages_purged_approx = messages_known,
             queues_with_unknown_counts = summary.queues_with_unknown_counts,
             keys_deleted = summary.keys_deleted,
+            keys_seeded = summary.keys_seeded,
             queues_with_consumers = %with_consumers,
             dead_letter_queues_not_purged = %reported,
             queues_skipped = %skipped,
@@ -151,8 +158,10 @@ pub(super) fn log_outcome(summary: &Summary, dry_run: bool, duration_ms: u64, re
             "purge finished"
         );
         let messages = messages_known.map_or_else(|| "unknown".to_string(), |n| format!("~{n}"));
+        let seeded =
+            if summary.keys_seeded > 0 { format!(", seeded {} keys", summary.keys_seeded) } else { String::new() };
         crate::termination::on_success(format!(
-            "{verb} {} queues ({messages} messages, the broker's sampled count), {} etcd keys in {duration_ms} ms{}",
+            "{verb} {} queues ({messages} messages, the broker's sampled count), {} etcd keys{seeded} in {duration_ms} ms{}",
             summary.queues_purged,
             summary.keys_deleted,
             revision.map(|r| format!(" (revision {r})")).unwrap_or_default()
@@ -239,6 +248,7 @@ pub(super) fn summarize(rabbit: Option<Result<RabbitReport>>, etcd: Option<Resul
         Some(Ok(report)) => {
             // Committed transactions stay committed: their keys are reported even on failure.
             summary.keys_deleted = report.counts.iter().take(report.plan.ranges.len()).sum();
+            summary.keys_seeded = report.seeded;
             if let Some(err) = report.failure {
                 let line = format!(
                     "etcd: deleted {} of {} key ranges ({} keys) before: {err:#}",

@@ -403,8 +403,21 @@ impl FakeCluster {
                     panic!("projected source the harness does not give: {source}");
                 }
             }
+        } else if let Some(config_map) = volume.get("configMap") {
+            let config_name = config_map["name"].as_str().expect("a ConfigMap's name");
+            let object = self
+                .api
+                .object(&self.namespace, config_name)
+                .unwrap_or_else(|| panic!("ConfigMap {config_name} does not exist: pod not started"));
+            for item in config_map["items"].as_array().expect("the chart names the keys it mounts") {
+                let key = item["key"].as_str().unwrap();
+                let content = object["data"][key]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("couldn't find key {key} in ConfigMap {config_name}: pod not started"));
+                std::fs::write(dir.join(item["path"].as_str().unwrap()), content).expect("write volume file");
+            }
         } else {
-            let secret_name = volume["secret"]["secretName"].as_str().expect("a Secret or projected volume");
+            let secret_name = volume["secret"]["secretName"].as_str().expect("a Secret, ConfigMap or projected volume");
             let data = self.secrets.get(secret_name).unwrap_or_else(|| panic!("Secret {secret_name} does not exist"));
             for item in volume["secret"]["items"].as_array().expect("the chart names the keys it mounts") {
                 let key = item["key"].as_str().unwrap();

@@ -1,0 +1,107 @@
+//! Fresh state the way teams reset environments (issue 22), through the real chart and binary
+//! against the API stand-in and the real RabbitMQ and etcd: an etcd baseline written after the
+//! delete and before the marker.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::chart::*;
+use support::helm::*;
+use support::*;
+
+/// `--set-json cleanup.etcd.seed=…` for `keys` under the world's prefix.
+fn seed_values(world: &World, keys: &[(&str, &str)]) -> Vec<String> {
+    let map: serde_json::Map<String, Value> =
+        keys.iter().map(|(k, v)| (format!("{}{k}", world.prefix), Value::from(*v))).collect();
+    vec!["--set-json".into(), format!("cleanup.etcd.seed={}", Value::Object(map))]
+}
+
+async fn value_of(world: &mut World, key: &str) -> Option<String> {
+    let full = format!("{}{key}", world.prefix);
+    let answer = world.etcd.get(full, None).await.expect("etcd get");
+    answer.kvs().first().map(|kv| kv.value_str().unwrap().to_string())
+}
+
+/// The seed is present before a gated pod's main container starts: on install (the gates pass only
+/// after the marker, which comes after the seed), on upgrade (a changed value), and after
+/// `helm test`; everything else under the prefix is gone, and the marker and the Job say how many
+/// keys were seeded.
+#[tokio::test]
+async fn the_baseline_is_there_before_the_apps_start() {
+    let mut world = World::new().await;
+    world.seed().await;
+    let mut cluster = FakeCluster::start(NAMESPACE).await;
+    let install = world.render(&seed_values(&world, &[("lobby", "open"), ("flags/beta", "true")]));
+    install_resources(&mut cluster, &install).await;
+    let gates = start_gates(&cluster, &install, "rs1");
+    let runs = run_hooks(&mut cluster, &install, "post-install").await;
+    all_succeeded(&runs, "install");
+    for gate in gates {
+        let run = finish(gate.child).await;
+        assert_eq!(run.code, 0, "{}: passes: {}", gate.deployment, run.all_output());
+    }
+    // What a main container would read first.
+    assert_eq!(value_of(&mut world, "lobby").await.as_deref(), Some("open"), "seeded before the apps start");
+    assert_eq!(value_of(&mut world, "flags/beta").await.as_deref(), Some("true"));
+    let prefix = world.prefix.clone();
+    assert_eq!(count_keys(&mut world.etcd, &prefix).await, 2, "only the baseline under the prefix");
+    assert_eq!(marker(&cluster)["keysSeeded"], json!("2"), "the marker counts them");
+    let job = job_run(&runs, "shop-cleanslate-purge");
+    assert!(job.stdout.contains("seeded 2 keys") || job.stdout.contains("keys_seeded=2"), "{}", job.stdout);
+    for deployment in ["shop-producer", "shop-consumer"] {
+        cluster.api.pass_gates(NAMESPACE, deployment);
+    }
+
+    // An upgrade changes the baseline; stale keys written meanwhile go.
+    world.seed().await;
+    let mut extra = seed_values(&world, &[("lobby", "closed"), ("flags/beta", "true")]);
+    extra.extend(["--is-upgrade".to_string(), "--set".into(), "cleanup.revision=2".into()]);
+    let upgrade = world.render(&extra);
+    all_succeeded(&run_hooks(&mut cluster, &upgrade, "pre-upgrade").await, "upgrade");
+    assert_eq!(value_of(&mut world, "lobby").await.as_deref(), Some("closed"), "the new baseline");
+    assert_eq!(count_keys(&mut world.etcd, &prefix).await, 2, "only the baseline after the upgrade");
+
+    // helm test resets to the baseline again.
+    world.seed().await;
+    put_keys(&mut world.etcd, &format!("{prefix}lobby-extra/"), 3).await;
+    all_succeeded(&run_hooks(&mut cluster, &upgrade, "test").await, "helm test");
+    assert_eq!(count_keys(&mut world.etcd, &prefix).await, 2, "helm test seeds again");
+    assert_eq!(value_of(&mut world, "lobby").await.as_deref(), Some("closed"));
+    world.cleanup().await;
+}
+
+/// A seed key outside every target prefix, or under a protected one, is a configuration error
+/// (78) naming it, and nothing is touched: no queue purged, no key deleted.
+#[tokio::test]
+async fn seed_keys_outside_the_targets_are_refused() {
+    let mut world = World::new().await;
+    world.seed().await;
+    let prefix = world.prefix.clone();
+    for (case, extra) in [
+        ("outside", vec!["--set-json".to_string(), r#"cleanup.etcd.seed={"elsewhere/lobby":"open"}"#.to_string()]),
+        (
+            "protected",
+            vec![
+                "--set-json".to_string(),
+                format!(r#"cleanup.etcd.seed={{"{prefix}locks/a":"1"}}"#),
+                "--set-json".to_string(),
+                format!(r#"cleanup.etcd.protectedPrefixes=["{prefix}locks/"]"#),
+            ],
+        ),
+    ] {
+        let mut cluster = FakeCluster::start(NAMESPACE).await;
+        let docs = world.render(&extra);
+        install_resources(&mut cluster, &docs).await;
+        let runs = run_hooks(&mut cluster, &docs, "post-install").await;
+        let job = job_run(&runs, "shop-cleanslate-purge");
+        assert_eq!(job.code, 78, "{case}: refused: {}", job.all_output());
+        assert!(
+            job.stderr.contains("CLEANSLATE_ETCD_SEED_FILE") && job.stderr.contains("nothing was touched"),
+            "{case}: names the problem: {}",
+            job.stderr
+        );
+        assert_eq!(count_keys(&mut world.etcd, &prefix).await, 10, "{case}: no key deleted");
+        assert_eq!(world.rabbit.count(&world.vhost, "monorepo").await, 3, "{case}: no queue purged");
+    }
+    world.cleanup().await;
+}
