@@ -105,3 +105,48 @@ async fn seed_keys_outside_the_targets_are_refused() {
     }
     world.cleanup().await;
 }
+
+/// A trigger ties the cleaning to the build: two upgrades with the same trigger clean once (the
+/// second stops and purges nothing and marks its revision unchanged, so its gates pass at once), a
+/// changed trigger cleans again.
+#[tokio::test]
+async fn a_trigger_cleans_only_when_the_build_changes() {
+    let mut world = World::new().await;
+    let mut cluster = FakeCluster::start(NAMESPACE).await;
+    let build = |tag: &str, revision: u64| -> Vec<String> {
+        let mut args = vec!["--set-string".to_string(), format!("cleanup.trigger=build-{tag}")];
+        if revision > 1 {
+            args.extend(["--is-upgrade".to_string(), "--set".into(), format!("cleanup.revision={revision}")]);
+        }
+        args
+    };
+    install(&world, &mut cluster, &build("41", 1)).await;
+    assert_eq!(marker(&cluster)["lastSucceededTrigger"], json!("build-41"), "recorded with the cleaning");
+
+    world.seed().await;
+    let same = world.render(&build("41", 2));
+    let runs = run_hooks(&mut cluster, &same, "pre-upgrade").await;
+    all_succeeded(&runs, "the same build");
+    let job = job_run(&runs, "shop-cleanslate-purge");
+    assert!(job.stdout.contains("unchanged"), "says so: {}", job.stdout);
+    assert_eq!(world.rabbit.count(&world.vhost, "monorepo").await, 3, "nothing purged");
+    for deployment in ["shop-producer", "shop-consumer"] {
+        assert_eq!(replicas(&cluster, deployment), (1, None), "{deployment}: never stopped");
+    }
+    let data = marker(&cluster);
+    assert_eq!((data["revision"].clone(), data["unchanged"].clone()), (json!("2"), json!("true")), "{data:?}");
+    for resource in release_resources(&same) {
+        cluster.apply(resource);
+    }
+    for gate in start_gates(&cluster, &same, "rs2") {
+        let run = finish(gate.child).await;
+        assert_eq!(run.code, 0, "{}: the unchanged revision's pods start at once: {}", gate.deployment, run.all_output());
+    }
+
+    let changed = world.render(&build("42", 3));
+    all_succeeded(&run_hooks(&mut cluster, &changed, "pre-upgrade").await, "a new build");
+    world.assert_clean("after a new build").await;
+    let data = marker(&cluster);
+    assert_eq!((data["unchanged"].clone(), data["lastSucceededTrigger"].clone()), (json!("false"), json!("build-42")));
+    world.cleanup().await;
+}

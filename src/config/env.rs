@@ -70,6 +70,7 @@ pub(super) struct RawEnv {
     pub(super) quiesce_timeout: Option<String>,
     pub(super) quiesce_resume: Option<String>,
     pub(super) quiesce_gated: Option<String>,
+    pub(super) trigger: Option<String>,
 }
 
 /// The process environment, captured once. Tests build it from key/value lists instead of mutating

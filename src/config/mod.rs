@@ -223,6 +223,9 @@ pub struct PurgeConfig {
     pub marker: Option<MarkerConfig>,
     /// Workloads to stop before the purge; `None` when `CLEANSLATE_QUIESCE` is unset or empty.
     pub quiesce: Option<QuiesceConfig>,
+    /// `CLEANSLATE_TRIGGER`: clean only when this differs from the value recorded with the last
+    /// success (a build's image tag, a build number); unset, every run cleans.
+    pub trigger: Option<String>,
 }
 
 /// The kind of a workload that quiesce can stop.
@@ -394,6 +397,7 @@ impl PurgeConfig {
             etcd: if etcd_on { Some(etcd_config(raw)?) } else { None },
             marker: marker_config(env, false)?,
             quiesce: quiesce_config(env, false)?,
+            trigger: present(&raw.trigger).map(str::to_string),
         })
     }
 

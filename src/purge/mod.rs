@@ -92,6 +92,13 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     // before anything is stopped or deleted.
     if let Some((kube, marker)) = &marker_target {
         check_writable(kube, marker).await?;
+        // The build did not change since the last cleaning: nothing to reset (Argo CD and Flux
+        // sync on drift and on values changes, not only on new builds).
+        if let Some(trigger) = config.trigger.as_deref()
+            && record::last_trigger(kube, marker).await?.as_deref() == Some(trigger)
+        {
+            return unchanged(kube, marker, config, trigger, job_at_start).await;
+        }
     }
     info!(
         environment = config.environment.as_deref().unwrap_or(""),
@@ -222,7 +229,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         publish_outcome(kube, settings, &summary).await;
     }
     if let Some(target) = &marker_target {
-        let record = marker_record(target.1, &summary, dry_run, started_at, duration_ms);
+        let record = marker_record(target.1, &summary, dry_run, config.trigger.as_deref(), started_at, duration_ms);
         if let Err(err) = record_run(target, &record, job_at_start, interrupted.is_some()).await {
             kind = kind.worst(kind_of(&err));
             if summary.failures.is_empty() && interrupted.is_none() {
@@ -424,11 +431,39 @@ async fn publish_outcome(kube: &KubeClient, settings: &MarkerConfig, summary: &S
     kube.events().on_own_pod(&settings.namespace, reason, note).await;
 }
 
+/// A run whose trigger is the one recorded with the last cleaning: it stops and purges nothing and
+/// writes this revision's marker as succeeded and `unchanged`, so this revision's gates pass at once.
+async fn unchanged(
+    kube: &KubeClient,
+    settings: &MarkerConfig,
+    config: &PurgeConfig,
+    trigger: &str,
+    job_at_start: Option<crate::kube::JobProgress>,
+) -> Result<Outcome> {
+    let started_at = SystemTime::now();
+    info!(
+        trigger,
+        revision = settings.revision,
+        "unchanged: the trigger is the one recorded with the last cleaning; nothing was stopped or purged"
+    );
+    let summary = Summary { unchanged: true, ..Summary::default() };
+    let line = format!(
+        "unchanged: trigger {trigger:?} as at the last cleaning; nothing stopped or purged (revision {})",
+        settings.revision
+    );
+    crate::termination::on_success(line.clone());
+    kube.events().on_own_pod(&settings.namespace, Reason::CleanupSucceeded, line).await;
+    let record = marker_record(settings, &summary, config.dry_run, Some(trigger), started_at, 0);
+    record_run(&(kube.clone(), settings), &record, job_at_start, false).await?;
+    Ok(Outcome::Done)
+}
+
 /// The marker's record of this run.
 fn marker_record(
     settings: &MarkerConfig,
     summary: &Summary,
     dry_run: bool,
+    trigger: Option<&str>,
     started_at: SystemTime,
     duration_ms: u64,
 ) -> Marker {
@@ -455,6 +490,9 @@ fn marker_record(
         is_final: !summary.failures.is_empty() && summary.kind.is_final(),
         last_succeeded_revision: None,
         last_succeeded_at: String::new(),
+        trigger: trigger.unwrap_or_default().to_string(),
+        last_succeeded_trigger: String::new(),
+        unchanged: summary.unchanged,
     }
 }
 

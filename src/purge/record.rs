@@ -123,6 +123,18 @@ pub(super) async fn write_marker(
     Ok(())
 }
 
+/// The trigger recorded with the marker's last cleaning, if any (read once; an unreadable marker is
+/// an error: whether to clean cannot be decided without it).
+pub(super) async fn last_trigger(kube: &KubeClient, settings: &MarkerConfig) -> Result<Option<String>> {
+    let current = kube.get(&settings.namespace, &settings.name).await.map_err(|err| {
+        anyhow::Error::new(err).context(format!("reading marker {}/{} for the trigger", settings.namespace, settings.name))
+    })?;
+    Ok(current
+        .and_then(|cm| Marker::from_data(&data_of(&cm)))
+        .map(|m| m.last_succeeded_trigger)
+        .filter(|t| !t.is_empty()))
+}
+
 /// Checks, before anything is stopped or deleted, that this run can record its outcome: a run that
 /// purges and cannot write the marker leaves every restarting gated pod waiting for it. The marker
 /// is updated in place, or created when it is missing (deleted by hand, by a janitor, by a clean-up

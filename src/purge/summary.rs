@@ -50,6 +50,8 @@ pub struct Summary {
     /// Why where the dead letters go is unknown, when it is.
     pub dead_letters_unknown: Option<String>,
     pub failures: Vec<String>,
+    /// The trigger was the one recorded with the last cleaning: nothing was done.
+    pub unchanged: bool,
     /// What a plan or dry run would stop before purging (`deployment/api (2)`).
     pub workloads_to_stop: Vec<String>,
     /// Live workloads gated on this release's marker that this run could not stop (its Role does
