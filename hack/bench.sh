@@ -194,6 +194,40 @@ gate_table="$(CSBENCH_GATE_RUNS=$gate_runs CSBENCH_POLL_RUNS=$poll_runs cargo be
 
 # Hand-made measurements (build cost, hook time) between `<!-- kept -->` and `<!-- /kept -->` survive a re-run.
 kept="$(sed -n '/^<!-- kept -->$/,/^<!-- \/kept -->$/p' "$output" 2>/dev/null || true)"
+# A seeded reset (issue 22): SEED_KEYS stale keys under bench/monorepo/ deleted and SEED_KEYS
+# baseline keys written (CLEANSLATE_ETCD_SEED_FILE), against etcdctl del --prefix and one etcdctl put
+# per key (8 at a time). One run each.
+seed_keys=10000
+[[ "$mode" == "--smoke" ]] && seed_keys=200
+seed_results="$work/seed.tsv"
+if $measure_sizes; then
+  : >"$seed_results"
+  "$py" -c '
+import sys
+keys = int(sys.argv[2])
+with open(sys.argv[1], "w") as out:
+    for i in range(keys):
+        out.write(f"bench/monorepo/baseline/k{i:06d}: \"value-{i}\"\n")
+with open(sys.argv[1] + ".args", "w") as out:
+    for i in range(keys):
+        out.write(f"bench/monorepo/baseline/k{i:06d} value-{i}\n")
+' "$work/seed.yaml" "$seed_keys"
+  for contender in cleanslate etcdctl; do
+    "$py" hack/bench_seed.py 1 1 "$seed_keys" >/dev/null
+    case "$contender" in
+      cleanslate) cmd="env CLEANSLATE_ENVIRONMENT=bench CLEANSLATE_TARGETS=etcd CLEANSLATE_ETCD_ENDPOINTS=$CSTEST_ETCD_ENDPOINT CLEANSLATE_ETCD_PREFIXES=bench/monorepo/ CLEANSLATE_ETCD_SEED_FILE=$work/seed.yaml $bin purge" ;;
+      etcdctl) cmd="$etcdctl --endpoints $CSTEST_ETCD_ENDPOINT del --prefix bench/monorepo/ >/dev/null && xargs -P 8 -n 2 $etcdctl --endpoints $CSTEST_ETCD_ENDPOINT put <$work/seed.yaml.args >/dev/null" ;;
+    esac
+    read -r wall cpu rss < <(measure "$cmd")
+    left=$(etcd_count bench/monorepo/)
+    if [[ "$left" != "$seed_keys" ]]; then
+      echo "bench: $contender left $left keys under bench/monorepo/, not the $seed_keys of the seed" >&2
+      exit 1
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\n' "$seed_keys" "$contender" "$wall" "$cpu" "$rss" >>"$seed_results"
+  done
+fi
+
 {
   echo "# Benchmarks"
   echo
@@ -282,6 +316,19 @@ kept="$(sed -n '/^<!-- kept -->$/,/^<!-- \/kept -->$/p' "$output" 2>/dev/null ||
 - Absolute times move between runs on this shared machine (one earlier run measured the typical
   case at 0.052 s with a serial server time of 0.061 s); compare the ratios within one run.
 READING
+  echo
+  echo "## A seeded reset: delete a prefix and write a baseline (issue 22)"
+  echo
+  echo "The same number of stale keys under \`bench/monorepo/\` deleted and of baseline keys written:"
+  echo "\`cleanslate purge\` with \`CLEANSLATE_ETCD_SEED_FILE\` (the deletes and the puts in transactions of 128"
+  echo "operations, seed keys cut out of the deleted ranges) against \`etcdctl del --prefix\` and one \`etcdctl put\`"
+  echo "per key, 8 at a time. One run each."
+  echo
+  echo "| keys | contender | wall | CPU s | peak RSS |"
+  echo "|---|---|---|---|---|"
+  while IFS=$'\t' read -r keys contender wall cpu rss; do
+    printf '| %s | %s | %.3f s | %.3f | %.1f MiB |\n' "$keys" "$contender" "$wall" "$cpu" "$(awk -v k="$rss" 'BEGIN {print k / 1024}')"
+  done <"$seed_results"
   echo
   echo "## Gate reaction: marker written → gate process exited"
   echo

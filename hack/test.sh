@@ -91,7 +91,7 @@ test_log="$scratch_logs/tests.log"
 cargo test --locked 2>&1 | tee "$test_log"
 
 phase "chart and end-to-end tests with Helm 3 ($("$root/.tools/bin/helm3" version --template '{{.Version}}'))"
-CSTEST_HELM="$root/.tools/bin/helm3" cargo test --locked --test chart --test end_to_end --test lifecycle 2>&1 | tee -a "$test_log"
+CSTEST_HELM="$root/.tools/bin/helm3" cargo test --locked --test chart --test end_to_end --test lifecycle --test baseline 2>&1 | tee -a "$test_log"
 
 # The store tests again, against another generation: ENV is what `hack/services.sh env GENERATION`
 # printed; EXTRA names more test targets (`--test rabbitmq4` where the generation has the stats-off

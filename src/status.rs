@@ -66,6 +66,9 @@ pub struct LastRun {
     pub job: String,
     pub last_succeeded_revision: Option<u64>,
     pub last_succeeded_at: String,
+    /// The run found its trigger unchanged since the last cleaning and did nothing.
+    pub unchanged: bool,
+    pub keys_seeded: u64,
 }
 
 /// A workload stopped by a quiesce and not started again.
@@ -263,6 +266,8 @@ fn last_run(m: &Marker) -> LastRun {
         job: m.job.clone(),
         last_succeeded_revision: m.last_succeeded_revision,
         last_succeeded_at: m.last_succeeded_at.clone(),
+        unchanged: m.unchanged,
+        keys_seeded: m.keys_seeded,
     }
 }
 
@@ -372,19 +377,36 @@ fn table(report: &Report) -> String {
     match &report.last_run {
         None => rows.push(("last run", "none recorded".into())),
         Some(run) => {
-            let dry = if run.dry_run { " (dry run)" } else { "" };
+            let dry = if run.dry_run {
+                " (dry run)"
+            } else if run.unchanged {
+                " (unchanged: the trigger is the last cleaning's, nothing was done)"
+            } else {
+                ""
+            };
+            // A scheduled reset's pod is named after its CronJob (`<fullname>-reset-<time>-<id>`).
+            let by = if run.job.contains("-reset-") {
+                format!(", by the scheduled reset {}", run.job)
+            } else if run.job.is_empty() {
+                String::new()
+            } else {
+                format!(", by {}", run.job)
+            };
             rows.push((
                 "last run",
                 format!(
-                    "revision {} {}{dry}, attempt {}, finished {} in {} ms",
+                    "revision {} {}{dry}, attempt {}, finished {} in {} ms{by}",
                     run.revision, run.status, run.attempt, run.finished_at, run.duration_ms
                 ),
             ));
             rows.push((
                 "purged",
                 format!(
-                    "{} queues, {} messages (broker's sampled count), {} etcd keys",
-                    run.queues_purged, run.messages_purged, run.keys_deleted
+                    "{} queues, {} messages (broker's sampled count), {} etcd keys{}",
+                    run.queues_purged,
+                    run.messages_purged,
+                    run.keys_deleted,
+                    if run.keys_seeded > 0 { format!(", {} seeded", run.keys_seeded) } else { String::new() }
                 ),
             ));
             if !run.message.is_empty() {

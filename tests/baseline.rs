@@ -140,13 +140,79 @@ async fn a_trigger_cleans_only_when_the_build_changes() {
     }
     for gate in start_gates(&cluster, &same, "rs2") {
         let run = finish(gate.child).await;
-        assert_eq!(run.code, 0, "{}: the unchanged revision's pods start at once: {}", gate.deployment, run.all_output());
+        assert_eq!(
+            run.code,
+            0,
+            "{}: the unchanged revision's pods start at once: {}",
+            gate.deployment,
+            run.all_output()
+        );
     }
+
+    let status = cleanslate(&["status", RELEASE], &cluster.operator_vars()).await;
+    assert!(status.stdout.contains("unchanged"), "status says so: {}", status.stdout);
 
     let changed = world.render(&build("42", 3));
     all_succeeded(&run_hooks(&mut cluster, &changed, "pre-upgrade").await, "a new build");
     world.assert_clean("after a new build").await;
     let data = marker(&cluster);
     assert_eq!((data["unchanged"].clone(), data["lastSucceededTrigger"].clone()), (json!("false"), json!("build-42")));
+    world.cleanup().await;
+}
+
+/// A scheduled reset (`cleanup.schedule`): the CronJob's rendered Job, run through the stand-in as
+/// its controller would start it, stops the gated workloads, purges, seeds, writes the marker for
+/// the current revision and starts them again; in a production environment it is refused, by the
+/// chart and by the binary.
+#[tokio::test]
+async fn a_scheduled_reset_does_what_helm_test_does() {
+    let mut world = World::new().await;
+    let mut cluster = FakeCluster::start(NAMESPACE).await;
+    let mut extra = seed_values(&world, &[("lobby", "open")]);
+    extra.extend(["--set".to_string(), "cleanup.schedule=0 3 * * *".into()]);
+    let docs = install(&world, &mut cluster, &extra).await;
+    world.seed().await;
+    let cron = find(&docs, "CronJob", "shop-cleanslate-reset");
+    assert_eq!(cron["spec"]["concurrencyPolicy"], json!("Forbid"), "never two resets at once");
+    assert!(cron["spec"]["startingDeadlineSeconds"].as_i64().is_some(), "a missed reset is skipped, not run late");
+    let spec = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    assert_eq!(spec["serviceAccountName"], json!("shop-cleanslate-test"), "the helm test identity, no other");
+    let before = cluster.api.requests().len();
+    let run = finish(cluster.spawn(spec, &spec["containers"][0], "shop-cleanslate-reset-29431800-x4k2p")).await;
+    assert_eq!(run.code, 0, "the reset succeeds: {}", run.all_output());
+    let stops = cluster.api.requests()[before..]
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.ends_with("shop-producer/scale"))
+        .count();
+    assert_eq!(stops, 2, "stopped and started again");
+    assert_eq!(replicas(&cluster, "shop-producer"), (1, None), "running again");
+    assert_eq!(world.rabbit.count(&world.vhost, "monorepo").await, 0, "purged");
+    let prefix = world.prefix.clone();
+    assert_eq!(count_keys(&mut world.etcd, &prefix).await, 1, "only the seed");
+    let data = marker(&cluster);
+    assert_eq!(data["job"], json!("shop-cleanslate-reset-29431800-x4k2p"), "the reset wrote the marker: {data:?}");
+    assert_eq!(data["revision"], json!("1"), "for the current revision");
+    let status = cleanslate(&["status", RELEASE], &cluster.operator_vars()).await;
+    assert!(status.stdout.contains("by the scheduled reset"), "status tells a scheduled run: {}", status.stdout);
+
+    let in_production = with(
+        cluster.container_env(spec, &spec["containers"][0], "shop-cleanslate-reset-2"),
+        &[("CLEANSLATE_ENVIRONMENT", "production")],
+    );
+    let refused = cleanslate(&["purge"], &in_production).await;
+    assert_eq!(refused.code, 77, "refused by the binary: {}", refused.all_output());
+    let render = try_render(
+        "shop",
+        "prod",
+        &[
+            "--set",
+            "cleanup.enabled=true",
+            "--set",
+            "cleanup.environment=production",
+            "--set",
+            "cleanup.schedule=0 3 * * *",
+        ],
+    );
+    assert!(render.is_err_and(|err| err.contains("allowProduction")), "and by the chart");
     world.cleanup().await;
 }

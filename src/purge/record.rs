@@ -127,7 +127,8 @@ pub(super) async fn write_marker(
 /// an error: whether to clean cannot be decided without it).
 pub(super) async fn last_trigger(kube: &KubeClient, settings: &MarkerConfig) -> Result<Option<String>> {
     let current = kube.get(&settings.namespace, &settings.name).await.map_err(|err| {
-        anyhow::Error::new(err).context(format!("reading marker {}/{} for the trigger", settings.namespace, settings.name))
+        anyhow::Error::new(err)
+            .context(format!("reading marker {}/{} for the trigger", settings.namespace, settings.name))
     })?;
     Ok(current
         .and_then(|cm| Marker::from_data(&data_of(&cm)))
