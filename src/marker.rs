@@ -85,11 +85,6 @@ pub struct Marker {
     pub last_succeeded_revision: Option<u64>,
     /// RFC 3339 end of that successful run; empty when there is none.
     pub last_succeeded_at: String,
-    /// This run's trigger (`CLEANSLATE_TRIGGER`), empty without one.
-    pub trigger: String,
-    /// The trigger of the last run that cleaned; kept across runs without one (`helm test`) and set
-    /// by [`merge`].
-    pub last_succeeded_trigger: String,
     /// The run found the trigger unchanged since the last cleaning: it stopped and purged nothing.
     pub unchanged: bool,
 }
@@ -130,8 +125,6 @@ impl Marker {
             ("final", self.is_final.to_string()),
             ("lastSucceededRevision", self.last_succeeded_revision.map(|r| r.to_string()).unwrap_or_default()),
             ("lastSucceededAt", self.last_succeeded_at.clone()),
-            ("trigger", self.trigger.clone()),
-            ("lastSucceededTrigger", self.last_succeeded_trigger.clone()),
             ("unchanged", self.unchanged.to_string()),
         ]
         .into_iter()
@@ -181,8 +174,6 @@ impl Marker {
             keys_seeded: number("keysSeeded"),
             message: text("message"),
             failure_kind: text("failureKind"),
-            trigger: text("trigger"),
-            last_succeeded_trigger: text("lastSucceededTrigger"),
             unchanged: data.get("unchanged").is_some_and(|v| v == "true"),
             dead_letters: text("deadLettersNotPurged"),
             writers_not_stopped: text("writersNotStopped"),
@@ -243,11 +234,6 @@ pub fn merge(existing: Option<&Marker>, run: &Marker, job_attempts: u32) -> Opti
     // wrote, and is not pushed up by other runs of the revision (`helm test`, by hand).
     next.attempt = if run.attempt > 0 { run.attempt } else { counted };
     next.is_final = run.status == RunStatus::Failed && (run.is_final || next.attempt >= job_attempts.max(1));
-    // The trigger a cleaning run succeeded with; a run without one (helm test) keeps the recorded one.
-    next.last_succeeded_trigger = match (run.status, run.trigger.is_empty(), run.dry_run) {
-        (RunStatus::Succeeded, false, false) => run.trigger.clone(),
-        _ => existing.map(|m| m.last_succeeded_trigger.clone()).unwrap_or_default(),
-    };
     let recorded = existing.and_then(|m| m.last_succeeded_revision.map(|r| (r, m.last_succeeded_at.clone())));
     let this_run = (run.status == RunStatus::Succeeded).then(|| (run.revision, run.finished_at.clone()));
     match recorded.into_iter().chain(this_run).max_by_key(|(revision, _)| *revision) {
@@ -320,8 +306,6 @@ mod tests {
             is_final: true,
             last_succeeded_revision: (status == RunStatus::Succeeded).then_some(revision),
             last_succeeded_at: String::new(),
-            trigger: String::new(),
-            last_succeeded_trigger: String::new(),
             unchanged: false,
         }
     }
@@ -365,7 +349,6 @@ mod tests {
                 "keysSeeded",
                 "lastSucceededAt",
                 "lastSucceededRevision",
-                "lastSucceededTrigger",
                 "message",
                 "messagesPurged",
                 "queuesPurged",
@@ -373,7 +356,6 @@ mod tests {
                 "revision",
                 "startedAt",
                 "status",
-                "trigger",
                 "unchanged",
                 "writersNotStopped"
             ],

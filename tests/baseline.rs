@@ -121,7 +121,11 @@ async fn a_trigger_cleans_only_when_the_build_changes() {
         args
     };
     install(&world, &mut cluster, &build("41", 1)).await;
-    assert_eq!(marker(&cluster)["lastSucceededTrigger"], json!("build-41"), "recorded with the cleaning");
+    let recorded = |cluster: &FakeCluster| {
+        let record = cluster.api.object(NAMESPACE, "shop-cleanslate-trigger").expect("the chart's trigger record");
+        (record["data"]["trigger"].clone(), record["data"]["revision"].clone())
+    };
+    assert_eq!(recorded(&cluster), (json!("build-41"), json!("1")), "recorded with the cleaning");
 
     world.seed().await;
     let same = world.render(&build("41", 2));
@@ -155,8 +159,31 @@ async fn a_trigger_cleans_only_when_the_build_changes() {
     let changed = world.render(&build("42", 3));
     all_succeeded(&run_hooks(&mut cluster, &changed, "pre-upgrade").await, "a new build");
     world.assert_clean("after a new build").await;
-    let data = marker(&cluster);
-    assert_eq!((data["unchanged"].clone(), data["lastSucceededTrigger"].clone()), (json!("false"), json!("build-42")));
+    assert_eq!(marker(&cluster)["unchanged"], json!("false"));
+    assert_eq!(recorded(&cluster), (json!("build-42"), json!("3")), "the new build recorded");
+
+    // A failed run (here a helm test that cannot reach RabbitMQ) clears the record: the next deploy
+    // of the same build cleans, whatever the partial reset left.
+    world.seed().await;
+    let broken = world.render(&[
+        "--set-string".into(),
+        "cleanup.trigger=build-42".into(),
+        "--is-upgrade".into(),
+        "--set".into(),
+        "cleanup.revision=3".into(),
+        "--set".into(),
+        "cleanup.rabbitmq.url=http://127.0.0.1:9".into(),
+        "--set".into(),
+        "cleanup.retry.attempts=1".into(),
+        "--set".into(),
+        "cleanup.timeout=3s".into(),
+    ]);
+    let runs = run_hooks(&mut cluster, &broken, "test").await;
+    assert_ne!(job_run(&runs, "shop-cleanslate-test-purge").code, 0, "the test run fails");
+    assert_eq!(recorded(&cluster).0, Value::Null, "the record is cleared");
+    let again = world.render(&build("42", 4));
+    all_succeeded(&run_hooks(&mut cluster, &again, "pre-upgrade").await, "the same build after a failure");
+    world.assert_clean("the same build cleans after a failed reset").await;
     world.cleanup().await;
 }
 
@@ -197,10 +224,10 @@ async fn a_scheduled_reset_does_what_helm_test_does() {
 
     let in_production = with(
         cluster.container_env(spec, &spec["containers"][0], "shop-cleanslate-reset-2"),
-        &[("CLEANSLATE_ENVIRONMENT", "production")],
+        &[("CLEANSLATE_ENVIRONMENT", "production"), ("CLEANSLATE_ALLOW_PRODUCTION", "true")],
     );
     let refused = cleanslate(&["purge"], &in_production).await;
-    assert_eq!(refused.code, 77, "refused by the binary: {}", refused.all_output());
+    assert_eq!(refused.code, 77, "refused by the binary, allowProduction or not: {}", refused.all_output());
     let render = try_render(
         "shop",
         "prod",

@@ -96,7 +96,14 @@ fn rbac_is_least_privilege() {
                 assert_eq!(rule["apiGroups"], json!(["apps"]), "resume: workloads only");
                 continue;
             }
-            assert_eq!(rule["resourceNames"], json!(["shop-cleanslate-marker"]), "{}: only the marker", name(role));
+            let named = rule["resourceNames"].as_array().cloned().unwrap_or_default();
+            let purge_identity = matches!(name(role), "shop-cleanslate-purge" | "shop-cleanslate-test");
+            let expected = if purge_identity {
+                json!(["shop-cleanslate-marker", "shop-cleanslate-trigger"])
+            } else {
+                json!(["shop-cleanslate-marker"])
+            };
+            assert_eq!(Value::Array(named), expected, "{}: only the marker (and the trigger record)", name(role));
         }
     }
     // Only what src/kube.rs sends: the Job GETs and PUTs the marker, the gate GETs and watches it.
@@ -729,7 +736,7 @@ fn quiesce_rbac_names_exactly_the_workloads() {
         rule("statefulsets/scale", &["worker"], &["get", "update"]),
     ];
     let marker = json!({"apiGroups": [""], "resources": ["configmaps"],
-                        "resourceNames": ["shop-cleanslate-marker"], "verbs": ["get", "update"]});
+                        "resourceNames": ["shop-cleanslate-marker", "shop-cleanslate-trigger"], "verbs": ["get", "update"]});
     let create_marker = json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]});
     let list_workloads =
         json!({"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["list"]});

@@ -271,6 +271,7 @@ async fn purge_writes_the_marker_after_success() {
             "finishedAt",
             "job",
             "keysDeleted",
+            "keysSeeded",
             "lastSucceededAt",
             "lastSucceededRevision",
             "message",
@@ -280,6 +281,7 @@ async fn purge_writes_the_marker_after_success() {
             "revision",
             "startedAt",
             "status",
+            "unchanged",
             "writersNotStopped"
         ],
         "documented keys"

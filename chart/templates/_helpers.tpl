@@ -114,6 +114,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- include "cleanslate.suffixed" (list (include "cleanslate.fullname" .) "marker") -}}
 {{- end -}}
 
+{{/* The trigger record (cleanup.trigger): trigger-configmap.yaml. */}}
+{{- define "cleanslate.triggerName" -}}
+{{- include "cleanslate.suffixed" (list (include "cleanslate.fullname" .) "trigger") -}}
+{{- end -}}
+
 {{/* ServiceAccount of the purge Job and the test Pod; also the name of the Job. */}}
 {{- define "cleanslate.purgeServiceAccountName" -}}
 {{- include "cleanslate.suffixed" (list (include "cleanslate.fullname" .) "purge") -}}
@@ -279,6 +284,12 @@ production-eu, PROD, prod2, prd01. */ -}}
 {{- range regexSplit "[^a-z0-9]+" (lower $v.cleanup.environment) -1 -}}
 {{- if regexMatch "^(prod|prd|production)[0-9]*$" . -}}{{- $production = true -}}{{- end -}}
 {{- end -}}
+{{- if and $v.cleanup.enabled $production $v.cleanup.schedule -}}
+{{- fail (printf "cleanslate: cleanup.schedule is set for environment %q: scheduled resets are never rendered for production, allowProduction or not" $v.cleanup.environment) -}}
+{{- end -}}
+{{- if and $v.cleanup.enabled (not $v.cleanup.targets.database) (or $v.cleanup.etcd.seed $v.cleanup.etcd.seedConfigMap) -}}
+{{- fail "cleanslate: cleanup.etcd.seed (or seedConfigMap) is set but cleanup.targets.database is off: the seed would never be written" -}}
+{{- end -}}
 {{- if and $v.cleanup.enabled $production (not $v.cleanup.allowProduction) -}}
 {{- fail (printf "cleanslate: cleanup.enabled is true for environment %q; set cleanup.allowProduction=true if purging production is really intended" $v.cleanup.environment) -}}
 {{- end -}}
@@ -419,8 +430,9 @@ selector cannot be limited by resourceNames); delete on pods only with StatefulS
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 - apiGroups: [""]
   resources: [configmaps]
-  resourceNames: [{{ include "cleanslate.markerName" . | quote }}]
-  # What src/kube.rs sends for the marker: GET and PUT (update), the latter also as a dry run first.
+  resourceNames: [{{ include "cleanslate.markerName" . | quote }}, {{ include "cleanslate.triggerName" . | quote }}]
+  # What src/kube.rs sends for the marker (GET and PUT, also as a dry run first) and the trigger
+  # record (GET, PUT).
   verbs: [get, update]
 - apiGroups: [""]
   resources: [configmaps]
@@ -742,6 +754,9 @@ for the Job, the test identity's for the test Pod; an existingSecret wins over b
 {{- end }}
 - name: CLEANSLATE_MARKER
   value: {{ include "cleanslate.markerName" . | quote }}
+# Cleared by any failed run, written by a cleaning one with cleanup.trigger.
+- name: CLEANSLATE_TRIGGER_RECORD
+  value: {{ include "cleanslate.triggerName" . | quote }}
 - name: CLEANSLATE_REVISION
   value: {{ include "cleanslate.revision" . | quote }}
 - name: CLEANSLATE_RELEASE

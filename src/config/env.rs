@@ -71,6 +71,8 @@ pub(super) struct RawEnv {
     pub(super) quiesce_resume: Option<String>,
     pub(super) quiesce_gated: Option<String>,
     pub(super) trigger: Option<String>,
+    pub(super) trigger_record: Option<String>,
+    pub(super) run: Option<String>,
 }
 
 /// The process environment, captured once. Tests build it from key/value lists instead of mutating

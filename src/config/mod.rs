@@ -226,6 +226,12 @@ pub struct PurgeConfig {
     /// `CLEANSLATE_TRIGGER`: clean only when this differs from the value recorded with the last
     /// success (a build's image tag, a build number); unset, every run cleans.
     pub trigger: Option<String>,
+    /// `CLEANSLATE_TRIGGER_RECORD`: the ConfigMap that records it (the chart's
+    /// `<fullname>-trigger`); unset, no trigger is recorded or cleared.
+    pub trigger_record: Option<String>,
+    /// `CLEANSLATE_RUN=scheduled`: a scheduled reset (the chart's CronJob), refused in production
+    /// whatever `CLEANSLATE_ALLOW_PRODUCTION` says.
+    pub scheduled: bool,
 }
 
 /// The kind of a workload that quiesce can stop.
@@ -398,6 +404,8 @@ impl PurgeConfig {
             marker: marker_config(env, false)?,
             quiesce: quiesce_config(env, false)?,
             trigger: present(&raw.trigger).map(str::to_string),
+            trigger_record: present(&raw.trigger_record).map(str::to_string),
+            scheduled: parse_choice("CLEANSLATE_RUN", &raw.run, false, &[("scheduled", true), ("deploy", false)])?,
         })
     }
 

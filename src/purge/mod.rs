@@ -94,8 +94,8 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         check_writable(kube, marker).await?;
         // The build did not change since the last cleaning: nothing to reset (Argo CD and Flux
         // sync on drift and on values changes, not only on new builds).
-        if let Some(trigger) = config.trigger.as_deref()
-            && record::last_trigger(kube, marker).await?.as_deref() == Some(trigger)
+        if let (Some(trigger), Some(record_name)) = (config.trigger.as_deref(), config.trigger_record.as_deref())
+            && record::trigger_unchanged(kube, marker, record_name, trigger).await?
         {
             return unchanged(kube, marker, config, trigger, job_at_start).await;
         }
@@ -229,7 +229,16 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
         publish_outcome(kube, settings, &summary).await;
     }
     if let Some(target) = &marker_target {
-        let record = marker_record(target.1, &summary, dry_run, config.trigger.as_deref(), started_at, duration_ms);
+        let record = marker_record(target.1, &summary, dry_run, started_at, duration_ms);
+        if let Some(name) = config.trigger_record.as_deref().filter(|_| !dry_run) {
+            // A cleaning run records its trigger; any failed run clears it (a partial reset must
+            // not let the next deploy of the same build skip the cleaning).
+            match (summary.failures.is_empty(), config.trigger.as_deref()) {
+                (true, Some(trigger)) => record::write_trigger(&target.0, target.1, name, Some(trigger)).await,
+                (false, _) => record::write_trigger(&target.0, target.1, name, None).await,
+                (true, None) => {}
+            }
+        }
         if let Err(err) = record_run(target, &record, job_at_start, interrupted.is_some()).await {
             kind = kind.worst(kind_of(&err));
             if summary.failures.is_empty() && interrupted.is_none() {
@@ -453,8 +462,12 @@ async fn unchanged(
     );
     crate::termination::on_success(line.clone());
     kube.events().on_own_pod(&settings.namespace, Reason::CleanupSucceeded, line).await;
-    let record = marker_record(settings, &summary, config.dry_run, Some(trigger), started_at, 0);
+    let record = marker_record(settings, &summary, config.dry_run, started_at, 0);
     record_run(&(kube.clone(), settings), &record, job_at_start, false).await?;
+    // Recorded at this revision too: the next deploy of the same build is the next revision.
+    if let Some(name) = config.trigger_record.as_deref() {
+        record::write_trigger(kube, settings, name, Some(trigger)).await;
+    }
     Ok(Outcome::Done)
 }
 
@@ -463,7 +476,6 @@ fn marker_record(
     settings: &MarkerConfig,
     summary: &Summary,
     dry_run: bool,
-    trigger: Option<&str>,
     started_at: SystemTime,
     duration_ms: u64,
 ) -> Marker {
@@ -490,8 +502,6 @@ fn marker_record(
         is_final: !summary.failures.is_empty() && summary.kind.is_final(),
         last_succeeded_revision: None,
         last_succeeded_at: String::new(),
-        trigger: trigger.unwrap_or_default().to_string(),
-        last_succeeded_trigger: String::new(),
         unchanged: summary.unchanged,
     }
 }
@@ -554,6 +564,16 @@ fn retry_follows_attempt(job: Option<crate::kube::JobProgress>) -> bool {
 
 /// Refuses a production environment unless explicitly allowed, before any connection.
 fn refuse_production(config: &PurgeConfig, mode: Mode) -> Result<()> {
+    if mode == Mode::Purge && config.scheduled && config.is_production() {
+        return Err(classified(
+            Kind::Refused,
+            format!(
+                "CLEANSLATE_ENVIRONMENT is {:?}: a scheduled reset (CLEANSLATE_RUN=scheduled) never runs in production, \
+                 CLEANSLATE_ALLOW_PRODUCTION or not; nothing was touched",
+                config.environment.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
     if mode == Mode::Purge && config.is_production() && !config.allow_production {
         return Err(classified(
             Kind::Refused,

@@ -1,6 +1,7 @@
 //! Recording a run where gates and operators read it: the marker ConfigMap (optimistic
 //! concurrency, never a lower revision) and the attempt number from the run's own Job.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -123,17 +124,65 @@ pub(super) async fn write_marker(
     Ok(())
 }
 
-/// The trigger recorded with the marker's last cleaning, if any (read once; an unreadable marker is
-/// an error: whether to clean cannot be decided without it).
-pub(super) async fn last_trigger(kube: &KubeClient, settings: &MarkerConfig) -> Result<Option<String>> {
-    let current = kube.get(&settings.namespace, &settings.name).await.map_err(|err| {
-        anyhow::Error::new(err)
-            .context(format!("reading marker {}/{} for the trigger", settings.namespace, settings.name))
+/// The trigger record: a ConfigMap of its own (`CLEANSLATE_TRIGGER_RECORD`), which the chart renders as a
+/// plain release resource without data. Helm's three-way merge and server-side apply, and Argo CD's
+/// apply, leave the data this binary writes alone, and `helm uninstall` deletes it with the release;
+/// the marker cannot hold it, since it is reset on install, and on every Argo CD sync (no `lookup`).
+/// Whether `trigger` is the one recorded by the last cleaning of this release, for the revision
+/// just before this one or this one: the next deploy of the same build. A rollback in between
+/// (whose revision ran an older build without a purge) breaks the chain, and so does a failed run,
+/// which clears the record.
+pub(super) async fn trigger_unchanged(
+    kube: &KubeClient,
+    settings: &MarkerConfig,
+    name: &str,
+    trigger: &str,
+) -> Result<bool> {
+    let found = kube.get(&settings.namespace, name).await.map_err(|err| {
+        anyhow::Error::new(err).context(format!("reading the trigger record {}/{name}", settings.namespace))
     })?;
-    Ok(current
-        .and_then(|cm| Marker::from_data(&data_of(&cm)))
-        .map(|m| m.last_succeeded_trigger)
-        .filter(|t| !t.is_empty()))
+    let data = found.as_ref().map(data_of).unwrap_or_default();
+    let recorded_revision = data.get("revision").and_then(|r| r.parse::<u64>().ok());
+    let same_build = data.get("trigger").is_some_and(|t| t == trigger);
+    let next_revision = recorded_revision.is_some_and(|r| r == settings.revision || r + 1 == settings.revision);
+    if same_build && !next_revision {
+        info!(
+            trigger,
+            recorded_revision = recorded_revision.unwrap_or_default(),
+            revision = settings.revision,
+            "the trigger was recorded before another revision ran (a rollback): cleaning"
+        );
+    }
+    Ok(same_build && next_revision)
+}
+
+/// Records `trigger` for this revision (a cleaning or unchanged run), or clears the record (a failed
+/// run). Best effort: a record that cannot be written means the next deploy cleans, which is safe.
+pub(super) async fn write_trigger(kube: &KubeClient, settings: &MarkerConfig, name: &str, trigger: Option<&str>) {
+    let data: BTreeMap<String, String> = match trigger {
+        Some(trigger) => {
+            [("trigger".to_string(), trigger.to_string()), ("revision".to_string(), settings.revision.to_string())]
+                .into()
+        }
+        None => BTreeMap::new(),
+    };
+    // Only updated, never created: the chart creates it with the release, and an object this
+    // binary created first (a pre-install Job runs before the release's resources) would make Helm's
+    // own create fail. Missing (that first pre-install), the next deploy cleans.
+    let written = match kube.get(&settings.namespace, name).await {
+        Ok(Some(mut object)) => {
+            object.data = Some(data);
+            kube.replace(&settings.namespace, &object).await.map(drop)
+        }
+        Ok(None) => {
+            info!(record = %name, "no trigger record yet (the chart creates it with the release): the next deploy cleans");
+            Ok(())
+        }
+        Err(err) => Err(err),
+    };
+    if let Err(err) = written {
+        warn!(record = %name, error = %err, "the trigger record was not written: the next deploy cleans");
+    }
 }
 
 /// Checks, before anything is stopped or deleted, that this run can record its outcome: a run that
