@@ -16,6 +16,18 @@ if [[ -f Dockerfile ]]; then
   hadolint Dockerfile
 fi
 
+# Schema validation of rendered manifests on the oldest and the newest Kubernetes the chart is
+# released for (1.26 requires fields a newer server would default).
+validate() {
+  local what="$1" rendered="$2" version
+  if [[ -s "$rendered" ]] && grep -q '^kind:' "$rendered"; then
+    for version in 1.26.0 1.36.0; do
+      echo "lint: kubernetes-validate -k $version $what"
+      kubernetes-validate --strict --quiet -k "$version" "$rendered"
+    done
+  fi
+}
+
 if [[ -f chart/Chart.yaml ]]; then
   echo "lint: yamllint"
   yamllint -d '{extends: relaxed, rules: {line-length: {max: 160}}}' chart/Chart.yaml chart/values*.yaml
@@ -27,12 +39,20 @@ if [[ -f chart/Chart.yaml ]]; then
     done
     rendered="$(mktemp)"
     helm template lint-release chart -f "$values" --namespace lint >"$rendered"
-    if [[ -s "$rendered" ]] && grep -q '^kind:' "$rendered"; then
-      echo "lint: kubernetes-validate $values"
-      kubernetes-validate --strict --quiet "$rendered"
-    fi
+    validate "$values" "$rendered"
     rm -f "$rendered"
   done
+  # Every optional object at once (the CronJob, the seed, TLS mounts, pod knobs, a StatefulSet to
+  # stop), so each kind is validated too.
+  rendered="$(mktemp)"
+  helm template lint-release chart -f chart/values-dev.yaml --namespace lint \
+    --set cleanup.schedule='0 3 * * *' --set cleanup.scheduleTimeZone=Europe/Berlin \
+    --set 'cleanup.etcd.seed.monorepo/lobby=open' \
+    --set cleanup.etcd.tls.existingSecret=etcd-client --set cleanup.rabbitmq.tls.existingSecret=rabbitmq-ca \
+    --set cleanup.priorityClassName=dev-batch --set 'cleanup.nodeSelector.pool=tools' \
+    --set-json 'cleanup.quiesce.workloads=["statefulset/worker"]' >"$rendered"
+  validate "every optional object" "$rendered"
+  rm -f "$rendered"
 fi
 if [[ -f chart/README.md ]]; then
   echo "lint: chart/README.md values table"

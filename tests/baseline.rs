@@ -25,7 +25,7 @@ async fn value_of(world: &mut World, key: &str) -> Option<String> {
 /// The seed is present before a gated pod's main container starts: on install (the gates pass only
 /// after the marker, which comes after the seed), on upgrade (a changed value), and after
 /// `helm test`; everything else under the prefix is gone, and the marker and the Job say how many
-/// keys were seeded.
+/// keys were seeded. After a rollback, `helm test` reseeds the rolled-back revision's baseline.
 #[tokio::test]
 async fn the_baseline_is_there_before_the_apps_start() {
     let mut world = World::new().await;
@@ -67,6 +67,13 @@ async fn the_baseline_is_there_before_the_apps_start() {
     all_succeeded(&run_hooks(&mut cluster, &upgrade, "test").await, "helm test");
     assert_eq!(count_keys(&mut world.etcd, &prefix).await, 2, "helm test seeds again");
     assert_eq!(value_of(&mut world, "lobby").await.as_deref(), Some("closed"));
+
+    // helm rollback shop 1: Helm runs the target revision's stored hooks (pkg/action/rollback.go),
+    // so its pre-rollback seed ConfigMap brings back revision 1's baseline, and its `helm test`
+    // resets to that, not to the newer revision's.
+    all_succeeded(&run_hooks(&mut cluster, &install, "pre-rollback").await, "pre-rollback");
+    all_succeeded(&run_hooks(&mut cluster, &install, "test").await, "helm test after the rollback");
+    assert_eq!(value_of(&mut world, "lobby").await.as_deref(), Some("open"), "the rolled-back revision's baseline");
     world.cleanup().await;
 }
 

@@ -488,6 +488,27 @@ fn active_deadline_fits_every_attempt() {
     );
 }
 
+/// A native sidecar (an init container with `restartPolicy: Always`) before the gate needs
+/// Kubernetes 1.29: before that the field is dropped, the sidecar never exits, and the gate and the
+/// pod wait in Init for good (https://kubernetes.io/docs/concepts/workloads/pods/sidecar-containers/).
+/// The render refuses it there, naming the app and the container, and keeps it from 1.29 on.
+#[test]
+fn a_native_sidecar_needs_kubernetes_1_29() {
+    let sidecar = r#"apps.producer.initContainers=[{"name":"proxy","image":"envoy","restartPolicy":"Always"}]"#;
+    let file = values_file("values-dev.yaml");
+    let err = try_render("shop", "dev", &["-f", &file, "--set-json", sidecar, "--kube-version", "1.28.3"])
+        .expect_err("1.28 has no native sidecars");
+    assert!(
+        err.contains("apps.producer.initContainers: proxy has restartPolicy Always") && err.contains("1.29"),
+        "names the app, the container and the version needed: {err}"
+    );
+    let docs = render("shop", "dev", &["-f", &file, "--set-json", sidecar, "--kube-version", "1.29.0"]);
+    let producer = find(&docs, "Deployment", "shop-producer");
+    let init = &pod_spec(producer)["initContainers"];
+    assert_eq!(init[0]["name"], json!("proxy"), "the sidecar first");
+    assert_eq!(init[1]["name"], json!("cleanslate-gate"), "the gate after it");
+}
+
 /// Queue names, the pattern, the vhost, prefixes and protected prefixes are templates, so one values
 /// file serves every namespace.
 #[test]
@@ -1112,7 +1133,9 @@ fn pod_knobs_reach_every_cleanslate_pod() {
 }
 
 /// A refusal (77) or a configuration error (78) fails the purge and resume Jobs at once through
-/// their pod failure policy (restartPolicy Never), instead of being retried backoffLimit times.
+/// their pod failure policy (restartPolicy Never), instead of being retried backoffLimit times; the
+/// rules are written so Kubernetes 1.26's schema (which requires `onPodConditions` and a condition's
+/// `status`) accepts them.
 #[test]
 fn refusals_and_configuration_errors_are_not_retried() {
     let docs = dev(&["--set-json", "cleanup.quiesce.workloads=[\"deployment/api\"]"]);
@@ -1121,11 +1144,14 @@ fn refusals_and_configuration_errors_are_not_retried() {
         let disruption = &spec["podFailurePolicy"]["rules"][0];
         assert_eq!(
             disruption,
-            &json!({"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}),
+            &json!({"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}),
             "{job}: an eviction or preemption does not use up a retry"
         );
         let rule = &spec["podFailurePolicy"]["rules"][1];
         assert_eq!(rule["action"], json!("FailJob"), "{job}: fails the Job");
+        // Kubernetes 1.26's schema requires onPodConditions on every rule; the server refuses it
+        // only non-empty beside onExitCodes. hack/lint.sh validates against 1.26 too.
+        assert_eq!(rule["onPodConditions"], json!([]), "{job}: present and empty, for 1.26");
         assert_eq!(rule["onExitCodes"]["containerName"], json!(container), "{job}: its container");
         assert_eq!(rule["onExitCodes"]["operator"], json!("In"), "{job}: operator");
         assert_eq!(rule["onExitCodes"]["values"], json!([77, 78, 79, 80]), "{job}: the final exit codes");

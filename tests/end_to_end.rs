@@ -353,33 +353,11 @@ async fn upgrade_stops_the_old_writer_and_leaves_nothing_it_wrote() {
     let mut extra = api_workload.to_vec();
     extra.extend(["--is-upgrade".into(), "--set".into(), "cleanup.revision=2".into()]);
     let upgrade = world.render(&extra);
-    let hooks = hooks_for(&upgrade, "pre-upgrade");
-    let (job_doc, resources) = hooks.split_last().expect("pre-upgrade hooks");
-    assert_eq!(kind(job_doc), "Job", "the purge Job is the last pre-upgrade hook");
-    for resource in resources {
-        cluster.apply(resource);
-    }
-    let spec = pod_spec(job_doc);
-    let running = tokio::sync::Notify::new();
-    let writer = old_writer(
-        &cluster.api,
-        NAMESPACE,
-        "shop-producer",
-        &world.rabbit,
-        &world.vhost,
-        "monorepo",
-        &world.prefix,
-        &running,
-    );
-    let job = async {
-        // The Job starts while the old writer is running.
-        running.notified().await;
-        finish(cluster.spawn(spec, &spec["containers"][0], "shop-cleanslate-purge-u2k9")).await
-    };
-    let (written, job) = tokio::join!(writer, job);
+    // The Job starts while the old writer is running; Helm deletes the hook-succeeded hooks after.
+    let (written, job) =
+        pre_upgrade_with_old_writer(&mut cluster, &world, &upgrade, "shop-producer", "shop-cleanslate-purge-u2k9")
+            .await;
     assert_eq!(job.code, 0, "upgrade Job succeeds: {}", job.all_output());
-    // Every pre-upgrade hook succeeded: Helm deletes those with hook-succeeded.
-    cluster.delete_succeeded_hooks(&hooks);
     assert!(written > 1, "the old writer was running ({written} writes)");
     world.assert_clean("after the pre-upgrade purge").await;
     assert_eq!(replicas(&cluster, "shop-producer"), (0, Some("1".into())), "producer stopped, count recorded");

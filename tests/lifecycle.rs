@@ -126,33 +126,12 @@ async fn an_app_removed_by_the_upgrade_is_stopped_before_the_purge() {
         !release_resources(&upgrade).iter().any(|d| name(d) == "shop-producer"),
         "the new revision renders no producer"
     );
-    let hooks = hooks_for(&upgrade, "pre-upgrade");
-    let (job_doc, resources) = hooks.split_last().expect("pre-upgrade hooks");
-    for resource in resources {
-        cluster.apply(resource);
-    }
-    let spec = pod_spec(job_doc);
-    let running = tokio::sync::Notify::new();
-    let writer = old_writer(
-        &cluster.api,
-        NAMESPACE,
-        "shop-producer",
-        &world.rabbit,
-        &world.vhost,
-        "monorepo",
-        &world.prefix,
-        &running,
-    );
-    let job = async {
-        running.notified().await;
-        finish(cluster.spawn(spec, &spec["containers"][0], "shop-cleanslate-purge-u2")).await
-    };
-    let (written, job) = tokio::join!(writer, job);
+    let (written, job) =
+        pre_upgrade_with_old_writer(&mut cluster, &world, &upgrade, "shop-producer", "shop-cleanslate-purge-u2").await;
     assert_eq!(job.code, 0, "the upgrade's purge succeeds: {}", job.all_output());
     assert!(written > 1, "the old producer was writing ({written} writes)");
     assert_eq!(replicas(&cluster, "shop-producer").0, 0, "the removed app was stopped before the purge");
     world.assert_clean("after the purge, the removed app stopped").await;
-    cluster.delete_succeeded_hooks(&hooks);
 
     apply_upgrade(&mut cluster, &installed, &upgrade);
     assert!(cluster.api.workload(NAMESPACE, "deployments", "shop-producer").is_none(), "Helm deleted it");
@@ -244,33 +223,12 @@ async fn a_parent_charts_gated_deployment_is_stopped_before_the_purge() {
     let job = upgrade.iter().find(|d| kind(d) == "Job" && name(d).ends_with("-purge")).expect("purge Job");
     let env = &pod_spec(job)["containers"][0]["env"];
     assert!(env.to_string().contains("deployment/shop-api"), "the live gated Deployment is in the list: {env}");
-    let hooks = hooks_for(&upgrade, "pre-upgrade");
-    let (job_doc, resources) = hooks.split_last().expect("pre-upgrade hooks");
-    for resource in resources {
-        cluster.apply(resource);
-    }
-    let spec = pod_spec(job_doc);
-    let running = tokio::sync::Notify::new();
-    let writer = old_writer(
-        &cluster.api,
-        NAMESPACE,
-        "shop-api",
-        &world.rabbit,
-        &world.vhost,
-        "monorepo",
-        &world.prefix,
-        &running,
-    );
-    let job = async {
-        running.notified().await;
-        finish(cluster.spawn(spec, &spec["containers"][0], "shop-cleanslate-purge-p2")).await
-    };
-    let (written, job) = tokio::join!(writer, job);
+    let (written, job) =
+        pre_upgrade_with_old_writer(&mut cluster, &world, &upgrade, "shop-api", "shop-cleanslate-purge-p2").await;
     assert_eq!(job.code, 0, "the purge succeeds: {}", job.all_output());
     assert!(written > 1, "the parent's app was writing");
     assert_eq!(replicas(&cluster, "shop-api"), (0, Some("1".into())), "stopped before the purge, count recorded");
     assert_eq!(world.rabbit.count(&world.vhost, "monorepo").await, 0, "nothing it wrote is left");
-    cluster.delete_succeeded_hooks(&hooks);
     apply_upgrade(&mut cluster, &install, &upgrade);
     let runs = run_hooks(&mut cluster, &upgrade, "post-upgrade").await;
     all_succeeded(&runs, "post-upgrade");

@@ -385,8 +385,14 @@ podFailurePolicy:
     # backoffLimit: the disruption says nothing about the run.
     - action: Ignore
       onPodConditions:
+        # `status` defaults to True on the server; Kubernetes 1.26's schema requires it.
         - type: DisruptionTarget
+          status: "True"
     - action: FailJob
+      # Kubernetes 1.26's OpenAPI marks onPodConditions required on every rule (client-side
+      # validation, Helm 3's included, refuses a rule without it); empty, the server accepts it
+      # beside onExitCodes (its validation refuses only both non-empty).
+      onPodConditions: []
       onExitCodes:
         containerName: {{ . }}
         operator: In
@@ -584,9 +590,11 @@ native sidecar ran before its gate, or a gate that proceeds on its timeout may h
 {{- if hasPrefix "deployment/" . }}{{ $deployments = append $deployments (trimPrefix "deployment/" .) }}{{ end -}}
 {{- if hasPrefix "statefulset/" . }}{{ $statefulsets = append $statefulsets (trimPrefix "statefulset/" .) }}{{ end -}}
 {{- end -}}
-{{- /* Exactly what src/quiesce.rs calls: read the workload and patch its annotation (a merge
-patch of metadata.annotations only), read and replace (update) its scale. No update on the whole
-workload: that would let this identity rewrite its pod template. */ -}}
+{{- /* Exactly what src/quiesce.rs calls: read the workload and patch its annotations (the record),
+read and replace (update) its scale. RBAC cannot limit what a patch changes: `patch` on a workload is
+a full write (its pod template, image and ServiceAccount included), which is why it names each
+workload here and why the identities that hold it exist only while their hooks run (README, "No
+standing rights"). */ -}}
 {{- if $deployments }}
 - apiGroups: [apps]
   resources: [deployments]

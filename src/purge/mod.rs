@@ -49,6 +49,19 @@ const RESTORE_BUDGET: Duration = Duration::from_secs(15);
 /// marker get a few seconds each, so both fit well inside it.
 const SIGNAL_RESTORE_BUDGET: Duration = Duration::from_secs(10);
 const SIGNAL_MARKER_BUDGET: Duration = Duration::from_secs(5);
+/// Time allowed for the trigger record after a run: best effort, so short.
+const TRIGGER_BUDGET: Duration = Duration::from_secs(3);
+/// The outcome Event (each Event gets `events::PUBLISH_TIMEOUT`; one is published after the purge).
+const EVENT_BUDGET: Duration = Duration::from_secs(2);
+/// Everything that may still run after the purge's own `CLEANSLATE_TIMEOUT`: the outcome Event,
+/// the trigger record, the marker, and putting the workloads back. A quiesced run must end inside
+/// the Job's `activeDeadlineSeconds` with all of it done: on Kubernetes before 1.31 a Job whose
+/// deadline passed is marked Failed while its pod still terminates, and Helm 4 then deletes the
+/// hook's identity (the event failed), so a restore left for the pod's grace period would be
+/// refused and the apps would stay at 0.
+const AFTER_PURGE_BUDGET: Duration = Duration::from_secs(
+    EVENT_BUDGET.as_secs() + TRIGGER_BUDGET.as_secs() + MARKER_BUDGET.as_secs() + RESTORE_BUDGET.as_secs(),
+);
 
 /// How a purge run ended when it did not fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,7 +176,7 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     let mut writers_not_stopped = Vec::new();
     if let (Some(_), Some(target)) = (&prepared, &quiesce_target) {
         // The purge and the marker write come after the quiesce, inside the Job's deadline.
-        let after_quiesce = config.timeout + MARKER_BUDGET + RESTORE_BUDGET + job_read_at.elapsed();
+        let after_quiesce = config.timeout + AFTER_PURGE_BUDGET + job_read_at.elapsed();
         let stopped = stop_writers(target, marker_target.as_ref(), job_at_start, after_quiesce, &progress);
         tokio::select! {
             stopped = stopped => match stopped {

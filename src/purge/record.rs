@@ -8,7 +8,7 @@ use anyhow::Result;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::MARKER_BUDGET;
+use super::{MARKER_BUDGET, TRIGGER_BUDGET};
 use crate::config::{MarkerConfig, RetryPolicy};
 use crate::error::{Classified, Kind, classified};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -169,19 +169,26 @@ pub(super) async fn write_trigger(kube: &KubeClient, settings: &MarkerConfig, na
     // Only updated, never created: the chart creates it with the release, and an object this
     // binary created first (a pre-install Job runs before the release's resources) would make Helm's
     // own create fail. Missing (that first pre-install), the next deploy cleans.
-    let written = match kube.get(&settings.namespace, name).await {
-        Ok(Some(mut object)) => {
-            object.data = Some(data);
-            kube.replace(&settings.namespace, &object).await.map(drop)
+    let write = async {
+        match kube.get(&settings.namespace, name).await {
+            Ok(Some(mut object)) => {
+                object.data = Some(data);
+                kube.replace(&settings.namespace, &object).await.map(drop)
+            }
+            Ok(None) => {
+                info!(record = %name, "no trigger record yet (the chart creates it with the release): the next deploy cleans");
+                Ok(())
+            }
+            Err(err) => Err(err),
         }
-        Ok(None) => {
-            info!(record = %name, "no trigger record yet (the chart creates it with the release): the next deploy cleans");
-            Ok(())
-        }
-        Err(err) => Err(err),
     };
-    if let Err(err) = written {
-        warn!(record = %name, error = %err, "the trigger record was not written: the next deploy cleans");
+    // Bounded: the run must end inside the Job's deadline (`AFTER_PURGE_BUDGET`).
+    match tokio::time::timeout(TRIGGER_BUDGET, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            warn!(record = %name, error = %err, "the trigger record was not written: the next deploy cleans")
+        }
+        Err(_) => warn!(record = %name, "the trigger record was not written in time: the next deploy cleans"),
     }
 }
 

@@ -271,3 +271,43 @@ pub async fn install(world: &World, cluster: &mut FakeCluster, extra: &[String])
     }
     docs
 }
+
+/// The pre-upgrade hooks of `upgrade` while the previous revision's app in `deployment` keeps
+/// writing (`old_writer`): the hooks before the Job are applied, the Job starts once the writer has
+/// written, both run side by side, and Helm's `hook-succeeded` deletions follow. Returns how many
+/// writes the old app made and the Job's run.
+pub async fn pre_upgrade_with_old_writer(
+    cluster: &mut FakeCluster,
+    world: &World,
+    upgrade: &[Value],
+    deployment: &str,
+    pod: &str,
+) -> (usize, Run) {
+    let hooks = hooks_for(upgrade, "pre-upgrade");
+    let (job_doc, resources) = hooks.split_last().expect("pre-upgrade hooks");
+    assert_eq!(kind(job_doc), "Job", "the purge Job is the last pre-upgrade hook");
+    for resource in resources {
+        cluster.apply(resource);
+    }
+    let spec = pod_spec(job_doc);
+    let running = tokio::sync::Notify::new();
+    let writer = old_writer(
+        &cluster.api,
+        NAMESPACE,
+        deployment,
+        &world.rabbit,
+        &world.vhost,
+        "monorepo",
+        &world.prefix,
+        &running,
+    );
+    let job = async {
+        running.notified().await;
+        finish(cluster.spawn(spec, &spec["containers"][0], pod)).await
+    };
+    let (written, job) = tokio::join!(writer, job);
+    if job.code == 0 {
+        cluster.delete_succeeded_hooks(&hooks);
+    }
+    (written, job)
+}
