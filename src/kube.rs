@@ -568,8 +568,12 @@ impl KubeClient {
                 }
                 _ => None,
             };
+            // Failed pods the controller has seen but not yet counted (its finalizer-tracked
+            // `uncountedTerminatedPods`, Kubernetes 1.26+) are failures too.
+            let uncounted =
+                status.uncounted_terminated_pods.as_ref().and_then(|u| u.failed.as_ref()).map_or(0, Vec::len);
             JobProgress {
-                failed: status.failed.unwrap_or(0).max(0) as u32,
+                failed: (status.failed.unwrap_or(0).max(0) as u32).saturating_add(uncounted as u32),
                 backoff_limit: spec.backoff_limit.unwrap_or(6).max(0) as u32,
                 failing,
                 deadline_left,

@@ -43,6 +43,38 @@ pub const ANNOTATION: &str = "cleanslate.io/quiesced-replicas";
 /// older revision, whose list may not name what a newer one stopped).
 pub const OWNER_ANNOTATION: &str = "cleanslate.io/quiesced-for";
 
+/// The annotation that names the run holding a stopped workload (`<job>/<pod>`, or the pod alone):
+/// a run that finds a workload stopped by another (an earlier attempt of its Job, a scheduled reset,
+/// a pod still terminating while the Job's replacement already runs: Kubernetes before 1.29) takes
+/// it over by writing its own name, and a run restores only what it still holds, so the one whose
+/// purge is under way never sees it started by another.
+pub const RUN_ANNOTATION: &str = "cleanslate.io/quiesced-by";
+
+/// Which quiesce records a restore may act on.
+#[derive(Clone, Copy, Debug)]
+pub enum Holder<'a> {
+    /// Every record (the resume Job, `cleanslate resume`: they run when no purge does).
+    Any,
+    /// Only what this run holds (its [`RUN_ANNOTATION`] value); a record without one counts.
+    Run(&'a str),
+    /// What this run or an earlier attempt of its Job holds (values `<job>/…`): the last
+    /// attempt's clean-up, when no attempt follows.
+    Job { run: &'a str, job: &'a str },
+}
+
+impl Holder<'_> {
+    fn holds(&self, recorded: Option<&str>) -> bool {
+        let Some(recorded) = recorded else { return true };
+        match self {
+            Holder::Any => true,
+            Holder::Run(run) => recorded == *run,
+            Holder::Job { run, job } => {
+                recorded == *run || recorded.strip_prefix(*job).is_some_and(|rest| rest.starts_with('/'))
+            }
+        }
+    }
+}
+
 /// Time a workload's pods get beyond their own grace period to be gone (the kubelet's kill, the
 /// API's deletion): the quiesce waits at least grace period + this.
 pub const GRACE_MARGIN: Duration = Duration::from_secs(15);
@@ -339,8 +371,27 @@ async fn stop_one(
             };
             // Stopped by an earlier run that did not get to restore it: its record is the truth.
             let count = parse_recorded(workload, &text)?;
+            let holder = current.annotation(RUN_ANNOTATION).map(str::to_string);
+            if let Some(run) = config.run.as_deref()
+                && holder.as_deref() != Some(run)
+            {
+                // Taken over: the run that stopped it (if still alive) leaves it to this one.
+                let claim = [(RUN_ANNOTATION, Some(run))];
+                let claimed = call(&format!("taking over {workload}"), workload, deadline, || {
+                    kube.annotate_workload(namespace, workload, &claim, &resource_version)
+                })
+                .await?;
+                if !matches!(claimed, Some(Some(_))) {
+                    continue;
+                }
+            }
             progress.mark_stopped(workload, count);
-            info!(workload = %workload, recorded_replicas = count, "workload already stopped by an earlier run");
+            info!(
+                workload = %workload,
+                recorded_replicas = count,
+                stopped_by = holder.as_deref().unwrap_or("an earlier run"),
+                "workload already stopped by an earlier run: taken over"
+            );
             let scale = call(&format!("reading the scale of {workload}"), workload, deadline, || {
                 kube.get_scale(namespace, workload)
             })
@@ -365,6 +416,9 @@ async fn stop_one(
         let mut record = vec![(ANNOTATION, Some(value.as_str()))];
         if let Some(marker) = config.marker.as_deref() {
             record.push((OWNER_ANNOTATION, Some(marker)));
+        }
+        if let Some(run) = config.run.as_deref() {
+            record.push((RUN_ANNOTATION, Some(run)));
         }
         let annotated = call(&format!("recording the replicas of {workload}"), workload, deadline, || {
             kube.annotate_workload(namespace, workload, &record, &resource_version)
@@ -669,6 +723,7 @@ pub async fn resume_one(
     namespace: &str,
     workload: &WorkloadRef,
     marker: Option<&str>,
+    holder: Holder<'_>,
     deadline: Instant,
 ) -> Result<Resumed> {
     let mut scaled_to = None;
@@ -694,6 +749,16 @@ pub async fn resume_one(
             info!(workload = %workload, stopped_for = theirs, "stopped for another release's cleanup: left to it");
             return Ok(Resumed::NotStopped);
         }
+        // Taken over by another run (a retry, a concurrent reset) whose purge may be under way: the
+        // scale below is conditional on this read, so a takeover after it gets 409 and is seen here.
+        if !holder.holds(current.annotation(RUN_ANNOTATION)) {
+            info!(
+                workload = %workload,
+                held_by = current.annotation(RUN_ANNOTATION).unwrap_or_default(),
+                "taken over by another run: left to it"
+            );
+            return Ok(Resumed::NotStopped);
+        }
         let recorded = parse_recorded(workload, &text)?;
         let replicas = current.replicas.unwrap_or(1);
         let resource_version = current.metadata.resource_version.clone();
@@ -715,7 +780,12 @@ pub async fn resume_one(
         }
         let rv = resource_version.unwrap_or_default();
         let removed = call(&format!("removing {ANNOTATION} from {workload}"), workload, deadline, || {
-            kube.annotate_workload(namespace, workload, &[(ANNOTATION, None), (OWNER_ANNOTATION, None)], &rv)
+            kube.annotate_workload(
+                namespace,
+                workload,
+                &[(ANNOTATION, None), (OWNER_ANNOTATION, None), (RUN_ANNOTATION, None)],
+                &rv,
+            )
         })
         .await?;
         match removed {
@@ -767,11 +837,13 @@ pub async fn restore(
     namespace: &str,
     workloads: &[WorkloadRef],
     marker: Option<&str>,
+    holder: Holder<'_>,
     deadline: Instant,
 ) -> Restore {
     let mut report = Restore::default();
     for workload in workloads {
-        let outcome = tokio::time::timeout_at(deadline, resume_one(kube, namespace, workload, marker, deadline)).await;
+        let outcome =
+            tokio::time::timeout_at(deadline, resume_one(kube, namespace, workload, marker, holder, deadline)).await;
         match outcome {
             Ok(Ok(Resumed::Scaled(count) | Resumed::AlreadyRunning(count))) => {
                 info!(workload = %workload, replicas = count, "workload restored");
@@ -810,7 +882,7 @@ pub async fn run(config: &ResumeConfig) -> Result<()> {
     for workload in &workloads {
         let outcome = tokio::time::timeout_at(
             deadline,
-            resume_one(&kube, &settings.namespace, workload, settings.marker.as_deref(), deadline),
+            resume_one(&kube, &settings.namespace, workload, settings.marker.as_deref(), Holder::Any, deadline),
         )
         .await;
         match outcome {

@@ -248,8 +248,8 @@ fn mounted_in(container: &Container, value: Option<&str>) -> bool {
     container.volume_mounts.iter().flatten().any(|m| value.starts_with(&format!("{}/", m.mount_path)))
 }
 
-/// A path under one of the container's Secret volume mounts, copied to a private directory: the
-/// file the kubelet would have mounted there.
+/// A path under one of the container's Secret or ConfigMap volume mounts, copied to a private
+/// directory: the file the kubelet would have mounted there.
 async fn mounted(
     kube: &KubeClient,
     namespace: &str,
@@ -265,6 +265,36 @@ async fn mounted(
     };
     let relative = &value[mount.mount_path.len() + 1..];
     let volume = spec.volumes.as_deref().unwrap_or_default().iter().find(|v| v.name == mount.name);
+    if let Some(config_map) = volume.and_then(|v| v.config_map.as_ref()) {
+        // The etcd seed (`CLEANSLATE_ETCD_SEED_FILE`): data, read with the caller's rights.
+        let name = config_map.name.clone();
+        let key = config_map
+            .items
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|item| item.path == relative)
+            .map_or(relative.to_string(), |item| item.key.clone());
+        let found = kube.get(namespace, &name).await.map_err(|err| {
+            let what = format!("reading ConfigMap {namespace}/{name} (mounted at {} for {value})", mount.mount_path);
+            match err.code() {
+                Some(401 | 403) => {
+                    classified(Kind::Denied, format!("{what}: {err}; your kubeconfig user needs get on it"))
+                }
+                _ if err.is_transient() => classified(Kind::Unreachable, format!("{what}: {err}")),
+                _ => anyhow!("{what}: {err}"),
+            }
+        })?;
+        let bytes = found
+            .and_then(|c| c.data.and_then(|mut d| d.remove(&key)))
+            .ok_or_else(|| anyhow!("ConfigMap {namespace}/{name} has no key {key:?} (mounted at {value})"))?
+            .into_bytes();
+        if files.is_none() {
+            *files = Some(private_dir()?);
+        }
+        let path = write_private(files.as_ref().expect("just made").path(), &mount.name, relative, &bytes)?;
+        return Ok(Some(path.display().to_string()));
+    }
     let Some(secret) = volume.and_then(|v| v.secret.as_ref()) else { return Ok(None) };
     let secret_name = secret.secret_name.clone().unwrap_or_default();
     let key = secret

@@ -221,9 +221,15 @@ async fn plan_and_status_read_the_release_from_the_cluster() {
             &format!("cleanup.etcd.endpoints=[\"{}\"]", etcd_endpoint()),
             "--set-json",
             &format!("cleanup.etcd.prefixes=[\"{prefix}\"]"),
+            "--set-json",
+            &format!("cleanup.etcd.seed={{\"{prefix}lobby\":\"open\"}}"),
         ],
     );
     put_helm_record(&api, "shop", 6, &docs);
+    // The seed ConfigMap, a hook kept between deploys: plan reads it as the Job's volume would.
+    let seed = docs.iter().find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "shop-cleanslate-seed");
+    let seed = seed.expect("the rendered seed ConfigMap").clone();
+    api.put_object(NS, "shop-cleanslate-seed", seed);
     let home = tempfile::tempdir().expect("home");
     let path = write_file(home.path(), "config", &kubeconfig(&api, json!({"token": TOKEN})));
     let env = vars(&[("KUBECONFIG", &path)]);
@@ -242,6 +248,7 @@ async fn plan_and_status_read_the_release_from_the_cluster() {
         plan.stdout
     );
     assert!(plan.stdout.contains(r#""keys_to_delete":4"#), "in the plan's own words: {}", plan.stdout);
+    assert!(plan.stdout.contains(r#""keys_to_seed":1"#), "the seed, from its ConfigMap: {}", plan.stdout);
     plan.assert_no_secret(&[&rabbit_password(), TOKEN]);
     assert_eq!(rabbit.count(&vhost, "monorepo").await, 3, "a plan purges nothing");
     assert_eq!(count_keys(&mut etcd, &prefix).await, 4, "a plan deletes nothing");

@@ -459,6 +459,93 @@ async fn sigterm_during_quiesce_restores_and_records_the_attempt() {
     env.cleanup().await;
 }
 
+/// Two runs at once (a retry's pod while the evicted one still terminates, which the Job
+/// controller allows before Kubernetes 1.29; a scheduled reset during a deploy): the second finds
+/// the workload stopped and takes it over (`cleanslate.io/quiesced-by` names it), and the first,
+/// signalled, leaves it stopped instead of starting it in the middle of the second's purge.
+#[tokio::test]
+async fn a_run_leaves_stopped_what_another_run_took_over() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
+    env.seed().await;
+    env.api.hold_pods(NS, "shop-producer");
+    let first_pod = "shop-cleanslate-purge-q7x2k";
+    let second_pod = "shop-cleanslate-purge-z9w8v";
+    let job = [("CLEANSLATE_JOB_NAME", "shop-cleanslate-purge"), ("CLEANSLATE_QUIESCE_TIMEOUT", "30s")];
+    let first =
+        spawn(&["purge"], &env.vars("deployment/shop-producer", &[job[0], job[1], ("CLEANSLATE_POD_NAME", first_pod)]));
+    held_by(&env, first_pod).await;
+    let second = spawn(
+        &["purge"],
+        &env.vars("deployment/shop-producer", &[job[0], job[1], ("CLEANSLATE_POD_NAME", second_pod)]),
+    );
+    held_by(&env, second_pod).await;
+
+    let pid = first.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success(), "signal sent");
+    let first = finish(first).await;
+    assert_eq!(first.code, 143, "SIGTERM: {}", first.all_output());
+    assert!(first.stdout.contains("taken over by another run"), "says why it left it: {}", first.stdout);
+    assert_eq!(env.state("shop-producer"), (0, Some("2".into())), "still stopped, its count recorded");
+
+    env.api.release_pods(NS, "shop-producer");
+    let second = finish(second).await;
+    assert_eq!(second.code, 0, "the second run purges: {}", second.all_output());
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 0, "purged with the writer stopped");
+    assert_eq!(env.state("shop-producer"), (0, Some("2".into())), "left for the apply and the resume Job");
+    let resume = cleanslate(&["resume"], &env.resume_vars("deployment/shop-producer")).await;
+    assert_eq!(resume.code, 0, "{}", resume.all_output());
+    assert_eq!(env.state("shop-producer"), (2, None), "the resume Job starts it, whoever held it");
+    assert_eq!(holder(&env), None, "and removes the whole record");
+    env.cleanup().await;
+}
+
+/// The Job's last attempt puts back what an earlier attempt left stopped for it even when it fails
+/// before it took the workloads over (here: the marker went missing and may not be re-created,
+/// exit 79): otherwise they stay at 0 once Helm gives up on the hook.
+#[tokio::test]
+async fn the_last_attempt_puts_back_what_an_earlier_one_left_when_it_fails_early() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    for resource in ["deployments", "statefulsets"] {
+        env.api.grant_on(TOKEN, resource, &["list"], None);
+    }
+    let mut left = deployment("shop-producer", Some(0));
+    left["metadata"]["annotations"] = json!({
+        "cleanslate.io/quiesced-replicas": "2",
+        "cleanslate.io/quiesced-for": MARKER,
+        "cleanslate.io/quiesced-by": "shop-cleanslate-purge/shop-cleanslate-purge-a1b2c",
+    });
+    env.api.apply_workload(NS, &left);
+    env.seed().await;
+    env.api.delete(NS, MARKER);
+    let job =
+        [("CLEANSLATE_JOB_NAME", "shop-cleanslate-purge"), ("CLEANSLATE_POD_NAME", "shop-cleanslate-purge-d3e4f")];
+    let run = cleanslate(&["purge"], &env.vars("deployment/shop-producer", &job)).await;
+    assert_eq!(run.code, 79, "refused before anything is stopped: {}", run.all_output());
+    assert!(run.stderr.contains("restored deployment/shop-producer (2 replicas)"), "says so: {}", run.stderr);
+    assert_eq!(env.state("shop-producer"), (2, None), "running again, record removed");
+    assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "nothing purged");
+    env.cleanup().await;
+}
+
+/// The run recorded as holding the stopped producer.
+fn holder(env: &Env) -> Option<String> {
+    let workload = env.api.workload(NS, "deployments", "shop-producer").expect("the Deployment");
+    workload["metadata"]["annotations"]["cleanslate.io/quiesced-by"].as_str().map(str::to_string)
+}
+
+/// Waits until the purge Job's pod `pod` holds the producer, stopped.
+async fn held_by(env: &Env, pod: &str) {
+    let expected = format!("shop-cleanslate-purge/{pod}");
+    for _ in 0..200 {
+        if holder(env).as_deref() == Some(expected.as_str()) && env.state("shop-producer").0 == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{expected} never held the Deployment: {:?}", holder(env));
+}
+
 /// SIGINT (Ctrl-C) does the same and exits 130.
 #[tokio::test]
 async fn sigint_during_quiesce_restores_and_exits_130() {

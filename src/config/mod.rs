@@ -287,8 +287,26 @@ pub struct QuiesceConfig {
     pub marker: Option<String>,
     /// `CLEANSLATE_QUIESCE_GATED`: stop the live workloads gated on the marker too.
     pub gated: bool,
+    /// This run, as recorded on what it stops (`quiesce::RUN_ANNOTATION`): `<job>/<pod>` with
+    /// `CLEANSLATE_JOB_NAME`, else the pod (`CLEANSLATE_POD_NAME`, else `HOSTNAME`).
+    pub run: Option<String>,
+    /// The Job this pod belongs to (`CLEANSLATE_JOB_NAME`).
+    pub job: Option<String>,
     pub namespace: String,
     pub kube: KubeConfig,
+}
+
+impl QuiesceConfig {
+    /// Which records a restore of this run may act on: what it holds, or with `whole_job` also what
+    /// earlier attempts of its Job hold (the last attempt's clean-up).
+    pub fn holder(&self, whole_job: bool) -> crate::quiesce::Holder<'_> {
+        use crate::quiesce::Holder;
+        match (self.run.as_deref(), self.job.as_deref()) {
+            (Some(run), Some(job)) if whole_job => Holder::Job { run, job },
+            (Some(run), _) => Holder::Run(run),
+            (None, _) => Holder::Any,
+        }
+    }
 }
 
 /// Everything `resume` needs.
@@ -574,7 +592,13 @@ fn quiesce_config(env: &Env, required_by_resume: bool) -> Result<Option<QuiesceC
         return Ok(None);
     }
     let (namespace, kube) = kube_target(env)?;
-    Ok(Some(QuiesceConfig { workloads, timeout, resume_after_purge, marker, gated, namespace, kube }))
+    let job = present(&raw.job_name).map(str::to_string);
+    let pod = present(&raw.pod_name).or(env.other("HOSTNAME"));
+    let run = pod.map(|pod| match &job {
+        Some(job) => format!("{job}/{pod}"),
+        None => pod.to_string(),
+    });
+    Ok(Some(QuiesceConfig { workloads, timeout, resume_after_purge, marker, gated, run, job, namespace, kube }))
 }
 
 fn targets(value: &Option<String>) -> Result<(bool, bool)> {

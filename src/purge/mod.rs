@@ -76,7 +76,27 @@ pub enum Outcome {
 /// and refusals, configuration problems and failed preflights do so before anything is touched. On
 /// a signal from `shutdown` the run stops its work, restores what it stopped, records a failed
 /// attempt, and returns [`Outcome::Stopped`].
-pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Result<Outcome> {
+pub async fn run(config: &PurgeConfig, mode: Mode, shutdown: Shutdown) -> Result<Outcome> {
+    let put_back_done = std::cell::Cell::new(false);
+    match run_phases(config, mode, shutdown, &put_back_done).await {
+        // A failure before the put-back phase (the marker or the trigger record unreadable, the
+        // API unreachable) on the Job's last attempt: what earlier attempts left stopped for it goes
+        // back, or the apps stay at 0 once Helm gives up.
+        Err(err) if mode == Mode::Purge && !config.dry_run && !put_back_done.get() => {
+            Err(restore_leftovers(config, err).await)
+        }
+        other => other,
+    }
+}
+
+/// The phases of [`run`]; `put_back_done` is set once the put-back phase ran (it restores what
+/// it must by itself from there on).
+async fn run_phases(
+    config: &PurgeConfig,
+    mode: Mode,
+    mut shutdown: Shutdown,
+    put_back_done: &std::cell::Cell<bool>,
+) -> Result<Outcome> {
     let dry_run = mode == Mode::Plan || config.dry_run;
     refuse_production(config, mode)?;
     let etcd_plan = match &config.etcd {
@@ -227,7 +247,9 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
 
     // Put the workloads back: after a failure the previous version keeps running; in the helm
     // test Pod the reset is complete only when they run again.
-    let retry_follows = retry_follows(job_at_start, &summary, interrupted.is_some());
+    let attempt_follows = retry_follows_attempt(job_at_start, job_read_at.elapsed(), config.timeout);
+    let retry_follows = retry_follows(&summary, interrupted.is_some(), attempt_follows);
+    put_back_done.set(true);
     let resume_failures = match &quiesce_target {
         Some(target) => put_back(target, &progress, &mut summary, interrupted.is_some(), retry_follows).await,
         None => Vec::new(),
@@ -243,21 +265,23 @@ pub async fn run(config: &PurgeConfig, mode: Mode, mut shutdown: Shutdown) -> Re
     }
     if let Some(target) = &marker_target {
         let record = marker_record(target.1, &summary, dry_run, started_at, duration_ms);
+        let recorded = record_run(target, &record, job_at_start, interrupted.is_some()).await;
         if let Some(name) = config.trigger_record.as_deref().filter(|_| !dry_run) {
-            // A cleaning run records its trigger; any failed run clears it (a partial reset must
-            // not let the next deploy of the same build skip the cleaning).
-            match (summary.failures.is_empty(), config.trigger.as_deref()) {
+            // A cleaning run records its trigger once its marker says so; any failed run clears it
+            // (a partial reset must not let the next deploy of the same build skip the cleaning).
+            match (summary.failures.is_empty() && recorded.is_ok(), config.trigger.as_deref()) {
                 (true, Some(trigger)) => record::write_trigger(&target.0, target.1, name, Some(trigger)).await,
                 (false, _) => record::write_trigger(&target.0, target.1, name, None).await,
                 (true, None) => {}
             }
         }
-        if let Err(err) = record_run(target, &record, job_at_start, interrupted.is_some()).await {
+        if let Err(err) = recorded {
             kind = kind.worst(kind_of(&err));
             if summary.failures.is_empty() && interrupted.is_none() {
                 // The run fails after all: put back what it stopped (unless the helm test run
                 // already did), or the apps stay at 0 while the Job retries and Helm gives up.
-                let retried = !kind_of(&err).is_final() && retry_follows_attempt(job_at_start);
+                let retried = !kind_of(&err).is_final()
+                    && retry_follows_attempt(job_at_start, job_read_at.elapsed(), config.timeout);
                 return Err(match &quiesce_target {
                     Some(target) if !target.1.resume_after_purge && !retried => {
                         restore_after(target, &progress, err).await
@@ -371,7 +395,11 @@ async fn put_back(
 ) -> Vec<String> {
     let mut stopped = progress.stopped();
     let failed = !summary.failures.is_empty();
-    if failed && !retry_follows && !signalled {
+    // The deploy's last word (no attempt follows): earlier attempts' workloads are restored too.
+    // Not on a signal: an evicted pod cannot tell whether the Job's replacement (which may already
+    // run, before Kubernetes 1.29) has taken them over, so it restores only what it holds itself.
+    let last_word = failed && !retry_follows && !signalled;
+    if last_word {
         // The deploy's last word: what an earlier attempt of it left stopped for the next one goes
         // back too, though this attempt failed before it took them over.
         if let Ok(left) = quiesce::stopped_for(kube, settings).await {
@@ -415,9 +443,15 @@ async fn put_back(
         return Vec::new();
     }
     let budget = if signalled { SIGNAL_RESTORE_BUDGET } else { RESTORE_BUDGET };
-    let report =
-        quiesce::restore(kube, &settings.namespace, &stopped, settings.marker.as_deref(), Instant::now() + budget)
-            .await;
+    let report = quiesce::restore(
+        kube,
+        &settings.namespace,
+        &stopped,
+        settings.marker.as_deref(),
+        settings.holder(last_word),
+        Instant::now() + budget,
+    )
+    .await;
     let restored = report.describe_restored();
     if failed {
         if !restored.is_empty() {
@@ -555,6 +589,7 @@ async fn restore_after(
         &settings.namespace,
         &stopped,
         settings.marker.as_deref(),
+        settings.holder(false),
         Instant::now() + RESTORE_BUDGET,
     )
     .await;
@@ -564,15 +599,70 @@ async fn restore_after(
     if lines.is_empty() { err } else { err.context(lines.join("; ")) }
 }
 
-/// Whether the Job will run another attempt after this one fails: it has attempts left and the
-/// failure is not one its `podFailurePolicy` ends at once. Then the stopped workloads stay stopped
-/// for that attempt. Without a Job (`helm test`'s Pod, a run by hand) nothing follows.
-fn retry_follows(job: Option<crate::kube::JobProgress>, summary: &Summary, signalled: bool) -> bool {
-    !signalled && !summary.failures.is_empty() && !summary.kind.is_final() && retry_follows_attempt(job)
+/// Whether the Job will run another attempt after this one fails: one follows
+/// ([`retry_follows_attempt`]) and the failure is not one its `podFailurePolicy` ends at once.
+/// Then the stopped workloads stay stopped for that attempt. Without a Job (`helm test`'s Pod, a
+/// run by hand) nothing follows.
+fn retry_follows(summary: &Summary, signalled: bool, attempt_follows: bool) -> bool {
+    !signalled && !summary.failures.is_empty() && !summary.kind.is_final() && attempt_follows
 }
 
-fn retry_follows_attempt(job: Option<crate::kube::JobProgress>) -> bool {
-    job.is_some_and(|job| !job.failing && job.attempt() < job.attempts())
+/// The pod's start before an attempt runs (the chart allows as much per attempt).
+const POD_START: Duration = Duration::from_secs(30);
+
+/// Whether the Job has another attempt after this one, with time for it: attempts left, not
+/// already failing, and (with `activeDeadlineSeconds`) what the deadline leaves `since_read` after
+/// the Job was read holds the controller's back-off before the next pod (10 s, doubling with each
+/// failure, at most 6 min), its start, and one run of `run` with what follows a purge. Workloads
+/// left stopped for an attempt the deadline kills would stay at 0.
+fn retry_follows_attempt(job: Option<crate::kube::JobProgress>, since_read: Duration, run: Duration) -> bool {
+    job.is_some_and(|job| {
+        let backoff = Duration::from_secs((10u64 << job.failed.min(6)).min(360));
+        let needs = backoff + POD_START + run + AFTER_PURGE_BUDGET;
+        !job.failing
+            && job.attempt() < job.attempts()
+            && job.deadline_left.is_none_or(|left| left.saturating_sub(since_read) >= needs)
+    })
+}
+
+/// `err`, after what earlier attempts of this Job left stopped for this one went back, when no
+/// attempt follows it (see [`run`]); `err` as it is otherwise.
+async fn restore_leftovers(config: &PurgeConfig, err: anyhow::Error) -> anyhow::Error {
+    let (Some(settings), Some(marker)) = (&config.quiesce, &config.marker) else { return err };
+    // A refusal comes before any connection, and before anything could have been stopped.
+    if settings.marker.is_none() || kind_of(&err) == Kind::Refused {
+        return err;
+    }
+    let restore = async {
+        let kube = KubeClient::new(&settings.kube).await.ok()?;
+        if !kind_of(&err).is_final() {
+            let job = read_job(&kube, marker).await;
+            if retry_follows_attempt(job, Duration::ZERO, config.timeout) {
+                return None;
+            }
+        }
+        let left = quiesce::stopped_for(&kube, settings).await.ok()?;
+        if left.is_empty() {
+            return None;
+        }
+        let deadline = Instant::now() + RESTORE_BUDGET;
+        Some(
+            quiesce::restore(
+                &kube,
+                &settings.namespace,
+                &left,
+                settings.marker.as_deref(),
+                settings.holder(true),
+                deadline,
+            )
+            .await,
+        )
+    };
+    let Ok(Some(report)) = tokio::time::timeout(RESTORE_BUDGET + EVENT_BUDGET, restore).await else { return err };
+    let mut lines = vec![report.describe_restored()];
+    lines.extend(report.describe_failed());
+    lines.retain(|line| !line.is_empty());
+    if lines.is_empty() { err } else { err.context(lines.join("; ")) }
 }
 
 /// Refuses a production environment unless explicitly allowed, before any connection.
@@ -685,11 +775,24 @@ mod tests {
             summary.fail(kind, "x".into());
             summary
         };
-        assert!(retry_follows(Some(job(0, 1, None)), &failed(Kind::Unreachable), false), "attempt 1 of 2");
-        assert!(!retry_follows(Some(job(1, 1, None)), &failed(Kind::Unreachable), false), "the last attempt");
-        assert!(!retry_follows(Some(job(0, 1, None)), &failed(Kind::Denied), false), "a final failure");
-        assert!(!retry_follows(Some(job(0, 1, None)), &failed(Kind::Unreachable), true), "a signal");
-        assert!(!retry_follows(None, &failed(Kind::Unreachable), false), "no Job (helm test, by hand)");
-        assert!(!retry_follows(Some(job(0, 1, None)), &Summary::default(), false), "nothing failed");
+        let run = Duration::from_secs(30);
+        let follows = |job: Option<JobProgress>, kind, signalled| {
+            retry_follows(&failed(kind), signalled, retry_follows_attempt(job, Duration::ZERO, run))
+        };
+        assert!(follows(Some(job(0, 1, None)), Kind::Unreachable, false), "attempt 1 of 2");
+        assert!(!follows(Some(job(1, 1, None)), Kind::Unreachable, false), "the last attempt");
+        assert!(!follows(Some(job(0, 1, None)), Kind::Denied, false), "a final failure");
+        assert!(!follows(Some(job(0, 1, None)), Kind::Unreachable, true), "a signal");
+        assert!(!follows(None, Kind::Unreachable, false), "no Job (helm test, by hand)");
+        assert!(!retry_follows(&Summary::default(), false, true), "nothing failed");
+        // The next attempt needs the 10 s back-off, 30 s to start, the 30 s run and what follows it.
+        assert!(follows(Some(job(0, 1, Some(120))), Kind::Unreachable, false), "room for attempt 2");
+        assert!(!follows(Some(job(0, 1, Some(90))), Kind::Unreachable, false), "the deadline would kill attempt 2");
+        assert!(
+            !retry_follows_attempt(Some(job(0, 1, Some(120))), Duration::from_secs(40), run),
+            "measured from when the Job was read"
+        );
+        assert!(follows(Some(job(0, 3, Some(130))), Kind::Unreachable, false), "after one failure, 10 s");
+        assert!(!follows(Some(job(2, 3, Some(130))), Kind::Unreachable, false), "after three, 40 s");
     }
 }

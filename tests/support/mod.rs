@@ -581,7 +581,8 @@ impl EtcdServer {
             .spawn()
             .unwrap_or_else(|err| panic!("etcd binary: {err}; install it with hack/setup.sh"));
         let server = EtcdServer { endpoint, child, _dir: dir };
-        for _ in 0..100 {
+        // Up to 30 s: on 2 busy cores (the suite, a build) a fresh etcd can take over 10 s.
+        for _ in 0..300 {
             if tokio::net::TcpStream::connect(("127.0.0.1", client_port)).await.is_ok() {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 return server;
