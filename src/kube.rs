@@ -416,6 +416,19 @@ impl KubeClient {
         }
     }
 
+    /// Whether the pod `name` exists and has not finished (a terminating pod still runs its
+    /// clean-up): read with `list` and a `metadata.name` field selector, which the purge Role's
+    /// namespace-wide `list` on pods allows.
+    pub async fn pod_running(&self, namespace: &str, name: &str) -> Result<bool, KubeError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let params = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+        let found = bounded(pods.list(&params)).await?.items;
+        Ok(found.iter().any(|pod| {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        }))
+    }
+
     /// Deletes one pod (gracefully, with its own grace period), only if it is still the pod with
     /// `uid`: a pod recreated under the same name in between is left alone. 404 is not an error.
     pub async fn delete_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<(), KubeError> {

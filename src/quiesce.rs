@@ -57,20 +57,32 @@ pub enum Holder<'a> {
     Any,
     /// Only what this run holds (its [`RUN_ANNOTATION`] value); a record without one counts.
     Run(&'a str),
-    /// What this run or an earlier attempt of its Job holds (values `<job>/…`): the last
-    /// attempt's clean-up, when no attempt follows.
-    Job { run: &'a str, job: &'a str },
+    /// What this run holds, and orphans: records whose holder's pod is gone or finished (an
+    /// earlier attempt of its Job, a reset killed mid-run). The Job's last word, when no attempt
+    /// follows.
+    Orphans(&'a str),
 }
 
 impl Holder<'_> {
-    fn holds(&self, recorded: Option<&str>) -> bool {
-        let Some(recorded) = recorded else { return true };
+    /// Whether `recorded` (a [`RUN_ANNOTATION`] value) is this holder's without asking whether
+    /// its pod still runs.
+    fn holds(&self, recorded: &str) -> bool {
         match self {
             Holder::Any => true,
-            Holder::Run(run) => recorded == *run,
-            Holder::Job { run, job } => {
-                recorded == *run || recorded.strip_prefix(*job).is_some_and(|rest| rest.starts_with('/'))
-            }
+            Holder::Run(run) | Holder::Orphans(run) => recorded == *run,
+        }
+    }
+}
+
+/// Whether the run recorded as `recorded` (`<job>/<pod>` or `<pod>`) still has a running pod; in
+/// doubt (the pods unreadable) it does, and what it holds is left to it.
+async fn holder_running(kube: &KubeClient, namespace: &str, recorded: &str) -> bool {
+    let pod = recorded.rsplit('/').next().unwrap_or(recorded);
+    match kube.pod_running(namespace, pod).await {
+        Ok(running) => running,
+        Err(err) => {
+            warn!(holder = recorded, error = %err, "could not tell whether the run holding it still runs: left to it");
+            true
         }
     }
 }
@@ -181,9 +193,21 @@ struct ProgressInner {
     stopped: Vec<(WorkloadRef, i32)>,
     /// Pods still present, per workload being waited for.
     remaining: BTreeMap<WorkloadRef, BTreeSet<String>>,
+    /// How long this run's quiesce may wait (its grace periods, within the deadline), once known.
+    wait: Option<Duration>,
 }
 
 impl Progress {
+    /// Records how long the quiesce may wait; a next attempt asks as much of the Job's deadline.
+    pub fn set_wait(&self, wait: Duration) {
+        self.inner.borrow_mut().wait = Some(wait);
+    }
+
+    /// How long the quiesce may wait, once known.
+    pub fn wait(&self) -> Option<Duration> {
+        self.inner.borrow().wait
+    }
+
     fn mark_stopped(&self, workload: &WorkloadRef, replicas: i32) {
         let mut inner = self.inner.borrow_mut();
         if !inner.stopped.iter().any(|(w, _)| w == workload) {
@@ -371,6 +395,13 @@ async fn stop_one(
             };
             // Stopped by an earlier run that did not get to restore it: its record is the truth.
             let count = parse_recorded(workload, &text)?;
+            if let (Some(ours), Some(theirs)) = (config.marker.as_deref(), current.annotation(OWNER_ANNOTATION))
+                && ours != theirs
+            {
+                // Another release's cleanup stopped it: its run or resume starts it, not this one.
+                info!(workload = %workload, stopped_for = theirs, "stopped for another release's cleanup: left to it");
+                return Ok(None);
+            }
             let holder = current.annotation(RUN_ANNOTATION).map(str::to_string);
             if let Some(run) = config.run.as_deref()
                 && holder.as_deref() != Some(run)
@@ -386,12 +417,14 @@ async fn stop_one(
                 }
             }
             progress.mark_stopped(workload, count);
-            info!(
-                workload = %workload,
-                recorded_replicas = count,
-                stopped_by = holder.as_deref().unwrap_or("an earlier run"),
-                "workload already stopped by an earlier run: taken over"
-            );
+            if holder.is_none() || holder != config.run {
+                info!(
+                    workload = %workload,
+                    recorded_replicas = count,
+                    stopped_by = holder.as_deref().unwrap_or("an earlier run"),
+                    "workload already stopped by an earlier run: taken over"
+                );
+            }
             let scale = call(&format!("reading the scale of {workload}"), workload, deadline, || {
                 kube.get_scale(namespace, workload)
             })
@@ -751,13 +784,18 @@ pub async fn resume_one(
         }
         // Taken over by another run (a retry, a concurrent reset) whose purge may be under way: the
         // scale below is conditional on this read, so a takeover after it gets 409 and is seen here.
-        if !holder.holds(current.annotation(RUN_ANNOTATION)) {
-            info!(
-                workload = %workload,
-                held_by = current.annotation(RUN_ANNOTATION).unwrap_or_default(),
-                "taken over by another run: left to it"
-            );
-            return Ok(Resumed::NotStopped);
+        if let Some(recorded) = current.annotation(RUN_ANNOTATION)
+            && !holder.holds(recorded)
+        {
+            let orphan = matches!(holder, Holder::Orphans(_)) && !holder_running(kube, namespace, recorded).await;
+            if !orphan {
+                info!(workload = %workload, held_by = recorded, "taken over by another run: left to it");
+                return Ok(match scaled_to {
+                    Some(count) => Resumed::Scaled(count),
+                    None => Resumed::NotStopped,
+                });
+            }
+            info!(workload = %workload, held_by = recorded, "the run holding it has ended: restored");
         }
         let recorded = parse_recorded(workload, &text)?;
         let replicas = current.replicas.unwrap_or(1);

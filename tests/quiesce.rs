@@ -502,7 +502,8 @@ async fn a_run_leaves_stopped_what_another_run_took_over() {
 
 /// The Job's last attempt puts back what an earlier attempt left stopped for it even when it fails
 /// before it took the workloads over (here: the marker went missing and may not be re-created,
-/// exit 79): otherwise they stay at 0 once Helm gives up on the hook.
+/// exit 79): otherwise they stay at 0 once Helm gives up on the hook. What a run that still runs
+/// holds (its pod is there) stays with it.
 #[tokio::test]
 async fn the_last_attempt_puts_back_what_an_earlier_one_left_when_it_fails_early() {
     let mut env = Env::start(&["shop-producer"]).await;
@@ -516,6 +517,27 @@ async fn the_last_attempt_puts_back_what_an_earlier_one_left_when_it_fails_early
         "cleanslate.io/quiesced-by": "shop-cleanslate-purge/shop-cleanslate-purge-a1b2c",
     });
     env.api.apply_workload(NS, &left);
+    // Another stopped workload, held by a scheduled reset whose pod still runs: left to it.
+    let mut held = deployment("shop-consumer", Some(0));
+    held["metadata"]["annotations"] = json!({
+        "cleanslate.io/quiesced-replicas": "1",
+        "cleanslate.io/quiesced-for": MARKER,
+        "cleanslate.io/quiesced-by": "shop-cleanslate-reset-29001/shop-cleanslate-reset-29001-x8k2p",
+    });
+    env.api.apply_workload(NS, &held);
+    for (resource, verbs) in
+        [("deployments", &["get", "patch", "update"][..]), ("deployments/scale", &["get", "update"])]
+    {
+        env.api.grant_on(TOKEN, resource, verbs, Some(&["shop-consumer"]));
+    }
+    let labels = json!({"batch.kubernetes.io/job-name": "shop-cleanslate-reset-29001"});
+    env.api.put_foreign_pod(
+        NS,
+        "shop-cleanslate-reset-29001-x8k2p",
+        labels,
+        ("Job", "shop-cleanslate-reset-29001"),
+        "Running",
+    );
     env.seed().await;
     env.api.delete(NS, MARKER);
     let job =
@@ -524,7 +546,30 @@ async fn the_last_attempt_puts_back_what_an_earlier_one_left_when_it_fails_early
     assert_eq!(run.code, 79, "refused before anything is stopped: {}", run.all_output());
     assert!(run.stderr.contains("restored deployment/shop-producer (2 replicas)"), "says so: {}", run.stderr);
     assert_eq!(env.state("shop-producer"), (2, None), "running again, record removed");
+    assert_eq!(env.state("shop-consumer"), (0, Some("1".into())), "what a running reset holds stays with it");
     assert_eq!(env.rabbit.count(&env.vhost, "monorepo").await, 3, "nothing purged");
+    env.cleanup().await;
+}
+
+/// A listed workload that another release's cleanup stopped (its record names that release's
+/// marker) is left to it: not taken over, not started by this run, even in `helm test` mode.
+#[tokio::test]
+async fn a_workload_another_release_stopped_is_left_to_it() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    let mut stopped = deployment("shop-producer", Some(0));
+    stopped["metadata"]["annotations"] = json!({
+        "cleanslate.io/quiesced-replicas": "2",
+        "cleanslate.io/quiesced-for": "blog-cleanslate-marker",
+        "cleanslate.io/quiesced-by": "blog-cleanslate-test-purge",
+    });
+    env.api.apply_workload(NS, &stopped);
+    env.seed().await;
+    let run =
+        cleanslate(&["purge"], &env.vars("deployment/shop-producer", &[("CLEANSLATE_QUIESCE_RESUME", "true")])).await;
+    assert_eq!(run.code, 0, "{}", run.all_output());
+    assert!(run.stdout.contains("stopped for another release's cleanup"), "says so: {}", run.stdout);
+    assert_eq!(env.state("shop-producer"), (0, Some("2".into())), "still stopped for the other release");
+    assert_eq!(holder(&env).as_deref(), Some("blog-cleanslate-test-purge"), "still held by its run");
     env.cleanup().await;
 }
 

@@ -290,21 +290,19 @@ pub struct QuiesceConfig {
     /// This run, as recorded on what it stops (`quiesce::RUN_ANNOTATION`): `<job>/<pod>` with
     /// `CLEANSLATE_JOB_NAME`, else the pod (`CLEANSLATE_POD_NAME`, else `HOSTNAME`).
     pub run: Option<String>,
-    /// The Job this pod belongs to (`CLEANSLATE_JOB_NAME`).
-    pub job: Option<String>,
     pub namespace: String,
     pub kube: KubeConfig,
 }
 
 impl QuiesceConfig {
-    /// Which records a restore of this run may act on: what it holds, or with `whole_job` also what
-    /// earlier attempts of its Job hold (the last attempt's clean-up).
-    pub fn holder(&self, whole_job: bool) -> crate::quiesce::Holder<'_> {
+    /// Which records a restore of this run may act on: what it holds, and with `orphans` also what
+    /// runs that have ended hold (the last attempt's clean-up: earlier attempts, a killed reset).
+    pub fn holder(&self, orphans: bool) -> crate::quiesce::Holder<'_> {
         use crate::quiesce::Holder;
-        match (self.run.as_deref(), self.job.as_deref()) {
-            (Some(run), Some(job)) if whole_job => Holder::Job { run, job },
-            (Some(run), _) => Holder::Run(run),
-            (None, _) => Holder::Any,
+        match self.run.as_deref() {
+            Some(run) if orphans => Holder::Orphans(run),
+            Some(run) => Holder::Run(run),
+            None => Holder::Any,
         }
     }
 }
@@ -598,7 +596,7 @@ fn quiesce_config(env: &Env, required_by_resume: bool) -> Result<Option<QuiesceC
         Some(job) => format!("{job}/{pod}"),
         None => pod.to_string(),
     });
-    Ok(Some(QuiesceConfig { workloads, timeout, resume_after_purge, marker, gated, run, job, namespace, kube }))
+    Ok(Some(QuiesceConfig { workloads, timeout, resume_after_purge, marker, gated, run, namespace, kube }))
 }
 
 fn targets(value: &Option<String>) -> Result<(bool, bool)> {

@@ -15,6 +15,7 @@
 //! upgrade: the resume hook Job (or Helm itself) starts the new version, except in the `helm test`
 //! Pod (`CLEANSLATE_QUIESCE_RESUME=true`), which resumes them itself.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, anyhow};
@@ -77,12 +78,12 @@ pub enum Outcome {
 /// a signal from `shutdown` the run stops its work, restores what it stopped, records a failed
 /// attempt, and returns [`Outcome::Stopped`].
 pub async fn run(config: &PurgeConfig, mode: Mode, shutdown: Shutdown) -> Result<Outcome> {
-    let put_back_done = std::cell::Cell::new(false);
+    let put_back_done = AtomicBool::new(false);
     match run_phases(config, mode, shutdown, &put_back_done).await {
         // A failure before the put-back phase (the marker or the trigger record unreadable, the
         // API unreachable) on the Job's last attempt: what earlier attempts left stopped for it goes
         // back, or the apps stay at 0 once Helm gives up.
-        Err(err) if mode == Mode::Purge && !config.dry_run && !put_back_done.get() => {
+        Err(err) if mode == Mode::Purge && !config.dry_run && !put_back_done.load(Ordering::Relaxed) => {
             Err(restore_leftovers(config, err).await)
         }
         other => other,
@@ -95,7 +96,7 @@ async fn run_phases(
     config: &PurgeConfig,
     mode: Mode,
     mut shutdown: Shutdown,
-    put_back_done: &std::cell::Cell<bool>,
+    put_back_done: &AtomicBool,
 ) -> Result<Outcome> {
     let dry_run = mode == Mode::Plan || config.dry_run;
     refuse_production(config, mode)?;
@@ -247,9 +248,11 @@ async fn run_phases(
 
     // Put the workloads back: after a failure the previous version keeps running; in the helm
     // test Pod the reset is complete only when they run again.
-    let attempt_follows = retry_follows_attempt(job_at_start, job_read_at.elapsed(), config.timeout);
+    // A next attempt asks of the deadline what this one's quiesce did (or the configured timeout).
+    let quiesce_wait = progress.wait().or(config.quiesce.as_ref().map(|q| q.timeout)).unwrap_or_default();
+    let attempt_follows = retry_follows_attempt(job_at_start, job_read_at.elapsed(), config.timeout, quiesce_wait);
     let retry_follows = retry_follows(&summary, interrupted.is_some(), attempt_follows);
-    put_back_done.set(true);
+    put_back_done.store(true, Ordering::Relaxed);
     let resume_failures = match &quiesce_target {
         Some(target) => put_back(target, &progress, &mut summary, interrupted.is_some(), retry_follows).await,
         None => Vec::new(),
@@ -281,7 +284,7 @@ async fn run_phases(
                 // The run fails after all: put back what it stopped (unless the helm test run
                 // already did), or the apps stay at 0 while the Job retries and Helm gives up.
                 let retried = !kind_of(&err).is_final()
-                    && retry_follows_attempt(job_at_start, job_read_at.elapsed(), config.timeout);
+                    && retry_follows_attempt(job_at_start, job_read_at.elapsed(), config.timeout, quiesce_wait);
                 return Err(match &quiesce_target {
                     Some(target) if !target.1.resume_after_purge && !retried => {
                         restore_after(target, &progress, err).await
@@ -336,6 +339,7 @@ async fn stop_writers(
     let writers = quiesce::writers(kube, settings).await.map_err(|err| err.context("nothing was stopped"))?;
     let timeout =
         quiesce_timeout(settings.timeout, writers.longest_grace, job_at_start, after_quiesce + started.elapsed())?;
+    progress.set_wait(timeout);
     let not_permitted: Vec<String> = writers.not_permitted.iter().map(ToString::to_string).collect();
     match tokio::time::timeout(timeout, quiesce::stop(kube, &writers.config, cleaned_up_to, progress)).await {
         Ok(Ok(())) => Ok(not_permitted),
@@ -612,13 +616,21 @@ const POD_START: Duration = Duration::from_secs(30);
 
 /// Whether the Job has another attempt after this one, with time for it: attempts left, not
 /// already failing, and (with `activeDeadlineSeconds`) what the deadline leaves `since_read` after
-/// the Job was read holds the controller's back-off before the next pod (10 s, doubling with each
-/// failure, at most 6 min), its start, and one run of `run` with what follows a purge. Workloads
-/// left stopped for an attempt the deadline kills would stay at 0.
-fn retry_follows_attempt(job: Option<crate::kube::JobProgress>, since_read: Duration, run: Duration) -> bool {
+/// the Job was read holds the rest of this attempt (its Event, trigger record and marker), the
+/// controller's back-off before the next pod (10 s, doubling with each failure, at most 6 min), its
+/// start, and what that attempt asks of the deadline before it stops anything (`quiesce_timeout`:
+/// the quiesce, a run of `run` and what follows a purge). Workloads left stopped for an attempt
+/// the deadline kills, or that refuses for want of time, would stay at 0 or be stopped twice.
+fn retry_follows_attempt(
+    job: Option<crate::kube::JobProgress>,
+    since_read: Duration,
+    run: Duration,
+    quiesce: Duration,
+) -> bool {
     job.is_some_and(|job| {
         let backoff = Duration::from_secs((10u64 << job.failed.min(6)).min(360));
-        let needs = backoff + POD_START + run + AFTER_PURGE_BUDGET;
+        let this_attempt = AFTER_PURGE_BUDGET - RESTORE_BUDGET;
+        let needs = this_attempt + backoff + POD_START + quiesce + run + AFTER_PURGE_BUDGET;
         !job.failing
             && job.attempt() < job.attempts()
             && job.deadline_left.is_none_or(|left| left.saturating_sub(since_read) >= needs)
@@ -633,32 +645,45 @@ async fn restore_leftovers(config: &PurgeConfig, err: anyhow::Error) -> anyhow::
     if settings.marker.is_none() || kind_of(&err) == Kind::Refused {
         return err;
     }
-    let restore = async {
-        let kube = KubeClient::new(&settings.kube).await.ok()?;
-        if !kind_of(&err).is_final() {
-            let job = read_job(&kube, marker).await;
-            if retry_follows_attempt(job, Duration::ZERO, config.timeout) {
-                return None;
-            }
+    // One deadline for all of it: the Job's read, the list and the restore.
+    let deadline = Instant::now() + RESTORE_BUDGET;
+    let kube = match KubeClient::new(&settings.kube).await {
+        Ok(kube) => kube,
+        Err(err_kube) => {
+            warn!(error = %format!("{err_kube:#}"), "could not look for workloads earlier attempts left stopped");
+            return err;
         }
-        let left = quiesce::stopped_for(&kube, settings).await.ok()?;
-        if left.is_empty() {
-            return None;
-        }
-        let deadline = Instant::now() + RESTORE_BUDGET;
-        Some(
-            quiesce::restore(
-                &kube,
-                &settings.namespace,
-                &left,
-                settings.marker.as_deref(),
-                settings.holder(true),
-                deadline,
-            )
-            .await,
-        )
     };
-    let Ok(Some(report)) = tokio::time::timeout(RESTORE_BUDGET + EVENT_BUDGET, restore).await else { return err };
+    if !kind_of(&err).is_final()
+        && retry_follows_attempt(read_job(&kube, marker).await, Duration::ZERO, config.timeout, settings.timeout)
+    {
+        return err;
+    }
+    let left = match tokio::time::timeout_at(deadline, quiesce::stopped_for(&kube, settings)).await {
+        Ok(Ok(left)) => left,
+        Ok(Err(list_err)) => {
+            warn!(error = %format!("{list_err:#}"), "could not look for workloads earlier attempts left stopped");
+            return err;
+        }
+        Err(_) => {
+            warn!("could not look for workloads earlier attempts left stopped in time");
+            return err;
+        }
+    };
+    if left.is_empty() {
+        return err;
+    }
+    // Orphans only besides its own: a run that still holds them (the Job's replacement pod after an
+    // eviction) keeps them.
+    let report = quiesce::restore(
+        &kube,
+        &settings.namespace,
+        &left,
+        settings.marker.as_deref(),
+        settings.holder(true),
+        deadline,
+    )
+    .await;
     let mut lines = vec![report.describe_restored()];
     lines.extend(report.describe_failed());
     lines.retain(|line| !line.is_empty());
@@ -775,9 +800,9 @@ mod tests {
             summary.fail(kind, "x".into());
             summary
         };
-        let run = Duration::from_secs(30);
+        let (run, quiesce) = (Duration::from_secs(30), Duration::from_secs(40));
         let follows = |job: Option<JobProgress>, kind, signalled| {
-            retry_follows(&failed(kind), signalled, retry_follows_attempt(job, Duration::ZERO, run))
+            retry_follows(&failed(kind), signalled, retry_follows_attempt(job, Duration::ZERO, run, quiesce))
         };
         assert!(follows(Some(job(0, 1, None)), Kind::Unreachable, false), "attempt 1 of 2");
         assert!(!follows(Some(job(1, 1, None)), Kind::Unreachable, false), "the last attempt");
@@ -785,14 +810,16 @@ mod tests {
         assert!(!follows(Some(job(0, 1, None)), Kind::Unreachable, true), "a signal");
         assert!(!follows(None, Kind::Unreachable, false), "no Job (helm test, by hand)");
         assert!(!retry_follows(&Summary::default(), false, true), "nothing failed");
-        // The next attempt needs the 10 s back-off, 30 s to start, the 30 s run and what follows it.
-        assert!(follows(Some(job(0, 1, Some(120))), Kind::Unreachable, false), "room for attempt 2");
-        assert!(!follows(Some(job(0, 1, Some(90))), Kind::Unreachable, false), "the deadline would kill attempt 2");
+        // This attempt's marker, Event and trigger (20 s), the 10 s back-off, 30 s to start, and
+        // what the next attempt asks before it stops anything: its 40 s quiesce, the 30 s run and
+        // 35 s after it: 165 s.
+        assert!(follows(Some(job(0, 1, Some(170))), Kind::Unreachable, false), "room for attempt 2");
+        assert!(!follows(Some(job(0, 1, Some(160))), Kind::Unreachable, false), "attempt 2 could not run");
         assert!(
-            !retry_follows_attempt(Some(job(0, 1, Some(120))), Duration::from_secs(40), run),
+            !retry_follows_attempt(Some(job(0, 1, Some(170))), Duration::from_secs(40), run, quiesce),
             "measured from when the Job was read"
         );
-        assert!(follows(Some(job(0, 3, Some(130))), Kind::Unreachable, false), "after one failure, 10 s");
-        assert!(!follows(Some(job(2, 3, Some(130))), Kind::Unreachable, false), "after three, 40 s");
+        assert!(follows(Some(job(0, 3, Some(170))), Kind::Unreachable, false), "after a first failure, 10 s");
+        assert!(!follows(Some(job(2, 3, Some(170))), Kind::Unreachable, false), "after a third, 40 s");
     }
 }

@@ -370,7 +370,12 @@ async fn pods(
         Ok(requirements) => requirements,
         Err(message) => return status_response(400, "BadRequest", message),
     };
-    let filter = Arc::new(move |ns: &str, _: &str, object: &Value| ns == namespace && matches(&requirements, object));
+    // `fieldSelector=metadata.name=…`, which every resource supports
+    // (https://kubernetes.io/docs/concepts/overview/working-with-objects/field-selectors/).
+    let selected = query.get("fieldSelector").and_then(|s| s.strip_prefix("metadata.name=")).map(str::to_string);
+    let filter = Arc::new(move |ns: &str, name: &str, object: &Value| {
+        ns == namespace && selected.as_deref().is_none_or(|s| s == name) && matches(&requirements, object)
+    });
     if !watching {
         return list_response(&store, "pods", "PodList", &query, &*filter);
     }
