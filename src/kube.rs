@@ -416,16 +416,22 @@ impl KubeClient {
         }
     }
 
-    /// Whether the pod `name` exists and has not finished (a terminating pod still runs its
-    /// clean-up): read with `list` and a `metadata.name` field selector, which the purge Role's
-    /// namespace-wide `list` on pods allows.
-    pub async fn pod_running(&self, namespace: &str, name: &str) -> Result<bool, KubeError> {
+    /// Whether the pod `name` (with `uid`, when given: a pod recreated under the same name is
+    /// another run) exists and has not finished: read with `list` and a `metadata.name` field
+    /// selector, which the purge Role's namespace-wide `list` on pods allows. A terminating pod
+    /// still runs its clean-up, until a minute past its `deletionTimestamp` (the end of its grace
+    /// period): then its node is gone and it runs nothing.
+    pub async fn pod_running(&self, namespace: &str, name: &str, uid: Option<&str>) -> Result<bool, KubeError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let params = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
         let found = bounded(pods.list(&params)).await?.items;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         Ok(found.iter().any(|pod| {
+            let same = uid.is_none_or(|uid| pod.metadata.uid.as_deref() == Some(uid));
             let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-            !matches!(phase, Some("Succeeded" | "Failed"))
+            let long_gone =
+                pod.metadata.deletion_timestamp.as_ref().is_some_and(|at| now > at.0.as_second().saturating_add(60));
+            same && !matches!(phase, Some("Succeeded" | "Failed")) && !long_gone
         }))
     }
 

@@ -74,17 +74,29 @@ impl Holder<'_> {
     }
 }
 
-/// Whether the run recorded as `recorded` (`<job>/<pod>` or `<pod>`) still has a running pod; in
-/// doubt (the pods unreadable) it does, and what it holds is left to it.
+/// Whether the run recorded as `recorded` (`[<job>/]<pod>[@<uid>]`, or `cli:…` for a run outside
+/// a pod) still runs; in doubt (a run outside a pod, the pods unreadable) it does, and what it holds
+/// is left to it (the resume Job or `cleanslate resume` restore it).
 async fn holder_running(kube: &KubeClient, namespace: &str, recorded: &str) -> bool {
-    let pod = recorded.rsplit('/').next().unwrap_or(recorded);
-    match kube.pod_running(namespace, pod).await {
-        Ok(running) => running,
-        Err(err) => {
-            warn!(holder = recorded, error = %err, "could not tell whether the run holding it still runs: left to it");
-            true
-        }
+    if recorded.starts_with(crate::config::CLI_RUN_PREFIX) {
+        return true;
     }
+    let (name, uid) = match recorded.split_once('@') {
+        Some((name, uid)) => (name, Some(uid)),
+        None => (recorded, None),
+    };
+    let pod = name.rsplit('/').next().unwrap_or(name);
+    let mut last = None;
+    for _ in 0..3 {
+        match kube.pod_running(namespace, pod, uid).await {
+            Ok(running) => return running,
+            Err(err) => last = Some(err),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let err = last.map(|e| e.to_string()).unwrap_or_default();
+    warn!(holder = recorded, error = %err, "could not tell whether the run holding it still runs: left to it");
+    true
 }
 
 /// Time a workload's pods get beyond their own grace period to be gone (the kubelet's kill, the
@@ -745,6 +757,8 @@ pub enum Resumed {
     AlreadyRunning(i32),
     /// Not stopped by cleanslate (no annotation): left alone.
     NotStopped,
+    /// Stopped, and held by another run that still runs (the value of its record): left to it.
+    HeldBy(String),
     /// The workload does not exist.
     Missing,
 }
@@ -792,7 +806,7 @@ pub async fn resume_one(
                 info!(workload = %workload, held_by = recorded, "taken over by another run: left to it");
                 return Ok(match scaled_to {
                     Some(count) => Resumed::Scaled(count),
-                    None => Resumed::NotStopped,
+                    None => Resumed::HeldBy(recorded.to_string()),
                 });
             }
             info!(workload = %workload, held_by = recorded, "the run holding it has ended: restored");
@@ -845,6 +859,8 @@ pub struct Restore {
     pub restored: Vec<(WorkloadRef, i32)>,
     /// Workloads that could not be restored, with why.
     pub failed: Vec<(WorkloadRef, String)>,
+    /// Workloads left stopped for another run that holds them and still runs, with its name.
+    pub held: Vec<(WorkloadRef, String)>,
     /// The most telling kind among the failures.
     pub kind: Kind,
 }
@@ -858,6 +874,18 @@ impl Restore {
         let names: Vec<String> =
             self.restored.iter().map(|(w, n)| format!("{w} ({n} replica{})", if *n == 1 { "" } else { "s" })).collect();
         format!("restored {}", names.join(", "))
+    }
+
+    /// `left deployment/a stopped for the run holding it (…), which restores it`; empty when none.
+    pub fn describe_held(&self) -> String {
+        if self.held.is_empty() {
+            return String::new();
+        }
+        let names: Vec<String> = self.held.iter().map(|(w, run)| format!("{w} (held by {run})")).collect();
+        format!(
+            "left stopped for the runs that hold them and still run, which restore them (or `cleanslate resume`): {}",
+            names.join(", ")
+        )
     }
 
     /// One line per workload left stopped, with how to fix it by hand.
@@ -887,6 +915,7 @@ pub async fn restore(
                 info!(workload = %workload, replicas = count, "workload restored");
                 report.restored.push((workload.clone(), count));
             }
+            Ok(Ok(Resumed::HeldBy(run))) => report.held.push((workload.clone(), run)),
             Ok(Ok(Resumed::NotStopped | Resumed::Missing)) => {
                 info!(workload = %workload, "workload was not stopped, nothing to restore");
             }
@@ -931,7 +960,9 @@ pub async fn run(config: &ResumeConfig) -> Result<()> {
             Ok(Ok(Resumed::AlreadyRunning(count))) => {
                 info!(workload = %workload, replicas = count, "already running again; annotation removed");
             }
-            Ok(Ok(Resumed::NotStopped)) => info!(workload = %workload, "not stopped by cleanslate, nothing to do"),
+            Ok(Ok(Resumed::NotStopped | Resumed::HeldBy(_))) => {
+                info!(workload = %workload, "not stopped by cleanslate, nothing to do")
+            }
             Ok(Ok(Resumed::Missing)) => info!(
                 workload = %workload,
                 namespace = %settings.namespace,

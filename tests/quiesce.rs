@@ -480,12 +480,28 @@ async fn a_run_leaves_stopped_what_another_run_took_over() {
         &env.vars("deployment/shop-producer", &[job[0], job[1], ("CLEANSLATE_POD_NAME", second_pod)]),
     );
     held_by(&env, second_pod).await;
+    // The second run's pod, running (the restore asks whether the run holding it still runs).
+    env.api.put_foreign_pod(
+        NS,
+        second_pod,
+        json!({"batch.kubernetes.io/job-name": "shop-cleanslate-purge"}),
+        ("Job", "shop-cleanslate-purge"),
+        "Running",
+    );
 
     let pid = first.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success(), "signal sent");
     let first = finish(first).await;
     assert_eq!(first.code, 143, "SIGTERM: {}", first.all_output());
     assert!(first.stdout.contains("taken over by another run"), "says why it left it: {}", first.stdout);
+    assert!(
+        first.stdout.contains("left stopped for the runs that hold them")
+            && first.stdout.contains("held by shop-cleanslate-purge/shop-cleanslate-purge-z9w8v"),
+        "and names who holds it: {}",
+        first.stdout
+    );
+    let message = env.marker()["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("held by shop-cleanslate-purge/shop-cleanslate-purge-z9w8v"), "in the marker: {message}");
     assert_eq!(env.state("shop-producer"), (0, Some("2".into())), "still stopped, its count recorded");
 
     env.api.release_pods(NS, "shop-producer");
@@ -589,6 +605,32 @@ async fn held_by(env: &Env, pod: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{expected} never held the Deployment: {:?}", holder(env));
+}
+
+/// SIGTERM when no attempt follows (the Job's deadline, a run outside a Job) also puts back what an
+/// ended run left stopped for the marker (an earlier attempt, a reset killed mid-run): nobody else
+/// would before the next deploy.
+#[tokio::test]
+async fn sigterm_puts_back_what_an_ended_run_left_stopped() {
+    let mut env = Env::start(&["shop-producer", "shop-consumer"]).await;
+    for resource in ["deployments", "statefulsets"] {
+        env.api.grant_on(TOKEN, resource, &["list"], None);
+    }
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
+    let mut left = deployment("shop-consumer", Some(0));
+    left["metadata"]["annotations"] = json!({
+        "cleanslate.io/quiesced-replicas": "3",
+        "cleanslate.io/quiesced-for": MARKER,
+        "cleanslate.io/quiesced-by": "shop-cleanslate-reset-29001/shop-cleanslate-reset-29001-x8k2p",
+    });
+    env.api.apply_workload(NS, &left);
+    env.seed().await;
+    let run = signalled_during_quiesce(&env, "-TERM").await;
+    assert_eq!(run.code, 143, "SIGTERM: {}", run.all_output());
+    assert_eq!(env.state("shop-producer"), (2, None), "what it stopped, restored");
+    assert_eq!(env.state("shop-consumer"), (3, None), "and what the ended reset left stopped");
+    env.api.release_pods(NS, "shop-producer");
+    env.cleanup().await;
 }
 
 /// SIGINT (Ctrl-C) does the same and exits 130.

@@ -935,17 +935,16 @@ terminationMessagePolicy: FallbackToLogsOnError
   value: /dev/termination-log
 {{- end -}}
 
-{{/* Events: the switch and this pod's uid (what `kubectl describe pod` matches Events on). */}}
+{{/* Events: the switch and this pod's uid (what `kubectl describe pod` matches Events on, and part of the run's name on what it stops). */}}
 {{- define "cleanslate.eventsEnv" -}}
 {{- $v := include "cleanslate.values" . | fromYaml -}}
 - name: CLEANSLATE_EVENTS
   value: {{ $v.cleanup.events.enabled | quote }}
-{{- if $v.cleanup.events.enabled }}
+{{- /* Always: also this run's name on what it stops (a later pod of the same name is another run). */}}
 - name: CLEANSLATE_POD_UID
   valueFrom:
     fieldRef:
       fieldPath: metadata.uid
-{{- end }}
 {{- end -}}
 
 {{/* RBAC for Events: create only (kube-rs patches only a repeat of the same Event, which one run never sends). */}}

@@ -287,8 +287,7 @@ pub struct QuiesceConfig {
     pub marker: Option<String>,
     /// `CLEANSLATE_QUIESCE_GATED`: stop the live workloads gated on the marker too.
     pub gated: bool,
-    /// This run, as recorded on what it stops (`quiesce::RUN_ANNOTATION`): `<job>/<pod>` with
-    /// `CLEANSLATE_JOB_NAME`, else the pod (`CLEANSLATE_POD_NAME`, else `HOSTNAME`).
+    /// This run, as recorded on what it stops (`quiesce::RUN_ANNOTATION`; see `run_identity`).
     pub run: Option<String>,
     pub namespace: String,
     pub kube: KubeConfig,
@@ -554,6 +553,29 @@ fn parse_workload(item: &str) -> Result<WorkloadRef> {
     Ok(WorkloadRef { kind, name: name.to_string() })
 }
 
+/// What a run outside a pod records as its name (`cli:<host>:<pid>`): nothing can tell whether it
+/// still runs, so what it holds is left to it (or to the resume Job).
+pub const CLI_RUN_PREFIX: &str = "cli:";
+
+/// This run's name on what it stops (`quiesce::RUN_ANNOTATION`): in a pod (the chart sets
+/// `CLEANSLATE_POD_NAME` from the downward API) `[<job>/]<pod>[@<uid>]`, the uid telling a pod
+/// from a later one of the same name (the `helm test` Pod's); elsewhere `cli:<host>:<pid>`.
+fn run_identity(env: &Env) -> String {
+    let raw = &env.raw;
+    let Some(pod) = present(&raw.pod_name) else {
+        let host = env.other("HOSTNAME").unwrap_or("local");
+        return format!("{CLI_RUN_PREFIX}{host}:{}", std::process::id());
+    };
+    let mut run = match present(&raw.job_name) {
+        Some(job) => format!("{job}/{pod}"),
+        None => pod.to_string(),
+    };
+    if let Some(uid) = present(&raw.pod_uid) {
+        run = format!("{run}@{uid}");
+    }
+    run
+}
+
 /// The quiesce settings, or `None` when `CLEANSLATE_QUIESCE` lists nothing (unless `required`).
 fn quiesce_config(env: &Env, required_by_resume: bool) -> Result<Option<QuiesceConfig>> {
     let raw = &env.raw;
@@ -590,12 +612,7 @@ fn quiesce_config(env: &Env, required_by_resume: bool) -> Result<Option<QuiesceC
         return Ok(None);
     }
     let (namespace, kube) = kube_target(env)?;
-    let job = present(&raw.job_name).map(str::to_string);
-    let pod = present(&raw.pod_name).or(env.other("HOSTNAME"));
-    let run = pod.map(|pod| match &job {
-        Some(job) => format!("{job}/{pod}"),
-        None => pod.to_string(),
-    });
+    let run = Some(run_identity(env));
     Ok(Some(QuiesceConfig { workloads, timeout, resume_after_purge, marker, gated, run, namespace, kube }))
 }
 

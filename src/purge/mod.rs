@@ -399,19 +399,30 @@ async fn put_back(
 ) -> Vec<String> {
     let mut stopped = progress.stopped();
     let failed = !summary.failures.is_empty();
-    // The deploy's last word (no attempt follows): earlier attempts' workloads are restored too.
-    // Not on a signal: an evicted pod cannot tell whether the Job's replacement (which may already
-    // run, before Kubernetes 1.29) has taken them over, so it restores only what it holds itself.
-    let last_word = failed && !retry_follows && !signalled;
+    // The deploy's last word (no attempt follows, a signal included: the Job's deadline): what
+    // earlier attempts or ended runs left stopped goes back too. What a run that still runs holds
+    // (the Job's replacement pod after an eviction, before Kubernetes 1.29 already running) stays
+    // with it, and each scale is conditional on the read that found it an orphan.
+    let last_word = failed && !retry_follows;
     if last_word {
         // The deploy's last word: what an earlier attempt of it left stopped for the next one goes
         // back too, though this attempt failed before it took them over.
-        if let Ok(left) = quiesce::stopped_for(kube, settings).await {
-            for workload in left {
-                if !stopped.contains(&workload) {
-                    stopped.push(workload);
+        let budget = if signalled { Duration::from_secs(3) } else { RESTORE_BUDGET };
+        match tokio::time::timeout(budget, quiesce::stopped_for(kube, settings))
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("no answer within {budget:?}")))
+        {
+            Ok(left) => {
+                for workload in left {
+                    if !stopped.contains(&workload) {
+                        stopped.push(workload);
+                    }
                 }
             }
+            Err(err) => warn!(
+                error = %format!("{err:#}"),
+                "could not look for workloads earlier attempts left stopped: run `cleanslate status` to see them"
+            ),
         }
     }
     if stopped.is_empty() {
@@ -458,8 +469,10 @@ async fn put_back(
     .await;
     let restored = report.describe_restored();
     if failed {
-        if !restored.is_empty() {
-            summary.failures.push(restored);
+        for line in [restored, report.describe_held()] {
+            if !line.is_empty() {
+                summary.failures.push(line);
+            }
         }
         for line in report.describe_failed() {
             summary.fail(report.kind, line);
@@ -597,7 +610,7 @@ async fn restore_after(
         Instant::now() + RESTORE_BUDGET,
     )
     .await;
-    let mut lines = vec![report.describe_restored()];
+    let mut lines = vec![report.describe_restored(), report.describe_held()];
     lines.extend(report.describe_failed());
     lines.retain(|line| !line.is_empty());
     if lines.is_empty() { err } else { err.context(lines.join("; ")) }
@@ -684,7 +697,7 @@ async fn restore_leftovers(config: &PurgeConfig, err: anyhow::Error) -> anyhow::
         deadline,
     )
     .await;
-    let mut lines = vec![report.describe_restored()];
+    let mut lines = vec![report.describe_restored(), report.describe_held()];
     lines.extend(report.describe_failed());
     lines.retain(|line| !line.is_empty());
     if lines.is_empty() { err } else { err.context(lines.join("; ")) }
