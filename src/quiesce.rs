@@ -74,12 +74,29 @@ impl Holder<'_> {
     }
 }
 
+/// How often a run waiting for another cleanup that holds a workload looks again.
+const HOLDER_POLL: Duration = Duration::from_secs(1);
+
+/// Whether `a` and `b` are attempts of one Job (`<job>/<pod>…`): a later attempt takes over what an
+/// earlier one left at once, since the Job runs one attempt's purge at a time (a pod it replaces
+/// was signalled and purges no more).
+fn same_job(a: &str, b: &str) -> bool {
+    match (a.split_once('/'), b.split_once('/')) {
+        (Some((job_a, _)), Some((job_b, _))) => job_a == job_b,
+        _ => false,
+    }
+}
+
 /// Whether the run recorded as `recorded` (`[<job>/]<pod>[@<uid>]`, or `cli:…` for a run outside
 /// a pod) still runs; in doubt (a run outside a pod, the pods unreadable) it does, and what it holds
 /// is left to it (the resume Job or `cleanslate resume` restore it).
 async fn holder_running(kube: &KubeClient, namespace: &str, recorded: &str) -> bool {
-    if recorded.starts_with(crate::config::CLI_RUN_PREFIX) {
-        return true;
+    if let Some(rest) = recorded.strip_prefix(crate::config::CLI_RUN_PREFIX) {
+        // `cli:<host>:<pid>:<started, unix seconds>`: nothing can see that process; a run by hand
+        // that started over `CLI_RUN_LIFETIME` ago has ended.
+        let started = rest.rsplit(':').next().and_then(|t| t.parse::<u64>().ok());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        return started.is_none_or(|started| now < started.saturating_add(crate::config::CLI_RUN_LIFETIME.as_secs()));
     }
     let (name, uid) = match recorded.split_once('@') {
         Some((name, uid)) => (name, Some(uid)),
@@ -415,6 +432,27 @@ async fn stop_one(
                 return Ok(None);
             }
             let holder = current.annotation(RUN_ANNOTATION).map(str::to_string);
+            if let (Some(run), Some(other)) = (config.run.as_deref(), holder.as_deref())
+                && other != run
+                && !same_job(run, other)
+                && holder_running(kube, namespace, other).await
+            {
+                // Another cleanup (a scheduled reset, `helm test`, another deploy) holds it and may
+                // be purging now: taking it over would let that run start it again when it ends,
+                // in the middle of this run's purge. Wait for it to end, then read again.
+                if Instant::now() + HOLDER_POLL + Duration::from_secs(2) >= deadline {
+                    return Err(classified(
+                        Kind::Failed,
+                        format!(
+                            "{workload} is held by {other}, a cleanup still under way (a scheduled reset, helm test, \
+                             another deploy); nothing was purged, and a retry waits for it again"
+                        ),
+                    ));
+                }
+                info!(workload = %workload, held_by = other, "held by a cleanup still under way: waiting for it to end");
+                tokio::time::sleep(HOLDER_POLL).await;
+                continue;
+            }
             if let Some(run) = config.run.as_deref()
                 && holder.as_deref() != Some(run)
             {
@@ -1186,6 +1224,19 @@ mod tests {
     }
 
     /// The restore summary names each workload with its count, in singular or plural.
+    /// A later attempt of one Job takes over what an earlier one left at once; another Job's run
+    /// (a reset, a deploy) or a run outside a Job is waited for.
+    #[test]
+    fn attempts_of_one_job_are_told_from_other_runs() {
+        assert!(same_job(
+            "shop-cleanslate-purge/shop-cleanslate-purge-a1@u1",
+            "shop-cleanslate-purge/shop-cleanslate-purge-b2@u2"
+        ));
+        assert!(!same_job("shop-cleanslate-purge/p@u", "shop-cleanslate-reset-29001/r@u"));
+        assert!(!same_job("shop-cleanslate-test-purge@u", "shop-cleanslate-test-purge@v"), "no Job: not attempts");
+        assert!(!same_job("cli:laptop:42:1700000000", "shop-cleanslate-purge/p@u"));
+    }
+
     #[test]
     fn restore_is_described_by_name() {
         let report = Restore {

@@ -567,6 +567,54 @@ async fn the_last_attempt_puts_back_what_an_earlier_one_left_when_it_fails_early
     env.cleanup().await;
 }
 
+/// A deploy's purge that finds the apps held by another cleanup still under way (a scheduled reset
+/// of the same release) waits for it to end instead of taking them over: else the reset, ending,
+/// would start them in the middle of the deploy's purge. Then it stops them itself and purges.
+#[tokio::test]
+async fn a_run_waits_for_another_cleanup_under_way() {
+    let mut env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
+    env.seed().await;
+    env.api.hold_pods(NS, "shop-producer");
+    let (reset_job, reset_pod) = ("shop-cleanslate-reset-29001", "shop-cleanslate-reset-29001-x8k2p");
+    let reset_vars = [
+        ("CLEANSLATE_JOB_NAME", reset_job),
+        ("CLEANSLATE_POD_NAME", reset_pod),
+        ("CLEANSLATE_QUIESCE_RESUME", "true"),
+        ("CLEANSLATE_QUIESCE_TIMEOUT", "30s"),
+    ];
+    let reset = spawn(&["purge"], &env.vars("deployment/shop-producer", &reset_vars));
+    let reset_pod_labels = json!({"batch.kubernetes.io/job-name": reset_job});
+    env.api.put_foreign_pod(NS, reset_pod, reset_pod_labels.clone(), ("Job", reset_job), "Running");
+    held_by_run(&env, &format!("{reset_job}/{reset_pod}")).await;
+
+    let deploy_vars = [
+        ("CLEANSLATE_JOB_NAME", "shop-cleanslate-purge"),
+        ("CLEANSLATE_POD_NAME", "shop-cleanslate-purge-d3e4f"),
+        ("CLEANSLATE_QUIESCE_TIMEOUT", "30s"),
+    ];
+    let deploy = spawn(&["purge"], &env.vars("deployment/shop-producer", &deploy_vars));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(holder(&env).as_deref(), Some(format!("{reset_job}/{reset_pod}").as_str()), "not taken over");
+
+    // The reset's purge ends: it starts the producer again, and its pod finishes.
+    env.api.release_pods(NS, "shop-producer");
+    let reset = finish(reset).await;
+    assert_eq!(reset.code, 0, "the reset: {}", reset.all_output());
+    env.api.put_foreign_pod(NS, reset_pod, reset_pod_labels, ("Job", reset_job), "Succeeded");
+
+    let deploy = finish(deploy).await;
+    assert_eq!(deploy.code, 0, "the deploy's purge: {}", deploy.all_output());
+    assert!(deploy.stdout.contains("held by a cleanup still under way"), "it waited: {}", deploy.stdout);
+    assert_eq!(env.state("shop-producer"), (0, Some("2".into())), "stopped by the deploy for its apply");
+    assert_eq!(
+        holder(&env).as_deref(),
+        Some("shop-cleanslate-purge/shop-cleanslate-purge-d3e4f"),
+        "held by the deploy's run"
+    );
+    env.cleanup().await;
+}
+
 /// A listed workload that another release's cleanup stopped (its record names that release's
 /// marker) is left to it: not taken over, not started by this run, even in `helm test` mode.
 #[tokio::test]
@@ -597,9 +645,13 @@ fn holder(env: &Env) -> Option<String> {
 
 /// Waits until the purge Job's pod `pod` holds the producer, stopped.
 async fn held_by(env: &Env, pod: &str) {
-    let expected = format!("shop-cleanslate-purge/{pod}");
+    held_by_run(env, &format!("shop-cleanslate-purge/{pod}")).await;
+}
+
+/// Waits until the run `expected` holds the producer, stopped.
+async fn held_by_run(env: &Env, expected: &str) {
     for _ in 0..200 {
-        if holder(env).as_deref() == Some(expected.as_str()) && env.state("shop-producer").0 == 0 {
+        if holder(env).as_deref() == Some(expected) && env.state("shop-producer").0 == 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -553,18 +553,23 @@ fn parse_workload(item: &str) -> Result<WorkloadRef> {
     Ok(WorkloadRef { kind, name: name.to_string() })
 }
 
-/// What a run outside a pod records as its name (`cli:<host>:<pid>`): nothing can tell whether it
-/// still runs, so what it holds is left to it (or to the resume Job).
+/// What a run outside a pod records as its name (`cli:<host>:<pid>:<started>`): nothing can see
+/// that process, so it counts as running for [`CLI_RUN_LIFETIME`] after it started.
 pub const CLI_RUN_PREFIX: &str = "cli:";
+
+/// How long a run outside a pod counts as running after it started: far beyond any purge
+/// (`CLEANSLATE_TIMEOUT` and the quiesce are minutes at most).
+pub const CLI_RUN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 /// This run's name on what it stops (`quiesce::RUN_ANNOTATION`): in a pod (the chart sets
 /// `CLEANSLATE_POD_NAME` from the downward API) `[<job>/]<pod>[@<uid>]`, the uid telling a pod
-/// from a later one of the same name (the `helm test` Pod's); elsewhere `cli:<host>:<pid>`.
+/// from a later one of the same name (the `helm test` Pod's); elsewhere `cli:<host>:<pid>:<started>`.
 fn run_identity(env: &Env) -> String {
     let raw = &env.raw;
     let Some(pod) = present(&raw.pod_name) else {
         let host = env.other("HOSTNAME").unwrap_or("local");
-        return format!("{CLI_RUN_PREFIX}{host}:{}", std::process::id());
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        return format!("{CLI_RUN_PREFIX}{host}:{}:{started}", std::process::id());
     };
     let mut run = match present(&raw.job_name) {
         Some(job) => format!("{job}/{pod}"),
