@@ -265,6 +265,14 @@ async fn status_names_a_pod_stuck_in_its_gate() {
     }
     let runs = run_hooks(&mut cluster, &upgrade, "post-upgrade").await;
     all_succeeded(&runs, "post-upgrade");
+    // The new pods are Pending, their gates running: the deploy is not done.
+    let waiting = cleanslate(&["status", RELEASE], &cluster.operator_vars()).await;
+    assert_eq!(waiting.code, 1, "not running yet: {}", waiting.all_output());
+    assert!(
+        waiting.stdout.contains("shop-producer") && waiting.stdout.contains("waiting in its gate"),
+        "names the workload whose pods wait in their gate: {}",
+        waiting.stdout
+    );
     for gate in start_gates(&cluster, &upgrade, "rs2") {
         let run = finish(gate.child).await;
         assert_ne!(run.code, 0, "{}: the gate cannot read the marker: {}", gate.deployment, run.all_output());

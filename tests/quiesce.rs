@@ -110,12 +110,13 @@ impl Env {
 
 /// The old writer of `deployment` next to a purge with `vars` that starts once the writer runs.
 async fn purge_while_writing(env: &Env, deployment: &str, vars: &[(String, String)]) -> (usize, Run) {
-    let running = tokio::sync::Notify::new();
-    let writer =
-        support::old_writer(&env.api, NS, deployment, &env.rabbit, &env.vhost, "monorepo", &env.prefix, &running);
+    let cues = support::WriterCues::default();
+    let writer = support::old_writer(&env.api, NS, deployment, &env.rabbit, &env.vhost, "monorepo", &env.prefix, &cues);
     let purge = async {
-        running.notified().await;
-        cleanslate(&["purge"], vars).await
+        cues.running.notified().await;
+        let run = cleanslate(&["purge"], vars).await;
+        cues.run_ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        run
     };
     tokio::join!(writer, purge)
 }

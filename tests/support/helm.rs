@@ -290,20 +290,14 @@ pub async fn pre_upgrade_with_old_writer(
         cluster.apply(resource);
     }
     let spec = pod_spec(job_doc);
-    let running = tokio::sync::Notify::new();
-    let writer = old_writer(
-        &cluster.api,
-        NAMESPACE,
-        deployment,
-        &world.rabbit,
-        &world.vhost,
-        "monorepo",
-        &world.prefix,
-        &running,
-    );
+    let cues = WriterCues::default();
+    let writer =
+        old_writer(&cluster.api, NAMESPACE, deployment, &world.rabbit, &world.vhost, "monorepo", &world.prefix, &cues);
     let job = async {
-        running.notified().await;
-        finish(cluster.spawn(spec, &spec["containers"][0], pod)).await
+        cues.running.notified().await;
+        let run = finish(cluster.spawn(spec, &spec["containers"][0], pod)).await;
+        cues.run_ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        run
     };
     let (written, job) = tokio::join!(writer, job);
     if job.code == 0 {

@@ -469,10 +469,20 @@ pub fn deployment_manifest(name: &str, replicas: Option<i64>) -> Value {
     manifest
 }
 
+/// How an old writer and the run beside it signal each other.
+#[derive(Default)]
+pub struct WriterCues {
+    /// Notified after the writer's first write: the run starts then.
+    pub running: tokio::sync::Notify,
+    /// Set by the run when it has ended: a writer the run never stopped stops writing then, so a
+    /// run that fails to stop it fails its test instead of hanging it.
+    pub run_ended: std::sync::atomic::AtomicBool,
+}
+
 /// The previous revision's app in the pod of `deployment`: it publishes a message to `queue` and
 /// writes a key under `prefix` every 10 ms while its pod runs; once the pod is terminating
 /// (SIGTERM) it flushes one last write during its grace period, and only then does the pod go
-/// away. `running` is notified after the first write. Returns how many writes it made.
+/// away. Returns how many writes it made.
 #[allow(clippy::too_many_arguments)]
 pub async fn old_writer(
     api: &kube_api::KubeApi,
@@ -482,7 +492,7 @@ pub async fn old_writer(
     vhost: &str,
     queue: &str,
     prefix: &str,
-    running: &tokio::sync::Notify,
+    cues: &WriterCues,
 ) -> usize {
     api.hold_pods(namespace, deployment);
     let mut etcd = etcd().await;
@@ -498,9 +508,9 @@ pub async fn old_writer(
         etcd.put(format!("{prefix}old-{written:05}"), "stale", None).await.expect("put");
         written += 1;
         if written == 1 {
-            running.notify_one();
+            cues.running.notify_one();
         }
-        if terminating {
+        if terminating || cues.run_ended.load(std::sync::atomic::Ordering::SeqCst) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
