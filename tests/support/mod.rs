@@ -474,8 +474,9 @@ pub fn deployment_manifest(name: &str, replicas: Option<i64>) -> Value {
 pub struct WriterCues {
     /// Notified after the writer's first write: the run starts then.
     pub running: tokio::sync::Notify,
-    /// Set by the run when it has ended: a writer the run never stopped stops writing then, so a
-    /// run that fails to stop it fails its test instead of hanging it.
+    /// Set by the run when it has ended: a writer the run never stopped writes once more (after
+    /// the run, so its data is stale) and stops, so a run that fails to stop it fails its test
+    /// instead of hanging it.
     pub run_ended: std::sync::atomic::AtomicBool,
 }
 
@@ -498,6 +499,8 @@ pub async fn old_writer(
     let mut etcd = etcd().await;
     let mut written = 0;
     loop {
+        // Read before the write: a writer the ended run never stopped writes once more after it.
+        let run_ended = cues.run_ended.load(std::sync::atomic::Ordering::SeqCst);
         let pods = api.pods_of(namespace, deployment);
         assert!(!pods.is_empty(), "the writer runs in a pod of {deployment}");
         let terminating = pods.iter().all(|p| !p["metadata"]["deletionTimestamp"].is_null());
@@ -510,7 +513,7 @@ pub async fn old_writer(
         if written == 1 {
             cues.running.notify_one();
         }
-        if terminating || cues.run_ended.load(std::sync::atomic::Ordering::SeqCst) {
+        if terminating || run_ended {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
