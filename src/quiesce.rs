@@ -926,6 +926,15 @@ impl Restore {
         )
     }
 
+    /// Everything there is to say, one line each: what was restored, what is left to the runs
+    /// holding it, what could not be restored.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = vec![self.describe_restored(), self.describe_held()];
+        lines.extend(self.describe_failed());
+        lines.retain(|line| !line.is_empty());
+        lines
+    }
+
     /// One line per workload left stopped, with how to fix it by hand.
     pub fn describe_failed(&self) -> Vec<String> {
         self.failed
@@ -935,15 +944,16 @@ impl Restore {
     }
 }
 
-/// Puts `workloads` back to their recorded counts, each on its own, within `deadline`.
+/// Puts `workloads` back to their recorded counts, each on its own, within `deadline`: those this
+/// run holds, and with `orphans` also those held by runs that have ended ([`QuiesceConfig::holder`]).
 pub async fn restore(
     kube: &KubeClient,
-    namespace: &str,
+    settings: &QuiesceConfig,
     workloads: &[WorkloadRef],
-    marker: Option<&str>,
-    holder: Holder<'_>,
+    orphans: bool,
     deadline: Instant,
 ) -> Restore {
+    let (namespace, marker, holder) = (&settings.namespace, settings.marker.as_deref(), settings.holder(orphans));
     let mut report = Restore::default();
     for workload in workloads {
         let outcome =

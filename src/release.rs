@@ -17,7 +17,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use anyhow::{Context, Result, anyhow};
 use base64::Engine;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Secret};
+use k8s_openapi::api::core::v1::{Container, EnvVar, KeyToPath, PodSpec, Secret};
 use serde::Deserialize;
 
 use crate::error::{Kind, classified};
@@ -265,51 +265,55 @@ async fn mounted(
     };
     let relative = &value[mount.mount_path.len() + 1..];
     let volume = spec.volumes.as_deref().unwrap_or_default().iter().find(|v| v.name == mount.name);
-    if let Some(config_map) = volume.and_then(|v| v.config_map.as_ref()) {
+    let bytes = if let Some(config_map) = volume.and_then(|v| v.config_map.as_ref()) {
         // The etcd seed (`CLEANSLATE_ETCD_SEED_FILE`): data, read with the caller's rights.
-        let name = config_map.name.clone();
-        let key = config_map
-            .items
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .find(|item| item.path == relative)
-            .map_or(relative.to_string(), |item| item.key.clone());
-        let found = kube.get(namespace, &name).await.map_err(|err| {
-            let what = format!("reading ConfigMap {namespace}/{name} (mounted at {} for {value})", mount.mount_path);
-            match err.code() {
-                Some(401 | 403) => {
-                    classified(Kind::Denied, format!("{what}: {err}; your kubeconfig user needs get on it"))
-                }
-                _ if err.is_transient() => classified(Kind::Unreachable, format!("{what}: {err}")),
-                _ => anyhow!("{what}: {err}"),
-            }
-        })?;
-        let bytes = found
-            .and_then(|c| c.data.and_then(|mut d| d.remove(&key)))
-            .ok_or_else(|| anyhow!("ConfigMap {namespace}/{name} has no key {key:?} (mounted at {value})"))?
-            .into_bytes();
-        if files.is_none() {
-            *files = Some(private_dir()?);
-        }
-        let path = write_private(files.as_ref().expect("just made").path(), &mount.name, relative, &bytes)?;
-        return Ok(Some(path.display().to_string()));
-    }
-    let Some(secret) = volume.and_then(|v| v.secret.as_ref()) else { return Ok(None) };
-    let secret_name = secret.secret_name.clone().unwrap_or_default();
-    let key = secret
-        .items
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find(|item| item.path == relative)
-        .map_or(relative.to_string(), |item| item.key.clone());
-    let bytes = secret_key(kube, namespace, record, &secret_name, &key, value).await?;
+        let key = mounted_key(config_map.items.as_deref(), relative);
+        config_map_key(kube, namespace, &config_map.name, &key, &mount.mount_path, value).await?
+    } else if let Some(secret) = volume.and_then(|v| v.secret.as_ref()) {
+        let key = mounted_key(secret.items.as_deref(), relative);
+        secret_key(kube, namespace, record, secret.secret_name.as_deref().unwrap_or_default(), &key, value).await?
+    } else {
+        return Ok(None);
+    };
     if files.is_none() {
         *files = Some(private_dir()?);
     }
     let path = write_private(files.as_ref().expect("just made").path(), &mount.name, relative, &bytes)?;
     Ok(Some(path.display().to_string()))
+}
+
+/// The key of a Secret or ConfigMap volume that the kubelet writes at `relative`: the item
+/// projecting it there, else the key of that name (no `items`: every key, at its own name).
+fn mounted_key(items: Option<&[KeyToPath]>, relative: &str) -> String {
+    items
+        .unwrap_or_default()
+        .iter()
+        .find(|item| item.path == relative)
+        .map_or(relative.to_string(), |item| item.key.clone())
+}
+
+/// `key` of ConfigMap `name`, read with the caller's rights; `mount_path` and `value` say where the
+/// Job would have found it.
+async fn config_map_key(
+    kube: &KubeClient,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    mount_path: &str,
+    value: &str,
+) -> Result<Vec<u8>> {
+    let found = kube.get(namespace, name).await.map_err(|err| {
+        let what = format!("reading ConfigMap {namespace}/{name} (mounted at {mount_path} for {value})");
+        match err.code() {
+            Some(401 | 403) => classified(Kind::Denied, format!("{what}: {err}; your kubeconfig user needs get on it")),
+            _ if err.is_transient() => classified(Kind::Unreachable, format!("{what}: {err}")),
+            _ => anyhow!("{what}: {err}"),
+        }
+    })?;
+    Ok(found
+        .and_then(|c| c.data.and_then(|mut d| d.remove(key)))
+        .ok_or_else(|| anyhow!("ConfigMap {namespace}/{name} has no key {key:?} (mounted at {value})"))?
+        .into_bytes())
 }
 
 /// A temporary directory only this user may enter (the files are TLS keys; a shared CI runner or

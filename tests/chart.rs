@@ -766,38 +766,23 @@ fn quiesce_rbac_names_exactly_the_workloads() {
     let events = json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]});
     let pods = json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]});
     let pod_deletes = json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]});
+    // helm test's Role: the purge's rights without the Job's.
+    let test_rules: Vec<Value> = [marker, create_marker, events.clone(), list_workloads]
+        .into_iter()
+        .chain(deployments)
+        .chain(statefulsets)
+        .chain([pods, pod_deletes])
+        .collect();
+    let purge_rules: Vec<Value> = test_rules.iter().cloned().chain([own_job]).collect();
     assert_eq!(
         find(&docs, "Role", "shop-cleanslate-purge")["rules"],
-        json!([
-            marker,
-            create_marker,
-            events,
-            list_workloads,
-            deployments[0],
-            deployments[1],
-            statefulsets[0],
-            statefulsets[1],
-            pods,
-            pod_deletes,
-            own_job
-        ]),
+        json!(purge_rules),
         "purge Role: the marker, exactly the named workloads and their scale, pods to watch, and (with a \
          StatefulSet) to delete"
     );
     assert_eq!(
         find(&docs, "Role", "shop-cleanslate-test")["rules"],
-        json!([
-            marker,
-            create_marker,
-            events,
-            list_workloads,
-            deployments[0],
-            deployments[1],
-            statefulsets[0],
-            statefulsets[1],
-            pods,
-            pod_deletes
-        ]),
+        json!(test_rules),
         "helm test's Role: the purge's rights without the Job's"
     );
     let without_statefulsets = dev(&[]);

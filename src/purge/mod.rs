@@ -458,15 +458,7 @@ async fn put_back(
         return Vec::new();
     }
     let budget = if signalled { SIGNAL_RESTORE_BUDGET } else { RESTORE_BUDGET };
-    let report = quiesce::restore(
-        kube,
-        &settings.namespace,
-        &stopped,
-        settings.marker.as_deref(),
-        settings.holder(last_word),
-        Instant::now() + budget,
-    )
-    .await;
+    let report = quiesce::restore(kube, settings, &stopped, last_word, Instant::now() + budget).await;
     let restored = report.describe_restored();
     if failed {
         for line in [restored, report.describe_held()] {
@@ -601,19 +593,8 @@ async fn restore_after(
     if stopped.is_empty() {
         return err;
     }
-    let report = quiesce::restore(
-        kube,
-        &settings.namespace,
-        &stopped,
-        settings.marker.as_deref(),
-        settings.holder(false),
-        Instant::now() + RESTORE_BUDGET,
-    )
-    .await;
-    let mut lines = vec![report.describe_restored(), report.describe_held()];
-    lines.extend(report.describe_failed());
-    lines.retain(|line| !line.is_empty());
-    if lines.is_empty() { err } else { err.context(lines.join("; ")) }
+    let report = quiesce::restore(kube, settings, &stopped, false, Instant::now() + RESTORE_BUDGET).await;
+    with_restore_report(err, &report)
 }
 
 /// Whether the Job will run another attempt after this one fails: one follows
@@ -688,18 +669,13 @@ async fn restore_leftovers(config: &PurgeConfig, err: anyhow::Error) -> anyhow::
     }
     // Orphans only besides its own: a run that still holds them (the Job's replacement pod after an
     // eviction) keeps them.
-    let report = quiesce::restore(
-        &kube,
-        &settings.namespace,
-        &left,
-        settings.marker.as_deref(),
-        settings.holder(true),
-        deadline,
-    )
-    .await;
-    let mut lines = vec![report.describe_restored(), report.describe_held()];
-    lines.extend(report.describe_failed());
-    lines.retain(|line| !line.is_empty());
+    let report = quiesce::restore(&kube, settings, &left, true, deadline).await;
+    with_restore_report(err, &report)
+}
+
+/// `err`, with what a restore after it did (and could not do) as its context.
+fn with_restore_report(err: anyhow::Error, report: &quiesce::Restore) -> anyhow::Error {
+    let lines = report.describe();
     if lines.is_empty() { err } else { err.context(lines.join("; ")) }
 }
 
