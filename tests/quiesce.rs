@@ -420,6 +420,40 @@ async fn another_deployments_scale_is_forbidden() {
     env.cleanup().await;
 }
 
+/// The stand-in filters lists on `metadata.name` as the API server does, and refuses a field
+/// selector it does not model instead of ignoring it (a test must not pass on a filter skipped).
+#[tokio::test]
+async fn the_stand_in_filters_on_the_name_and_refuses_other_field_selectors() {
+    let env = Env::start(&["shop-producer"]).await;
+    env.api.apply_workload(NS, &deployment("shop-producer", Some(2)));
+    env.api.grant_on("reader", "pods", &["list"], None);
+    env.api.grant_on("reader", "configmaps", &["list"], None);
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(env.api.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let list = |resource: &str, selector: String| {
+        http.get(format!("{}/api/v1/namespaces/{NS}/{resource}", env.api.url))
+            .query(&[("fieldSelector", selector)])
+            .bearer_auth("reader")
+            .send()
+    };
+    let pods = env.api.pods_of(NS, "shop-producer");
+    assert_eq!(pods.len(), 2, "two pods to tell apart");
+    let first = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let response = list("pods", format!("metadata.name={first}")).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let found: Value = response.json().await.unwrap();
+    let names: Vec<&str> =
+        found["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [first.as_str()], "only the named pod");
+    for resource in ["pods", "configmaps"] {
+        let response = list(resource, "status.phase=Running".into()).await.unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{resource}: a field selector the stand-in does not model");
+    }
+    env.cleanup().await;
+}
+
 /// Runs a purge that waits on a stuck pod, sends `signal` once the workload is at 0, and returns
 /// the run.
 async fn signalled_during_quiesce(env: &Env, signal: &str) -> Run {

@@ -129,6 +129,22 @@ fn status_response(code: u16, reason: &str, message: String) -> Response {
     (StatusCode::from_u16(code).unwrap(), axum::Json(status(code, reason, message))).into_response()
 }
 
+/// The name a `fieldSelector=metadata.name=…` selects, which every resource supports
+/// (<https://kubernetes.io/docs/concepts/overview/working-with-objects/field-selectors/>). Any other
+/// field selector is refused with 400 rather than ignored: the real server filters on the fields it
+/// supports, and a stand-in that returned everything would let a test pass on a filter it skipped.
+fn name_field_selector(query: &HashMap<String, String>) -> Result<Option<String>, Box<Response>> {
+    let Some(selector) = query.get("fieldSelector") else { return Ok(None) };
+    match selector.strip_prefix("metadata.name=") {
+        Some(name) if !name.contains(',') => Ok(Some(name.to_string())),
+        _ => Err(Box::new(status_response(
+            400,
+            "BadRequest",
+            format!("field selector {selector:?}: the stand-in models metadata.name=<name> only"),
+        ))),
+    }
+}
+
 /// The header that carries the user a verified client certificate belongs to, from the TLS layer
 /// to the authorizer; a client cannot set it (any incoming one is removed).
 const CERT_USER_HEADER: &str = "x-stand-in-certificate-user";
@@ -826,7 +842,10 @@ async fn collection(
         let created = commit(&shared, &mut store, "ADDED", "configmaps", &namespace, &name, object);
         return (StatusCode::CREATED, axum::Json(created)).into_response();
     }
-    let selected = query.get("fieldSelector").and_then(|s| s.strip_prefix("metadata.name=")).map(str::to_string);
+    let selected = match name_field_selector(&query) {
+        Ok(selected) => selected,
+        Err(response) => return *response,
+    };
     let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     let verb = if watching { "watch" } else { "list" };
     let mut store = shared.store.lock().unwrap();

@@ -30,7 +30,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::ownership;
-use super::{KubeApi, Shared, Store, admit, commit, key, list_response, merge, status_response, watch_response};
+use super::{
+    KubeApi, Shared, Store, admit, commit, key, list_response, merge, name_field_selector, status_response,
+    watch_response,
+};
 
 /// How long a terminating pod takes to go away unless told otherwise.
 const DEFAULT_TERMINATION: Duration = Duration::from_millis(200);
@@ -370,9 +373,10 @@ async fn pods(
         Ok(requirements) => requirements,
         Err(message) => return status_response(400, "BadRequest", message),
     };
-    // `fieldSelector=metadata.name=…`, which every resource supports
-    // (https://kubernetes.io/docs/concepts/overview/working-with-objects/field-selectors/).
-    let selected = query.get("fieldSelector").and_then(|s| s.strip_prefix("metadata.name=")).map(str::to_string);
+    let selected = match name_field_selector(&query) {
+        Ok(selected) => selected,
+        Err(response) => return *response,
+    };
     let filter = Arc::new(move |ns: &str, name: &str, object: &Value| {
         ns == namespace && selected.as_deref().is_none_or(|s| s == name) && matches(&requirements, object)
     });
@@ -871,7 +875,11 @@ impl KubeApi {
     /// The gate init container of every pod of workload `name` exited with `code`, leaving
     /// `message` as its termination message, as the kubelet reports it: the container terminated,
     /// the pod still Pending (a failed init container is restarted with back-off under
-    /// `restartPolicy: Always`, `CrashLoopBackOff`, keeping the last termination).
+    /// `restartPolicy: Always`, `CrashLoopBackOff`, keeping the last termination:
+    /// <https://kubernetes.io/docs/concepts/workloads/pods/init-containers/#detailed-behavior>,
+    /// <https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#container-restarts>; the
+    /// message is the container's termination message,
+    /// <https://kubernetes.io/docs/tasks/debug/debug-application/determine-reason-pod-failure/>).
     pub fn gate_exited(&self, namespace: &str, name: &str, code: i32, message: &str) {
         let mut store = self.store();
         let pods: Vec<String> = store
