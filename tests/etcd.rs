@@ -373,7 +373,9 @@ async fn a_key_scoped_user_purges_its_prefix() {
 
 /// The seed goes in the delete's own transaction when the server's operation limit allows (one new
 /// revision: no reader sees the prefix empty), and right after it when it does not; either way the
-/// prefix ends holding exactly the seed, with the seed's values.
+/// prefix ends holding exactly the seed, with the seed's values, beside the protected keys (a
+/// protected prefix between two seed keys: the ranges cut around the seed keep its hole), and a
+/// sibling prefix that only shares the text survives.
 #[tokio::test]
 async fn the_seed_replaces_the_prefix_in_one_transaction_when_it_fits() {
     let mut etcd = etcd().await;
@@ -381,7 +383,10 @@ async fn the_seed_replaces_the_prefix_in_one_transaction_when_it_fits() {
     for (case, max_ops, one) in [("one transaction", "128", true), ("after the delete", "1", false)] {
         let ns = unique("/seed");
         let prefix = format!("{ns}/app/");
+        let (protected, sibling) = (format!("{prefix}keep/"), format!("{ns}/app-other/"));
         put_keys(&mut etcd, &prefix, 5).await;
+        put_keys(&mut etcd, &protected, 3).await;
+        put_keys(&mut etcd, &sibling, 4).await;
         etcd.put(format!("{prefix}lobby"), "stale", None).await.expect("put");
         let seed = write_file(
             dir.path(),
@@ -390,30 +395,36 @@ async fn the_seed_replaces_the_prefix_in_one_transaction_when_it_fits() {
         );
         let run = cleanslate(
             &["purge"],
-            &purge_vars(&prefix, &[("CLEANSLATE_ETCD_SEED_FILE", &seed), ("CLEANSLATE_ETCD_MAX_TXN_OPS", max_ops)]),
+            &purge_vars(
+                &prefix,
+                &[
+                    ("CLEANSLATE_ETCD_SEED_FILE", &seed),
+                    ("CLEANSLATE_ETCD_MAX_TXN_OPS", max_ops),
+                    ("CLEANSLATE_ETCD_PROTECTED_PREFIXES", &protected),
+                ],
+            ),
         )
         .await;
         assert_eq!(run.code, 0, "{case}: {}", run.all_output());
         // One transaction: both seed keys were written at one revision R, and just before R the
         // prefix still held everything the delete removed (other tests share this etcd, so the
         // store's revision count says nothing).
-        let revisions: Vec<i64> = etcd
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .expect("get")
-            .kvs()
-            .iter()
-            .map(|kv| kv.mod_revision())
-            .collect();
+        let mut revisions = Vec::new();
+        for key in ["lobby", "flags/beta"] {
+            let found = etcd.get(format!("{prefix}{key}"), None).await.expect("get seed key");
+            revisions.push(found.kvs()[0].mod_revision());
+        }
         let written_at = revisions[0];
         let before = etcd
             .get(prefix.clone(), Some(GetOptions::new().with_prefix().with_count_only().with_revision(written_at - 1)))
             .await
             .expect("get at the revision before")
             .count();
-        let in_one = revisions.iter().all(|r| *r == written_at) && before == 6;
+        let in_one = revisions.iter().all(|r| *r == written_at) && before == 9;
         assert_eq!(in_one, one, "{case}: seed written at {revisions:?}, {before} keys just before");
-        assert_eq!(count_keys(&mut etcd, &prefix).await, 2, "{case}: only the seed is left");
+        assert_eq!(count_keys(&mut etcd, &protected).await, 3, "{case}: the protected keys survive");
+        assert_eq!(count_keys(&mut etcd, &sibling).await, 4, "{case}: the sibling prefix survives");
+        assert_eq!(count_keys(&mut etcd, &prefix).await, 5, "{case}: only the seed and the protected keys are left");
         let lobby = etcd.get(format!("{prefix}lobby"), None).await.expect("get");
         assert_eq!(lobby.kvs()[0].value_str().unwrap(), "open", "{case}: the seed's value replaced the stale one");
         assert!(run.stdout.contains(r#""keys_seeded":2"#), "{case}: counted: {}", run.stdout);
